@@ -1,1 +1,34 @@
-"""sslscale."""
+"""sslscale: distributed self-supervised pretraining.
+
+Ray Data streams a sharded unlabeled corpus into DeepSpeed-wrapped encoders under Ray Train; MLflow tracks every
+run and its transfer scores. Public API: `Config`, `pretrain`, `evaluate`, `load_encoder`, `save_encoder`.
+Heavy dependencies (Ray, DeepSpeed) load only when the function that needs them is called.
+"""
+from sslscale.config import Config
+from sslscale.errors import SslscaleError
+
+__all__ = ["Config", "SslscaleError", "evaluate", "load_encoder", "pretrain", "save_encoder"]
+
+
+def pretrain(cfg, **kwargs):
+    from sslscale.pretrain import pretrain as _pretrain
+
+    return _pretrain(cfg, **kwargs)
+
+
+def evaluate(encoder, tcfg, **kwargs):
+    from sslscale.transfer import evaluate as _evaluate
+
+    return _evaluate(encoder, tcfg, **kwargs)
+
+
+def load_encoder(path):
+    from sslscale.export import load_encoder as _load
+
+    return _load(path)
+
+
+def save_encoder(encoder, path):
+    from sslscale.export import save_encoder as _save
+
+    return _save(encoder, path)

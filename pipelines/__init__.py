@@ -1,0 +1,16 @@
+"""Recipes: each module has a `config()` returning a complete Config. `RECIPES` maps a name to it."""
+from __future__ import annotations
+
+from pipelines import debug, simclr_fmnist
+
+RECIPES = {"simclr_fmnist": simclr_fmnist.config, "debug": debug.config}
+
+
+def load_recipe(name: str):
+    from sslscale.errors import SslscaleError
+
+    if name not in RECIPES:
+        raise SslscaleError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
+    cfg = RECIPES[name]()
+    cfg.recipe = name
+    return cfg

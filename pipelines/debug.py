@@ -1,0 +1,17 @@
+"""The CPU debug recipe: scikit-learn's 8x8 digits, a tiny ResNet, a handful of steps; finishes in seconds.
+
+Tests run real Ray, DeepSpeed and MLflow on it."""
+from sslscale.config import Config
+
+
+def config() -> Config:
+    cfg = Config()
+    cfg.data.corpus = "digits"
+    cfg.data.batch_size, cfg.data.shuffle_buffer = 64, 256
+    cfg.model.widths, cfg.model.depths = (8, 16), (1, 1)
+    cfg.method.proj_hidden, cfg.method.proj_dim = 32, 16
+    cfg.optim.warmup_steps = 2
+    cfg.train.steps, cfg.train.checkpoint_every, cfg.train.health_every = 6, 3, 2
+    cfg.train.max_failures = 0
+    cfg.transfer.target, cfg.transfer.probe_epochs = "digits", 10
+    return cfg

@@ -1,0 +1,90 @@
+"""The checkpoint folder's own files: run state, data position, per-rank checksums, and finding the latest good one.
+
+A checkpoint folder holds DeepSpeed's files (under `ds/`), the encoder as safetensors (rank 0), `state.json`
+(rank 0: step, world size, MLflow run id, config) and, from every rank r, `position.rank{r}.json` (the sample ids
+its completed steps consumed, per epoch) and `manifest.rank{r}.json` (sha256 of every file rank r wrote).
+Ranks may write to different machines; Ray Train merges their folders. `verify` checks every rank's manifest
+before anything in the folder is unpickled, so a half-copied or tampered checkpoint is never loaded.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+
+from sslscale.errors import SslscaleError
+
+STATE = "state.json"
+ENCODER = "encoder.safetensors"
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json(path: str, data) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+def write_rank_files(folder: str, rank: int, position: dict, state: dict | None) -> None:
+    """Write this rank's position (and rank 0's state), then the manifest of everything under `folder`."""
+    _write_json(os.path.join(folder, f"position.rank{rank}.json"), position)
+    if state is not None:
+        _write_json(os.path.join(folder, STATE), state)
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            if not name.startswith("manifest.rank"):
+                files[os.path.relpath(path, folder)] = sha256(path)
+    _write_json(os.path.join(folder, f"manifest.rank{rank}.json"), files)
+
+
+def read_state(folder: str) -> dict:
+    with open(os.path.join(folder, STATE)) as f:
+        return json.load(f)
+
+
+def verify(folder: str) -> dict:
+    """Check every rank's files against its manifest; returns state.json. One-line error on any mismatch."""
+    try:
+        state = read_state(folder)
+        for rank in range(state["world_size"]):
+            with open(os.path.join(folder, f"manifest.rank{rank}.json")) as f:
+                files = json.load(f)
+            for rel, digest in files.items():
+                if sha256(os.path.join(folder, rel)) != digest:
+                    raise SslscaleError(f"checkpoint {folder}: {rel} does not match its checksum")
+    except (OSError, ValueError, KeyError) as e:
+        raise SslscaleError(f"checkpoint {folder} is incomplete or unreadable ({e}); resume from an earlier one") from None
+    return state
+
+
+def read_positions(folder: str) -> dict[int, list[int]]:
+    """Union over ranks of the consumed sample ids per epoch: {epoch: sorted ids}."""
+    consumed: dict[int, set] = {}
+    for path in glob.glob(os.path.join(folder, "position.rank*.json")):
+        with open(path) as f:
+            for epoch, ids in json.load(f).items():
+                consumed.setdefault(int(epoch), set()).update(ids)
+    return {e: sorted(ids) for e, ids in consumed.items()}
+
+
+def latest(run_dir: str) -> str | None:
+    """The checkpoint folder under run_dir with the highest step that verifies, or None."""
+    found = []
+    for state_path in glob.glob(os.path.join(run_dir, "**", STATE), recursive=True):
+        folder = os.path.dirname(state_path)
+        try:
+            found.append((verify(folder)["step"], folder))
+        except SslscaleError:
+            continue
+    return max(found)[1] if found else None

@@ -1,0 +1,247 @@
+"""Configuration as data: typed dataclasses, `key=value` overrides, flat params, validation.
+
+A `Config` is built from a recipe (pipelines/), changed by `section.key=value` overrides, validated on the driver
+before any worker starts, and serialised whole (to a dict, to flat `a.b` MLflow params, to JSON in checkpoints).
+Every problem is reported as one `SslscaleError` line naming the key and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+
+from sslscale.errors import SslscaleError
+
+
+def _choice(default, *allowed):
+    return field(default=default, metadata={"choices": allowed})
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "fmnist"  # a built-in name (fmnist, digits: prepared on first use) or a prepared folder
+    split: str = "train"  # pretraining reads this split only, never its labels
+    batch_size: int = 256  # global batch per optimizer step, across workers and accumulation
+    seed: int = 0  # views are a function of (seed, epoch, sample id)
+    crop_min_scale: float = 0.3  # random resized crop: smallest area fraction
+    flip: float = 0.5  # probability of a horizontal flip
+    jitter: float = 0.4  # brightness/contrast (and saturation on RGB) strength
+    jitter_prob: float = 0.8
+    grayscale: float = 0.2  # probability of grayscale (RGB corpora only)
+    blur: float = 0.0  # probability of a Gaussian blur
+    shuffle_buffer: int = 2048  # rows in each worker's local shuffle buffer (0: off)
+    on_error: str = _choice("fail", "fail", "skip")
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = _choice("resnet", "resnet")
+    widths: tuple = (32, 64, 128)  # channels per stage
+    depths: tuple = (1, 1, 1)  # residual blocks per stage
+
+
+@dataclass
+class MethodConfig:
+    name: str = _choice("simclr", "simclr")
+    proj_hidden: int = 512
+    proj_dim: int = 128
+    temperature: float = 0.2
+
+
+@dataclass
+class OptimConfig:
+    name: str = _choice("adamw", "adamw", "lars")
+    lr: float = 2e-3  # peak learning rate, reached after warmup
+    weight_decay: float = 1e-4  # not applied to biases and norm weights
+    momentum: float = 0.9  # LARS only
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.01  # cosine floor as a fraction of lr
+    clip: float = 1.0  # max gradient norm; 0 turns clipping off
+
+
+@dataclass
+class EngineConfig:
+    zero_stage: int = _choice(1, 0, 1, 2)
+    precision: str = _choice("auto", "auto", "fp32", "bf16")  # auto: bf16 on GPU, fp32 on CPU
+    grad_accum: int = 1
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 500
+    workers: int = 2
+    cpus_per_worker: float = 1.0
+    threads_per_worker: int = 1  # torch intra-op threads per worker
+    use_gpu: str = _choice("auto", "auto", "true", "false")
+    checkpoint_every: int = 100  # steps; the last step always checkpoints
+    health_every: int = 25  # steps between label-free health metrics (rank, std)
+    keep_checkpoints: int = 2
+    max_failures: int = 1  # worker-group restarts from the last checkpoint
+    output_dir: str = "runs"  # checkpoints and exports, under <output_dir>/<run id>/
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str = ""  # empty: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db in the working directory
+    experiment: str = "sslscale"
+    run_name: str = ""
+    parent_run_id: str = ""  # nest this run under a parent (sweeps)
+
+
+@dataclass
+class TransferConfig:
+    enabled: bool = True  # score the encoder when pretraining ends
+    target: str = "fmnist"  # a built-in name (fmnist, digits) or a prepared labelled corpus folder
+    baseline: bool = True  # also score a randomly initialised encoder and raw pixels
+    knn_k: int = 20
+    probe_epochs: int = 30
+    batch_size: int = 512
+
+
+@dataclass
+class Config:
+    recipe: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Config":
+        cfg = cls()
+        for key, value in flatten(data).items():
+            set_key(cfg, key, value)
+        return cfg
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def override(self, items: list[str]) -> "Config":
+        """Apply `section.key=value` strings in order; returns a new Config."""
+        cfg = Config.from_dict(self.to_dict())
+        for item in items:
+            key, sep, raw = item.partition("=")
+            if not sep:
+                raise SslscaleError(f"override {item!r} is not key=value: write it like train.steps=100")
+            set_key(cfg, key.strip(), raw.strip(), from_text=True)
+        return cfg
+
+    def micro_batch(self) -> int:
+        """Samples per worker per forward pass."""
+        return self.data.batch_size // (self.train.workers * self.engine.grad_accum)
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: the flat keys MLflow params and overrides use."""
+    flat = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _all_keys() -> list[str]:
+    return sorted(flatten(Config().to_dict()))
+
+
+def _field(cfg: Config, key: str):
+    parts = key.split(".")
+    obj = cfg
+    for part in parts[:-1]:
+        obj = getattr(obj, part, None)
+        if not dataclasses.is_dataclass(obj):
+            obj = None
+            break
+    fields = {f.name: f for f in dataclasses.fields(obj)} if obj is not None else {}
+    if parts[-1] not in fields or dataclasses.is_dataclass(getattr(obj, parts[-1])):
+        section = parts[0] if parts[0] in flatten_sections() else None
+        allowed = [k for k in _all_keys() if section is None or k.startswith(section + ".")]
+        raise SslscaleError(f"unknown config key {key!r}; known keys: {', '.join(allowed)}")
+    return obj, fields[parts[-1]]
+
+
+def flatten_sections() -> set[str]:
+    return {f.name for f in dataclasses.fields(Config) if f.name != "recipe"}
+
+
+def _coerce(key: str, kind, value, from_text: bool):
+    name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    try:
+        if name == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).lower()
+            if text in ("true", "1", "yes", "on"):
+                return True
+            if text in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if name == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if name == "float":
+            return float(value)
+        if name == "tuple":
+            items = value.split(",") if isinstance(value, str) else value
+            return tuple(int(v) for v in items)
+        return str(value)
+    except (TypeError, ValueError):
+        example = {"bool": "true or false", "int": "a whole number", "float": "a number", "tuple": "e.g. 32,64,128"}
+        raise SslscaleError(f"bad value {value!r} for {key}: expected {example.get(name, name)}") from None
+
+
+def set_key(cfg: Config, key: str, value, from_text: bool = False) -> None:
+    if key == "recipe":
+        cfg.recipe = str(value)
+        return
+    obj, fld = _field(cfg, key)
+    hints = typing.get_type_hints(type(obj))
+    value = _coerce(key, hints[fld.name], value, from_text)
+    choices = fld.metadata.get("choices")
+    if choices and value not in choices:
+        raise SslscaleError(f"bad value {value!r} for {key}: allowed {', '.join(map(str, choices))}")
+    setattr(obj, fld.name, value)
+
+
+def validate(cfg: Config) -> Config:
+    """Checks that span keys; raises one SslscaleError line naming the key. Returns cfg."""
+    checks = [
+        ("data.batch_size", cfg.data.batch_size > 0, "a positive number"),
+        ("train.steps", cfg.train.steps > 0, "a positive number"),
+        ("train.workers", cfg.train.workers > 0, "at least 1"),
+        ("train.checkpoint_every", cfg.train.checkpoint_every > 0, "a positive number of steps"),
+        ("train.health_every", cfg.train.health_every > 0, "a positive number of steps"),
+        ("train.keep_checkpoints", cfg.train.keep_checkpoints > 0, "at least 1"),
+        ("train.max_failures", cfg.train.max_failures >= 0, "0 or more"),
+        ("engine.grad_accum", cfg.engine.grad_accum > 0, "at least 1"),
+        ("optim.lr", cfg.optim.lr > 0, "a positive number"),
+        ("optim.warmup_steps", cfg.optim.warmup_steps >= 0, "0 or more"),
+        ("optim.min_lr_ratio", 0 <= cfg.optim.min_lr_ratio <= 1, "between 0 and 1"),
+        ("method.temperature", cfg.method.temperature > 0, "a positive number"),
+        ("data.crop_min_scale", 0 < cfg.data.crop_min_scale <= 1, "in (0, 1]"),
+        ("model.widths", len(cfg.model.widths) == len(cfg.model.depths) > 0, "as many entries as model.depths"),
+        ("transfer.knn_k", cfg.transfer.knn_k > 0, "a positive number"),
+    ]
+    for key, ok, allowed in checks:
+        if not ok:
+            raise SslscaleError(f"bad value for {key}: must be {allowed}")
+    per_worker = cfg.train.workers * cfg.engine.grad_accum
+    if cfg.data.batch_size % per_worker or cfg.micro_batch() < 2:
+        raise SslscaleError(
+            f"data.batch_size={cfg.data.batch_size} must split evenly into train.workers x engine.grad_accum"
+            f" = {per_worker} micro-batches of at least 2 samples"
+        )
+    return cfg

@@ -1,0 +1,452 @@
+"""Corpus preparation and reading: sources -> deterministic shards + manifest.json, and back.
+
+Writer: `prepare` turns a source (Fashion-MNIST IDX files, scikit-learn's digits, or a folder of
+images) into WebDataset tar shards (`{split}-{index:06d}.tar` holding `{id:08d}.image.png` and
+`{id:08d}.label.cls`) or Parquet shards (`{split}-{index:06d}.parquet`, columns id/image/label),
+plus a manifest.json with counts, fields and sha256 checksums. The corpus is built in `OUT.partial`
+and renamed into place with the manifest written last, so an interrupted run never leaves a
+complete-looking OUT; the same input gives byte-identical shards.
+
+Reader: `load_manifest`, `shard_paths`, `verify_shards`, `decode_image` and `read_split` (a whole
+split in memory, for transfer evaluation on small labelled sets and for tests).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from sslscale.errors import SslscaleError
+
+FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FMNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
+FORMATS = {"webdataset": ".tar", "parquet": ".parquet"}
+MANIFEST = "manifest.json"
+
+Sample = tuple[np.ndarray, Optional[int]]        # (uint8 H x W x C image, label or None)
+Row = tuple[int, bytes, Optional[int]]           # (sample id, PNG bytes, label or None)
+
+
+@dataclass
+class _Source:
+    kind: str
+    path: str
+    shape: tuple[int, int, int]
+    classes: Optional[list[str]]
+    splits: dict[str, tuple[int, Iterable[Sample]]]   # split -> (expected count, samples)
+    skipped: list[str] = field(default_factory=list)
+
+
+def builtin_sources() -> tuple[str, ...]:
+    """Source names that are not folders."""
+    return ("fmnist", "digits")
+
+
+# ---------------------------------------------------------------- sources
+
+def read_idx(path) -> np.ndarray:
+    """Parse a gzipped unsigned-byte IDX file (the MNIST format) into an array of its dims."""
+    fix = "re-download it or reinstall the Debian package dataset-fashion-mnist"
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise SslscaleError(f"cannot read IDX file {path}: {_reason(e)}; {fix}") from None
+    if len(data) < 4 or data[:3] != b"\0\0\x08" or data[3] == 0:
+        raise SslscaleError(f"{path} is not an unsigned-byte IDX file (bad magic number); {fix}")
+    header = 4 + 4 * data[3]
+    dims = tuple(int(d) for d in np.frombuffer(data[4:header], ">u4")) if len(data) >= header else ()
+    if not dims or len(data) != header + int(np.prod(dims)):
+        raise SslscaleError(f"{path} is truncated (header dims {dims}, {len(data)} bytes); {fix}")
+    return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
+
+
+def _fmnist(path) -> _Source:
+    root = Path(path or FMNIST_DIR).absolute()
+    missing = [root / n for names in FMNIST_FILES.values() for n in names if not (root / n).is_file()]
+    if missing:
+        raise SslscaleError(f"Fashion-MNIST file {missing[0]} does not exist: pass --path to your copy, "
+                            "or install the Debian package dataset-fashion-mnist")
+    splits = {}
+    for split, names in FMNIST_FILES.items():
+        images, labels = (read_idx(root / name) for name in names)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise SslscaleError(f"Fashion-MNIST {split} files in {root} disagree ({images.shape} images, "
+                                f"{labels.shape} labels): reinstall dataset-fashion-mnist")
+        splits[split] = (len(images), zip(images[..., None], labels.tolist()))
+    shape = (*images.shape[1:], 1)
+    return _Source("fmnist", str(root), shape, list(FMNIST_CLASSES), splits)
+
+
+def _digits() -> _Source:
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]
+    labels = digits.target.astype(np.int64)
+    test = np.arange(len(images)) % 5 == 0
+    splits = {name: (int(mask.sum()), zip(images[mask], labels[mask].tolist()))
+              for name, mask in (("train", ~test), ("test", test))}
+    return _Source("digits", "sklearn.datasets.load_digits", (8, 8, 1), [str(i) for i in range(10)], splits)
+
+
+def _folder(root: Path, image_size: int, on_error: str) -> _Source:
+    files = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+                   key=lambda p: p.relative_to(root).as_posix())
+    if not files:
+        raise SslscaleError(f"no images found under {root} (looked for {', '.join(IMAGE_EXTENSIONS)}): "
+                            "point the source at a folder of images")
+    skipped: list[str] = []
+    modes = {}
+    for p in files:
+        try:
+            with Image.open(p) as im:
+                modes[p] = im.mode
+        except Exception as e:  # PIL raises many exception types for bad files
+            _bad_image(p, e, on_error, skipped)
+    mode = "L" if all(m in GRAY_MODES for m in modes.values()) else "RGB"
+    classes, labels = _folder_labels(root, files)
+    kept = [p for p in files if p in modes]
+    samples = _folder_samples(kept, labels, mode, image_size, on_error, skipped)
+    shape = (image_size, image_size, 1 if mode == "L" else 3)
+    return _Source("folder", str(root), shape, classes, {"train": (len(kept), samples)}, skipped)
+
+
+def _folder_labels(root: Path, files: list[Path]) -> tuple[Optional[list[str]], dict[Path, int]]:
+    """Class = first-level subfolder, when every image sits directly in one; else unlabelled."""
+    parts = [p.relative_to(root).parts for p in files]
+    if any(len(q) != 2 for q in parts):
+        return None, {}
+    classes = sorted({q[0] for q in parts})
+    index = {c: i for i, c in enumerate(classes)}
+    return classes, {p: index[q[0]] for p, q in zip(files, parts)}
+
+
+def _folder_samples(files, labels, mode, size, on_error, skipped) -> Iterator[Sample]:
+    for p in files:
+        try:
+            with Image.open(p) as im:
+                img = _square_resize(im.convert(mode), size)
+        except Exception as e:  # PIL raises many exception types for bad files
+            _bad_image(p, e, on_error, skipped)
+            continue
+        arr = np.asarray(img, dtype=np.uint8)
+        yield (arr[..., None] if arr.ndim == 2 else arr), labels.get(p)
+
+
+def _square_resize(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return img.crop((left, top, left + s, top + s)).resize((size, size), Image.Resampling.BILINEAR)
+
+
+def _bad_image(path: Path, err: Exception, on_error: str, skipped: list[str]) -> None:
+    if on_error == "fail":
+        raise SslscaleError(f"cannot decode image {path}: {_reason(err)}; "
+                            "fix or remove it, or pass --on-error skip") from None
+    skipped.append(str(path))
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _resolve_source(source: str, path, image_size: int, on_error: str) -> _Source:
+    if source == "fmnist":
+        return _fmnist(path)
+    if path is not None:
+        raise SslscaleError("--path only applies to the fmnist source: pass a folder as the source itself")
+    if source == "digits":
+        return _digits()
+    root = Path(source)
+    if not root.is_dir():
+        raise SslscaleError(f"source {source!r} is neither a built-in ({', '.join(builtin_sources())}) "
+                            "nor an existing folder: pass a built-in name or the path to a folder of images")
+    return _folder(root.absolute(), image_size, on_error)
+
+
+# ---------------------------------------------------------------- writer
+
+def prepare(source: str, out, *, fmt: str = "webdataset", path=None, shard_size: int = 5000,
+            image_size: int = 32, on_error: str = "fail", overwrite: bool = False,
+            progress: bool = True) -> dict:
+    """Write SOURCE as shards + manifest.json into OUT (atomically) and return the manifest."""
+    _check_options(fmt, shard_size, image_size, on_error)
+    out = Path(out).absolute()
+    _check_out(out, overwrite)
+    src = _resolve_source(source, path, image_size, on_error)
+    partial = out.with_name(out.name + ".partial")
+    _remove(partial)
+    partial.mkdir(parents=True)
+    try:
+        manifest = _build(src, partial, fmt, shard_size, progress)
+        _publish(partial, out, overwrite)
+    except BaseException:
+        _remove(partial)
+        raise
+    return manifest
+
+
+def _check_options(fmt: str, shard_size: int, image_size: int, on_error: str) -> None:
+    if fmt not in FORMATS:
+        raise SslscaleError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if on_error not in ("fail", "skip"):
+        raise SslscaleError(f"unknown on_error {on_error!r}: use fail or skip")
+    if shard_size < 1 or image_size < 1:
+        raise SslscaleError(f"shard size ({shard_size}) and image size ({image_size}) must be positive")
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if (out / MANIFEST).is_file():
+        if not overwrite:
+            raise SslscaleError(f"{out} already holds a prepared corpus: pass --overwrite to replace it")
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SslscaleError(f"{out} exists and is neither empty nor a prepared corpus: "
+                            "choose another --out or empty it yourself")
+
+
+def _publish(partial: Path, out: Path, overwrite: bool) -> None:
+    _check_out(out, overwrite)  # again: another run may have finished meanwhile
+    if not (out / MANIFEST).is_file():
+        partial.rename(out)  # replaces an empty folder, if any
+        return
+    old = out.with_name(out.name + ".old")
+    _remove(old)
+    out.rename(old)
+    partial.rename(out)
+    shutil.rmtree(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _build(src: _Source, staging: Path, fmt: str, shard_size: int, show_progress: bool) -> dict:
+    progress = _Progress(sum(n for n, _ in src.splits.values()), show_progress)
+    splits = {name: _write_split(samples, name, staging, fmt, shard_size, progress)
+              for name, (_, samples) in src.splits.items()}
+    progress.report()
+    if not any(s["samples"] for s in splits.values()):
+        raise SslscaleError(f"no image under {src.path} could be decoded ({len(src.skipped)} skipped): "
+                            "fix or remove them")
+    fields: dict = {"image": {"encoding": "png", "shape": list(src.shape), "dtype": "uint8"}}
+    if src.classes is not None:
+        fields["label"] = {"classes": src.classes}
+    manifest = {"version": 1, "format": fmt, "source": {"kind": src.kind, "path": src.path},
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "fields": fields, "splits": splits, "skipped": src.skipped}
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _write_split(samples: Iterable[Sample], split: str, staging: Path, fmt: str,
+                 shard_size: int, progress: "_Progress") -> dict:
+    shards: list[dict] = []
+    batch: list[Row] = []
+    for sample_id, (image, label) in enumerate(samples):
+        batch.append((sample_id, _encode_png(image), label))
+        progress.advance()
+        if len(batch) == shard_size:
+            shards.append(_write_shard(staging, split, len(shards), fmt, batch))
+            batch = []
+    if batch:
+        shards.append(_write_shard(staging, split, len(shards), fmt, batch))
+    return {"samples": sum(s["samples"] for s in shards), "shards": shards}
+
+
+def _encode_png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write_shard(staging: Path, split: str, index: int, fmt: str, rows: list[Row]) -> dict:
+    name = f"{split}-{index:06d}{FORMATS[fmt]}"
+    (_write_tar if fmt == "webdataset" else _write_parquet)(staging / name, rows)
+    return {"name": name, "samples": len(rows), "first_id": rows[0][0], "sha256": _sha256(staging / name)}
+
+
+def _write_tar(path: Path, rows: list[Row]) -> None:
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for sample_id, png, label in rows:
+            _add_member(tar, f"{sample_id:08d}.image.png", png)
+            if label is not None:
+                _add_member(tar, f"{sample_id:08d}.label.cls", str(label).encode())
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)  # fixed metadata so shards are byte-identical across runs
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    info.uid, info.gid, info.uname, info.gname = 0, 0, "", ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _write_parquet(path: Path, rows: list[Row]) -> None:
+    columns = {"id": pa.array([r[0] for r in rows], pa.int64()),
+               "image": pa.array([r[1] for r in rows], pa.binary())}
+    if rows[0][2] is not None:
+        columns["label"] = pa.array([r[2] for r in rows], pa.int64())
+    pq.write_table(pa.table(columns), path)
+
+
+def _sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _Progress:
+    """Samples written, rate and ETA on stderr: redrawn with '\\r' on a TTY, else a line every ~5 s."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.done = total, enabled, 0
+        self.tty = enabled and sys.stderr.isatty()
+        self.start = self.last = time.monotonic()
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.enabled and time.monotonic() - self.last >= (0.2 if self.tty else 5.0):
+            self.report(final=False)
+
+    def report(self, final: bool = True) -> None:
+        if not self.enabled:
+            return
+        self.last = time.monotonic()
+        rate = self.done / max(self.last - self.start, 1e-9)
+        eta = (self.total - self.done) / rate if rate else 0.0
+        line = f"prepare: {self.done}/{self.total} samples, {rate:,.0f} samples/s, ETA {eta:.0f}s"
+        sys.stderr.write(("\r" if self.tty else "") + line + ("\n" if final or not self.tty else ""))
+        sys.stderr.flush()
+
+
+# ---------------------------------------------------------------- reader
+
+def load_manifest(corpus_dir) -> dict:
+    """The manifest of a prepared corpus, or SslscaleError saying how to prepare one."""
+    path = Path(corpus_dir) / MANIFEST
+    redo = f"re-run `sslscale data prepare SOURCE --out {corpus_dir} --overwrite`"
+    if not path.is_file():
+        raise SslscaleError(f"no manifest.json in {corpus_dir}: prepare it with "
+                            f"`sslscale data prepare SOURCE --out {corpus_dir}`")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SslscaleError(f"{path} is not valid JSON ({_reason(e)}): {redo}") from None
+    if not isinstance(manifest, dict) or manifest.get("version") != 1 or "splits" not in manifest:
+        raise SslscaleError(f"{path} is not a version-1 sslscale manifest: {redo}")
+    return manifest
+
+
+def _split_entry(manifest: dict, split: str, where) -> dict:
+    if split not in manifest["splits"]:
+        raise SslscaleError(f"corpus {where} has no split {split!r} "
+                            f"(it has: {', '.join(manifest['splits'])}): pick one of those")
+    return manifest["splits"][split]
+
+
+def shard_paths(manifest_or_dir, corpus_dir=None, split: str = "train") -> list[str]:
+    """Absolute shard paths of SPLIT; corpus_dir defaults to manifest_or_dir when that is a folder."""
+    manifest = manifest_or_dir if isinstance(manifest_or_dir, dict) else load_manifest(manifest_or_dir)
+    root = Path(manifest_or_dir if corpus_dir is None else corpus_dir).absolute()
+    return [str(root / shard["name"]) for shard in _split_entry(manifest, split, root)["shards"]]
+
+
+def verify_shards(corpus_dir, split: str) -> None:
+    """Check every shard of SPLIT exists and matches its sha256 in the manifest."""
+    manifest = load_manifest(corpus_dir)
+    redo = f"re-run `sslscale data prepare SOURCE --out {corpus_dir} --overwrite`"
+    for shard in _split_entry(manifest, split, corpus_dir)["shards"]:
+        path = Path(corpus_dir) / shard["name"]
+        if not path.is_file():
+            raise SslscaleError(f"shard {path} is missing: {redo}")
+        if _sha256(path) != shard["sha256"]:
+            raise SslscaleError(f"shard {path} does not match its sha256 in manifest.json: {redo}")
+
+
+def decode_image(png_bytes: bytes) -> np.ndarray:
+    """PNG (or any PIL-readable) bytes -> uint8 array (H, W, C), C=1 for grayscale."""
+    try:
+        with Image.open(io.BytesIO(png_bytes)) as im:
+            arr = np.asarray(im if im.mode in ("L", "RGB") else im.convert("RGB"), dtype=np.uint8)
+    except Exception as e:  # PIL raises many exception types for bad data
+        raise SslscaleError(f"cannot decode image bytes: {_reason(e)}; the corpus is damaged: "
+                            "check it with verify_shards and re-run prepare") from None
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def read_split(corpus_dir, split: str, with_labels: bool = True):
+    """(ids int64[N], images uint8[N,H,W,C], labels int64[N] or None) of SPLIT, in id order."""
+    manifest = load_manifest(corpus_dir)
+    labelled = with_labels and "label" in manifest["fields"]
+    reader = _read_tar if manifest["format"] == "webdataset" else _read_parquet
+    rows: list[Row] = []
+    for path in shard_paths(manifest, corpus_dir, split):
+        try:
+            rows.extend(reader(path, labelled))
+        except (tarfile.TarError, OSError, ValueError, KeyError) as e:
+            raise SslscaleError(f"cannot read shard {path}: {_reason(e)}; check it with "
+                                "verify_shards and re-run prepare") from None
+    rows.sort(key=lambda r: r[0])
+    ids = np.array([r[0] for r in rows], dtype=np.int64)
+    images = np.stack([decode_image(r[1]) for r in rows])
+    labels = np.array([r[2] for r in rows], dtype=np.int64) if labelled else None
+    return ids, images, labels
+
+
+def _read_tar(path: str, labelled: bool) -> list[Row]:
+    files: dict[int, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            key, _, ext = member.name.partition(".")
+            files.setdefault(int(key), {})[ext] = tar.extractfile(member).read()
+    return [(sid, f["image.png"], int(f["label.cls"]) if labelled else None) for sid, f in files.items()]
+
+
+def _read_parquet(path: str, labelled: bool) -> list[Row]:
+    table = pq.read_table(path, columns=["id", "image"] + (["label"] if labelled else []))
+    cols = table.to_pydict()
+    return list(zip(cols["id"], cols["image"], cols.get("label", [None] * table.num_rows)))
+
+
+def data_root() -> str:
+    """Where built-in corpora live: $SSLSCALE_DATA, default ./data."""
+    return str(Path(os.environ.get("SSLSCALE_DATA", "data")).absolute())
+
+
+def resolve(name_or_dir: str, prepare_missing: bool = True) -> str:
+    """A prepared corpus folder from a built-in name (prepared under data_root() on first use) or a folder."""
+    if name_or_dir in builtin_sources():
+        folder = str(Path(data_root()) / name_or_dir)
+        if prepare_missing and not (Path(folder) / MANIFEST).is_file():
+            prepare(name_or_dir, folder)
+        return folder
+    if not Path(name_or_dir).is_dir():
+        raise SslscaleError(f"corpus {name_or_dir!r} is neither a built-in name ({', '.join(builtin_sources())}) "
+                            f"nor a folder: prepare one with `sslscale data prepare SOURCE --out DIR`")
+    return str(Path(name_or_dir).absolute())

@@ -1,0 +1,48 @@
+"""torch.distributed helpers: rank, world size, and an all-gather that carries gradients back.
+
+Everything works single-process too (no process group: world size 1, gather is the identity).
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """Forward: concatenate every rank's (n, ...) tensor into (world * n, ...).
+    Backward: each rank's slice receives the sum over ranks of the gradients flowing into it (all-reduce, then
+    slice), so the gradient of a loss summed over ranks reaches every embedding. Uses all_reduce rather than
+    reduce_scatter because gloo (CPU) has no reduce_scatter."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.n, ctx.rank = x.shape[0], rank()
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """All ranks' x concatenated in rank order, differentiable; x itself when not distributed.
+    Every rank must pass the same shape."""
+    if world_size() == 1:
+        return x
+    return _GatherWithGrad.apply(x)

@@ -1,0 +1,128 @@
+"""DeepSpeed, in one place: device and precision choice, wrapping a method, the optimizer step, checkpoints.
+
+Usable without Ray: a plain process gets a one-member gloo group. Under Ray Train the engine reuses the process
+group Ray made. Precision: `auto` is bf16 on a GPU and fp32 on a CPU (these CPUs have no bf16 units; bf16 ran
+~13x slower). Parameters stay contiguous: DeepSpeed cannot broadcast channels_last parameters.
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+import deepspeed
+import torch
+import torch.distributed as dist
+
+from sslscale import checkpoint
+from sslscale.export import save_encoder
+from sslscale.optim import build_optimizer
+from sslscale.schedules import warmup_cosine
+
+DS_TAG = "ds"
+
+
+def pick_device(use_gpu: str = "auto") -> torch.device:
+    if use_gpu != "false" and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def pick_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(device: torch.device) -> None:
+    """Reuse an existing process group (Ray Train's), else start a one-process group for plain use."""
+    if not dist.is_initialized():
+        for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                           "MASTER_PORT": str(_free_port())}.items():
+            os.environ.setdefault(key, value)
+    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",
+                               auto_mpi_discovery=False, verbose=False)
+
+
+def ds_config(cfg, precision: str, world: int) -> dict:
+    micro = cfg.data.batch_size // (world * cfg.engine.grad_accum)
+    return {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": cfg.engine.grad_accum,
+        "train_batch_size": micro * cfg.engine.grad_accum * world,
+        "zero_optimization": {"stage": cfg.engine.zero_stage},
+        "bf16": {"enabled": precision == "bf16"},
+        "gradient_clipping": cfg.optim.clip,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+class Engine:
+    """A pretext method wrapped by DeepSpeed; `train_step` runs one optimizer step over grad_accum micro-batches."""
+
+    def __init__(self, method: torch.nn.Module, cfg):
+        self.cfg = cfg
+        self.device = pick_device(cfg.train.use_gpu)
+        self.precision = pick_precision(cfg.engine.precision, self.device)
+        self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        init_distributed(self.device)
+        optimizer = build_optimizer(method, cfg.optim)
+        o = cfg.optim
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(
+            s + 1, total=cfg.train.steps, warmup=o.warmup_steps, peak=o.lr, floor_ratio=o.min_lr_ratio) / o.lr)
+        config = ds_config(cfg, self.precision, dist.get_world_size())
+        self.ds, _, _, self.scheduler = deepspeed.initialize(model=method, optimizer=optimizer,
+                                                             lr_scheduler=schedule, config=config)
+
+    @property
+    def method(self) -> torch.nn.Module:
+        return self.ds.module
+
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def to_device(self, batch: dict) -> dict:
+        """uint8 views (N, C, H, W) -> floats in [0, 1] in the engine's dtype, on its device; other fields as-is."""
+        out = {}
+        for key, value in batch.items():
+            if key.startswith("view_"):
+                value = torch.as_tensor(value).to(self.device, non_blocking=True).to(self.dtype).div_(255)
+            out[key] = value
+        return out
+
+    def train_step(self, micro_batches: list[dict]) -> dict:
+        """Forward, backward and (at the accumulation boundary) the optimizer step. Returns the last micro-batch's
+        method outputs with `loss` averaged over micro-batches, as Python floats except `embeddings`."""
+        self.ds.train()
+        losses, out = [], {}
+        for batch in micro_batches:
+            out = self.ds(self.to_device(batch))
+            self.ds.backward(out["loss"])
+            self.ds.step()
+            losses.append(out["loss"].detach().float())
+        logs = {k: float(v) for k, v in out.items() if k not in ("loss", "embeddings")}
+        logs["loss"] = float(torch.stack(losses).mean())
+        grad_norm = self.ds.get_global_grad_norm()
+        if grad_norm is not None:
+            logs["grad_norm"] = float(grad_norm)
+        self.method.after_step(self.ds.global_steps)
+        return {**logs, "embeddings": out["embeddings"]}
+
+    def save(self, folder: str, *, rank: int, position: dict, state: dict | None) -> None:
+        """Collective: every rank writes its DeepSpeed shard, position and manifest into its own `folder`."""
+        self.ds.save_checkpoint(folder, tag=DS_TAG, save_latest=False)
+        if state is not None:
+            save_encoder(self.method.encoder, os.path.join(folder, checkpoint.ENCODER))
+        checkpoint.write_rank_files(folder, rank, position, state)
+
+    def load(self, folder: str) -> dict:
+        """Verify the folder's checksums, then restore weights, optimizer and LR schedule. Returns state.json."""
+        state = checkpoint.verify(folder)
+        self.ds.load_checkpoint(folder, tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=True)
+        return state

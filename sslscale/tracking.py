@@ -1,0 +1,207 @@
+"""MLflow, in one place: store URI resolution, runs (nested, resumable), params, buffered metrics, artifacts, plots.
+
+Everything goes through an explicit `MlflowClient(uri)` and run id, never mlflow's global active run, so the
+driver, a Ray Train worker and a Tune trial all log to the same run they were handed. HTTP retries are bounded
+(a server that is away costs seconds, not minutes) and a failed call warns once instead of crashing training.
+Metrics from training are held in a `MetricBuffer` until the checkpoint that covers their step exists, and a step
+already in the store is never logged again, so a restarted run continues its step axis without duplicates.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+
+for _key, _value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+                     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}.items():
+    os.environ.setdefault(_key, _value)
+
+from mlflow.entities import Metric  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from sslscale.config import flatten  # noqa: E402
+from sslscale.errors import SslscaleError  # noqa: E402
+
+DEFAULT_URI = "sqlite:///mlruns.db"
+MAX_PARAM_CHARS = 6000
+
+
+def resolve_uri(uri: str = "") -> str:
+    """'' -> $MLFLOW_TRACKING_URI or sqlite:///mlruns.db; a relative sqlite/file path becomes absolute."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "") or DEFAULT_URI
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        return "sqlite:///" + os.path.abspath(path)
+    if "://" not in uri:
+        return "file://" + os.path.abspath(uri)
+    return uri
+
+
+def client(uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri)
+
+
+def _experiment_id(c: MlflowClient, uri: str, name: str) -> str:
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = "file://" + os.path.join(os.path.dirname(uri[len("sqlite:///"):]), "mlartifacts")
+    return c.create_experiment(name, artifact_location=location)
+
+
+def provenance() -> dict[str, str]:
+    """Package versions and git revision, logged as tags so a run can be reproduced."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    tags = {"sslscale.python": platform.python_version(), "sslscale.command": " ".join(sys.argv)[:5000]}
+    for pkg in ("sslscale", "torch", "ray", "deepspeed", "mlflow"):
+        try:
+            tags[f"sslscale.version.{pkg}"] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
+        if rev.returncode == 0:
+            tags["mlflow.source.git.commit"] = rev.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return tags
+
+
+def start_run(uri: str, cfg, tags: dict | None = None) -> str:
+    """Create the run (nested under cfg.tracking.parent_run_id if set) with the whole config as flat params."""
+    c = client(uri)
+    try:
+        exp_id = _experiment_id(c, uri, cfg.tracking.experiment)
+        all_tags = {**provenance(), **(tags or {})}
+        if cfg.tracking.parent_run_id:
+            all_tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
+        run = c.create_run(exp_id, run_name=cfg.tracking.run_name or None, tags=all_tags)
+    except Exception as e:  # noqa: BLE001 - any store failure is one line for the user
+        raise SslscaleError(f"cannot create an MLflow run at {uri} ({type(e).__name__}: {str(e)[:200]}); "
+                            f"check tracking.uri or MLFLOW_TRACKING_URI, or set tracking.enabled=false") from None
+    run_id = run.info.run_id
+    from mlflow.entities import Param
+
+    params = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in flatten(cfg.to_dict()).items()]
+    for i in range(0, len(params), 100):
+        c.log_batch(run_id, params=params[i:i + 100])
+    c.log_text(run_id, cfg.to_json(), "config.json")
+    return run_id
+
+
+def get_run(uri: str, run_id: str):
+    try:
+        return client(uri).get_run(run_id)
+    except Exception as e:  # noqa: BLE001
+        raise SslscaleError(f"no MLflow run {run_id!r} in {uri} ({type(e).__name__}); check the id and "
+                            f"tracking.uri") from None
+
+
+def set_tags(uri: str, run_id: str, tags: dict) -> None:
+    c = client(uri)
+    for k, v in tags.items():
+        c.set_tag(run_id, k, str(v))
+
+
+def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    now = int(time.time() * 1000)
+    client(uri).log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+
+def log_artifact(uri: str, run_id: str, path: str, artifact_path: str | None = None) -> None:
+    client(uri).log_artifact(run_id, path, artifact_path)
+
+
+def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    client(uri).set_terminated(run_id, status)
+
+
+def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client(uri).get_metric_history(run_id, key))
+
+
+class MetricBuffer:
+    """Rank 0's training metrics, held until a checkpoint covers their step, then logged in one batch.
+
+    Steps at or below the last step already in the store (a previous attempt logged them) are dropped, so the
+    store holds each step once. A store that is away keeps the metrics buffered; one warning says so."""
+
+    def __init__(self, uri: str, run_id: str, key: str = "loss"):
+        self.uri, self.run_id = uri, run_id
+        self.pending: list[tuple[int, dict, int]] = []
+        self.warned = False
+        _, points = self._safe(lambda: history(uri, run_id, key))
+        steps = [s for s, _ in points or []]
+        self.logged_up_to = max(steps, default=0)
+
+    def _safe(self, fn) -> tuple[bool, object]:
+        try:
+            return True, fn()
+        except Exception as e:  # noqa: BLE001 - tracking must never stop training
+            if not self.warned:
+                warnings.warn(f"MLflow at {self.uri} is not answering ({type(e).__name__}); metrics are kept and "
+                              f"sent when it is back", stacklevel=2)
+                self.warned = True
+            return False, None
+
+    def add(self, step: int, metrics: dict[str, float]) -> None:
+        if step > self.logged_up_to:
+            self.pending.append((step, metrics, int(time.time() * 1000)))
+
+    def flush(self, up_to: int) -> bool:
+        """Log every pending step <= up_to, 100 steps per call; False (and kept) if the store is away."""
+        while ready := [p for p in self.pending if p[0] <= up_to][:100]:
+            batch = [Metric(k, float(v), ts, s) for s, m, ts in ready for k, v in m.items()]
+            ok, _ = self._safe(lambda: client(self.uri).log_batch(self.run_id, metrics=batch))
+            if not ok:
+                return False
+            last = ready[-1][0]
+            self.pending = [p for p in self.pending if p[0] > last]
+            self.logged_up_to = max(self.logged_up_to, last)
+        return True
+
+
+def plot_curves(uri: str, run_id: str, out_png: str) -> str:
+    """Loss, learning rate and the health metrics against the step, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [("loss", "loss"), ("lr", "learning rate"), ("health/rankme", "effective rank (RankMe)"),
+            ("health/std", "std of normalised embeddings")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
+    for ax, (key, title) in zip(axes, keys):
+        points = history(uri, run_id, key)
+        if points:
+            ax.plot(*zip(*points), marker="." if len(points) < 50 else None)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def dump_json(path: str, data) -> str:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+    return path
+
+
+def json_field(path: str, key: str, default=""):
+    """One field of a small JSON file (run.json), or default when the file or key is missing."""
+    try:
+        with open(path) as f:
+            return json.load(f).get(key, default)
+    except (OSError, ValueError):
+        return default

@@ -1,0 +1,113 @@
+"""Downstream evaluation: how good an encoder's frozen features are on a labelled target (the transfer score).
+
+A target is a prepared corpus with labels and a train and a test split; `fmnist` and `digits` are built-in names
+that are prepared on first use under $SSLSCALE_DATA (default ./data). Scores: kNN (k neighbours by cosine
+similarity, votes weighted by exp(sim / 0.07) as in DINO/InstDisc) and a linear probe (softmax regression on
+standardised features) — both fit on the train split and scored on the whole test split. Baselines through the
+same code: a randomly initialised encoder of the same architecture, and raw pixels.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sslscale import corpus
+from sslscale.encoders import build_encoder
+from sslscale.errors import SslscaleError
+
+def load_target(target: str) -> dict:
+    folder = corpus.resolve(target)
+    manifest = corpus.load_manifest(folder)
+    if "label" not in manifest["fields"] or not {"train", "test"} <= set(manifest["splits"]):
+        raise SslscaleError(f"target {folder} needs labels and a train and a test split; prepare a labelled source")
+    data = {"name": os.path.basename(folder.rstrip("/")), "classes": len(manifest["fields"]["label"]["classes"])}
+    for split in ("train", "test"):
+        _, images, labels = corpus.read_split(folder, split)
+        data[split] = (images, torch.as_tensor(labels))
+    return data
+
+
+@torch.no_grad()
+def features(encoder: torch.nn.Module, images: np.ndarray, batch_size: int = 512) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float features (N, D), encoder in eval mode."""
+    if images.shape[3] != encoder.in_channels or images.shape[1] != encoder.image_size:
+        raise SslscaleError(f"target images are {images.shape[1]}x{images.shape[2]}x{images.shape[3]} but the encoder "
+                            f"takes {encoder.image_size}x{encoder.image_size}x{encoder.in_channels}; pick a matching target")
+    encoder.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2).float().div_(255)
+        out.append(encoder(x).float())
+    return torch.cat(out)
+
+
+def pixels(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images.reshape(len(images), -1)).float().div_(255)
+
+
+@torch.no_grad()
+def knn_accuracy(train_f, train_y, test_f, test_y, *, k: int = 20, classes: int, temperature: float = 0.07,
+                 chunk: int = 1024) -> float:
+    """Weighted kNN: each test point votes over its k most cosine-similar train points, weight exp(sim/T)."""
+    train_f, test_f = F.normalize(train_f, dim=1), F.normalize(test_f, dim=1)
+    correct = 0
+    for i in range(0, len(test_f), chunk):
+        sim, idx = (test_f[i:i + chunk] @ train_f.T).topk(k, dim=1)  # (c, k)
+        votes = torch.zeros(len(sim), classes).scatter_add_(1, train_y[idx], (sim / temperature).exp())
+        correct += int((votes.argmax(1) == test_y[i:i + chunk]).sum())
+    return correct / len(test_f)
+
+
+def linear_probe_accuracy(train_f, train_y, test_f, test_y, *, classes: int, epochs: int = 30,
+                          batch_size: int = 1024, lr: float = 1e-2, seed: int = 0) -> float:
+    """Softmax regression on standardised features with AdamW and a cosine schedule; test accuracy."""
+    mean, std = train_f.mean(0), train_f.std(0) + 1e-6
+    train_f, test_f = (train_f - mean) / std, (test_f - mean) / std
+    gen = torch.Generator().manual_seed(seed)
+    probe = torch.nn.Linear(train_f.shape[1], classes)
+    opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * -(-len(train_f) // batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(epochs):
+        order = torch.randperm(len(train_f), generator=gen)
+        for i in range(0, len(order), batch_size):
+            b = order[i:i + batch_size]
+            loss = F.cross_entropy(probe(train_f[b]), train_y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    with torch.no_grad():
+        return float((probe(test_f).argmax(1) == test_y).float().mean())
+
+
+def scores(train_f, test_f, data: dict, tcfg) -> dict[str, float]:
+    (_, train_y), (_, test_y) = data["train"], data["test"]
+    kw = dict(classes=data["classes"])
+    return {"knn_top1": knn_accuracy(train_f, train_y, test_f, test_y, k=tcfg.knn_k, **kw),
+            "linear_top1": linear_probe_accuracy(train_f, train_y, test_f, test_y, epochs=tcfg.probe_epochs, **kw)}
+
+
+def evaluate(encoder: torch.nn.Module, tcfg, *, baseline: bool | None = None) -> dict[str, float]:
+    """Scores of `encoder` on tcfg.target, keyed `<target>/<metric>`; with the baseline also
+    `<target>/random_init/<metric>` and `<target>/pixels/<metric>`."""
+    data = load_target(tcfg.target)
+    (train_x, _), (test_x, _) = data["train"], data["test"]
+    name = data["name"]
+    encoders = {"": encoder}
+    if tcfg.baseline if baseline is None else baseline:
+        torch.manual_seed(0)
+        spec = encoder.spec()
+        encoders["random_init/"] = build_encoder(spec["name"], in_channels=spec["in_channels"],
+                                                 image_size=spec["image_size"], **spec["kwargs"])
+    result = {}
+    for prefix, enc in encoders.items():
+        got = scores(features(enc, train_x, tcfg.batch_size), features(enc, test_x, tcfg.batch_size), data, tcfg)
+        result.update({f"{name}/{prefix}{k}": v for k, v in got.items()})
+    if len(encoders) > 1:
+        got = scores(pixels(train_x), pixels(test_x), data, tcfg)
+        result.update({f"{name}/pixels/{k}": v for k, v in got.items()})
+    return result
