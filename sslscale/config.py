@@ -30,6 +30,8 @@ class DataConfig:
     jitter_prob: float = 0.8
     grayscale: float = 0.2  # probability of grayscale (RGB corpora only)
     blur: float = 0.0  # probability of a Gaussian blur
+    cpus: float = 1.0  # CPUs Ray Data may use for decoding and views
+    buffer_mb: int = 256  # object store for views produced ahead of training
     shuffle_buffer: int = 2048  # rows in each worker's local shuffle buffer (0: off)
     on_error: str = _choice("fail", "fail", "skip")
 
@@ -222,6 +224,8 @@ def validate(cfg: Config) -> Config:
         ("data.batch_size", cfg.data.batch_size > 0, "a positive number"),
         ("train.steps", cfg.train.steps > 0, "a positive number"),
         ("train.workers", cfg.train.workers > 0, "at least 1"),
+        ("data.cpus", cfg.data.cpus > 0, "a positive number of CPUs"),
+        ("data.buffer_mb", cfg.data.buffer_mb > 0, "a positive number of MiB"),
         ("train.checkpoint_every", cfg.train.checkpoint_every > 0, "a positive number of steps"),
         ("train.health_every", cfg.train.health_every > 0, "a positive number of steps"),
         ("train.keep_checkpoints", cfg.train.keep_checkpoints > 0, "at least 1"),

@@ -90,7 +90,7 @@ def _train(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, in
     dataset = stream.pretrain_dataset(cfg, corpus_dir, first_epoch=min(consumed, default=0), consumed=consumed)
     attempt = len([d for d in os.listdir(run_dir) if d.startswith("attempt-")])
     try:
-        train.fit(cfg, datasets={"train": dataset}, run_id=run_id, uri=uri, input_spec=input_spec,
+        train.fit(cfg, datasets={"train": dataset}, ingest=stream.ingest_options(cfg), run_id=run_id, uri=uri, input_spec=input_spec,
                   storage=run_dir, name=f"attempt-{attempt}", resume_from=last)
     except Exception as e:  # noqa: BLE001 - Ray wraps worker errors; the user needs the root cause in one line
         if run_id:

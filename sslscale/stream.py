@@ -90,3 +90,10 @@ def quiet() -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+
+
+def ingest_options(cfg) -> ray.data.ExecutionOptions:
+    """Bound what the view pipeline may use, so it runs just ahead of training instead of competing with it
+    for the same cores: `data.cpus` CPUs and `data.buffer_mb` of object store for views not yet consumed."""
+    limits = ray.data.ExecutionResources(cpu=cfg.data.cpus, object_store_memory=cfg.data.buffer_mb * 2**20)
+    return ray.data.ExecutionOptions(resource_limits=limits)

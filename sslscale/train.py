@@ -73,6 +73,8 @@ def train_loop(loop_config: dict) -> None:
             from sslscale.checkpoint import read_positions
 
             position = {str(e): ids for e, ids in read_positions(folder).items()}
+        if rank == 0:
+            print(f"resuming from the checkpoint at step {step}", flush=True)
     buffer = tracking.MetricBuffer(loop_config["uri"], run_id) if rank == 0 and run_id else None
     progress = Progress(total=cfg.train.steps, start=step, enabled=rank == 0)
     shard = ray.train.get_dataset_shard("train")
@@ -100,7 +102,7 @@ def train_loop(loop_config: dict) -> None:
     progress.done(step)
 
 
-def fit(cfg: Config, *, datasets: dict, run_id: str, uri: str, input_spec: dict, storage: str, name: str,
+def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spec: dict, storage: str, name: str,
         resume_from: str | None = None):
     """Launch the TorchTrainer; returns Ray's Result (its `.checkpoint` is the last one reported)."""
     use_gpu = cfg.train.use_gpu == "true" or (cfg.train.use_gpu == "auto" and torch.cuda.is_available())
@@ -113,6 +115,7 @@ def fit(cfg: Config, *, datasets: dict, run_id: str, uri: str, input_spec: dict,
                              failure_config=FailureConfig(max_failures=cfg.train.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
         datasets=datasets,
+        dataset_config=ray.train.DataConfig(execution_options=ingest),
         resume_from_checkpoint=ray.train.Checkpoint(resume_from) if resume_from else None,
     )
     return trainer.fit()

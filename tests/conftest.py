@@ -1,0 +1,38 @@
+"""Shared fixtures: a prepared digits corpus (real shards), an sqlite MLflow store in tmp, the debug config."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from sslscale import corpus
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> str:
+    """$SSLSCALE_DATA for the session, with the digits corpus prepared once."""
+    root = tmp_path_factory.mktemp("data")
+    corpus.prepare("digits", root / "digits", progress=False)
+    return str(root)
+
+
+@pytest.fixture
+def debug_cfg(data_root, tmp_path, monkeypatch):
+    """The debug recipe writing into tmp_path (runs/, mlruns.db), reading the session's digits corpus."""
+    from pipelines import load_recipe
+
+    monkeypatch.setenv("SSLSCALE_DATA", data_root)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return load_recipe("debug")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the tests in this process that need it."""
+    from sslscale.runtime import ensure_ray, shutdown
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    ensure_ray()
+    yield
+    shutdown()

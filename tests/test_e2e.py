@@ -1,0 +1,82 @@
+"""Real end-to-end runs: Ray Train with 2 workers, DeepSpeed ZeRO-1, Ray Data, an sqlite MLflow store, real files.
+
+Slow (tens of seconds each); `make test` runs them."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sslscale import checkpoint, tracking
+from sslscale.export import load_encoder
+
+pytestmark = pytest.mark.slow
+SSLSCALE = os.path.join(os.path.dirname(sys.executable), "sslscale")
+
+
+def test_pretrain_function_logs_everything(debug_cfg, ray_local):
+    from sslscale import pretrain
+
+    result = pretrain(debug_cfg)
+    uri, run_id = result.tracking_uri, result.run_id
+    run = tracking.get_run(uri, run_id)
+    assert run.info.status == "FINISHED" and run.data.params["train.workers"] == "2"
+    assert [s for s, _ in tracking.history(uri, run_id, "loss")] == [1, 2, 3, 4, 5, 6]
+    assert [s for s, _ in tracking.history(uri, run_id, "health/rankme")] == [2, 4, 6]
+    assert {"digits/knn_top1", "digits/linear_top1", "digits/random_init/knn_top1"} <= {
+        k.removeprefix("transfer/") for k in run.data.metrics}
+    artifacts = {a.path for a in tracking.client(uri).list_artifacts(run_id)}
+    assert {"config.json", "curves.png", "encoder"} <= artifacts
+    enc = load_encoder(result.encoder_path)
+    assert (enc.in_channels, enc.image_size) == (1, 8)
+
+
+def _wait_for_checkpoint(runs: str, proc, limit: float) -> str:
+    deadline = time.time() + limit
+    while time.time() < deadline and proc.poll() is None:
+        for run in os.listdir(runs) if os.path.isdir(runs) else []:
+            if checkpoint.latest(os.path.join(runs, run)):
+                return os.path.join(runs, run)
+        time.sleep(0.2)
+    raise AssertionError(f"no checkpoint within {limit}s (exit code {proc.poll()})")
+
+
+def test_killed_driver_resumes_in_the_same_run(data_root, tmp_path):
+    env = {**os.environ, "SSLSCALE_DATA": data_root, "RAY_DEDUP_LOGS": "0"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    steps = 300
+    args = ["pretrain", "--recipe", "debug", f"train.steps={steps}", "train.checkpoint_every=10",
+            "transfer.enabled=false"]
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen([SSLSCALE, *args], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            run_dir = _wait_for_checkpoint(str(tmp_path / "runs"), proc, limit=240)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    killed_at = checkpoint.read_state(checkpoint.latest(run_dir))["step"]
+    assert killed_at < steps
+    run_id = json.load(open(os.path.join(run_dir, "run.json")))["run_id"]
+
+    resumed = subprocess.run([SSLSCALE, "pretrain", "--resume", run_id], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resuming from the checkpoint at step {killed_at}" in resumed.stdout + resumed.stderr
+
+    uri = tracking.resolve_uri(f"sqlite:///{tmp_path}/mlruns.db")
+    steps_logged = [s for s, _ in tracking.history(uri, run_id, "loss")]
+    assert steps_logged == list(range(1, steps + 1))  # every step once: none lost, none twice
+    runs = tracking.client(uri).search_runs([tracking.get_run(uri, run_id).info.experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id] and runs[0].info.status == "FINISHED"
+
+    final = checkpoint.latest(run_dir)
+    assert checkpoint.read_state(final)["step"] == steps
+    per_epoch = {}
+    for rank in range(2):
+        for epoch, ids in json.load(open(os.path.join(final, f"position.rank{rank}.json"))).items():
+            per_epoch.setdefault(epoch, []).extend(ids)
+    assert all(len(ids) == len(set(ids)) for ids in per_epoch.values())  # no sample repeated within an epoch

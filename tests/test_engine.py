@@ -1,0 +1,95 @@
+"""The DeepSpeed engine on its own (no Ray): steps, the bf16 path, checkpoint round trip and integrity, schedules."""
+import json
+import os
+
+import pytest
+import torch
+
+from sslscale import checkpoint
+from sslscale.config import Config
+from sslscale.engine import Engine
+from sslscale.errors import SslscaleError
+from sslscale.health import health_metrics
+from sslscale.methods import build_method
+from sslscale.schedules import warmup_cosine
+
+
+def _cfg(*extra):
+    return Config().override(["data.batch_size=16", "train.workers=1", "model.widths=4,8", "model.depths=1,1",
+                              "method.proj_hidden=16", "method.proj_dim=8", "train.steps=4", "optim.warmup_steps=2",
+                              *extra])
+
+
+def _batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8, generator=g) for k in ("view_0", "view_1")}
+
+
+def _engine(*extra):
+    torch.manual_seed(0)
+    cfg = _cfg(*extra)
+    return Engine(build_method(cfg, in_channels=1, image_size=8), cfg)
+
+
+@pytest.fixture(scope="module")
+def fp32_engine():
+    return _engine()
+
+
+def test_fp32_steps_update_weights_and_follow_the_schedule(fp32_engine):
+    e = fp32_engine
+    before = [p.detach().clone() for p in e.method.parameters()]
+    logs = [e.train_step([_batch(i)]) for i in range(2)]
+    assert all(torch.isfinite(torch.tensor(l["loss"])) for l in logs)
+    assert any(not torch.equal(a, b) for a, b in zip(before, e.method.parameters()))
+    assert e.lr() == pytest.approx(warmup_cosine(3, total=4, warmup=2, peak=e.cfg.optim.lr, floor_ratio=0.01))
+    assert e.precision == "fp32" and logs[0]["embeddings"].shape == (16, 8)
+
+
+def test_bf16_path_runs_on_cpu():
+    e = _engine("engine.precision=bf16", "engine.zero_stage=2")
+    before = [p.detach().float().clone() for p in e.method.parameters()]
+    losses = [e.train_step([_batch(i)])["loss"] for i in range(2)]
+    assert e.precision == "bf16" and all(map(lambda v: torch.isfinite(torch.tensor(v)), losses))
+    assert any(not torch.equal(a, b.float()) for a, b in zip(before, e.method.parameters()))
+
+
+def test_checkpoint_round_trip_and_tamper_detection(fp32_engine, tmp_path):
+    e = fp32_engine
+    e.train_step([_batch(5)])
+    folder = str(tmp_path / "ckpt")
+    os.makedirs(folder)
+    e.save(folder, rank=0, position={"0": [3, 1]}, state={"step": 3, "world_size": 1})
+    saved = {k: v.clone() for k, v in e.method.state_dict().items()}
+    lr = e.lr()
+    e.train_step([_batch(6)])  # move away from the checkpoint
+    assert checkpoint.latest(str(tmp_path)) == folder
+    assert e.load(folder)["step"] == 3
+    assert all(torch.equal(saved[k], v) for k, v in e.method.state_dict().items())
+    assert e.lr() == pytest.approx(lr) and checkpoint.read_positions(folder) == {0: [1, 3]}
+    with open(os.path.join(folder, "ds", "mp_rank_00_model_states.pt"), "ab") as f:
+        f.write(b"tampered")
+    with pytest.raises(SslscaleError, match="does not match its checksum"):
+        e.load(folder)
+    assert checkpoint.latest(str(tmp_path)) is None
+
+
+def test_incomplete_checkpoint_is_skipped(tmp_path):
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "state.json").write_text(json.dumps({"step": 9, "world_size": 2}))
+    checkpoint.write_rank_files(str(folder), 0, {}, None)  # rank 1's files never arrived
+    assert checkpoint.latest(str(tmp_path)) is None
+
+
+def test_warmup_cosine_is_pure_and_shaped():
+    lrs = [warmup_cosine(s, total=100, warmup=10, peak=1.0, floor_ratio=0.1) for s in range(1, 101)]
+    assert lrs[9] == 1.0 and lrs[0] == pytest.approx(0.1) and lrs[-1] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+
+
+def test_health_metrics_see_collapse():
+    healthy = health_metrics(torch.randn(256, 16))
+    collapsed = health_metrics(torch.ones(256, 16) + 1e-6 * torch.randn(256, 16))
+    assert healthy["health/rankme"] > 12 and collapsed["health/rankme"] < 2
+    assert healthy["health/std"] == pytest.approx(16 ** -0.5, rel=0.1) and collapsed["health/std"] < 1e-3

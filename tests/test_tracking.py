@@ -1,0 +1,58 @@
+"""MLflow against a real sqlite store: nested runs, flat params, each step once, a store that is away."""
+import os
+import warnings
+
+import pytest
+
+from sslscale import tracking
+from sslscale.config import Config
+
+
+def test_resolve_uri_is_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.resolve_uri() == f"sqlite:///{tmp_path}/mlruns.db"
+    assert tracking.resolve_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///x.db")
+    assert tracking.resolve_uri() == f"sqlite:///{tmp_path}/x.db"
+
+
+def test_runs_nest_with_flat_params_and_steps_log_once(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    parent = tracking.start_run(uri, Config())
+    cfg = Config().override([f"tracking.parent_run_id={parent}", "train.steps=9"])
+    run_id = tracking.start_run(uri, cfg)
+    run = tracking.get_run(uri, run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert run.data.params["train.steps"] == "9" and run.data.params["model.widths"] == "(32, 64, 128)"
+    assert "sslscale.version.torch" in run.data.tags
+
+    first = tracking.MetricBuffer(uri, run_id)
+    for step in range(1, 7):
+        first.add(step, {"loss": 1.0 / step})
+    first.flush(4)  # steps 5-6 are not covered by a checkpoint: they die with the attempt
+    second = tracking.MetricBuffer(uri, run_id)  # the restarted attempt re-runs steps 3..6
+    for step in range(3, 7):
+        second.add(step, {"loss": 2.0})
+    second.flush(6)
+    assert [s for s, _ in tracking.history(uri, run_id, "loss")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_store_away_warns_once_and_keeps_metrics(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        buf = tracking.MetricBuffer("http://127.0.0.1:9", "run")  # nothing listens on port 9
+        buf.add(1, {"loss": 1.0})
+        assert buf.flush(1) is False and buf.flush(1) is False
+    assert len([w for w in caught if "not answering" in str(w.message)]) == 1
+    assert len(buf.pending) == 1
+
+
+def test_unreachable_store_fails_start_in_one_line(monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    from sslscale.errors import SslscaleError
+
+    with pytest.raises(SslscaleError, match="cannot create an MLflow run at http://127.0.0.1:9"):
+        tracking.start_run("http://127.0.0.1:9", Config())
