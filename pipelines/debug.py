@@ -13,5 +13,5 @@ def config() -> Config:
     cfg.optim.warmup_steps = 2
     cfg.train.steps, cfg.train.checkpoint_every, cfg.train.health_every = 6, 3, 2
     cfg.train.max_failures = 0
-    cfg.transfer.target, cfg.transfer.probe_epochs = "digits", 10
+    cfg.transfer.target = "digits"
     return cfg

@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     pre = sub.add_parser("pretrain", help="pretrain an encoder (then score it on the transfer target)")
     pre.add_argument("--recipe", default="simclr_fmnist", help="a recipe from pipelines/ (simclr_fmnist, debug)")
     pre.add_argument("--resume", metavar="RUN_ID_OR_DIR", help="continue a stopped run from its last checkpoint")
+    pre.add_argument("--export", metavar="FILE", help="also write the encoder to FILE (*encoder.safetensors)")
     pre.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=100")
 
     ev = sub.add_parser("evaluate", help="score an encoder on a labelled target (kNN and linear probe)")
@@ -89,15 +90,22 @@ def _cmd_pretrain(args) -> None:
     from pipelines import load_recipe
     from sslscale.pretrain import pretrain, resume_config
 
+    if args.export and not args.export.endswith("encoder.safetensors"):
+        raise SslscaleError(f"--export {args.export!r} must end in 'encoder.safetensors', e.g. demo.encoder.safetensors")
     if args.resume:
         uri = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("tracking.uri=")), "")
         cfg = resume_config(args.resume, args.overrides, uri)
     else:
         cfg = load_recipe(args.recipe).override(args.overrides)
     result = pretrain(cfg, resume=args.resume)
+    encoder = result.encoder_path
+    if args.export:
+        from sslscale.export import load_encoder, save_encoder
+
+        encoder = os.path.abspath(save_encoder(load_encoder(encoder), args.export))
     print(f"\nrun id:      {result.run_id or '(tracking off)'}")
     print(f"checkpoint:  {result.checkpoint}")
-    print(f"encoder:     {result.encoder_path}")
+    print(f"encoder:     {encoder}  (load it with sslscale.load_encoder)")
     _print_scores(result.scores)
     print(f"MLflow store: {result.tracking_uri}\nopen the UI:  sslscale ui  (then browse http://127.0.0.1:5000)")
 

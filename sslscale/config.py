@@ -98,7 +98,7 @@ class TransferConfig:
     target: str = "fmnist"  # a built-in name (fmnist, digits) or a prepared labelled corpus folder
     baseline: bool = True  # also score a randomly initialised encoder and raw pixels
     knn_k: int = 20
-    probe_epochs: int = 30
+    probe_iters: int = 100  # L-BFGS iterations of the linear probe
     batch_size: int = 512
 
 

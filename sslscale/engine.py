@@ -79,6 +79,9 @@ class Engine:
         config = ds_config(cfg, self.precision, dist.get_world_size())
         self.ds, _, _, self.scheduler = deepspeed.initialize(model=method, optimizer=optimizer,
                                                              lr_scheduler=schedule, config=config)
+        for buf in self.method.buffers():  # DeepSpeed casts parameters only; CPU BatchNorm wants one dtype
+            if buf.is_floating_point():
+                buf.data = buf.data.to(self.dtype)
 
     @property
     def method(self) -> torch.nn.Module:

@@ -16,10 +16,13 @@ class Progress:
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty()
         self.t0 = self.last_print = time.perf_counter()
+        self.first, self.t_first = None, self.t0
 
     def line(self, step: int, metrics: dict) -> str:
-        elapsed = time.perf_counter() - self.t0
-        done = step - self.start
+        if self.first is None:  # rate and ETA count from the first step: start-up is not throughput
+            self.first, self.t_first = step, time.perf_counter()
+        elapsed = time.perf_counter() - self.t_first
+        done = step - self.first
         eta = elapsed / done * (self.total - step) if done else 0.0
         parts = [f"step {step}/{self.total}"]
         if "loss" in metrics:
@@ -31,7 +34,8 @@ class Progress:
 
     def update(self, step: int, metrics: dict) -> None:
         now = time.perf_counter()
-        if not self.enabled or (not self.tty and now - self.last_print < self.every and step != self.total):
+        quiet = not self.tty and now - self.last_print < self.every and step != self.total
+        if not self.enabled or (quiet and self.first is not None):
             return
         self.last_print = now
         end = "\r" if self.tty else "\n"

@@ -3,7 +3,7 @@
 A target is a prepared corpus with labels and a train and a test split; `fmnist` and `digits` are built-in names
 that are prepared on first use under $SSLSCALE_DATA (default ./data). Scores: kNN (k neighbours by cosine
 similarity, votes weighted by exp(sim / 0.07) as in DINO/InstDisc) and a linear probe (softmax regression on
-standardised features) — both fit on the train split and scored on the whole test split. Baselines through the
+standardised features, L-BFGS) — both fit on the train split and scored on the whole test split. Baselines through the
 same code: a randomly initialised encoder of the same architecture, and raw pixels.
 """
 from __future__ import annotations
@@ -61,25 +61,24 @@ def knn_accuracy(train_f, train_y, test_f, test_y, *, k: int = 20, classes: int,
     return correct / len(test_f)
 
 
-def linear_probe_accuracy(train_f, train_y, test_f, test_y, *, classes: int, epochs: int = 30,
-                          batch_size: int = 1024, lr: float = 1e-2, seed: int = 0) -> float:
-    """Softmax regression on standardised features with AdamW and a cosine schedule; test accuracy."""
+def linear_probe_accuracy(train_f, train_y, test_f, test_y, *, classes: int, iters: int = 100,
+                          l2: float = 1e-4) -> float:
+    """Softmax regression on standardised features, fit full-batch with L-BFGS (deterministic, no batch-size
+    or learning-rate to tune) and an L2 penalty; returns test accuracy."""
     mean, std = train_f.mean(0), train_f.std(0) + 1e-6
     train_f, test_f = (train_f - mean) / std, (test_f - mean) / std
-    gen = torch.Generator().manual_seed(seed)
     probe = torch.nn.Linear(train_f.shape[1], classes)
-    opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * -(-len(train_f) // batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for _ in range(epochs):
-        order = torch.randperm(len(train_f), generator=gen)
-        for i in range(0, len(order), batch_size):
-            b = order[i:i + batch_size]
-            loss = F.cross_entropy(probe(train_f[b]), train_y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+    torch.nn.init.zeros_(probe.weight)
+    torch.nn.init.zeros_(probe.bias)
+    opt = torch.optim.LBFGS(probe.parameters(), max_iter=iters, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(probe(train_f), train_y) + l2 * probe.weight.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
     with torch.no_grad():
         return float((probe(test_f).argmax(1) == test_y).float().mean())
 
@@ -88,7 +87,7 @@ def scores(train_f, test_f, data: dict, tcfg) -> dict[str, float]:
     (_, train_y), (_, test_y) = data["train"], data["test"]
     kw = dict(classes=data["classes"])
     return {"knn_top1": knn_accuracy(train_f, train_y, test_f, test_y, k=tcfg.knn_k, **kw),
-            "linear_top1": linear_probe_accuracy(train_f, train_y, test_f, test_y, epochs=tcfg.probe_epochs, **kw)}
+            "linear_top1": linear_probe_accuracy(train_f, train_y, test_f, test_y, iters=tcfg.probe_iters, **kw)}
 
 
 def evaluate(encoder: torch.nn.Module, tcfg, *, baseline: bool | None = None) -> dict[str, float]:

@@ -63,9 +63,9 @@ def test_two_workers_equal_single_process_loss_and_gradients():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     world = 2
-    with mp.get_context("fork").Manager() as manager:
+    with mp.get_context("spawn").Manager() as manager:
         out = manager.dict()
-        mp.start_processes(_worker, args=(world, port, z0, z1, out), nprocs=world, start_method="fork")
+        mp.start_processes(_worker, args=(world, port, z0, z1, out), nprocs=world, start_method="spawn")
         results = [out[r] for r in range(world)]
     # The loss each worker returns averages over its own anchors; DeepSpeed averages over workers.
     assert sum(r[0] for r in results) / world == pytest.approx(float(full), rel=1e-5)

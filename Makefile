@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make demo` (install + real pretraining + transfer scores) and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+# The CPU torch wheel lies in /opt/wheels on these machines; without it pip would fetch a multi-GB CUDA build.
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install demo test test-fast fmnist benchmark ui clean
+
+$(BIN)/sslscale: pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q $(FIND_LINKS) -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/sslscale
+
+$(FMNIST):
+	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+fmnist: $(FMNIST)
+
+data/fmnist/manifest.json: $(FMNIST) | install
+	$(BIN)/sslscale data prepare fmnist --out data/fmnist
+
+demo: install data/fmnist/manifest.json
+	$(BIN)/sslscale pretrain --recipe simclr_fmnist --export demo.encoder.safetensors
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+benchmark: install data/fmnist/manifest.json
+	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/train_throughput.py
+
+ui: install
+	$(BIN)/sslscale ui
+
+clean:
+	rm -rf runs mlruns.db mlartifacts data demo.encoder.safetensors
