@@ -87,7 +87,7 @@ def _train(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, in
     consumed = checkpoint.read_positions(last) if last else {}
     if last and checkpoint.read_state(last)["step"] >= cfg.train.steps:
         return last
-    dataset = stream.pretrain_dataset(cfg, corpus_dir, first_epoch=min(consumed, default=0), consumed=consumed)
+    dataset = stream.pretrain_dataset(cfg, corpus_dir, consumed=consumed)
     attempt = len([d for d in os.listdir(run_dir) if d.startswith("attempt-")])
     try:
         train.fit(cfg, datasets={"train": dataset}, ingest=stream.ingest_options(cfg), run_id=run_id, uri=uri, input_spec=input_spec,

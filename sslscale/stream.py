@@ -61,8 +61,9 @@ def epochs_needed(steps: int, batch_size: int, samples: int) -> int:
     return math.ceil(steps * batch_size / samples) + 1
 
 
-def pretrain_dataset(cfg, corpus_dir: str, *, first_epoch: int = 0, consumed: dict | None = None) -> ray.data.Dataset:
-    """The run's view stream from `first_epoch` on; `consumed` {epoch: ids} drops what a checkpoint already used."""
+def pretrain_dataset(cfg, corpus_dir: str, *, consumed: dict | None = None) -> ray.data.Dataset:
+    """The run's view stream, epoch after epoch; `consumed` {epoch: ids} drops what a checkpoint already used
+    (a fully consumed epoch then yields nothing)."""
     manifest = corpus.load_manifest(corpus_dir)
     split = manifest["splits"].get(cfg.data.split)
     if split is None:
@@ -77,7 +78,7 @@ def pretrain_dataset(cfg, corpus_dir: str, *, first_epoch: int = 0, consumed: di
     consumed = consumed or {}
     n_epochs = epochs_needed(cfg.train.steps, cfg.data.batch_size, split["samples"])
     parts = []
-    for epoch in range(first_epoch, max(n_epochs, first_epoch + 1)):
+    for epoch in range(n_epochs):
         kwargs = dict(epoch=epoch, seed=cfg.data.seed, spec=view_spec(cfg, h), channels=c,
                       skip_ids=np.asarray(consumed.get(epoch, []), np.int64), on_error=cfg.data.on_error)
         parts.append(base.randomize_block_order(seed=cfg.data.seed + epoch)
@@ -94,6 +95,7 @@ def quiet() -> None:
 
 def ingest_options(cfg) -> ray.data.ExecutionOptions:
     """Bound what the view pipeline may use, so it runs just ahead of training instead of competing with it
-    for the same cores: `data.cpus` CPUs and `data.buffer_mb` of object store for views not yet consumed."""
+    for the same cores: `data.cpus` CPUs and `data.buffer_mb` of object store for views not yet consumed.
+    Order is preserved: epochs follow each other (a union otherwise interleaves them) and a run is repeatable."""
     limits = ray.data.ExecutionResources(cpu=cfg.data.cpus, object_store_memory=cfg.data.buffer_mb * 2**20)
-    return ray.data.ExecutionOptions(resource_limits=limits)
+    return ray.data.ExecutionOptions(resource_limits=limits, preserve_order=True)

@@ -156,6 +156,12 @@ class MetricBuffer:
         if step > self.logged_up_to:
             self.pending.append((step, metrics, int(time.time() * 1000)))
 
+    def restore(self, pending: list) -> None:
+        """Take back metrics a checkpoint carried (steps not yet in the store), in step order."""
+        known = {p[0] for p in self.pending}
+        extra = [tuple(p) for p in pending if p[0] > self.logged_up_to and p[0] not in known]
+        self.pending = sorted(self.pending + extra, key=lambda p: p[0])
+
     def flush(self, up_to: int) -> bool:
         """Log every pending step <= up_to, 100 steps per call; False (and kept) if the store is away."""
         while ready := [p for p in self.pending if p[0] <= up_to][:100]:

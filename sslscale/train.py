@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import nullcontext
 import warnings
 
 import ray.train
@@ -19,6 +20,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from sslscale import tracking
+from sslscale.checkpoint import read_positions
 from sslscale.config import Config
 from sslscale.engine import Engine
 from sslscale.health import health_metrics
@@ -45,16 +47,43 @@ def _record(position: dict, group: list[dict]) -> None:
             position.setdefault(str(epoch), []).append(sid)
 
 
-def _save(engine: Engine, cfg: Config, step: int, rank: int, position: dict, run_id: str, metrics: dict) -> None:
+def _save(engine: Engine, cfg: Config, step: int, rank: int, position: dict, run_id: str, buffer) -> None:
+    """All ranks: save into a local folder and report it. Rank 0's state carries the metrics not yet in MLflow,
+    so a checkpoint that lands but whose metrics were never sent (a kill in between) still delivers them."""
     folder = tempfile.mkdtemp(prefix=f"sslscale-ckpt-{step}-")
     try:
         state = {"step": step, "world_size": ray.train.get_context().get_world_size(), "run_id": run_id,
-                 "config": cfg.to_dict()} if rank == 0 else None
+                 "config": cfg.to_dict(), "pending_metrics": buffer.pending if buffer else []} if rank == 0 else None
         engine.save(folder, rank=rank, position=position, state=state)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
+        ray.train.report({"step": step}, checkpoint=ray.train.Checkpoint.from_directory(folder),
                          checkpoint_dir_name=f"checkpoint_{step:07d}")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _restore(engine: Engine, loop_config: dict, rank: int, buffer) -> tuple[int, dict]:
+    """(step, position) from Ray's checkpoint after a worker-group restart, or from --resume's folder."""
+    restored = ray.train.get_checkpoint()
+    if not (restored or loop_config.get("resume_from")):
+        return 0, {}
+    with restored.as_directory() if restored else nullcontext(loop_config["resume_from"]) as folder:
+        state = engine.load(folder)
+        # the history of every rank lives on in rank 0's file; the others start empty
+        position = {str(e): ids for e, ids in read_positions(folder).items()} if rank == 0 else {}
+    if buffer:
+        buffer.restore(state.get("pending_metrics", []))
+        buffer.flush(state["step"])
+    if rank == 0:
+        print(f"resuming from the checkpoint at step {state['step']}", flush=True)
+    return state["step"], position
+
+
+def _step_metrics(engine: Engine, out: dict, cfg: Config, step: int, seconds: float) -> dict:
+    metrics = {k: v for k, v in out.items() if k != "embeddings"}
+    metrics.update(lr=engine.lr(), samples_per_s=cfg.data.batch_size / seconds)
+    if step % cfg.train.health_every == 0:
+        metrics.update(health_metrics(out["embeddings"]))
+    return metrics
 
 
 def train_loop(loop_config: dict) -> None:
@@ -65,37 +94,24 @@ def train_loop(loop_config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(cfg.data.seed)  # the same initial weights on every worker
     engine = Engine(build_method(cfg, **input_spec), cfg)
-    step, position = 0, {}
-    restored = ray.train.get_checkpoint()
-    if restored:
-        with restored.as_directory() as folder:
-            step = engine.load(folder)["step"]
-            from sslscale.checkpoint import read_positions
-
-            position = {str(e): ids for e, ids in read_positions(folder).items()}
-        if rank == 0:
-            print(f"resuming from the checkpoint at step {step}", flush=True)
     buffer = tracking.MetricBuffer(loop_config["uri"], run_id) if rank == 0 and run_id else None
+    step, position = _restore(engine, loop_config, rank, buffer)
     progress = Progress(total=cfg.train.steps, start=step, enabled=rank == 0)
-    shard = ray.train.get_dataset_shard("train")
     last = time.perf_counter()
-    for group in _batches(shard, cfg, rank):
+    for group in _batches(ray.train.get_dataset_shard("train"), cfg, rank):
         if step >= cfg.train.steps:
             break
         step += 1
         out = engine.train_step(group)
         _record(position, group)
         now = time.perf_counter()
-        metrics = {k: v for k, v in out.items() if k != "embeddings"}
-        metrics.update(lr=engine.lr(), samples_per_s=cfg.data.batch_size / (now - last))
+        metrics = _step_metrics(engine, out, cfg, step, now - last)
         last = now
-        if step % cfg.train.health_every == 0:
-            metrics.update(health_metrics(out["embeddings"]))
         if buffer:
             buffer.add(step, metrics)
         progress.update(step, metrics)
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
-            _save(engine, cfg, step, rank, position, run_id, {"step": step, "loss": metrics["loss"]})
+            _save(engine, cfg, step, rank, position, run_id, buffer)
             if buffer:
                 buffer.flush(step)
             last = time.perf_counter()  # checkpoint time is not training throughput
@@ -108,7 +124,10 @@ def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spe
     use_gpu = cfg.train.use_gpu == "true" or (cfg.train.use_gpu == "auto" and torch.cuda.is_available())
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "uri": uri, "input": input_spec},
+        # Ray Train V2 has no resume_from_checkpoint: the folder travels in the loop config (a path on the
+        # storage every worker reads), and get_checkpoint() covers restarts within this fit.
+        train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "uri": uri, "input": input_spec,
+                           "resume_from": resume_from},
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=storage,
@@ -116,7 +135,6 @@ def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spe
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(execution_options=ingest),
-        resume_from_checkpoint=ray.train.Checkpoint(resume_from) if resume_from else None,
     )
     return trainer.fit()
 

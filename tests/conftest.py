@@ -27,9 +27,9 @@ def debug_cfg(data_root, tmp_path, monkeypatch):
     return load_recipe("debug")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def ray_local():
-    """One local Ray instance for the tests in this process that need it."""
+    """A local Ray instance for one test, shut down after it (a second instance confuses `ray start` clients)."""
     from sslscale.runtime import ensure_ray, shutdown
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")

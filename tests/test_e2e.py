@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from sslscale import checkpoint, tracking
@@ -44,10 +45,20 @@ def _wait_for_checkpoint(runs: str, proc, limit: float) -> str:
     raise AssertionError(f"no checkpoint within {limit}s (exit code {proc.poll()})")
 
 
+def _wait_for_ray_to_go(limit: float) -> None:
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        cmds = [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])]
+        if not any(word in cmd for cmd in cmds for word in ("raylet", "gcs_server", "ray::")):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"Ray processes still alive {limit}s after the driver was killed")
+
+
 def test_killed_driver_resumes_in_the_same_run(data_root, tmp_path):
     env = {**os.environ, "SSLSCALE_DATA": data_root, "RAY_DEDUP_LOGS": "0"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    steps = 300
+    steps = 150
     args = ["pretrain", "--recipe", "debug", f"train.steps={steps}", "train.checkpoint_every=10",
             "transfer.enabled=false"]
     with open(tmp_path / "first.log", "w") as log:
@@ -58,6 +69,7 @@ def test_killed_driver_resumes_in_the_same_run(data_root, tmp_path):
         finally:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    _wait_for_ray_to_go(limit=90)  # workers of the killed driver may still finish a checkpoint or two
     killed_at = checkpoint.read_state(checkpoint.latest(run_dir))["step"]
     assert killed_at < steps
     run_id = json.load(open(os.path.join(run_dir, "run.json")))["run_id"]

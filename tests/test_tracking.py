@@ -36,6 +36,12 @@ def test_runs_nest_with_flat_params_and_steps_log_once(tmp_path):
         second.add(step, {"loss": 2.0})
     second.flush(6)
     assert [s for s, _ in tracking.history(uri, run_id, "loss")] == [1, 2, 3, 4, 5, 6]
+    # a checkpoint landed at step 8 but its metrics were never sent: they travel in the checkpoint
+    carried = [(7, {"loss": 0.7}, 0), (8, {"loss": 0.8}, 0), (5, {"loss": 9.0}, 0)]
+    third = tracking.MetricBuffer(uri, run_id)
+    third.restore(carried)
+    third.flush(8)
+    assert tracking.history(uri, run_id, "loss")[4:] == [(5, 0.2), (6, 2.0), (7, 0.7), (8, 0.8)]
 
 
 def test_store_away_warns_once_and_keeps_metrics(tmp_path, monkeypatch):
