@@ -92,6 +92,8 @@ def _cmd_pretrain(args) -> None:
 
     if args.export and not args.export.endswith("encoder.safetensors"):
         raise SslscaleError(f"--export {args.export!r} must end in 'encoder.safetensors', e.g. demo.encoder.safetensors")
+    if args.export and not os.path.isdir(os.path.dirname(os.path.abspath(args.export))):
+        raise SslscaleError(f"--export {args.export!r}: its folder does not exist; create it first")
     if args.resume:
         uri = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("tracking.uri=")), "")
         cfg = resume_config(args.resume, args.overrides, uri)
@@ -161,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"sslscale: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file the user named: unreadable, unwritable, disk full
+        if args.debug:
+            raise
+        print(f"sslscale: error: {e.strerror or e}: {e.filename or ''}; check the path and its permissions",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sslscale: interrupted", file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 
@@ -134,7 +135,7 @@ class Config:
             key, sep, raw = item.partition("=")
             if not sep:
                 raise SslscaleError(f"override {item!r} is not key=value: write it like train.steps=100")
-            set_key(cfg, key.strip(), raw.strip(), from_text=True)
+            set_key(cfg, key.strip(), raw.strip())
         return cfg
 
     def micro_batch(self) -> int:
@@ -178,7 +179,7 @@ def flatten_sections() -> set[str]:
     return {f.name for f in dataclasses.fields(Config) if f.name != "recipe"}
 
 
-def _coerce(key: str, kind, value, from_text: bool):
+def _coerce(key: str, kind, value):
     name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
     try:
         if name == "bool":
@@ -205,13 +206,13 @@ def _coerce(key: str, kind, value, from_text: bool):
         raise SslscaleError(f"bad value {value!r} for {key}: expected {example.get(name, name)}") from None
 
 
-def set_key(cfg: Config, key: str, value, from_text: bool = False) -> None:
+def set_key(cfg: Config, key: str, value) -> None:
     if key == "recipe":
         cfg.recipe = str(value)
         return
     obj, fld = _field(cfg, key)
     hints = typing.get_type_hints(type(obj))
-    value = _coerce(key, hints[fld.name], value, from_text)
+    value = _coerce(key, hints[fld.name], value)
     choices = fld.metadata.get("choices")
     if choices and value not in choices:
         raise SslscaleError(f"bad value {value!r} for {key}: allowed {', '.join(map(str, choices))}")
@@ -238,7 +239,23 @@ def validate(cfg: Config) -> Config:
         ("data.crop_min_scale", 0 < cfg.data.crop_min_scale <= 1, "in (0, 1]"),
         ("model.widths", len(cfg.model.widths) == len(cfg.model.depths) > 0, "as many entries as model.depths"),
         ("transfer.knn_k", cfg.transfer.knn_k > 0, "a positive number"),
+        ("transfer.batch_size", cfg.transfer.batch_size > 0, "a positive number"),
+        ("transfer.probe_iters", cfg.transfer.probe_iters > 0, "a positive number"),
+        ("train.threads_per_worker", cfg.train.threads_per_worker > 0, "at least 1"),
+        ("train.cpus_per_worker", cfg.train.cpus_per_worker > 0, "a positive number of CPUs"),
+        ("data.shuffle_buffer", cfg.data.shuffle_buffer >= 0, "0 (off) or more"),
+        ("data.jitter", cfg.data.jitter >= 0, "0 or more"),
+        ("optim.clip", cfg.optim.clip >= 0, "0 (off) or more"),
+        ("optim.weight_decay", cfg.optim.weight_decay >= 0, "0 or more"),
+        ("optim.lr", math.isfinite(cfg.optim.lr), "a finite number"),
+        ("method.proj_dim", cfg.method.proj_dim > 0 and cfg.method.proj_hidden > 0, "positive (and proj_hidden)"),
+        ("model.widths", all(w > 0 for w in cfg.model.widths) and all(d > 0 for d in cfg.model.depths),
+         "positive channel counts (and model.depths positive block counts)"),
+        ("optim.name", cfg.optim.name != "lars" or cfg.engine.zero_stage == 0,
+         "adamw under ZeRO 1-2 (ZeRO flattens the per-layer tensors LARS scales); for lars set engine.zero_stage=0"),
     ]
+    for key in ("flip", "jitter_prob", "grayscale", "blur"):
+        checks.append((f"data.{key}", 0 <= getattr(cfg.data, key) <= 1, "a probability in [0, 1]"))
     for key, ok, allowed in checks:
         if not ok:
             raise SslscaleError(f"bad value for {key}: must be {allowed}")

@@ -103,6 +103,7 @@ class Engine:
         """Forward, backward and (at the accumulation boundary) the optimizer step. Returns the last micro-batch's
         method outputs with `loss` averaged over micro-batches, as Python floats except `embeddings`."""
         self.ds.train()
+        lr = self.lr()  # the rate this step uses; the scheduler moves on inside ds.step()
         losses, out = [], {}
         for batch in micro_batches:
             out = self.ds(self.to_device(batch))
@@ -110,7 +111,7 @@ class Engine:
             self.ds.step()
             losses.append(out["loss"].detach().float())
         logs = {k: float(v) for k, v in out.items() if k not in ("loss", "embeddings")}
-        logs["loss"] = float(torch.stack(losses).mean())
+        logs["loss"], logs["lr"] = float(torch.stack(losses).mean()), lr
         grad_norm = self.ds.get_global_grad_norm()
         if grad_norm is not None:
             logs["grad_norm"] = float(grad_norm)

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from sslscale import checkpoint, corpus, stream, tracking, train, transfer
@@ -40,65 +41,103 @@ def _input_spec(corpus_dir: str, split: str) -> dict:
     return {"in_channels": c, "image_size": h}
 
 
+# Keys a resumed run may change: how long and how it runs, never what it learns from or how it is built.
+RESUMABLE = ("train.steps", "train.checkpoint_every", "train.health_every", "train.keep_checkpoints",
+             "train.max_failures", "train.cpus_per_worker", "train.threads_per_worker", "data.cpus",
+             "data.buffer_mb", "tracking.uri", "transfer.")
+
+
 def find_run_dir(resume: str, uri: str) -> str:
-    """A run folder from a run id (its MLflow tag, or <output_dir>/<id>) or a folder holding run.json."""
+    """A run folder from a run id (its MLflow tag) or a folder holding run.json."""
     if os.path.isfile(os.path.join(resume, RUN_FILE)):
         return os.path.abspath(resume)
     if os.path.isdir(resume):
         raise SslscaleError(f"{resume} holds no {RUN_FILE}: pass a run id or the run's folder under train.output_dir")
     run = tracking.get_run(uri, resume)
     run_dir = run.data.tags.get("sslscale.run_dir", "")
-    if not os.path.isfile(os.path.join(run_dir, RUN_FILE)):
-        raise SslscaleError(f"run {resume} has no run folder at {run_dir!r}: it was moved or deleted")
+    if tracking.json_field(os.path.join(run_dir, RUN_FILE), "run_id") != resume:
+        raise SslscaleError(f"run {resume} has no run folder of its own at {run_dir!r}: it was moved or deleted; "
+                            f"pass the folder instead")
     return run_dir
 
 
 def resume_config(resume: str, overrides: list[str], uri: str = "") -> Config:
-    """The resumed run's own config with `overrides` applied (e.g. more train.steps)."""
+    """The resumed run's own config, with its own store, and `overrides` of the RESUMABLE keys applied."""
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE):
+            raise SslscaleError(f"{key} cannot change when resuming (the checkpoint was made with it); "
+                                f"resumable keys: {', '.join(RESUMABLE)}")
     run_dir = find_run_dir(resume, tracking.resolve_uri(uri))
     with open(os.path.join(run_dir, RUN_FILE)) as f:
         saved = json.load(f)
-    return Config.from_dict(saved["config"]).override(overrides)
+    cfg = Config.from_dict(saved["config"])
+    cfg.tracking.uri = saved["uri"]
+    return cfg.override(overrides)
+
+
+def _write_run_file(run_dir: str, run_id: str, uri: str, cfg: Config) -> None:
+    path = os.path.join(run_dir, RUN_FILE)
+    tracking.dump_json(path + ".tmp", {"run_id": run_id, "uri": uri, "config": cfg.to_dict()})
+    os.replace(path + ".tmp", path)
 
 
 def _open_run(cfg: Config, uri: str, resume: str | None) -> tuple[str, str]:
-    """(run id, run dir): a new run, or the resumed one."""
+    """(run id, run dir): a new run, or the resumed one (its run.json then records the effective config)."""
     if resume:
         run_dir = find_run_dir(resume, uri)
-        with open(os.path.join(run_dir, RUN_FILE)) as f:
-            run_id = json.load(f)["run_id"]
+        run_id = tracking.json_field(os.path.join(run_dir, RUN_FILE), "run_id")
+        _write_run_file(run_dir, run_id, uri, cfg)
         if run_id:
-            tracking.set_tags(uri, run_id, {"sslscale.resumed": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            tracking.best_effort(tracking.set_tags, uri, run_id, {"sslscale.resumed": time.strftime("%Y-%m-%dT%H:%M:%S")})
         return run_id, run_dir
     run_id = tracking.start_run(uri, cfg) if cfg.tracking.enabled else ""
-    run_dir = os.path.join(os.path.abspath(cfg.train.output_dir), run_id or time.strftime("run-%Y%m%d-%H%M%S"))
-    os.makedirs(run_dir, exist_ok=True)
-    tracking.dump_json(os.path.join(run_dir, RUN_FILE), {"run_id": run_id, "uri": uri, "config": cfg.to_dict()})
+    name = run_id or time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
+    run_dir = os.path.join(os.path.abspath(cfg.train.output_dir), name)
+    os.makedirs(run_dir, exist_ok=False)
+    _write_run_file(run_dir, run_id, uri, cfg)
     if run_id:
-        tracking.set_tags(uri, run_id, {"sslscale.run_dir": run_dir})
+        tracking.best_effort(tracking.set_tags, uri, run_id, {"sslscale.run_dir": run_dir})
     return run_id, run_dir
 
 
-def _train(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, input_spec: dict) -> str:
-    """Run the workers from the run's latest checkpoint (if any); returns the final checkpoint folder."""
-    ensure_ray(env_vars=train.worker_env())
-    stream.quiet()
+def _attempt(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, input_spec: dict) -> None:
+    """One TorchTrainer fit from the run's latest checkpoint, on a stream that skips what it consumed."""
     last = checkpoint.latest(run_dir)
     consumed = checkpoint.read_positions(last) if last else {}
-    if last and checkpoint.read_state(last)["step"] >= cfg.train.steps:
-        return last
     dataset = stream.pretrain_dataset(cfg, corpus_dir, consumed=consumed)
     attempt = len([d for d in os.listdir(run_dir) if d.startswith("attempt-")])
-    try:
-        train.fit(cfg, datasets={"train": dataset}, ingest=stream.ingest_options(cfg), run_id=run_id, uri=uri, input_spec=input_spec,
-                  storage=run_dir, name=f"attempt-{attempt}", resume_from=last)
-    except Exception as e:  # noqa: BLE001 - Ray wraps worker errors; the user needs the root cause in one line
-        if run_id:
-            tracking.end_run(uri, run_id, "FAILED")
-        raise SslscaleError(f"training failed: {_root_cause(e)}") from e
-    final = checkpoint.latest(run_dir)
+    train.fit(cfg, datasets={"train": dataset}, ingest=stream.ingest_options(cfg), run_id=run_id, uri=uri,
+              input_spec=input_spec, storage=run_dir, name=f"attempt-{attempt}", resume_from=last)
+
+
+def _done(run_dir: str, steps: int) -> str | None:
+    last = checkpoint.latest(run_dir)
+    return last if last and checkpoint.read_state(last)["step"] >= steps else None
+
+
+def _train(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, input_spec: dict) -> str:
+    """Train to cfg.train.steps, retrying a failed attempt (a dead worker or node) from the latest checkpoint up to
+    train.max_failures times. Each retry rebuilds the stream without the samples already consumed, which Ray's own
+    worker-group restart cannot do. Returns the final checkpoint folder."""
+    ensure_ray(env_vars=train.worker_env())
+    stream.quiet()
+    for retry in range(cfg.train.max_failures + 1):
+        if _done(run_dir, cfg.train.steps):
+            break
+        try:
+            _attempt(cfg, run_id, uri, run_dir, corpus_dir, input_spec)
+        except Exception as e:  # noqa: BLE001 - Ray wraps worker errors; the user needs the root cause in one line
+            cause = _root_cause(e)
+            if retry == cfg.train.max_failures or "SslscaleError" in str(e):  # bad input: a retry cannot help
+                if run_id:
+                    tracking.best_effort(tracking.end_run, uri, run_id, "FAILED")
+                raise SslscaleError(f"training failed: {cause}") from e
+            print(f"training attempt failed ({cause}); retrying from the latest checkpoint "
+                  f"({retry + 1} of {cfg.train.max_failures})", flush=True)
+    final = _done(run_dir, cfg.train.steps)
     if final is None:
-        raise SslscaleError(f"training ended without a checkpoint in {run_dir}; see the worker log above")
+        raise SslscaleError(f"training ended without a final checkpoint in {run_dir}; see the worker log above")
     return final
 
 
@@ -119,11 +158,14 @@ def _finish(cfg: Config, run_id: str, uri: str, run_dir: str, final: str) -> tup
         print(f"scoring the encoder on {cfg.transfer.target} (kNN k={cfg.transfer.knn_k}, linear probe)...", flush=True)
         scores = transfer.evaluate(load_encoder(encoder_path), cfg.transfer)
     if run_id:
-        tracking.log_artifact(uri, run_id, encoder_path, "encoder")
+        safe = tracking.best_effort
+        safe(tracking.log_artifact, uri, run_id, encoder_path, "encoder")
         if scores:
-            tracking.log_metrics(uri, run_id, {f"transfer/{k}": v for k, v in scores.items()})
-        tracking.log_artifact(uri, run_id, tracking.plot_curves(uri, run_id, os.path.join(run_dir, "curves.png")))
-        tracking.end_run(uri, run_id)
+            safe(tracking.log_metrics, uri, run_id, {f"transfer/{k}": v for k, v in scores.items()})
+        plot = safe(tracking.plot_curves, uri, run_id, os.path.join(run_dir, "curves.png"))
+        if plot:
+            safe(tracking.log_artifact, uri, run_id, plot)
+        safe(tracking.end_run, uri, run_id)
     return encoder_path, scores
 
 

@@ -41,6 +41,16 @@ def resolve_uri(uri: str = "") -> str:
     return uri
 
 
+def best_effort(fn, *args, **kwargs):
+    """Call an MLflow function; on failure warn (what failed, and that the run folder holds the results)."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - the store being away must not lose a finished training
+        warnings.warn(f"MLflow {fn.__name__} failed ({type(e).__name__}: {str(e)[:200]}); the checkpoint and "
+                      f"encoder are safe in the run folder", stacklevel=2)
+        return None
+
+
 def client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
@@ -156,6 +166,15 @@ class MetricBuffer:
         if step > self.logged_up_to:
             self.pending.append((step, metrics, int(time.time() * 1000)))
 
+    def _next_chunk(self, up_to: int, limit: int = 900) -> list:
+        chunk, size = [], 0
+        for p in self.pending:
+            if p[0] > up_to or (chunk and size + len(p[1]) > limit):
+                break
+            chunk.append(p)
+            size += len(p[1])
+        return chunk
+
     def restore(self, pending: list) -> None:
         """Take back metrics a checkpoint carried (steps not yet in the store), in step order."""
         known = {p[0] for p in self.pending}
@@ -163,8 +182,9 @@ class MetricBuffer:
         self.pending = sorted(self.pending + extra, key=lambda p: p[0])
 
     def flush(self, up_to: int) -> bool:
-        """Log every pending step <= up_to, 100 steps per call; False (and kept) if the store is away."""
-        while ready := [p for p in self.pending if p[0] <= up_to][:100]:
+        """Log every pending step <= up_to, up to ~900 metrics per call (MLflow takes 1000); False (and kept) if
+        the store is away."""
+        while ready := self._next_chunk(up_to):
             batch = [Metric(k, float(v), ts, s) for s, m, ts in ready for k, v in m.items()]
             ok, _ = self._safe(lambda: client(self.uri).log_batch(self.run_id, metrics=batch))
             if not ok:

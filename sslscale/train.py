@@ -23,6 +23,7 @@ from sslscale import tracking
 from sslscale.checkpoint import read_positions
 from sslscale.config import Config
 from sslscale.engine import Engine
+from sslscale.errors import SslscaleError
 from sslscale.health import health_metrics
 from sslscale.methods import build_method
 from sslscale.progress import Progress
@@ -80,7 +81,7 @@ def _restore(engine: Engine, loop_config: dict, rank: int, buffer) -> tuple[int,
 
 def _step_metrics(engine: Engine, out: dict, cfg: Config, step: int, seconds: float) -> dict:
     metrics = {k: v for k, v in out.items() if k != "embeddings"}
-    metrics.update(lr=engine.lr(), samples_per_s=cfg.data.batch_size / seconds)
+    metrics.update(samples_per_s=cfg.data.batch_size / seconds)
     if step % cfg.train.health_every == 0:
         metrics.update(health_metrics(out["embeddings"]))
     return metrics
@@ -116,6 +117,9 @@ def train_loop(loop_config: dict) -> None:
                 buffer.flush(step)
             last = time.perf_counter()  # checkpoint time is not training throughput
     progress.done(step)
+    if step < cfg.train.steps:
+        raise SslscaleError(f"the data stream ended at step {step} of {cfg.train.steps} (samples skipped as "
+                            f"undecodable?); lower train.steps or fix the corpus")
 
 
 def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spec: dict, storage: str, name: str,
@@ -131,7 +135,8 @@ def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spe
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=storage,
-                             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+                             # retries happen in pretrain._train, which can rebuild the stream past what was consumed
+                             failure_config=FailureConfig(max_failures=0),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(execution_options=ingest),

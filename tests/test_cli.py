@@ -67,3 +67,13 @@ def test_debug_flag_shows_the_traceback(tmp_path):
 @pytest.mark.parametrize("resume", ["0123456789abcdef", "/does/not/exist"])
 def test_resume_unknown_run(tmp_path, resume):
     one_line_error(run("pretrain", "--resume", resume, cwd=tmp_path), resume)
+
+
+def test_resume_refuses_to_change_what_the_checkpoint_was_made_with(tmp_path):
+    one_line_error(run("pretrain", "--resume", "anything", "model.widths=8,8", cwd=tmp_path),
+                   "model.widths cannot change when resuming")
+
+
+def test_export_folder_checked_before_training(tmp_path):
+    one_line_error(run("pretrain", "--recipe", "debug", "--export", str(tmp_path / "no" / "x.encoder.safetensors"),
+                       cwd=tmp_path), "folder does not exist")

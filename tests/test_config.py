@@ -32,6 +32,18 @@ def test_validate_batch_split():
         validate(Config().override(["data.batch_size=30", "train.workers=4"]))
 
 
+@pytest.mark.parametrize("item, words", [
+    ("optim.name=lars", "for lars set engine.zero_stage=0"),
+    ("data.flip=3", "data.flip: must be a probability"),
+    ("train.threads_per_worker=0", "at least 1"),
+    ("model.widths=0,8,8", "positive channel counts"),
+])
+def test_validate_ranges(item, words):
+    with pytest.raises(SslscaleError, match=words):
+        validate(Config().override([item]))
+    validate(Config().override(["optim.name=lars", "engine.zero_stage=0"]))
+
+
 def test_flatten_gives_dotted_keys():
     flat = flatten(Config().to_dict())
     assert flat["train.steps"] == Config().train.steps and "optim.lr" in flat
