@@ -32,7 +32,7 @@ class DataConfig:
     grayscale: float = 0.2  # probability of grayscale (RGB corpora only)
     blur: float = 0.0  # probability of a Gaussian blur
     cpus: float = 1.0  # CPUs Ray Data may use for decoding and views
-    buffer_mb: int = 64  # object store for views produced ahead of training
+    buffer_mb: int = 256  # object store for views produced ahead of training
     shuffle_buffer: int = 2048  # rows in each worker's local shuffle buffer (0: off)
     on_error: str = _choice("fail", "fail", "skip")
 
