@@ -58,7 +58,7 @@ def _wait_for_ray_to_go(limit: float) -> None:
 def test_killed_driver_resumes_in_the_same_run(data_root, tmp_path):
     env = {**os.environ, "SSLSCALE_DATA": data_root, "RAY_DEDUP_LOGS": "0"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    steps = 150
+    steps = 300  # far from the first checkpoints: the killed driver's workers run on for a few seconds
     args = ["pretrain", "--recipe", "debug", f"train.steps={steps}", "train.checkpoint_every=10",
             "transfer.enabled=false"]
     with open(tmp_path / "first.log", "w") as log:
