@@ -9,43 +9,36 @@ before anything in the folder is unpickled, so a half-copied or tampered checkpo
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 
+from sslscale.corpus import sha256
 from sslscale.errors import SslscaleError
 
 STATE = "state.json"
 ENCODER = "encoder.safetensors"
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _write_json(path: str, data) -> None:
+def write_json(path: str, data, indent: int | None = None) -> None:
+    """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(data, f)
+        json.dump(data, f, indent=indent)
     os.replace(tmp, path)
 
 
 def write_rank_files(folder: str, rank: int, position: dict, state: dict | None) -> None:
     """Write this rank's position (and rank 0's state), then the manifest of everything under `folder`."""
-    _write_json(os.path.join(folder, f"position.rank{rank}.json"), position)
+    write_json(os.path.join(folder, f"position.rank{rank}.json"), position)
     if state is not None:
-        _write_json(os.path.join(folder, STATE), state)
+        write_json(os.path.join(folder, STATE), state)
     files = {}
     for root, _, names in os.walk(folder):
         for name in names:
             path = os.path.join(root, name)
             if not name.startswith("manifest.rank"):
                 files[os.path.relpath(path, folder)] = sha256(path)
-    _write_json(os.path.join(folder, f"manifest.rank{rank}.json"), files)
+    write_json(os.path.join(folder, f"manifest.rank{rank}.json"), files)
 
 
 def read_state(folder: str) -> dict:

@@ -60,14 +60,14 @@ def _source_args(p: argparse.ArgumentParser) -> None:
 def _encoder_source(args) -> tuple[str, str]:
     """(path holding an encoder, MLflow run id or '') for --run / --checkpoint."""
     from sslscale import checkpoint, tracking
-    from sslscale.pretrain import RUN_FILE, find_run_dir
+    from sslscale.pretrain import find_run_dir, run_field
 
     if args.run:
         run_dir = find_run_dir(args.run, tracking.resolve_uri(args.tracking_uri))
         path = run_dir if os.path.isfile(os.path.join(run_dir, checkpoint.ENCODER)) else checkpoint.latest(run_dir)
         if path is None:
             raise SslscaleError(f"run {args.run} has no checkpoint yet: resume it with `sslscale pretrain --resume`")
-        return path, tracking.json_field(os.path.join(run_dir, RUN_FILE), "run_id")
+        return path, run_field(run_dir, "run_id")
     path = args.checkpoint
     if not os.path.exists(path):
         raise SslscaleError(f"checkpoint {path} does not exist: pass a checkpoint folder or *encoder.safetensors file")

@@ -287,7 +287,7 @@ def _encode_png(image: np.ndarray) -> bytes:
 def _write_shard(staging: Path, split: str, index: int, fmt: str, rows: list[Row]) -> dict:
     name = f"{split}-{index:06d}{FORMATS[fmt]}"
     (_write_tar if fmt == "webdataset" else _write_parquet)(staging / name, rows)
-    return {"name": name, "samples": len(rows), "first_id": rows[0][0], "sha256": _sha256(staging / name)}
+    return {"name": name, "samples": len(rows), "first_id": rows[0][0], "sha256": sha256(staging / name)}
 
 
 def _write_tar(path: Path, rows: list[Row]) -> None:
@@ -313,7 +313,8 @@ def _write_parquet(path: Path, rows: list[Row]) -> None:
     pq.write_table(pa.table(columns), path)
 
 
-def _sha256(path) -> str:
+def sha256(path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (shards here, checkpoint files in checkpoint.py)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -385,7 +386,7 @@ def verify_shards(corpus_dir, split: str) -> None:
         path = Path(corpus_dir) / shard["name"]
         if not path.is_file():
             raise SslscaleError(f"shard {path} is missing: {redo}")
-        if _sha256(path) != shard["sha256"]:
+        if sha256(path) != shard["sha256"]:
             raise SslscaleError(f"shard {path} does not match its sha256 in manifest.json: {redo}")
 
 

@@ -47,6 +47,15 @@ RESUMABLE = ("train.steps", "train.checkpoint_every", "train.health_every", "tra
              "data.buffer_mb", "tracking.uri", "transfer.")
 
 
+def run_field(run_dir: str, key: str, default=""):
+    """One field of a run folder's run.json, or default when the file or key is missing."""
+    try:
+        with open(os.path.join(run_dir, RUN_FILE)) as f:
+            return json.load(f).get(key, default)
+    except (OSError, ValueError):
+        return default
+
+
 def find_run_dir(resume: str, uri: str) -> str:
     """A run folder from a run id (its MLflow tag) or a folder holding run.json."""
     if os.path.isfile(os.path.join(resume, RUN_FILE)):
@@ -55,7 +64,7 @@ def find_run_dir(resume: str, uri: str) -> str:
         raise SslscaleError(f"{resume} holds no {RUN_FILE}: pass a run id or the run's folder under train.output_dir")
     run = tracking.get_run(uri, resume)
     run_dir = run.data.tags.get("sslscale.run_dir", "")
-    if tracking.json_field(os.path.join(run_dir, RUN_FILE), "run_id") != resume:
+    if run_field(run_dir, "run_id") != resume:
         raise SslscaleError(f"run {resume} has no run folder of its own at {run_dir!r}: it was moved or deleted; "
                             f"pass the folder instead")
     return run_dir
@@ -77,16 +86,15 @@ def resume_config(resume: str, overrides: list[str], uri: str = "") -> Config:
 
 
 def _write_run_file(run_dir: str, run_id: str, uri: str, cfg: Config) -> None:
-    path = os.path.join(run_dir, RUN_FILE)
-    tracking.dump_json(path + ".tmp", {"run_id": run_id, "uri": uri, "config": cfg.to_dict()})
-    os.replace(path + ".tmp", path)
+    checkpoint.write_json(os.path.join(run_dir, RUN_FILE), {"run_id": run_id, "uri": uri, "config": cfg.to_dict()},
+                          indent=2)
 
 
 def _open_run(cfg: Config, uri: str, resume: str | None) -> tuple[str, str]:
     """(run id, run dir): a new run, or the resumed one (its run.json then records the effective config)."""
     if resume:
         run_dir = find_run_dir(resume, uri)
-        run_id = tracking.json_field(os.path.join(run_dir, RUN_FILE), "run_id")
+        run_id = run_field(run_dir, "run_id")
         _write_run_file(run_dir, run_id, uri, cfg)
         if run_id:
             tracking.best_effort(tracking.set_tags, uri, run_id, {"sslscale.resumed": time.strftime("%Y-%m-%dT%H:%M:%S")})

@@ -49,10 +49,8 @@ def make_views(batch: dict, *, epoch: int, seed: int, spec: ViewSpec, channels: 
         images.append(img)
         kept.append(sid)
     kept_ids = np.asarray(kept, dtype=np.int64)
-    if not kept:
-        return {"id": kept_ids, "epoch": kept_ids.copy(), "view_0": np.empty((0, channels, spec.size, spec.size), np.uint8),
-                "view_1": np.empty((0, channels, spec.size, spec.size), np.uint8)}
-    views = batch_views(np.stack(images), kept_ids, seed=seed, epoch=epoch, spec=spec)
+    stacked = np.stack(images) if images else np.empty((0, 1, 1, channels), np.uint8)  # all skipped: empty views
+    views = batch_views(stacked, kept_ids, seed=seed, epoch=epoch, spec=spec)
     return {"id": kept_ids, "epoch": np.full(len(kept_ids), epoch, np.int64), **views}
 
 
@@ -65,11 +63,8 @@ def pretrain_dataset(cfg, corpus_dir: str, *, consumed: dict | None = None) -> r
     """The run's view stream, epoch after epoch; `consumed` {epoch: ids} drops what a checkpoint already used
     (a fully consumed epoch then yields nothing)."""
     manifest = corpus.load_manifest(corpus_dir)
-    split = manifest["splits"].get(cfg.data.split)
-    if split is None:
-        raise SslscaleError(f"corpus {corpus_dir} has no split {cfg.data.split!r}; it has: "
-                            f"{', '.join(manifest['splits'])}")
-    paths = corpus.shard_paths(manifest, corpus_dir, cfg.data.split)
+    paths = corpus.shard_paths(manifest, corpus_dir, cfg.data.split)  # one-line error for a missing split
+    split = manifest["splits"][cfg.data.split]
     h, w, c = manifest["fields"]["image"]["shape"]
     if manifest["format"] == "parquet":
         base = ray.data.read_parquet(paths, columns=["id", "image"])

@@ -8,7 +8,6 @@ already in the store is never logged again, so a restarted run continues its ste
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
@@ -217,17 +216,3 @@ def plot_curves(uri: str, run_id: str, out_png: str) -> str:
     plt.close(fig)
     return out_png
 
-
-def dump_json(path: str, data) -> str:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=2)
-    return path
-
-
-def json_field(path: str, key: str, default=""):
-    """One field of a small JSON file (run.json), or default when the file or key is missing."""
-    try:
-        with open(path) as f:
-            return json.load(f).get(key, default)
-    except (OSError, ValueError):
-        return default

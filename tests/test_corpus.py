@@ -1,6 +1,5 @@
 """sslscale.corpus: sources -> shards + manifest, and the reader, on real files in tmp_path."""
 import gzip
-import json
 import struct
 import tarfile
 from pathlib import Path

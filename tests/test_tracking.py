@@ -1,5 +1,4 @@
 """MLflow against a real sqlite store: nested runs, flat params, each step once, a store that is away."""
-import os
 import warnings
 
 import pytest
