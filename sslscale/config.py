@@ -81,6 +81,7 @@ class TrainConfig:
     health_every: int = 25  # steps between label-free health metrics (rank, std)
     keep_checkpoints: int = 2
     max_failures: int = 1  # worker-group restarts from the last checkpoint
+    max_bad_steps: int = 10  # steps in a row with a non-finite loss/gradient (each skipped) before the run stops
     output_dir: str = "runs"  # checkpoints and exports, under <output_dir>/<run id>/
 
 
@@ -231,6 +232,7 @@ def validate(cfg: Config) -> Config:
         ("train.health_every", cfg.train.health_every > 0, "a positive number of steps"),
         ("train.keep_checkpoints", cfg.train.keep_checkpoints > 0, "at least 1"),
         ("train.max_failures", cfg.train.max_failures >= 0, "0 or more"),
+        ("train.max_bad_steps", cfg.train.max_bad_steps >= 1, "1 or more"),
         ("engine.grad_accum", cfg.engine.grad_accum > 0, "at least 1"),
         ("optim.lr", cfg.optim.lr > 0, "a positive number"),
         ("optim.warmup_steps", cfg.optim.warmup_steps >= 0, "0 or more"),

@@ -72,7 +72,7 @@ class Engine:
         self.precision = pick_precision(cfg.engine.precision, self.device)
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         init_distributed(self.device)
-        optimizer = build_optimizer(method, cfg.optim)
+        self.optimizer = optimizer = build_optimizer(method, cfg.optim)
         o = cfg.optim
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(
             s + 1, total=cfg.train.steps, warmup=o.warmup_steps, peak=o.lr, floor_ratio=o.min_lr_ratio) / o.lr)
@@ -99,23 +99,38 @@ class Engine:
             out[key] = value
         return out
 
-    def train_step(self, micro_batches: list[dict]) -> dict:
+    def _skipped(self) -> int:
+        """Steps not applied so far: by our optimizer guard, or by DeepSpeed's own overflow check (ZeRO)."""
+        return self.optimizer.skipped + self.ds.skipped_steps
+
+    def train_step(self, micro_batches: list[dict], *, inject_nan: bool = False) -> dict:
         """Forward, backward and (at the accumulation boundary) the optimizer step. Returns the last micro-batch's
-        method outputs with `loss` averaged over micro-batches, as Python floats except `embeddings`."""
+        method outputs with `loss` averaged over micro-batches, as Python floats except `embeddings`.
+
+        A non-finite loss or gradient on any rank skips the step everywhere (`skipped` = 1 in the logs): weights,
+        optimizer state and teachers stay as they were; the LR schedule still advances (it follows the step count).
+        `inject_nan` poisons this rank's loss (fault injection for tests, see faults.py)."""
         self.ds.train()
-        lr = self.lr()  # the rate this step uses; the scheduler moves on inside ds.step()
+        lr, skipped = self.lr(), self._skipped()  # the rate this step uses; the scheduler moves on in ds.step()
+        ds_skipped = self.ds.skipped_steps
         losses, out = [], {}
         for batch in micro_batches:
             out = self.ds(self.to_device(batch))
+            if inject_nan:
+                out["loss"] = out["loss"] * float("nan")
             self.ds.backward(out["loss"])
             self.ds.step()
             losses.append(out["loss"].detach().float())
+        if self.ds.skipped_steps > ds_skipped:
+            self.scheduler.step()  # DeepSpeed holds the schedule back on a skipped step; we do not
         logs = {k: float(v) for k, v in out.items() if k not in ("loss", "embeddings")}
         logs["loss"], logs["lr"] = float(torch.stack(losses).mean()), lr
+        logs["skipped"] = float(self._skipped() > skipped)
         grad_norm = self.ds.get_global_grad_norm()
         if grad_norm is not None:
             logs["grad_norm"] = float(grad_norm)
-        self.method.after_step(self.ds.global_steps)
+        if not logs["skipped"]:
+            self.method.after_step(self.ds.global_steps)
         return {**logs, "embeddings": out["embeddings"]}
 
     def save(self, folder: str, *, rank: int, position: dict, state: dict | None) -> None:

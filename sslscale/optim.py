@@ -1,10 +1,15 @@
 """Optimizers in plain torch: AdamW from torch, and LARS (You et al. 2017) as SimCLR uses it.
 
 Biases and normalisation weights (1-d parameters) get no weight decay and, for LARS, no trust-ratio scaling.
+Every optimizer is guarded (`guard_nonfinite`): a step whose gradients hold inf/NaN on any rank is skipped on
+every rank, so neither the weights nor the optimizer state see it.
 """
 from __future__ import annotations
 
+import types
+
 import torch
+import torch.distributed as dist
 from torch import nn
 
 
@@ -38,11 +43,38 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0, "lars": False}]
 
 
+def _grads_finite(optimizer: torch.optim.Optimizer) -> bool:
+    """True when every gradient this optimizer holds is finite on every rank (a collective under ZeRO, where
+    each rank holds a different partition)."""
+    norms = [torch.linalg.vector_norm(p.grad.float()) for g in optimizer.param_groups for p in g["params"]
+             if p.grad is not None]
+    bad = torch.tensor([0.0 if not norms or torch.isfinite(torch.stack(norms).sum()) else 1.0])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return bad.item() == 0.0
+
+
+def guard_nonfinite(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Make optimizer.step() a no-op (counted in `optimizer.skipped`) when any gradient is inf/NaN. DeepSpeed calls
+    the step of the optimizer it was given (ZeRO: on the fp32 partitions), so this covers every stage."""
+    step = optimizer.step
+    optimizer.skipped = 0
+
+    def guarded(self, *args, **kwargs):
+        if not _grads_finite(self):
+            self.skipped += 1
+            return None
+        return step(*args, **kwargs)
+
+    optimizer.step = types.MethodType(guarded, optimizer)  # bound, as torch's LR schedulers expect
+    return optimizer
+
+
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     """cfg: the optim config section (name, lr, weight_decay, momentum)."""
     groups = param_groups(model, cfg.weight_decay)
     if cfg.name == "lars":
-        return LARS(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return guard_nonfinite(LARS(groups, lr=cfg.lr, momentum=cfg.momentum))
     for g in groups:
         g.pop("lars", None)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    return guard_nonfinite(torch.optim.AdamW(groups, lr=cfg.lr))

@@ -7,19 +7,20 @@ metrics the checkpoint covers to MLflow (see tracking.MetricBuffer). Rank 0 prin
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
 import time
-from contextlib import nullcontext
 import warnings
+from contextlib import nullcontext
 
 import ray.train
 import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from sslscale import tracking
+from sslscale import faults, tracking
 from sslscale.checkpoint import read_positions
 from sslscale.config import Config
 from sslscale.engine import Engine
@@ -79,12 +80,20 @@ def _restore(engine: Engine, loop_config: dict, rank: int, buffer) -> tuple[int,
     return state["step"], position
 
 
-def _step_metrics(engine: Engine, out: dict, cfg: Config, step: int, seconds: float) -> dict:
-    metrics = {k: v for k, v in out.items() if k != "embeddings"}
+def _step_metrics(out: dict, cfg: Config, step: int, seconds: float) -> dict:
+    """What a step logs: finite scalars only (a skipped step's NaN loss shows as `skipped` = 1 instead)."""
+    metrics = {k: v for k, v in out.items() if k != "embeddings" and math.isfinite(v)}
     metrics.update(samples_per_s=cfg.data.batch_size / seconds)
-    if step % cfg.train.health_every == 0:
+    if step % cfg.train.health_every == 0 and not out["skipped"]:
         metrics.update(health_metrics(out["embeddings"]))
     return metrics
+
+
+def _check_bad_steps(in_row: int, cfg: Config, step: int, last_saved: int) -> None:
+    if in_row >= cfg.train.max_bad_steps:
+        raise SslscaleError(
+            f"{in_row} steps in a row (up to step {step}) had a non-finite loss or gradient and were skipped; "
+            f"the checkpoint of step {last_saved} is intact: lower optim.lr (or check the data) and --resume")
 
 
 def train_loop(loop_config: dict) -> None:
@@ -98,21 +107,24 @@ def train_loop(loop_config: dict) -> None:
     buffer = tracking.MetricBuffer(loop_config["uri"], run_id) if rank == 0 and run_id else None
     step, position = _restore(engine, loop_config, rank, buffer)
     progress = Progress(total=cfg.train.steps, start=step, enabled=rank == 0)
-    last = time.perf_counter()
+    last, last_saved, bad_in_row = time.perf_counter(), step, 0
     for group in _batches(ray.train.get_dataset_shard("train"), cfg, rank):
         if step >= cfg.train.steps:
             break
         step += 1
-        out = engine.train_step(group)
-        _record(position, group)
+        out = engine.train_step(group, inject_nan=faults.hit("nan_loss", step, rank))
+        _record(position, group)  # a skipped step still consumed its samples
+        bad_in_row = bad_in_row + 1 if out["skipped"] else 0
+        _check_bad_steps(bad_in_row, cfg, step, last_saved)
         now = time.perf_counter()
-        metrics = _step_metrics(engine, out, cfg, step, now - last)
+        metrics = _step_metrics(out, cfg, step, now - last)
         last = now
         if buffer:
             buffer.add(step, metrics)
         progress.update(step, metrics)
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
             _save(engine, cfg, step, rank, position, run_id, buffer)
+            last_saved = step
             if buffer:
                 buffer.flush(step)
             last = time.perf_counter()  # checkpoint time is not training throughput
@@ -145,6 +157,6 @@ def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spe
 
 
 def worker_env() -> dict:
-    """Environment variables the workers need (bounded MLflow retries, quiet DeepSpeed)."""
-    keys = [k for k in os.environ if k.startswith("MLFLOW_HTTP_REQUEST_")]
+    """Environment variables the workers need (bounded MLflow retries, injected faults for tests)."""
+    keys = [k for k in os.environ if k.startswith("MLFLOW_HTTP_REQUEST_") or k == faults.ENV]
     return {k: os.environ[k] for k in keys}

@@ -93,3 +93,21 @@ def test_health_metrics_see_collapse():
     collapsed = health_metrics(torch.ones(256, 16) + 1e-6 * torch.randn(256, 16))
     assert healthy["health/rankme"] > 12 and collapsed["health/rankme"] < 2
     assert healthy["health/std"] == pytest.approx(16 ** -0.5, rel=0.1) and collapsed["health/std"] < 1e-3
+
+
+def _optimizer_state(e) -> list[torch.Tensor]:
+    return [t.clone() for s in e.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_nonfinite_loss_skips_the_step_and_keeps_weights_and_optimizer_state(stage):
+    e = _engine(f"engine.zero_stage={stage}")
+    e.train_step([_batch(0)])  # a good step first, so the optimizer has state to protect
+    weights, state = [p.detach().clone() for p in e.method.parameters()], _optimizer_state(e)
+    logs = e.train_step([_batch(1)], inject_nan=True)
+    assert logs["skipped"] == 1.0 and not torch.isfinite(torch.tensor(logs["loss"]))
+    assert all(torch.equal(a, b) for a, b in zip(weights, e.method.parameters()))
+    assert len(state) > 0 and all(torch.equal(a, b) for a, b in zip(state, _optimizer_state(e)))
+    assert e.lr() == pytest.approx(warmup_cosine(3, total=4, warmup=2, peak=e.cfg.optim.lr, floor_ratio=0.01))
+    after = e.train_step([_batch(2)])  # training goes on from the untouched weights
+    assert after["skipped"] == 0.0 and any(not torch.equal(a, b) for a, b in zip(weights, e.method.parameters()))

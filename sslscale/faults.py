@@ -1,0 +1,26 @@
+"""Fault injection for reliability tests, driven by one environment variable; inert when it is unset.
+
+`SSLSCALE_FAULTS="nan_loss@5-7"` poisons rank 0's loss at training steps 5 to 7 (a comma-separated list of
+`NAME@FIRST[-LAST]`). The variable reaches Ray workers through train.worker_env(). Tests use it to prove that a
+fault is survived end to end, through the real components; nothing else reads it.
+"""
+from __future__ import annotations
+
+import os
+
+ENV = "SSLSCALE_FAULTS"
+
+
+def _parse(text: str) -> dict[str, tuple[int, int]]:
+    faults = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, span = item.partition("@")
+        first, _, last = span.partition("-")
+        faults[name] = (int(first), int(last or first))
+    return faults
+
+
+def hit(name: str, step: int, rank: int = 0) -> bool:
+    """Whether fault `name` fires at `step` (on rank 0 only, so the others must follow rank 0's lead)."""
+    span = _parse(os.environ.get(ENV, "")).get(name)
+    return rank == 0 and span is not None and span[0] <= step <= span[1]
