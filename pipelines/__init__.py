@@ -1,9 +1,10 @@
 """Recipes: each module has a `config()` returning a complete Config. `RECIPES` maps a name to it."""
 from __future__ import annotations
 
-from pipelines import debug, simclr_fmnist
+from pipelines import barlow_fmnist, debug, simclr_fmnist, vicreg_fmnist
 
-RECIPES = {"simclr_fmnist": simclr_fmnist.config, "debug": debug.config}
+RECIPES = {"simclr_fmnist": simclr_fmnist.config, "barlow_fmnist": barlow_fmnist.config,
+           "vicreg_fmnist": vicreg_fmnist.config, "debug": debug.config}
 
 
 def load_recipe(name: str):

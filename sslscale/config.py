@@ -39,17 +39,25 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    encoder: str = _choice("resnet", "resnet")
-    widths: tuple = (32, 64, 128)  # channels per stage
-    depths: tuple = (1, 1, 1)  # residual blocks per stage
+    encoder: str = _choice("resnet", "resnet", "vit")
+    widths: tuple = (32, 64, 128)  # resnet: channels per stage
+    depths: tuple = (1, 1, 1)  # resnet: residual blocks per stage
+    patch_size: int = 4  # vit: side of a square patch in pixels; must divide the image size
+    dim: int = 192  # vit: token width (192 tiny, 384 small)
+    vit_depth: int = 12  # vit: transformer blocks
+    heads: int = 3  # vit: attention heads; must divide model.dim
 
 
 @dataclass
 class MethodConfig:
-    name: str = _choice("simclr", "simclr")
+    name: str = _choice("simclr", "simclr", "barlow_twins", "vicreg")
     proj_hidden: int = 512
     proj_dim: int = 128
     temperature: float = 0.2
+    barlow_lambda: float = 0.0051  # Barlow Twins: weight of the off-diagonal (redundancy) term
+    vicreg_sim: float = 25.0  # VICReg: weight of the invariance (MSE) term
+    vicreg_std: float = 25.0  # VICReg: weight of the variance (std hinge) term
+    vicreg_cov: float = 1.0  # VICReg: weight of the covariance term
 
 
 @dataclass
@@ -238,6 +246,7 @@ def validate(cfg: Config) -> Config:
         ("optim.warmup_steps", cfg.optim.warmup_steps >= 0, "0 or more"),
         ("optim.min_lr_ratio", 0 <= cfg.optim.min_lr_ratio <= 1, "between 0 and 1"),
         ("method.temperature", cfg.method.temperature > 0, "a positive number"),
+        ("method.barlow_lambda", cfg.method.barlow_lambda >= 0, "0 or more"),
         ("data.crop_min_scale", 0 < cfg.data.crop_min_scale <= 1, "in (0, 1]"),
         ("model.widths", len(cfg.model.widths) == len(cfg.model.depths) > 0, "as many entries as model.depths"),
         ("transfer.knn_k", cfg.transfer.knn_k > 0, "a positive number"),
@@ -253,9 +262,16 @@ def validate(cfg: Config) -> Config:
         ("method.proj_dim", cfg.method.proj_dim > 0 and cfg.method.proj_hidden > 0, "positive (and proj_hidden)"),
         ("model.widths", all(w > 0 for w in cfg.model.widths) and all(d > 0 for d in cfg.model.depths),
          "positive channel counts (and model.depths positive block counts)"),
+        ("model.patch_size", cfg.model.patch_size > 0, "a positive number of pixels"),
+        ("model.dim", cfg.model.dim > 0 and cfg.model.dim % 4 == 0, "a positive multiple of 4 (sin-cos positions)"),
+        ("model.vit_depth", cfg.model.vit_depth > 0, "at least 1"),
+        ("model.heads", cfg.model.heads > 0 and cfg.model.dim % cfg.model.heads == 0,
+         "a positive divisor of model.dim"),
         ("optim.name", cfg.optim.name != "lars" or cfg.engine.zero_stage == 0,
          "adamw under ZeRO 1-2 (ZeRO flattens the per-layer tensors LARS scales); for lars set engine.zero_stage=0"),
     ]
+    for key in ("vicreg_sim", "vicreg_std", "vicreg_cov"):
+        checks.append((f"method.{key}", getattr(cfg.method, key) >= 0, "0 or more"))
     for key in ("flip", "jitter_prob", "grayscale", "blur"):
         checks.append((f"data.{key}", 0 <= getattr(cfg.data, key) <= 1, "a probability in [0, 1]"))
     for key, ok, allowed in checks:

@@ -2,6 +2,7 @@
 
 Slow (tens of seconds each); `make test` runs them."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -92,3 +93,17 @@ def test_killed_driver_resumes_in_the_same_run(data_root, tmp_path):
         for epoch, ids in json.load(open(os.path.join(final, f"position.rank{rank}.json"))).items():
             per_epoch.setdefault(epoch, []).extend(ids)
     assert all(len(ids) == len(set(ids)) for ids in per_epoch.values())  # no sample repeated within an epoch
+
+
+def test_every_method_trains_on_two_workers(debug_cfg, ray_local):
+    """Each registered method (SimCLR has its own test above) runs real steps: 2 Ray Train workers, ZeRO-1."""
+    from sslscale import pretrain
+    from sslscale.methods import METHODS
+
+    debug_cfg.train.steps, debug_cfg.train.checkpoint_every, debug_cfg.transfer.enabled = 3, 3, False
+    for name in sorted(set(METHODS) - {"simclr"}):
+        debug_cfg.method.name = name
+        result = pretrain(debug_cfg)
+        losses = [v for _, v in tracking.history(result.tracking_uri, result.run_id, "loss")]
+        assert len(losses) == 3 and all(map(math.isfinite, losses)), name
+        assert tracking.get_run(result.tracking_uri, result.run_id).data.params["method.name"] == name

@@ -1,14 +1,11 @@
 """NT-Xent: against a reference formula written here, a permutation property, and the 2-worker gather property."""
 import math
-import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from distributed import spawn_gloo
 from sslscale.methods.simclr import nt_xent
 
 
@@ -41,16 +38,13 @@ def test_invariant_to_batch_order_and_perfect_pairs_score_high():
     assert float(acc) == 1.0 and float(aligned) < float(nt_xent(z0, z1, 0.1)[0])
 
 
-def _worker(rank, world, port, z0, z1, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _worker(rank, world, z0, z1):
     n = len(z0) // world
     a = z0[rank * n:(rank + 1) * n].clone().requires_grad_()
     b = z1[rank * n:(rank + 1) * n].clone().requires_grad_()
     loss, _ = nt_xent(a, b, 0.2)
     loss.backward()
-    out[rank] = (float(loss), a.grad.clone(), b.grad.clone())
-    dist.destroy_process_group()
+    return float(loss), a.grad.clone(), b.grad.clone()
 
 
 def test_two_workers_equal_single_process_loss_and_gradients():
@@ -59,14 +53,8 @@ def test_two_workers_equal_single_process_loss_and_gradients():
     a, b = z0.clone().requires_grad_(), z1.clone().requires_grad_()
     full, _ = nt_xent(a, b, 0.2)
     full.backward()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     world = 2
-    with mp.get_context("spawn").Manager() as manager:
-        out = manager.dict()
-        mp.start_processes(_worker, args=(world, port, z0, z1, out), nprocs=world, start_method="spawn")
-        results = [out[r] for r in range(world)]
+    results = spawn_gloo(_worker, z0, z1, world=world)
     # The loss each worker returns averages over its own anchors; DeepSpeed averages over workers.
     assert sum(r[0] for r in results) / world == pytest.approx(float(full), rel=1e-5)
     # Each worker's embedding gradient is the gradient of the summed worker losses = world x the full gradient.

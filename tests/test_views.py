@@ -1,6 +1,6 @@
 import numpy as np
 
-from sslscale.views import ViewSpec, augment, batch_views, view_rng
+from sslscale.views import ViewSpec, augment, batch_views, multi_crop, patch_mask, solarize, view_rng
 
 SPEC = ViewSpec(size=16, blur=0.5, grayscale=0.5)
 
@@ -31,3 +31,45 @@ def test_identity_spec_is_a_resize():
     out = augment(img, rng, spec)
     # a full-area crop can only be the whole image, resized to its own size: the identity
     assert np.array_equal(out, img.transpose(2, 0, 1))
+
+
+def test_solarize_inverts_bright_pixels_only():
+    img = np.array([0, 100, 127, 128, 200, 255], np.uint8).reshape(1, 6, 1)
+    out = solarize(img, view_rng(0, 0, 0, 0), p=1.0)
+    assert out.ravel().tolist() == [0, 100, 127, 127, 55, 0] and out.dtype == np.uint8
+    assert solarize(img, view_rng(0, 0, 0, 0), p=0.0) is img
+
+
+def test_multi_crop_shapes_and_determinism():
+    img = _images(1)[0]
+    g, loc = multi_crop(img, 1, 2, 7, SPEC, n_global=2, n_local=3, local_size=8, local_scale=(0.05, 0.3))
+    assert [v.shape for v in g] == [(3, 16, 16)] * 2 and [v.shape for v in loc] == [(3, 8, 8)] * 3
+    g2, loc2 = multi_crop(img, 1, 2, 7, SPEC, n_global=2, n_local=3, local_size=8, local_scale=(0.05, 0.3))
+    assert all(np.array_equal(a, b) for a, b in zip(g + loc, g2 + loc2))
+    assert not np.array_equal(loc[0], loc[1]) and not np.array_equal(loc[1], loc[2])
+
+
+def test_batch_views_local_crops_and_mask():
+    imgs, ids = _images(), np.arange(10, 14)
+    spec = ViewSpec(size=16, solarize=0.5)
+    plain = batch_views(imgs, ids, seed=1, epoch=2, spec=spec)
+    out = batch_views(imgs, ids, seed=1, epoch=2, spec=spec, n_local=2, local_size=8, mask_ratio=0.75,
+                      num_patches=16)
+    assert sorted(out) == ["keep", "local_0", "local_1", "view_0", "view_1"]
+    assert out["local_1"].shape == (4, 3, 8, 8) and out["local_1"].dtype == np.uint8
+    assert np.array_equal(out["view_0"], plain["view_0"]) and np.array_equal(out["view_1"], plain["view_1"])
+    assert not np.array_equal(out["local_0"], out["local_1"])
+    assert out["keep"].shape == (4, 4) and out["keep"].dtype == np.int64
+    again = batch_views(imgs[::-1], ids[::-1], seed=1, epoch=2, spec=spec, n_local=2, local_size=8,
+                        mask_ratio=0.75, num_patches=16)  # re-ordered stream
+    assert all(np.array_equal(out[k], again[k][::-1]) for k in out)
+    assert batch_views(imgs[:0], ids[:0], seed=0, epoch=0, spec=spec, n_local=1)["local_0"].shape == (0, 3, 8, 8)
+
+
+def test_patch_mask_keeps_exactly_the_right_count():
+    for num, ratio in [(49, 0.75), (16, 0.5), (10, 0.0), (64, 0.9)]:
+        keep = patch_mask(view_rng(0, 0, 0, 3), num, ratio)
+        assert len(keep) == round(num * (1 - ratio)) and len(set(keep.tolist())) == len(keep)
+        assert keep.min() >= 0 and keep.max() < num and np.all(np.diff(keep) > 0)
+    a, b = patch_mask(view_rng(0, 0, 0, 3), 49, 0.75), patch_mask(view_rng(0, 0, 1, 3), 49, 0.75)
+    assert np.array_equal(a, patch_mask(view_rng(0, 0, 0, 3), 49, 0.75)) and not np.array_equal(a, b)

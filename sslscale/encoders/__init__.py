@@ -1,19 +1,30 @@
 """Encoders: plain PyTorch modules mapping float images (N, C, H, W) in [0, 1] to features (N, D).
 
-`ENCODERS` maps a name to a constructor; `build_encoder` makes one from the model config and the corpus' input
-spec. Every encoder carries `in_channels`, `image_size` and `feature_dim`, and `spec()` returns what is needed to
-rebuild it (stored in exported safetensors metadata, see export.py).
+`ENCODERS` maps a name to a constructor; `build_encoder` makes one from its name, the corpus' input spec and the
+constructor's own keyword arguments, which `encoder_kwargs` picks out of the model config. Every encoder carries
+`in_channels`, `image_size` and `feature_dim`, and `spec()` returns what is needed to rebuild it (stored in
+exported safetensors metadata, see export.py).
 """
 from __future__ import annotations
 
+from torch import nn
+
 from sslscale.encoders.resnet import ResNet
+from sslscale.encoders.vit import ViT
+from sslscale.errors import SslscaleError
 
-ENCODERS = {"resnet": ResNet}
+ENCODERS = {"resnet": ResNet, "vit": ViT}
 
 
-def build_encoder(name: str, *, in_channels: int, image_size: int, **kwargs):
+def encoder_kwargs(model_cfg) -> dict:
+    """The constructor keyword arguments of the encoder `model_cfg.encoder` names, from its model.* keys."""
+    m = model_cfg
+    if m.encoder == "vit":
+        return {"patch_size": m.patch_size, "dim": m.dim, "depth": m.vit_depth, "heads": m.heads}
+    return {"widths": tuple(m.widths), "depths": tuple(m.depths)}
+
+
+def build_encoder(name: str, *, in_channels: int, image_size: int, **kwargs) -> nn.Module:
     if name not in ENCODERS:
-        from sslscale.errors import SslscaleError
-
         raise SslscaleError(f"unknown encoder {name!r}; known: {', '.join(sorted(ENCODERS))}")
     return ENCODERS[name](in_channels=in_channels, image_size=image_size, **kwargs)

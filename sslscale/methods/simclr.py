@@ -12,12 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslscale import dist
-from sslscale.methods import Method
-
-
-def projection_head(dim_in: int, hidden: int, dim_out: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(dim_in, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                         nn.Linear(hidden, dim_out))
+from sslscale.methods import Method, encode_pair, projector
 
 
 def nt_xent(z0: torch.Tensor, z1: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,11 +41,9 @@ def nt_xent(z0: torch.Tensor, z1: torch.Tensor, temperature: float) -> tuple[tor
 class SimCLR(Method):
     def __init__(self, encoder: nn.Module, cfg):
         super().__init__(encoder, cfg)
-        self.head = projection_head(encoder.feature_dim, cfg.proj_hidden, cfg.proj_dim)
+        self.head = projector(encoder.feature_dim, cfg.proj_hidden, cfg.proj_dim)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x = torch.cat([batch["view_0"], batch["view_1"]])  # (2n, C, H, W): one pass keeps BatchNorm consistent
-        h = self.encoder(x)  # (2n, D)
-        z0, z1 = self.head(h).chunk(2)  # (n, d) each
+        h0, z0, z1 = encode_pair(self.encoder, self.head, batch)
         loss, acc = nt_xent(z0, z1, self.cfg.temperature)
-        return {"loss": loss, "contrastive_acc": acc.detach(), "embeddings": h[: len(z0)].detach()}
+        return {"loss": loss, "contrastive_acc": acc.detach(), "embeddings": h0.detach()}
