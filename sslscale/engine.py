@@ -7,18 +7,35 @@ group Ray made. Precision: `auto` is bf16 on a GPU and fp32 on a CPU (these CPUs
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 
 import deepspeed
 import torch
 import torch.distributed as dist
+from deepspeed.runtime.fp16.loss_scaler import LossScaler
+from deepspeed.runtime.zero.config import ZeroStageEnum
+from deepspeed.utils.tensor_fragment import fragment_address
 
 from sslscale import checkpoint
+from sslscale.errors import SslscaleError
 from sslscale.export import save_encoder
 from sslscale.optim import build_optimizer
 from sslscale.schedules import warmup_cosine
 
 DS_TAG = "ds"
+# The only non-tensor types DeepSpeed's checkpoint files hold (ZeRO optimizer state); nothing else is unpickled.
+SAFE_GLOBALS = [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def weights_only_loads(checkpoint_engine) -> None:
+    """Make a DeepSpeed checkpoint engine read with torch.load(weights_only=True): tensors, containers and
+    SAFE_GLOBALS only, so a checkpoint cannot run code when it is loaded."""
+    def load(path: str, map_location=None):
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+    checkpoint_engine.load = load
 
 
 def pick_device(use_gpu: str = "auto") -> torch.device:
@@ -79,6 +96,7 @@ class Engine:
         config = ds_config(cfg, self.precision, dist.get_world_size())
         self.ds, _, _, self.scheduler = deepspeed.initialize(model=method, optimizer=optimizer,
                                                              lr_scheduler=schedule, config=config)
+        weights_only_loads(self.ds.checkpoint_engine)
         for buf in self.method.buffers():  # DeepSpeed casts parameters only; CPU BatchNorm wants one dtype
             if buf.is_floating_point():
                 buf.data = buf.data.to(self.dtype)
@@ -143,5 +161,9 @@ class Engine:
     def load(self, folder: str) -> dict:
         """Verify the folder's checksums, then restore weights, optimizer and LR schedule. Returns state.json."""
         state = checkpoint.verify(folder)
-        self.ds.load_checkpoint(folder, tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=True)
+        try:
+            self.ds.load_checkpoint(folder, tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=True)
+        except pickle.UnpicklingError as e:
+            raise SslscaleError(f"checkpoint {folder} holds objects other than tensors ({str(e).splitlines()[0]}); "
+                                f"refusing to unpickle them: resume from a checkpoint sslscale wrote") from None
         return state

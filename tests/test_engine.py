@@ -111,3 +111,27 @@ def test_nonfinite_loss_skips_the_step_and_keeps_weights_and_optimizer_state(sta
     assert e.lr() == pytest.approx(warmup_cosine(3, total=4, warmup=2, peak=e.cfg.optim.lr, floor_ratio=0.01))
     after = e.train_step([_batch(2)])  # training goes on from the untouched weights
     assert after["skipped"] == 0.0 and any(not torch.equal(a, b) for a, b in zip(weights, e.method.parameters()))
+
+
+class _Marker:
+    """Unpickling this creates a file: proof that code in a checkpoint ran."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_checkpoint_with_pickled_code_is_refused_even_with_a_matching_manifest(fp32_engine, tmp_path):
+    e = fp32_engine
+    folder = str(tmp_path / "ckpt")
+    os.makedirs(folder)
+    e.save(folder, rank=0, position={}, state={"step": 1, "world_size": 1})
+    states = os.path.join(folder, "ds", "mp_rank_00_model_states.pt")
+    saved = torch.load(states, weights_only=True)
+    torch.save({**saved, "extra": _Marker(str(tmp_path / "pwned"))}, states)
+    checkpoint.write_rank_files(folder, 0, {}, checkpoint.read_state(folder))  # the manifest now agrees
+    with pytest.raises(SslscaleError, match="holds objects other than tensors"):
+        e.load(folder)
+    assert not (tmp_path / "pwned").exists()
