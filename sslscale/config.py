@@ -50,10 +50,12 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = _choice("simclr", "simclr", "barlow_twins", "vicreg")
-    proj_hidden: int = 512
+    name: str = _choice("simclr", "simclr", "barlow_twins", "vicreg", "byol", "moco_v3")
+    proj_hidden: int = 512  # projector (and BYOL / MoCo v3 predictor) hidden width
     proj_dim: int = 128
-    temperature: float = 0.2
+    temperature: float = 0.2  # SimCLR and MoCo v3
+    momentum: float = 0.996  # BYOL / MoCo v3: EMA teacher momentum at step 0 ...
+    momentum_final: float = 1.0  # ... rising on a cosine to this at train.steps
     barlow_lambda: float = 0.0051  # Barlow Twins: weight of the off-diagonal (redundancy) term
     vicreg_sim: float = 25.0  # VICReg: weight of the invariance (MSE) term
     vicreg_std: float = 25.0  # VICReg: weight of the variance (std hinge) term
@@ -247,6 +249,8 @@ def validate(cfg: Config) -> Config:
         ("optim.min_lr_ratio", 0 <= cfg.optim.min_lr_ratio <= 1, "between 0 and 1"),
         ("method.temperature", cfg.method.temperature > 0, "a positive number"),
         ("method.barlow_lambda", cfg.method.barlow_lambda >= 0, "0 or more"),
+        ("method.momentum", 0 <= cfg.method.momentum <= 1, "in [0, 1]"),
+        ("method.momentum_final", cfg.method.momentum <= cfg.method.momentum_final <= 1, "in [method.momentum, 1]"),
         ("data.crop_min_scale", 0 < cfg.data.crop_min_scale <= 1, "in (0, 1]"),
         ("model.widths", len(cfg.model.widths) == len(cfg.model.depths) > 0, "as many entries as model.depths"),
         ("transfer.knn_k", cfg.transfer.knn_k > 0, "a positive number"),

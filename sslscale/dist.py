@@ -1,4 +1,4 @@
-"""torch.distributed helpers: rank, world size, and an all-gather that carries gradients back.
+"""torch.distributed helpers: rank, world size, an all-gather that carries gradients back and one that does not.
 
 Everything works single-process too (no process group: world size 1, gather is the identity).
 """
@@ -46,3 +46,14 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     if world_size() == 1:
         return x
     return _GatherWithGrad.apply(x)
+
+
+def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """All ranks' x concatenated in rank order, detached: no gradient flows back to any rank (MoCo's keys).
+    x.detach() when not distributed. Every rank must pass the same shape."""
+    x = x.detach()
+    if world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)

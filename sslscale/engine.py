@@ -100,6 +100,8 @@ class Engine:
         for buf in self.method.buffers():  # DeepSpeed casts parameters only; CPU BatchNorm wants one dtype
             if buf.is_floating_point():
                 buf.data = buf.data.to(self.dtype)
+        for name in getattr(self.method, "FP32_MODULES", ()):  # teachers: never trained, updated by tiny steps
+            getattr(self.method, name).float()
 
     @property
     def method(self) -> torch.nn.Module:

@@ -3,17 +3,25 @@
 The interface every method follows (see `Method`): `forward(batch)` receives a dict of float view tensors
 (`view_0`, `view_1`, later local crops and masks) and returns a dict with `loss` (scalar), `embeddings`
 (the encoder's features of the first view, detached, for the label-free health metrics) and any scalar logs.
-`after_step(step)` runs after each optimizer step (EMA teachers). `METHODS` maps a config name to a class.
-Shared pieces: `projector` (the Linear-BN-ReLU MLP heads) and `encode_pair` (both views in one encoder pass).
+`after_step(step)` runs after each applied optimizer step (EMA teachers). `METHODS` maps a config name to a class.
+Shared pieces: `projector` (the Linear-BN-ReLU MLP heads), `encode_pair` (both views in one encoder pass),
+`ema_copy` / `ema_update` (momentum teachers) and `MomentumMethod` (online network + EMA teacher: BYOL, MoCo v3).
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
 
+from sslscale.schedules import cosine_momentum
+
 
 class Method(nn.Module):
-    """Base class: an encoder plus whatever heads and teachers the pretext task needs."""
+    """Base class: an encoder plus whatever heads and teachers the pretext task needs. `FP32_MODULES` names the
+    submodules the engine keeps in fp32 under bf16 training (EMA teachers: a 1e-3 step vanishes in bf16)."""
+
+    FP32_MODULES: tuple[str, ...] = ()
 
     def __init__(self, encoder: nn.Module, cfg):
         super().__init__()
@@ -24,17 +32,20 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def after_step(self, step: int) -> None:
-        """Called after every optimizer step with the step number; teachers update here."""
+        """Called after every applied optimizer step with DeepSpeed's global step (which also counts skipped
+        steps, like the LR schedule); teachers update here. Not called for a skipped step."""
 
 
-def projector(dim_in: int, hidden: int, dim_out: int, hidden_layers: int = 1) -> nn.Sequential:
-    """MLP head: `hidden_layers` x (Linear(no bias) - BatchNorm1d - ReLU) to width `hidden`, then Linear to dim_out.
-    SimCLR uses one hidden layer; Barlow Twins and VICReg use two."""
+def projector(dim_in: int, hidden: int, dim_out: int, hidden_layers: int = 1, last_bn: bool = False) -> nn.Sequential:
+    """MLP head: `hidden_layers` x (Linear(no bias) - BatchNorm1d - ReLU) to width `hidden`, then Linear to dim_out
+    (then BatchNorm1d without affine parameters when `last_bn`, as MoCo v3's projector ends).
+    SimCLR, BYOL and MoCo v3 (ResNet) use one hidden layer; Barlow Twins and VICReg use two."""
     layers, width = [], dim_in
     for _ in range(hidden_layers):
         layers += [nn.Linear(width, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
         width = hidden
-    return nn.Sequential(*layers, nn.Linear(width, dim_out))
+    layers.append(nn.Linear(width, dim_out))
+    return nn.Sequential(*layers, *([nn.BatchNorm1d(dim_out, affine=False)] if last_bn else []))
 
 
 def encode_pair(encoder: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor]):
@@ -46,12 +57,66 @@ def encode_pair(encoder: nn.Module, head: nn.Module, batch: dict[str, torch.Tens
     return h[: len(z0)], z0, z1
 
 
+def ema_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of `module` with requires_grad off: an EMA teacher. The optimizer is built from trainable
+    parameters only (optim.param_groups), so DeepSpeed never steps it and ZeRO never partitions its gradients;
+    kept inside the Method, it is in the module state dict that DeepSpeed checkpoints and restores."""
+    teacher = copy.deepcopy(module)
+    return teacher.requires_grad_(False)
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter; buffers (BatchNorm
+    running statistics) copied from the student. Both modules must have the same structure.
+
+    Reads the student's module parameters, which is right on every rank under ZeRO 0-2: stages 1 and 2 partition
+    only the optimizer state and gradients, and after the step every rank holds the full updated parameters, so
+    every rank computes the same teacher. ZeRO-3 partitions the parameters themselves and would need them gathered
+    first (deepspeed.zero.GatheredParameters in engine.py); it is not supported (engine.zero_stage is 0, 1 or 2)."""
+    for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
+        t.lerp_(s.to(t.dtype), 1.0 - momentum)
+    for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
+        t.copy_(s)
+
+
+class MomentumMethod(Method):
+    """An online network (encoder -> head -> predictor, trained) and a momentum teacher (an EMA of encoder -> head,
+    never trained) that provides the targets: BYOL and MoCo v3. Subclasses build `head` and `predictor` and turn
+    `pair(batch)` into a loss. After step k the teacher moves towards the online network with momentum
+    cosine_momentum(k, total_steps, cfg.momentum, cfg.momentum_final); total_steps is the run's train.steps."""
+
+    FP32_MODULES = ("teacher",)
+
+    def __init__(self, encoder: nn.Module, cfg, head: nn.Module, predictor: nn.Module, *, total_steps: int):
+        super().__init__(encoder, cfg)
+        self.head, self.predictor = head, predictor
+        self.teacher = ema_copy(nn.Sequential(encoder, head))
+        self.total_steps = total_steps
+
+    def pair(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """(h0, p0, p1, t0, t1): online encoder features of view 0 (n, D), online predictions of view 0 and view 1
+        (n, d) each, and the teacher's projections of view 0 and view 1 (n, d) each, computed without gradient."""
+        h0, z0, z1 = encode_pair(self.encoder, self.head, batch)
+        p0, p1 = self.predictor(torch.cat([z0, z1])).chunk(2)  # (n, d) each
+        x = torch.cat([batch["view_0"], batch["view_1"]])
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=x.dtype, enabled=x.dtype != torch.float32):
+            t0, t1 = self.teacher(x.float()).to(z0.dtype).chunk(2)  # fp32 weights, the run's compute dtype
+        return h0, p0, p1, t0, t1
+
+    def after_step(self, step: int) -> None:
+        momentum = cosine_momentum(step, self.total_steps, self.cfg.momentum, self.cfg.momentum_final)
+        ema_update(self.teacher, nn.Sequential(self.encoder, self.head), momentum)
+
+
 def _registry() -> dict:
     from sslscale.methods.barlow import BarlowTwins
+    from sslscale.methods.byol import BYOL
+    from sslscale.methods.moco import MoCoV3
     from sslscale.methods.simclr import SimCLR
     from sslscale.methods.vicreg import VICReg
 
-    return {"simclr": SimCLR, "barlow_twins": BarlowTwins, "vicreg": VICReg}
+    return {"simclr": SimCLR, "barlow_twins": BarlowTwins, "vicreg": VICReg, "byol": BYOL, "moco_v3": MoCoV3}
 
 
 METHODS = _registry()
@@ -63,4 +128,6 @@ def build_method(cfg, *, in_channels: int, image_size: int) -> Method:
 
     encoder = build_encoder(cfg.model.encoder, in_channels=in_channels, image_size=image_size,
                             **encoder_kwargs(cfg.model))
-    return METHODS[cfg.method.name](encoder, cfg.method)
+    cls = METHODS[cfg.method.name]
+    schedule = {"total_steps": cfg.train.steps} if issubclass(cls, MomentumMethod) else {}
+    return cls(encoder, cfg.method, **schedule)
