@@ -8,7 +8,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-fast fmnist benchmark ui clean
+.PHONY: install demo test test-fast fmnist benchmark reliability ui clean
 
 $(BIN)/sslscale: pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,6 +37,13 @@ test-fast: install
 benchmark: install data/fmnist/manifest.json
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/train_throughput.py
+
+# Runs the fault-injection tests and rewrites docs/reliability.md's table from what they measured.
+RELIABILITY_TESTS := tests/test_reliability.py tests/test_engine.py tests/test_e2e.py::test_killed_driver_resumes_in_the_same_run
+reliability: install
+	@mkdir -p runs && rm -f runs/reliability.jsonl
+	SSLSCALE_RELIABILITY_REPORT=$(CURDIR)/runs/reliability.jsonl $(BIN)/python -m pytest -q -p no:cacheprovider $(RELIABILITY_TESTS)
+	$(BIN)/python benchmarks/reliability_table.py runs/reliability.jsonl
 
 ui: install
 	$(BIN)/sslscale ui

@@ -29,7 +29,7 @@ WORLD = 2
 
 def sslscale_rate(cfg: Config, steps: int, warmup: int, tmp: str) -> float:
     from sslscale import tracking
-    from sslscale.pretrain import pretrain
+    from sslscale.pretraining import pretrain
     from sslscale.runtime import shutdown
 
     cfg = cfg.override([f"train.steps={steps}", "transfer.enabled=false", f"train.checkpoint_every={steps}",

@@ -11,7 +11,7 @@ __all__ = ["Config", "SslscaleError", "evaluate", "load_encoder", "pretrain", "s
 
 
 def pretrain(cfg, **kwargs):
-    from sslscale.pretrain import pretrain as _pretrain
+    from sslscale.pretraining import pretrain as _pretrain
 
     return _pretrain(cfg, **kwargs)
 

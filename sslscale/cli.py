@@ -60,7 +60,7 @@ def _source_args(p: argparse.ArgumentParser) -> None:
 def _encoder_source(args) -> tuple[str, str]:
     """(path holding an encoder, MLflow run id or '') for --run / --checkpoint."""
     from sslscale import checkpoint, tracking
-    from sslscale.pretrain import find_run_dir, run_field
+    from sslscale.pretraining import find_run_dir, run_field
 
     if args.run:
         run_dir = find_run_dir(args.run, tracking.resolve_uri(args.tracking_uri))
@@ -88,7 +88,7 @@ def _cmd_prepare(args) -> None:
 
 def _cmd_pretrain(args) -> None:
     from pipelines import load_recipe
-    from sslscale.pretrain import pretrain, resume_config
+    from sslscale.pretraining import pretrain, resume_config
 
     if args.export and not args.export.endswith("encoder.safetensors"):
         raise SslscaleError(f"--export {args.export!r} must end in 'encoder.safetensors', e.g. demo.encoder.safetensors")

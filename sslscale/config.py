@@ -35,6 +35,7 @@ class DataConfig:
     buffer_mb: int = 256  # object store for views produced ahead of training
     shuffle_buffer: int = 2048  # rows in each worker's local shuffle buffer (0: off)
     on_error: str = _choice("fail", "fail", "skip")
+    deterministic: bool = False  # keep Ray Data's order: the same seed and world size give the same batches
 
 
 @dataclass

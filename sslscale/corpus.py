@@ -8,7 +8,8 @@ and renamed into place with the manifest written last, so an interrupted run nev
 complete-looking OUT; the same input gives byte-identical shards.
 
 Reader: `load_manifest`, `shard_paths`, `verify_shards`, `decode_image` and `read_split` (a whole
-split in memory, for transfer evaluation on small labelled sets and for tests).
+split in memory, for transfer evaluation on small labelled sets and for tests); one shard is read by
+shards.read_shard, which checks its sha256 and member names.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from sslscale.errors import SslscaleError
+from sslscale.shards import Row, read_shard
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -44,7 +46,6 @@ FORMATS = {"webdataset": ".tar", "parquet": ".parquet"}
 MANIFEST = "manifest.json"
 
 Sample = tuple[np.ndarray, Optional[int]]        # (uint8 H x W x C image, label or None)
-Row = tuple[int, bytes, Optional[int]]           # (sample id, PNG bytes, label or None)
 
 
 @dataclass
@@ -378,15 +379,15 @@ def shard_paths(manifest_or_dir, corpus_dir=None, split: str = "train") -> list[
     return [str(root / shard["name"]) for shard in _split_entry(manifest, split, root)["shards"]]
 
 
-def verify_shards(corpus_dir, split: str) -> None:
-    """Check every shard of SPLIT exists and matches its sha256 in the manifest."""
+def verify_shards(corpus_dir, split: str, hashes: bool = True) -> None:
+    """Check every shard of SPLIT exists and (with `hashes`) matches its sha256 in the manifest."""
     manifest = load_manifest(corpus_dir)
     redo = f"re-run `sslscale data prepare SOURCE --out {corpus_dir} --overwrite`"
     for shard in _split_entry(manifest, split, corpus_dir)["shards"]:
         path = Path(corpus_dir) / shard["name"]
         if not path.is_file():
             raise SslscaleError(f"shard {path} is missing: {redo}")
-        if sha256(path) != shard["sha256"]:
+        if hashes and sha256(path) != shard["sha256"]:
             raise SslscaleError(f"shard {path} does not match its sha256 in manifest.json: {redo}")
 
 
@@ -402,37 +403,19 @@ def decode_image(png_bytes: bytes) -> np.ndarray:
 
 
 def read_split(corpus_dir, split: str, with_labels: bool = True):
-    """(ids int64[N], images uint8[N,H,W,C], labels int64[N] or None) of SPLIT, in id order."""
+    """(ids int64[N], images uint8[N,H,W,C], labels int64[N] or None) of SPLIT, in id order; every shard checked
+    against its sha256 (shards.read_shard)."""
     manifest = load_manifest(corpus_dir)
     labelled = with_labels and "label" in manifest["fields"]
-    reader = _read_tar if manifest["format"] == "webdataset" else _read_parquet
     rows: list[Row] = []
-    for path in shard_paths(manifest, corpus_dir, split):
-        try:
-            rows.extend(reader(path, labelled))
-        except (tarfile.TarError, OSError, ValueError, KeyError) as e:
-            raise SslscaleError(f"cannot read shard {path}: {_reason(e)}; check it with "
-                                "verify_shards and re-run prepare") from None
+    for shard in _split_entry(manifest, split, corpus_dir)["shards"]:
+        rows.extend(read_shard(str(Path(corpus_dir) / shard["name"]), manifest["format"], sha256=shard["sha256"],
+                               labelled=labelled))
     rows.sort(key=lambda r: r[0])
     ids = np.array([r[0] for r in rows], dtype=np.int64)
     images = np.stack([decode_image(r[1]) for r in rows])
     labels = np.array([r[2] for r in rows], dtype=np.int64) if labelled else None
     return ids, images, labels
-
-
-def _read_tar(path: str, labelled: bool) -> list[Row]:
-    files: dict[int, dict[str, bytes]] = {}
-    with tarfile.open(path) as tar:
-        for member in tar:
-            key, _, ext = member.name.partition(".")
-            files.setdefault(int(key), {})[ext] = tar.extractfile(member).read()
-    return [(sid, f["image.png"], int(f["label.cls"]) if labelled else None) for sid, f in files.items()]
-
-
-def _read_parquet(path: str, labelled: bool) -> list[Row]:
-    table = pq.read_table(path, columns=["id", "image"] + (["label"] if labelled else []))
-    cols = table.to_pydict()
-    return list(zip(cols["id"], cols["image"], cols.get("label", [None] * table.num_rows)))
 
 
 def data_root() -> str:

@@ -1,27 +1,76 @@
 """Ray Data pipeline: prepared shards -> decoded images -> augmented views, on Ray Data CPU tasks.
 
-The dataset for a run is one pass per epoch, unioned: each epoch reads the shards in a seeded random block order
-and builds views with randomness fixed by (seed, epoch, sample id). Rows carry `id` and `epoch`, so a worker can
-record what its completed steps consumed; on resume, the ids already consumed in an epoch are dropped before
-decoding (exact resume at sample granularity). Ray Train splits the dataset across workers (streaming_split,
-equal=True); no worker ever loads the whole corpus. Labels are never read here.
+The run's stream is a plan of (epoch, shard) items, epochs in order and shards in a seeded order per epoch; a
+Ray Data task reads one item (shards.read_shard: sha256 and member names checked), drops the ids a checkpoint
+already consumed in that epoch, decodes and builds views with randomness fixed by (seed, epoch, sample id). Rows
+carry `id` and `epoch`, so a worker records what its completed steps consumed and a resume continues each epoch
+with exactly the samples it has not seen. Epochs overlap only by the few items in flight at once. Ray Train
+splits the stream across workers (streaming_split, equal=True); no worker ever loads the whole corpus. Labels are
+never read here. With data.on_error=skip, a shard or image that cannot be used is left out and recorded in the
+run's skip folder (see `skipped`); with fail, the run stops with one line naming it.
 """
 from __future__ import annotations
 
+import glob
+import json
 import math
+import os
+import uuid
 
 import numpy as np
 import ray.data
 
 from sslscale import corpus
 from sslscale.errors import SslscaleError
+from sslscale.shards import ShardError, read_shard
 from sslscale.views import ViewSpec, batch_views
+
+
+BLOCK_ROWS = 256  # views per block handed to a training worker
 
 
 def view_spec(cfg, size: int) -> ViewSpec:
     d = cfg.data
     return ViewSpec(size=size, crop_min_scale=d.crop_min_scale, flip=d.flip, jitter=d.jitter,
                     jitter_prob=d.jitter_prob, grayscale=d.grayscale, blur=d.blur)
+
+
+def _log_skip(skip_dir: str | None, kind: str, name: str, reason: str, epoch: int) -> None:
+    """One file per skip event (tasks run in parallel, so no shared file); `skipped` merges them."""
+    if skip_dir:
+        os.makedirs(skip_dir, exist_ok=True)
+        with open(os.path.join(skip_dir, f"{kind}-{uuid.uuid4().hex}.json"), "w") as f:
+            json.dump({"kind": kind, "name": name, "reason": reason, "epoch": epoch}, f)
+
+
+def skipped(skip_dir: str) -> dict[str, dict[str, str]]:
+    """What a run left out: {"shard": {name: reason}, "sample": {id: reason}}, each once however many epochs."""
+    out: dict[str, dict[str, str]] = {"shard": {}, "sample": {}}
+    for path in sorted(glob.glob(os.path.join(skip_dir, "*.json"))):
+        with open(path) as f:
+            event = json.load(f)
+        out[event["kind"]].setdefault(event["name"], event["reason"])
+    return out
+
+
+def read_rows(batch: dict, *, corpus_dir: str, fmt: str, consumed: dict, on_error: str,
+              skip_dir: str | None) -> dict:
+    """Ray Data UDF on one plan item {epoch, shard, sha256}: the shard's rows not yet consumed in that epoch,
+    as {id, epoch, image bytes, shard name}."""
+    epoch, name = int(batch["epoch"][0]), str(batch["shard"][0])
+    try:
+        rows = read_shard(os.path.join(corpus_dir, name), fmt, sha256=str(batch["sha256"][0]))
+    except ShardError as e:
+        if on_error == "fail":
+            raise
+        _log_skip(skip_dir, "shard", name, str(e), epoch)
+        rows = []
+    done = set(consumed.get(epoch, ()))
+    rows = [(sid, image) for sid, image, _ in rows if sid not in done]
+    image = np.empty(len(rows), dtype=object)
+    image[:] = [r[1] for r in rows]
+    return {"id": np.asarray([r[0] for r in rows], np.int64), "epoch": np.full(len(rows), epoch, np.int64),
+            "image": image, "shard": np.full(len(rows), name, dtype=object)}
 
 
 def _decode(data: bytes, channels: int) -> np.ndarray | None:
@@ -32,26 +81,30 @@ def _decode(data: bytes, channels: int) -> np.ndarray | None:
     return img if img.shape[2] == channels else None
 
 
-def make_views(batch: dict, *, epoch: int, seed: int, spec: ViewSpec, channels: int, skip_ids: np.ndarray,
-               on_error: str) -> dict:
-    """Ray Data UDF: raw rows (`__key__`/`id`, PNG bytes) -> {"id", "epoch", "view_0", "view_1"}."""
-    ids = np.asarray([int(k) for k in batch["__key__"]] if "__key__" in batch else batch["id"], dtype=np.int64)
-    data = batch["image.png"] if "image.png" in batch else batch["image"]
-    keep = ~np.isin(ids, skip_ids)
-    images, kept = [], []
-    for sid, raw in zip(ids[keep], np.asarray(data, dtype=object)[keep]):
+def make_views(batch: dict, *, seed: int, spec: ViewSpec, channels: int, on_error: str,
+               skip_dir: str | None = None) -> dict:
+    """Ray Data UDF: rows {id, epoch, image bytes, shard} -> {"id", "epoch", "view_0", "view_1"}; undecodable
+    images are skipped (recorded) or stop the run, per on_error."""
+    images, kept, epochs = [], [], []
+    for sid, epoch, raw, shard in zip(batch["id"].tolist(), batch["epoch"].tolist(), batch["image"], batch["shard"]):
         img = _decode(raw, channels)
         if img is None:
+            reason = f"sample {sid} in shard {shard} cannot be decoded as a {channels}-channel image"
             if on_error == "fail":
-                raise SslscaleError(f"sample {sid} cannot be decoded as a {channels}-channel image; "
-                                    f"re-prepare the corpus or set data.on_error=skip")
+                raise SslscaleError(f"{reason}; re-prepare the corpus or set data.on_error=skip")
+            _log_skip(skip_dir, "sample", str(sid), reason, epoch)
             continue
         images.append(img)
         kept.append(sid)
-    kept_ids = np.asarray(kept, dtype=np.int64)
-    stacked = np.stack(images) if images else np.empty((0, 1, 1, channels), np.uint8)  # all skipped: empty views
-    views = batch_views(stacked, kept_ids, seed=seed, epoch=epoch, spec=spec)
-    return {"id": kept_ids, "epoch": np.full(len(kept_ids), epoch, np.int64), **views}
+        epochs.append(epoch)
+    ids, epochs = np.asarray(kept, np.int64), np.asarray(epochs, np.int64)
+    views = {f"view_{v}": np.empty((len(ids), channels, spec.size, spec.size), np.uint8) for v in range(2)}
+    for epoch in np.unique(epochs):  # a batch may straddle two epochs
+        rows = np.flatnonzero(epochs == epoch)
+        part = batch_views(np.stack([images[i] for i in rows]), ids[rows], seed=seed, epoch=int(epoch), spec=spec)
+        for key, value in part.items():
+            views[key][rows] = value
+    return {"id": ids, "epoch": epochs, **views}
 
 
 def epochs_needed(steps: int, batch_size: int, samples: int) -> int:
@@ -59,26 +112,35 @@ def epochs_needed(steps: int, batch_size: int, samples: int) -> int:
     return math.ceil(steps * batch_size / samples) + 1
 
 
-def pretrain_dataset(cfg, corpus_dir: str, *, consumed: dict | None = None) -> ray.data.Dataset:
-    """The run's view stream, epoch after epoch; `consumed` {epoch: ids} drops what a checkpoint already used
-    (a fully consumed epoch then yields nothing)."""
+def plan(shards: list[dict], epochs: int, seed: int) -> list[dict]:
+    """(epoch, shard) items: epoch after epoch, each epoch's shards in an order fixed by (seed, epoch)."""
+    return [{"epoch": epoch, "shard": shards[i]["name"], "sha256": shards[i]["sha256"]}
+            for epoch in range(epochs) for i in np.random.default_rng([seed, epoch]).permutation(len(shards))]
+
+
+def pretrain_dataset(cfg, corpus_dir: str, *, consumed: dict | None = None,
+                     skip_dir: str | None = None) -> ray.data.Dataset:
+    """The run's view stream; `consumed` {epoch: ids} drops what a checkpoint already used, `skip_dir` records
+    what data.on_error=skip leaves out."""
     manifest = corpus.load_manifest(corpus_dir)
-    paths = corpus.shard_paths(manifest, corpus_dir, cfg.data.split)  # one-line error for a missing split
+    corpus.shard_paths(manifest, corpus_dir, cfg.data.split)  # one-line error for a missing split
     split = manifest["splits"][cfg.data.split]
     h, w, c = manifest["fields"]["image"]["shape"]
-    if manifest["format"] == "parquet":
-        base = ray.data.read_parquet(paths, columns=["id", "image"])
-    else:
-        base = ray.data.read_webdataset(paths, decoder=None, suffixes=["image.png"])
-    consumed = consumed or {}
-    n_epochs = epochs_needed(cfg.train.steps, cfg.data.batch_size, split["samples"])
-    parts = []
-    for epoch in range(n_epochs):
-        kwargs = dict(epoch=epoch, seed=cfg.data.seed, spec=view_spec(cfg, h), channels=c,
-                      skip_ids=np.asarray(consumed.get(epoch, []), np.int64), on_error=cfg.data.on_error)
-        parts.append(base.randomize_block_order(seed=cfg.data.seed + epoch)
-                     .map_batches(make_views, fn_kwargs=kwargs, batch_size=256, batch_format="numpy"))
-    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    items = plan(split["shards"], epochs_needed(cfg.train.steps, cfg.data.batch_size, split["samples"]),
+                 cfg.data.seed)
+    consumed = {int(e): np.asarray(ids, np.int64) for e, ids in (consumed or {}).items()}
+    read = dict(corpus_dir=corpus_dir, fmt=manifest["format"], consumed=consumed, on_error=cfg.data.on_error,
+                skip_dir=skip_dir)
+    views = dict(seed=cfg.data.seed, spec=view_spec(cfg, h), channels=c, on_error=cfg.data.on_error,
+                 skip_dir=skip_dir)
+    dataset = (ray.data.from_items(items, override_num_blocks=len(items))
+               # one shard at a time, in plan order: epochs follow each other instead of running side by side
+               .map_batches(read_rows, fn_kwargs=read, batch_size=1, batch_format="numpy",
+                            compute=ray.data.TaskPoolStrategy(size=1))
+               .map_batches(make_views, fn_kwargs=views, batch_size=BLOCK_ROWS, batch_format="numpy"))
+    # blocks of ~BLOCK_ROWS views: the split hands workers small pieces of the same epoch, not an epoch each
+    dataset.context.target_max_block_size = BLOCK_ROWS * 2 * (c * h * w + 16)
+    return dataset
 
 
 def quiet() -> None:
@@ -91,7 +153,9 @@ def quiet() -> None:
 def ingest_options(cfg) -> ray.data.ExecutionOptions:
     """Bound what the view pipeline may use, so it runs just ahead of training instead of competing with it
     for the same cores: `data.cpus` CPUs and `data.buffer_mb` of object store for views not yet consumed.
-    Order is not preserved (with preserve_order and a bounded buffer the split coordinator stalled on a 60k
-    corpus): the union may interleave epochs, which the per-epoch skip lists in the checkpoint account for."""
+    Order is preserved only with data.deterministic: then every block reaches the same worker in the same order
+    on every run (Ray's split gives each block to the worker with the fewest rows so far), which makes a run
+    repeatable; otherwise blocks in flight together may arrive out of order, which the per-epoch consumed ids
+    account for. (With preserve_order, a union of per-epoch pipelines once stalled the split coordinator.)"""
     limits = ray.data.ExecutionResources(cpu=cfg.data.cpus, object_store_memory=cfg.data.buffer_mb * 2**20)
-    return ray.data.ExecutionOptions(resource_limits=limits)
+    return ray.data.ExecutionOptions(resource_limits=limits, preserve_order=cfg.data.deterministic)

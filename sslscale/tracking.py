@@ -74,11 +74,14 @@ def provenance() -> dict[str, str]:
             tags[f"sslscale.version.{pkg}"] = version(pkg)
         except PackageNotFoundError:
             pass
+    here = os.path.dirname(os.path.abspath(__file__))
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=os.path.dirname(os.path.abspath(__file__)))
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here)
         if rev.returncode == 0:
             tags["mlflow.source.git.commit"] = rev.stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                   text=True, timeout=5, cwd=here)
+            tags["sslscale.git_dirty"] = str(bool(dirty.stdout.strip())).lower()  # uncommitted changes in use?
     except (OSError, subprocess.TimeoutExpired):
         pass
     return tags
@@ -141,25 +144,36 @@ class MetricBuffer:
     """Rank 0's training metrics, held until a checkpoint covers their step, then logged in one batch.
 
     Steps at or below the last step already in the store (a previous attempt logged them) are dropped, so the
-    store holds each step once. A store that is away keeps the metrics buffered; one warning says so."""
+    store holds each step once. A store that is away keeps the metrics buffered (and carried inside every
+    checkpoint, see train._save): one warning says so, training does not wait for it (after a failed call the
+    next try is RETRY_S later), and what was held is sent when it answers again."""
 
-    def __init__(self, uri: str, run_id: str, key: str = "loss"):
+    RETRY_S = 10.0
+
+    def __init__(self, uri: str, run_id: str, key: str = "loss", warn: bool = True):
         self.uri, self.run_id = uri, run_id
         self.pending: list[tuple[int, dict, int]] = []
-        self.warned = False
-        _, points = self._safe(lambda: history(uri, run_id, key))
+        self.warned, self.away_since, self.retry_at = not warn, 0.0, 0.0
+        self.reachable, points = self._safe(lambda: history(uri, run_id, key))
         steps = [s for s, _ in points or []]
         self.logged_up_to = max(steps, default=0)
 
     def _safe(self, fn) -> tuple[bool, object]:
         try:
-            return True, fn()
+            result = fn()
         except Exception as e:  # noqa: BLE001 - tracking must never stop training
             if not self.warned:
-                warnings.warn(f"MLflow at {self.uri} is not answering ({type(e).__name__}); metrics are kept and "
-                              f"sent when it is back", stacklevel=2)
+                warnings.warn(f"MLflow at {self.uri} is not answering ({type(e).__name__}); training goes on and "
+                              f"its metrics are kept (and checkpointed) until it is back", stacklevel=2)
                 self.warned = True
+            self.away_since = self.away_since or time.time()
+            self.retry_at = time.time() + self.RETRY_S
             return False, None
+        if self.away_since:
+            print(f"MLflow at {self.uri} answers again after {time.time() - self.away_since:.0f} s; sending the "
+                  f"{len(self.pending)} steps held meanwhile", flush=True)
+            self.away_since = 0.0
+        return True, result
 
     def add(self, step: int, metrics: dict[str, float]) -> None:
         if step > self.logged_up_to:
@@ -180,9 +194,11 @@ class MetricBuffer:
         extra = [tuple(p) for p in pending if p[0] > self.logged_up_to and p[0] not in known]
         self.pending = sorted(self.pending + extra, key=lambda p: p[0])
 
-    def flush(self, up_to: int) -> bool:
+    def flush(self, up_to: int, force: bool = False) -> bool:
         """Log every pending step <= up_to, up to ~900 metrics per call (MLflow takes 1000); False (and kept) if
-        the store is away."""
+        the store is away (or was, less than RETRY_S ago)."""
+        if time.time() < self.retry_at and not force:
+            return False
         while ready := self._next_chunk(up_to):
             batch = [Metric(k, float(v), ts, s) for s, m, ts in ready for k, v in m.items()]
             ok, _ = self._safe(lambda: client(self.uri).log_batch(self.run_id, metrics=batch))

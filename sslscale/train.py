@@ -126,7 +126,7 @@ def train_loop(loop_config: dict) -> None:
             _save(engine, cfg, step, rank, position, run_id, buffer)
             last_saved = step
             if buffer:
-                buffer.flush(step)
+                buffer.flush(step, force=step == cfg.train.steps)
             last = time.perf_counter()  # checkpoint time is not training throughput
     progress.done(step)
     if step < cfg.train.steps:
@@ -147,7 +147,7 @@ def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spe
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=storage,
-                             # retries happen in pretrain._train, which can rebuild the stream past what was consumed
+                             # retries happen in pretraining._train, which can rebuild the stream past what was consumed
                              failure_config=FailureConfig(max_failures=0),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
         datasets=datasets,

@@ -1,6 +1,7 @@
 """Shared fixtures: a prepared digits corpus (real shards), an sqlite MLflow store in tmp, the debug config."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -36,3 +37,16 @@ def ray_local():
     ensure_ray()
     yield
     shutdown()
+
+
+@pytest.fixture
+def record(request):
+    """record(fault=..., injected=..., outcome=..., lost=..., repeated=..., recover_s=...) appends a row to
+    $SSLSCALE_RELIABILITY_REPORT (JSON lines) when it is set; `make reliability` renders docs/reliability.md's
+    table from those rows, so the table is what the tests measured."""
+    def _record(**row):
+        path = os.environ.get("SSLSCALE_RELIABILITY_REPORT")
+        if path:
+            with open(path, "a") as f:
+                f.write(json.dumps({"test": request.node.name, **row}) + "\n")
+    return _record

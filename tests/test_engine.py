@@ -1,6 +1,7 @@
 """The DeepSpeed engine on its own (no Ray): steps, the bf16 path, checkpoint round trip and integrity, schedules."""
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -135,3 +136,24 @@ def test_checkpoint_with_pickled_code_is_refused_even_with_a_matching_manifest(f
     with pytest.raises(SslscaleError, match="holds objects other than tensors"):
         e.load(folder)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_crash_while_saving_leaves_the_previous_checkpoint_loadable(fp32_engine, tmp_path, record):
+    e = fp32_engine
+    good = str(tmp_path / "checkpoint_0000003")
+    os.makedirs(good)
+    e.save(good, rank=0, position={"0": [1]}, state={"step": 3, "world_size": 1})
+    weights = {k: v.clone() for k, v in e.method.state_dict().items()}
+    e.train_step([_batch(7)])
+    # the next save dies half-way: its DeepSpeed files are written, one of them cut short, no manifest yet
+    torn = tmp_path / "checkpoint_0000006"
+    shutil.copytree(os.path.join(good, "ds"), torn / "ds")
+    checkpoint.write_json(str(torn / "state.json"), {"step": 6, "world_size": 1})
+    optim = next((torn / "ds").glob("*optim_states.pt"))
+    optim.write_bytes(optim.read_bytes()[:100])
+    assert checkpoint.latest(str(tmp_path)) == good
+    assert e.load(good)["step"] == 3
+    assert all(torch.equal(weights[k], v) for k, v in e.method.state_dict().items())
+    record(fault="crash while saving", injected="a checkpoint folder torn mid-save (file cut short, no manifest)",
+           outcome="latest() skips it (checksums), the previous checkpoint loads with weights_only=True",
+           lost=0, repeated=0, recover_s="-")

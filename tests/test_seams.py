@@ -20,3 +20,10 @@ def test_heavy_imports_stay_in_their_module():
                     assert path.name == owner, f"{path.name} imports {mod}; only {owner} may"
             if mod == "ray":
                 assert path.name in (PLAIN_RAY,), f"{path.name} imports plain ray; only {PLAIN_RAY} may"
+
+
+def test_public_pretrain_stays_a_function_after_its_module_loads():
+    import sslscale
+    import sslscale.pretraining  # noqa: F401 - importing a submodule sets a package attribute of its name
+
+    assert callable(sslscale.pretrain) and sslscale.pretrain.__module__ == "sslscale"

@@ -21,6 +21,7 @@ from sslscale.export import load_encoder
 from sslscale.runtime import ensure_ray
 
 RUN_FILE = "run.json"
+SKIPPED = "skipped"  # the stream's records of what data.on_error=skip left out; merged into skipped.json
 
 
 @dataclass
@@ -34,7 +35,7 @@ class PretrainResult:
 
 
 def _input_spec(corpus_dir: str, split: str) -> dict:
-    corpus.verify_shards(corpus_dir, split)
+    corpus.verify_shards(corpus_dir, split, hashes=False)  # the stream checks each shard's sha256 as it reads it
     h, w, c = corpus.load_manifest(corpus_dir)["fields"]["image"]["shape"]
     if h != w:
         raise SslscaleError(f"corpus {corpus_dir} has {h}x{w} images; encoders take square images: re-prepare it")
@@ -113,7 +114,7 @@ def _attempt(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, 
     """One TorchTrainer fit from the run's latest checkpoint, on a stream that skips what it consumed."""
     last = checkpoint.latest(run_dir)
     consumed = checkpoint.read_positions(last) if last else {}
-    dataset = stream.pretrain_dataset(cfg, corpus_dir, consumed=consumed)
+    dataset = stream.pretrain_dataset(cfg, corpus_dir, consumed=consumed, skip_dir=os.path.join(run_dir, SKIPPED))
     attempt = len([d for d in os.listdir(run_dir) if d.startswith("attempt-")])
     train.fit(cfg, datasets={"train": dataset}, ingest=stream.ingest_options(cfg), run_id=run_id, uri=uri,
               input_spec=input_spec, storage=run_dir, name=f"attempt-{attempt}", resume_from=last)
@@ -136,8 +137,8 @@ def _train(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, in
         try:
             _attempt(cfg, run_id, uri, run_dir, corpus_dir, input_spec)
         except Exception as e:  # noqa: BLE001 - Ray wraps worker errors; the user needs the root cause in one line
-            cause = _root_cause(e)
-            if retry == cfg.train.max_failures or "SslscaleError" in str(e):  # bad input: a retry cannot help
+            cause, ours = _root_cause(e)
+            if retry == cfg.train.max_failures or ours:  # bad input or bad numbers: a retry cannot help
                 if run_id:
                     tracking.best_effort(tracking.end_run, uri, run_id, "FAILED")
                 raise SslscaleError(f"training failed: {cause}") from e
@@ -149,12 +150,58 @@ def _train(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, in
     return final
 
 
-def _root_cause(e: BaseException) -> str:
-    while e.__cause__ is not None:
-        e = e.__cause__
-    text = str(e).strip().splitlines()
-    msg = next((line for line in reversed(text) if "SslscaleError" in line), text[-1] if text else "")
-    return msg.split("SslscaleError: ")[-1] or type(e).__name__
+def _root_cause(e: BaseException) -> tuple[str, bool]:
+    """(one line for the user, whether it is our own error): our SslscaleError's message wherever Ray's wrappers
+    put it (causes, contexts, Ray Train's per-worker failures), else the last line of the innermost exception."""
+    seen, todo, lines = [], [e], []
+    while todo and len(seen) < 50:
+        x = todo.pop(0)
+        if x is None or any(x is y for y in seen):
+            continue
+        seen.append(x)
+        lines += str(x).strip().splitlines()
+        todo += [x.__cause__, x.__context__, *getattr(x, "worker_failures", {}).values()]
+    ours = [line for line in lines if "SslscaleError: " in line]
+    if ours:
+        return ours[-1].split("SslscaleError: ")[-1], True
+    text = str(seen[-1]).strip().splitlines()
+    return (text[-1] if text else type(seen[-1]).__name__), False
+
+
+def _report_skipped(run_dir: str, uri: str, run_id: str) -> None:
+    """skipped.json (each skipped shard and sample with its reason), metrics and one line, when anything was."""
+    found = stream.skipped(os.path.join(run_dir, SKIPPED))
+    if not any(found.values()):
+        return
+    path = os.path.join(run_dir, "skipped.json")
+    checkpoint.write_json(path, found, indent=2)
+    print(f"data.on_error=skip left out {len(found['shard'])} shard(s) and {len(found['sample'])} sample(s): "
+          f"see {path}", flush=True)
+    if run_id:
+        counts = {"data/skipped_shards": len(found["shard"]), "data/skipped_samples": len(found["sample"])}
+        tracking.best_effort(tracking.log_metrics, uri, run_id, counts)
+        tracking.best_effort(tracking.log_artifact, uri, run_id, path)
+
+
+def _deliver_held_metrics(uri: str, run_id: str, final: str, steps: int, wait_s: float = 90) -> None:
+    """Send what the final checkpoint holds and MLflow has not got (it was away when training ended), waiting up
+    to wait_s for it to come back; if it does not, a later `--resume` of the finished run sends them."""
+    held_steps = checkpoint.read_state(final).get("pending_metrics", [])
+    deadline, said = time.time() + wait_s, False
+    while held_steps:
+        held = tracking.MetricBuffer(uri, run_id, warn=False)  # asks the store what it already has
+        if held.reachable:
+            held.restore(held_steps)
+            if held.flush(steps, force=True):
+                return
+        if time.time() > deadline:
+            print(f"MLflow at {uri} is still away: the metrics of {len(held_steps)} steps stay in {final}; "
+                  f"`sslscale pretrain --resume {run_id}` sends them once it is back", flush=True)
+            return
+        if not said:
+            print(f"waiting up to {wait_s:.0f} s for MLflow at {uri} to take the last metrics...", flush=True)
+            said = True
+        time.sleep(5)
 
 
 def _finish(cfg: Config, run_id: str, uri: str, run_dir: str, final: str) -> tuple[str, dict]:
@@ -166,6 +213,7 @@ def _finish(cfg: Config, run_id: str, uri: str, run_dir: str, final: str) -> tup
         print(f"scoring the encoder on {cfg.transfer.target} (kNN k={cfg.transfer.knn_k}, linear probe)...", flush=True)
         scores = transfer.evaluate(load_encoder(encoder_path), cfg.transfer)
     if run_id:
+        _deliver_held_metrics(uri, run_id, final, cfg.train.steps)
         safe = tracking.best_effort
         safe(tracking.log_artifact, uri, run_id, encoder_path, "encoder")
         if scores:
@@ -188,5 +236,6 @@ def pretrain(cfg: Config, *, resume: str | None = None) -> PretrainResult:
     print(f"run {run_id or '(tracking off)'}: {cfg.method.name} on {corpus_dir}, {cfg.train.steps} steps, "
           f"{cfg.train.workers} workers, files in {run_dir}", flush=True)
     final = _train(cfg, run_id, uri, run_dir, corpus_dir, input_spec)
+    _report_skipped(run_dir, uri, run_id)
     encoder_path, scores = _finish(cfg, run_id, uri, run_dir, final)
     return PretrainResult(run_id, run_dir, final, encoder_path, uri, scores)
