@@ -72,12 +72,18 @@ def read_positions(folder: str) -> dict[int, list[int]]:
 
 
 def latest(run_dir: str) -> str | None:
-    """The checkpoint folder under run_dir with the highest step that verifies, or None."""
+    """The checkpoint folder under run_dir with the highest step that verifies, or None. Candidates are checked
+    newest first (by the step in state.json), so only a torn newest checkpoint costs a second verification."""
     found = []
     for state_path in glob.glob(os.path.join(run_dir, "**", STATE), recursive=True):
-        folder = os.path.dirname(state_path)
         try:
-            found.append((verify(folder)["step"], folder))
+            found.append((read_state(os.path.dirname(state_path))["step"], os.path.dirname(state_path)))
+        except (OSError, ValueError, KeyError):
+            continue
+    for _, folder in sorted(found, reverse=True):
+        try:
+            verify(folder)
+            return folder
         except SslscaleError:
             continue
-    return max(found)[1] if found else None
+    return None

@@ -123,33 +123,44 @@ class Engine:
         """Steps not applied so far: by our optimizer guard, or by DeepSpeed's own overflow check (ZeRO)."""
         return self.optimizer.skipped + self.ds.skipped_steps
 
+    def _forward_backward(self, micro_batches: list[dict], inject_nan: bool) -> tuple[dict, torch.Tensor]:
+        """Every micro-batch forward and backward, with DeepSpeed stepping at the accumulation boundary.
+        Returns the last micro-batch's outputs and the mean loss."""
+        losses, out = [], {}
+        for i, batch in enumerate(micro_batches):
+            inputs = self.to_device(batch)
+            if inject_nan and i == 0:  # a non-finite input, as bad data or an overflow would make
+                inputs["view_0"] = inputs["view_0"] * float("nan")
+            out = self.ds(inputs)
+            self.ds.backward(out["loss"])
+            self.ds.step()
+            losses.append(out["loss"].detach().float())
+        return out, torch.stack(losses).mean()
+
     def train_step(self, micro_batches: list[dict], *, inject_nan: bool = False) -> dict:
         """Forward, backward and (at the accumulation boundary) the optimizer step. Returns the last micro-batch's
         method outputs with `loss` averaged over micro-batches, as Python floats except `embeddings`.
 
-        A non-finite loss or gradient on any rank skips the step everywhere (`skipped` = 1 in the logs): weights,
-        optimizer state and teachers stay as they were; the LR schedule still advances (it follows the step count).
-        `inject_nan` poisons this rank's loss (fault injection for tests, see faults.py)."""
+        A non-finite gradient on any rank (a non-finite loss makes one) skips the step everywhere (`skipped` = 1
+        in the logs): weights, optimizer state, teachers and BatchNorm statistics stay as they were; the LR
+        schedule still advances (it follows the step count). `inject_nan` poisons this rank's input (fault
+        injection for tests, see faults.py)."""
         self.ds.train()
         lr, skipped = self.lr(), self._skipped()  # the rate this step uses; the scheduler moves on in ds.step()
         ds_skipped = self.ds.skipped_steps
-        losses, out = [], {}
-        for batch in micro_batches:
-            out = self.ds(self.to_device(batch))
-            if inject_nan:
-                out["loss"] = out["loss"] * float("nan")
-            self.ds.backward(out["loss"])
-            self.ds.step()
-            losses.append(out["loss"].detach().float())
+        buffers = [b.detach().clone() for b in self.method.buffers()]  # BatchNorm statistics move in forward
+        out, loss = self._forward_backward(micro_batches, inject_nan)
         if self.ds.skipped_steps > ds_skipped:
             self.scheduler.step()  # DeepSpeed holds the schedule back on a skipped step; we do not
         logs = {k: float(v) for k, v in out.items() if k not in ("loss", "embeddings")}
-        logs["loss"], logs["lr"] = float(torch.stack(losses).mean()), lr
-        logs["skipped"] = float(self._skipped() > skipped)
+        logs.update(loss=float(loss), lr=lr, skipped=float(self._skipped() > skipped))
         grad_norm = self.ds.get_global_grad_norm()
         if grad_norm is not None:
             logs["grad_norm"] = float(grad_norm)
-        if not logs["skipped"]:
+        if logs["skipped"]:
+            for buf, saved in zip(self.method.buffers(), buffers):
+                buf.data.copy_(saved)
+        else:
             self.method.after_step(self.ds.global_steps)
         return {**logs, "embeddings": out["embeddings"]}
 

@@ -1,6 +1,6 @@
 """Fault injection for reliability tests, driven by one environment variable; inert when it is unset.
 
-`SSLSCALE_FAULTS="nan_loss@5-7"` poisons rank 0's loss at training steps 5 to 7 (a comma-separated list of
+`SSLSCALE_FAULTS="nan_loss@5-7"` poisons rank 0's input (so its loss and gradients) at training steps 5 to 7 (a comma-separated list of
 `NAME@FIRST[-LAST]`). The variable reaches Ray workers through train.worker_env(). Tests use it to prove that a
 fault is survived end to end, through the real components; nothing else reads it.
 """

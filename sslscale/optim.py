@@ -46,9 +46,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def _grads_finite(optimizer: torch.optim.Optimizer) -> bool:
     """True when every gradient this optimizer holds is finite on every rank (a collective under ZeRO, where
     each rank holds a different partition)."""
-    norms = [torch.linalg.vector_norm(p.grad.float()) for g in optimizer.param_groups for p in g["params"]
-             if p.grad is not None]
-    bad = torch.tensor([0.0 if not norms or torch.isfinite(torch.stack(norms).sum()) else 1.0])
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    norms = [torch.linalg.vector_norm(p.grad.float()) for p in params if p.grad is not None]
+    finite = not norms or bool(torch.isfinite(torch.stack(norms).sum()))
+    bad = torch.tensor([0.0 if finite else 1.0], device=params[0].device if params else "cpu")  # NCCL: on the GPU
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)
     return bad.item() == 0.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -43,7 +44,7 @@ def _input_spec(corpus_dir: str, split: str) -> dict:
 
 
 # Keys a resumed run may change: how long and how it runs, never what it learns from or how it is built.
-RESUMABLE = ("train.steps", "train.checkpoint_every", "train.health_every", "train.keep_checkpoints",
+RESUMABLE = ("train.steps", "train.checkpoint_every", "train.max_bad_steps", "optim.lr", "optim.clip", "train.health_every", "train.keep_checkpoints",
              "train.max_failures", "train.cpus_per_worker", "train.threads_per_worker", "data.cpus",
              "data.buffer_mb", "tracking.uri", "transfer.")
 
@@ -161,9 +162,9 @@ def _root_cause(e: BaseException) -> tuple[str, bool]:
         seen.append(x)
         lines += str(x).strip().splitlines()
         todo += [x.__cause__, x.__context__, *getattr(x, "worker_failures", {}).values()]
-    ours = [line for line in lines if "SslscaleError: " in line]
+    ours = [m.group(1) for line in lines if (m := re.search(r"\b(?:SslscaleError|ShardError): (.*)", line))]
     if ours:
-        return ours[-1].split("SslscaleError: ")[-1], True
+        return ours[-1], True
     text = str(seen[-1]).strip().splitlines()
     return (text[-1] if text else type(seen[-1]).__name__), False
 
@@ -235,7 +236,9 @@ def pretrain(cfg: Config, *, resume: str | None = None) -> PretrainResult:
     run_id, run_dir = _open_run(cfg, uri, resume)
     print(f"run {run_id or '(tracking off)'}: {cfg.method.name} on {corpus_dir}, {cfg.train.steps} steps, "
           f"{cfg.train.workers} workers, files in {run_dir}", flush=True)
-    final = _train(cfg, run_id, uri, run_dir, corpus_dir, input_spec)
-    _report_skipped(run_dir, uri, run_id)
+    try:
+        final = _train(cfg, run_id, uri, run_dir, corpus_dir, input_spec)
+    finally:
+        _report_skipped(run_dir, uri, run_id)  # also when the run failed: what was left out may be why
     encoder_path, scores = _finish(cfg, run_id, uri, run_dir, final)
     return PretrainResult(run_id, run_dir, final, encoder_path, uri, scores)

@@ -126,8 +126,10 @@ def pretrain_dataset(cfg, corpus_dir: str, *, consumed: dict | None = None,
     corpus.shard_paths(manifest, corpus_dir, cfg.data.split)  # one-line error for a missing split
     split = manifest["splits"][cfg.data.split]
     h, w, c = manifest["fields"]["image"]["shape"]
-    items = plan(split["shards"], epochs_needed(cfg.train.steps, cfg.data.batch_size, split["samples"]),
-                 cfg.data.seed)
+    epochs = epochs_needed(cfg.train.steps, cfg.data.batch_size, split["samples"])
+    if cfg.data.on_error == "skip":  # up to half the corpus may turn out bad; unread epochs cost nothing
+        epochs = 2 * epochs
+    items = plan(split["shards"], epochs, cfg.data.seed)
     consumed = {int(e): np.asarray(ids, np.int64) for e, ids in (consumed or {}).items()}
     read = dict(corpus_dir=corpus_dir, fmt=manifest["format"], consumed=consumed, on_error=cfg.data.on_error,
                 skip_dir=skip_dir)

@@ -150,13 +150,21 @@ class MetricBuffer:
 
     RETRY_S = 10.0
 
-    def __init__(self, uri: str, run_id: str, key: str = "loss", warn: bool = True):
-        self.uri, self.run_id = uri, run_id
+    def __init__(self, uri: str, run_id: str, key: str = "lr", warn: bool = True):
+        self.uri, self.run_id, self.key = uri, run_id, key  # `lr` is logged at every step, skipped ones too
         self.pending: list[tuple[int, dict, int]] = []
         self.warned, self.away_since, self.retry_at = not warn, 0.0, 0.0
-        self.reachable, points = self._safe(lambda: history(uri, run_id, key))
-        steps = [s for s, _ in points or []]
-        self.logged_up_to = max(steps, default=0)
+        self.logged_up_to, self.reachable = 0, False
+        self._learn_logged()
+
+    def _learn_logged(self) -> bool:
+        """Ask the store which steps it already has (the last one), dropping those from what is pending."""
+        ok, points = self._safe(lambda: history(self.uri, self.run_id, self.key))
+        if ok:
+            self.reachable = True
+            self.logged_up_to = max([s for s, _ in points] + [self.logged_up_to])
+            self.pending = [p for p in self.pending if p[0] > self.logged_up_to]
+        return ok
 
     def _safe(self, fn) -> tuple[bool, object]:
         try:
@@ -198,6 +206,8 @@ class MetricBuffer:
         """Log every pending step <= up_to, up to ~900 metrics per call (MLflow takes 1000); False (and kept) if
         the store is away (or was, less than RETRY_S ago)."""
         if time.time() < self.retry_at and not force:
+            return False
+        if not self.reachable and not self._learn_logged():  # away when this buffer started: ask first
             return False
         while ready := self._next_chunk(up_to):
             batch = [Metric(k, float(v), ts, s) for s, m, ts in ready for k, v in m.items()]

@@ -91,9 +91,10 @@ def _step_metrics(out: dict, cfg: Config, step: int, seconds: float) -> dict:
 
 def _check_bad_steps(in_row: int, cfg: Config, step: int, last_saved: int) -> None:
     if in_row >= cfg.train.max_bad_steps:
-        raise SslscaleError(
-            f"{in_row} steps in a row (up to step {step}) had a non-finite loss or gradient and were skipped; "
-            f"the checkpoint of step {last_saved} is intact: lower optim.lr (or check the data) and --resume")
+        where = (f"the checkpoint of step {last_saved} is intact: --resume it with a lower optim.lr (or check the "
+                 f"data)") if last_saved else "no checkpoint was written yet: start again with a lower optim.lr"
+        raise SslscaleError(f"{in_row} steps in a row (up to step {step}) had a non-finite loss or gradient and "
+                            f"were skipped; {where}")
 
 
 def train_loop(loop_config: dict) -> None:
@@ -130,8 +131,8 @@ def train_loop(loop_config: dict) -> None:
             last = time.perf_counter()  # checkpoint time is not training throughput
     progress.done(step)
     if step < cfg.train.steps:
-        raise SslscaleError(f"the data stream ended at step {step} of {cfg.train.steps} (samples skipped as "
-                            f"undecodable?); lower train.steps or fix the corpus")
+        raise SslscaleError(f"the data stream ended at step {step} of {cfg.train.steps}: too much of the corpus was "
+                            f"left out as bad (see skipped.json in the run folder); repair the corpus")
 
 
 def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spec: dict, storage: str, name: str,

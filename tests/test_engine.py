@@ -105,9 +105,11 @@ def test_nonfinite_loss_skips_the_step_and_keeps_weights_and_optimizer_state(sta
     e = _engine(f"engine.zero_stage={stage}")
     e.train_step([_batch(0)])  # a good step first, so the optimizer has state to protect
     weights, state = [p.detach().clone() for p in e.method.parameters()], _optimizer_state(e)
+    stats = [b.clone() for b in e.method.buffers()]
     logs = e.train_step([_batch(1)], inject_nan=True)
     assert logs["skipped"] == 1.0 and not torch.isfinite(torch.tensor(logs["loss"]))
     assert all(torch.equal(a, b) for a, b in zip(weights, e.method.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(stats, e.method.buffers()))  # BatchNorm statistics too
     assert len(state) > 0 and all(torch.equal(a, b) for a, b in zip(state, _optimizer_state(e)))
     assert e.lr() == pytest.approx(warmup_cosine(3, total=4, warmup=2, peak=e.cfg.optim.lr, floor_ratio=0.01))
     after = e.train_step([_batch(2)])  # training goes on from the untouched weights

@@ -3,6 +3,7 @@
 Each test proves one guarantee of docs/reliability.md; slow (tens of seconds each), run by `make test`."""
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -82,17 +83,25 @@ def test_killed_worker_is_retried_from_the_checkpoint_in_the_same_run(debug_cfg,
     result = pretrain(debug_cfg)
     killer.join()
     assert killed, "no worker was killed: the run ended before its first checkpoint was seen"
-    assert "retrying from the latest checkpoint (1 of 1)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "retrying from the latest checkpoint (1 of 1)" in out
+    resumed_at = int(re.search(r"resuming from the checkpoint at step (\d+)", out).group(1))
+    assert resumed_at * 64 < 1437, "the kill came after epoch 0 ended: the test no longer resumes mid-epoch"
 
     uri, run_id = result.tracking_uri, result.run_id
     assert [s for s, _ in tracking.history(uri, run_id, "loss")] == list(range(1, steps + 1))
     runs = tracking.client(uri).search_runs([tracking.get_run(uri, run_id).info.experiment_id])
     assert [r.info.run_id for r in runs] == [run_id] and runs[0].info.status == "FINISHED"
     # 60 steps x 64 samples cover epoch 0 completely: every training id exactly once, across the kill
-    consumed = []  # every rank's position file, not their union, so a repeat would show
+    # rank 0's file: the checkpoint's history (both ranks, before the kill) plus its own ids since; rank 1's: its
+    # own since. An id trained on again after the retry would appear twice across the two files.
+    per_epoch = {}
     for rank in range(2):
         with open(os.path.join(result.checkpoint, f"position.rank{rank}.json")) as f:
-            consumed += json.load(f).get("0", [])
+            for epoch, got in json.load(f).items():
+                per_epoch.setdefault(epoch, []).extend(got)
+    assert all(len(got) == len(set(got)) for got in per_epoch.values())
+    consumed = per_epoch["0"]
     ids, _, _ = corpus.read_split(os.path.join(data_root, "digits"), "train", with_labels=False)
     assert sorted(consumed) == sorted(ids.tolist())
     record(fault="worker killed", injected="SIGKILL of a Ray Train worker process after the first checkpoint",
@@ -102,7 +111,8 @@ def test_killed_worker_is_retried_from_the_checkpoint_in_the_same_run(debug_cfg,
            recover_s=round(killed["recovered"] - killed["at"], 1))
 
 
-def test_bad_data_is_skipped_and_reported_or_stops_the_run(debug_cfg, ray_local, data_root, tmp_path, record):
+def test_bad_data_is_skipped_and_reported_or_stops_the_run(debug_cfg, ray_local, data_root, tmp_path, record,
+                                                           capsys):
     from sslscale import pretrain
 
     folder = copy_corpus(os.path.join(data_root, "digits"), tmp_path / "damaged")
@@ -119,11 +129,12 @@ def test_bad_data_is_skipped_and_reported_or_stops_the_run(debug_cfg, ray_local,
     assert list(found["shard"]) == ["train-000001.tar"] and list(found["sample"]) == ["1007"]
     assert "skipped.json" in {a.path for a in tracking.client(result.tracking_uri).list_artifacts(result.run_id)}
 
-    debug_cfg.data.on_error = "fail"
+    debug_cfg.data.on_error, debug_cfg.train.max_failures = "fail", 1  # a bad shard is not retried
     first_bad = (r"^training failed: (shard \S+train-000001.tar is truncated or corrupt|"  # whichever is read first
                  r"sample 1007 in shard train-000002.tar cannot be decoded)")
     with pytest.raises(SslscaleError, match=first_bad):
         pretrain(debug_cfg)
+    assert "retrying" not in capsys.readouterr().out
     record(fault="bad data", injected="a truncated tar shard (sha256 mismatch) and an undecodable PNG",
            outcome="on_error=skip: both left out, data/skipped_shards=1, data/skipped_samples=1, skipped.json "
                    "artifact; on_error=fail: one line naming the shard, no retry",

@@ -42,6 +42,14 @@ def test_truncated_and_modified_shards_are_named(digits3, tmp_path):
         read_shard(str(tmp_path / "gone.tar"), "webdataset")
 
 
+def test_tar_cut_at_a_member_boundary_is_truncated_even_without_a_checksum(digits3, tmp_path):
+    path, _ = _shard(digits3, 0)
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(path.read_bytes()[: 2 * 1024])  # first member's header and data block only: a valid prefix
+    with pytest.raises(ShardError, match="truncated or corrupt.*end-of-archive"):
+        read_shard(str(cut), "webdataset")
+
+
 @pytest.mark.parametrize("name", ["../00000001.image.png", "/tmp/00000001.image.png", "sub/00000001.image.png"])
 def test_tar_members_outside_the_shard_are_rejected(tmp_path, name):
     path = tmp_path / "evil.tar"

@@ -28,15 +28,15 @@ def test_runs_nest_with_flat_params_and_steps_log_once(tmp_path):
 
     first = tracking.MetricBuffer(uri, run_id)
     for step in range(1, 7):
-        first.add(step, {"loss": 1.0 / step})
+        first.add(step, {"loss": 1.0 / step, "lr": 0.1})
     first.flush(4)  # steps 5-6 are not covered by a checkpoint: they die with the attempt
     second = tracking.MetricBuffer(uri, run_id)  # the restarted attempt re-runs steps 3..6
     for step in range(3, 7):
-        second.add(step, {"loss": 2.0})
+        second.add(step, {"loss": 2.0, "lr": 0.1})
     second.flush(6)
     assert [s for s, _ in tracking.history(uri, run_id, "loss")] == [1, 2, 3, 4, 5, 6]
     # a checkpoint landed at step 8 but its metrics were never sent: they travel in the checkpoint
-    carried = [(7, {"loss": 0.7}, 0), (8, {"loss": 0.8}, 0), (5, {"loss": 9.0}, 0)]
+    carried = [(7, {"loss": 0.7, "lr": 0.1}, 0), (8, {"loss": 0.8, "lr": 0.1}, 0), (5, {"loss": 9.0, "lr": 0.1}, 0)]
     third = tracking.MetricBuffer(uri, run_id)
     third.restore(carried)
     third.flush(8)
