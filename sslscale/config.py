@@ -31,6 +31,7 @@ class DataConfig:
     jitter_prob: float = 0.8
     grayscale: float = 0.2  # probability of grayscale (RGB corpora only)
     blur: float = 0.0  # probability of a Gaussian blur
+    solarize: float = 0.0  # probability of solarisation (BYOL uses 0.2 on its second view)
     cpus: float = 1.0  # CPUs Ray Data may use for decoding and views
     buffer_mb: int = 256  # object store for views produced ahead of training
     shuffle_buffer: int = 2048  # rows in each worker's local shuffle buffer (0: off)
@@ -277,7 +278,7 @@ def validate(cfg: Config) -> Config:
     ]
     for key in ("vicreg_sim", "vicreg_std", "vicreg_cov"):
         checks.append((f"method.{key}", getattr(cfg.method, key) >= 0, "0 or more"))
-    for key in ("flip", "jitter_prob", "grayscale", "blur"):
+    for key in ("flip", "jitter_prob", "grayscale", "blur", "solarize"):
         checks.append((f"data.{key}", 0 <= getattr(cfg.data, key) <= 1, "a probability in [0, 1]"))
     for key, ok, allowed in checks:
         if not ok:

@@ -35,11 +35,15 @@ class PretrainResult:
     scores: dict = field(default_factory=dict)
 
 
-def _input_spec(corpus_dir: str, split: str) -> dict:
-    corpus.verify_shards(corpus_dir, split, hashes=False)  # the stream checks each shard's sha256 as it reads it
+def _input_spec(corpus_dir: str, cfg: Config) -> dict:
+    """The encoder's input (channels, side) from the corpus, checked against the model before any worker starts."""
+    corpus.verify_shards(corpus_dir, cfg.data.split, hashes=False)  # the stream checks each shard's sha256 as it reads
     h, w, c = corpus.load_manifest(corpus_dir)["fields"]["image"]["shape"]
     if h != w:
         raise SslscaleError(f"corpus {corpus_dir} has {h}x{w} images; encoders take square images: re-prepare it")
+    if cfg.model.encoder == "vit" and h % cfg.model.patch_size:
+        raise SslscaleError(f"model.patch_size={cfg.model.patch_size} does not divide the corpus' {h}-pixel images; "
+                            f"pick a divisor of {h}")
     return {"in_channels": c, "image_size": h}
 
 
@@ -232,7 +236,7 @@ def pretrain(cfg: Config, *, resume: str | None = None) -> PretrainResult:
     validate(cfg)
     uri = tracking.resolve_uri(cfg.tracking.uri)
     corpus_dir = corpus.resolve(cfg.data.corpus)
-    input_spec = _input_spec(corpus_dir, cfg.data.split)
+    input_spec = _input_spec(corpus_dir, cfg)
     run_id, run_dir = _open_run(cfg, uri, resume)
     print(f"run {run_id or '(tracking off)'}: {cfg.method.name} on {corpus_dir}, {cfg.train.steps} steps, "
           f"{cfg.train.workers} workers, files in {run_dir}", flush=True)

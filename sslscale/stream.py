@@ -32,7 +32,7 @@ BLOCK_ROWS = 256  # views per block handed to a training worker
 def view_spec(cfg, size: int) -> ViewSpec:
     d = cfg.data
     return ViewSpec(size=size, crop_min_scale=d.crop_min_scale, flip=d.flip, jitter=d.jitter,
-                    jitter_prob=d.jitter_prob, grayscale=d.grayscale, blur=d.blur)
+                    jitter_prob=d.jitter_prob, grayscale=d.grayscale, blur=d.blur, solarize=d.solarize)
 
 
 def _log_skip(skip_dir: str | None, kind: str, name: str, reason: str, epoch: int) -> None:

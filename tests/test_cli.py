@@ -77,3 +77,10 @@ def test_resume_refuses_to_change_what_the_checkpoint_was_made_with(tmp_path):
 def test_export_folder_checked_before_training(tmp_path):
     one_line_error(run("pretrain", "--recipe", "debug", "--export", str(tmp_path / "no" / "x.encoder.safetensors"),
                        cwd=tmp_path), "folder does not exist")
+
+
+def test_vit_patch_size_must_divide_the_images(data_root, tmp_path):
+    proc = run("pretrain", "--recipe", "debug", "model.encoder=vit", "model.patch_size=3", cwd=tmp_path,
+               env={"SSLSCALE_DATA": data_root})
+    one_line_error(proc, "model.patch_size=3", "8-pixel")
+    assert not (tmp_path / "runs").exists()  # stopped before any run or MLflow record was made
