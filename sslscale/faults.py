@@ -1,8 +1,9 @@
 """Fault injection for reliability tests, driven by one environment variable; inert when it is unset.
 
 `SSLSCALE_FAULTS="nan_loss@5-7"` poisons rank 0's input (so its loss and gradients) at training steps 5 to 7 (a comma-separated list of
-`NAME@FIRST[-LAST]`). The variable reaches Ray workers through train.worker_env(). Tests use it to prove that a
-fault is survived end to end, through the real components; nothing else reads it.
+`NAME@FIRST[-LAST]`). The driver reads the variable when it launches training and hands the spec to the workers
+in their loop config (train.fit). Tests use it to prove that a fault is survived end to end, through the real
+components; nothing else reads it.
 """
 from __future__ import annotations
 
@@ -20,7 +21,12 @@ def _parse(text: str) -> dict[str, tuple[int, int]]:
     return faults
 
 
-def hit(name: str, step: int, rank: int = 0) -> bool:
-    """Whether fault `name` fires at `step` (on rank 0 only, so the others must follow rank 0's lead)."""
-    span = _parse(os.environ.get(ENV, "")).get(name)
+def spec() -> str:
+    """This process's fault spec (the driver's, at launch)."""
+    return os.environ.get(ENV, "")
+
+
+def hit(name: str, step: int, rank: int, faults: str) -> bool:
+    """Whether fault `name` of spec `faults` fires at `step` (on rank 0 only, so the others must follow)."""
+    span = _parse(faults).get(name)
     return rank == 0 and span is not None and span[0] <= step <= span[1]

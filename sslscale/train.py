@@ -113,7 +113,7 @@ def train_loop(loop_config: dict) -> None:
         if step >= cfg.train.steps:
             break
         step += 1
-        out = engine.train_step(group, inject_nan=faults.hit("nan_loss", step, rank))
+        out = engine.train_step(group, inject_nan=faults.hit("nan_loss", step, rank, loop_config["faults"]))
         _record(position, group)  # a skipped step still consumed its samples
         bad_in_row = bad_in_row + 1 if out["skipped"] else 0
         _check_bad_steps(bad_in_row, cfg, step, last_saved)
@@ -144,7 +144,7 @@ def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spe
         # Ray Train V2 has no resume_from_checkpoint: the folder travels in the loop config (a path on the
         # storage every worker reads), and get_checkpoint() covers restarts within this fit.
         train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "uri": uri, "input": input_spec,
-                           "resume_from": resume_from},
+                           "resume_from": resume_from, "faults": faults.spec()},
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=storage,
@@ -158,6 +158,6 @@ def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spe
 
 
 def worker_env() -> dict:
-    """Environment variables the workers need (bounded MLflow retries, injected faults for tests)."""
-    keys = [k for k in os.environ if k.startswith("MLFLOW_HTTP_REQUEST_") or k == faults.ENV]
+    """Environment variables the workers need (bounded MLflow retries)."""
+    keys = [k for k in os.environ if k.startswith("MLFLOW_HTTP_REQUEST_")]
     return {k: os.environ[k] for k in keys}

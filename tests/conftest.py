@@ -28,9 +28,10 @@ def debug_cfg(data_root, tmp_path, monkeypatch):
     return load_recipe("debug")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_local():
-    """A local Ray instance for one test, shut down after it (a second instance confuses `ray start` clients)."""
+    """A local Ray instance shared by one test module, shut down after it (a second instance confuses `ray start`
+    clients, and the tests that start Ray in a subprocess need none left running)."""
     from sslscale.runtime import ensure_ray, shutdown
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
