@@ -31,7 +31,7 @@ def main(report: str) -> None:
     doc = DOC.read_text()
     head, rest = doc.split(BEGIN)
     _, tail = rest.split(END)
-    stamp = f"Measured by `make reliability` on {time.strftime('%Y-%m-%d')} (2-core CPU machine, debug recipe)."
+    stamp = f"Recorded by the tests on {time.strftime('%Y-%m-%d')} (2-core CPU machine, debug recipe, 2 workers)."
     DOC.write_text(f"{head}{BEGIN}\n{stamp}\n\n{table(rows)}\n{END}{tail}")
     print(f"{len(rows)} rows -> {DOC}")
 

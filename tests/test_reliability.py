@@ -1,6 +1,7 @@
 """Faults injected into real runs (Ray Train, 2 workers, DeepSpeed, Ray Data, an sqlite MLflow store, real files).
 
 Each test proves one guarantee of docs/reliability.md; slow (tens of seconds each), run by `make test`."""
+import glob
 import json
 import os
 import re
@@ -26,7 +27,7 @@ def nan_at_4_and_5(monkeypatch):
     monkeypatch.setenv(faults.ENV, "nan_loss@4-5")
 
 
-def test_nonfinite_steps_are_skipped_then_too_many_stop_the_run(nan_at_4_and_5, debug_cfg, ray_local, record):
+def test_nonfinite_steps_are_skipped_and_the_run_goes_on(nan_at_4_and_5, debug_cfg, ray_local, record):
     from sslscale import pretrain
 
     debug_cfg.train.steps, debug_cfg.transfer.enabled, debug_cfg.train.max_bad_steps = 8, False, 3
@@ -35,18 +36,13 @@ def test_nonfinite_steps_are_skipped_then_too_many_stop_the_run(nan_at_4_and_5, 
     assert [s for s, v in tracking.history(uri, run_id, "skipped") if v] == [4, 5]  # only rank 0 was poisoned
     assert [s for s, _ in tracking.history(uri, run_id, "loss")] == [1, 2, 3, 6, 7, 8]
     assert tracking.get_run(uri, run_id).info.status == "FINISHED"
-
-    debug_cfg.train.max_bad_steps = 2
-    with pytest.raises(SslscaleError, match=r"2 steps in a row \(up to step 5\).*checkpoint of step 3 is intact"):
-        pretrain(debug_cfg)
-    run_dir = max((os.path.join("runs", d) for d in os.listdir("runs")), key=os.path.getmtime)
-    last = checkpoint.latest(run_dir)  # verified against its checksums
-    assert checkpoint.read_state(last)["step"] == 3
-    weights = torch.load(os.path.join(last, "ds", "mp_rank_00_model_states.pt"), weights_only=False)["module"]
+    weights = torch.load(os.path.join(result.checkpoint, "ds", "mp_rank_00_model_states.pt"),
+                         weights_only=True)["module"]
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
-    record(fault="bad numbers", injected="NaN loss on rank 0 at steps 4-5 (SSLSCALE_FAULTS)",
-           outcome="both steps skipped on both workers (weights, optimizer, LR position kept), `skipped`=1 logged; "
-                   "with train.max_bad_steps=2 the run stops at step 5 naming the intact step-3 checkpoint",
+    record(fault="bad numbers", injected="NaN input on rank 0 at steps 4-5 (SSLSCALE_FAULTS)",
+           outcome="both steps skipped on both workers (weights, optimizer, BatchNorm stats kept), `skipped`=1 "
+                   "logged, the run finished; K=train.max_bad_steps in a row stop it naming the intact checkpoint "
+                   "(test_train_loop.py)",
            lost="0 (the 2 skipped batches are consumed, not trained on)", repeated=0, recover_s="0 (next step)")
 
 
@@ -142,7 +138,7 @@ def test_bad_data_is_skipped_and_reported_or_stops_the_run(debug_cfg, ray_local,
 
 
 @pytest.mark.long
-def test_mlflow_away_for_30s_mid_run_loses_nothing(debug_cfg, ray_local, tmp_path, capfd, record):
+def test_mlflow_away_for_30s_mid_run_loses_nothing(debug_cfg, ray_local, tmp_path, record):
     from sslscale import pretrain
 
     server = MlflowServer(tmp_path / "mlflow")
@@ -175,8 +171,9 @@ def test_mlflow_away_for_30s_mid_run_loses_nothing(debug_cfg, ray_local, tmp_pat
     assert sorted(p.step for p in points) == list(range(1, steps + 1))  # every step once, none lost
     stamps = [p.timestamp / 1000 for p in points]  # when each step ran (held metrics keep their time)
     assert any(outage["from"] < t < outage["to"] for t in stamps), "no step ran while the server was away"
-    log = capfd.readouterr()
-    assert (log.out + log.err).count("is not answering") == 1
+    # the warning goes to rank 0's worker log (Ray forwards it to the driver's console when it gets round to it)
+    worker_logs = "".join(open(p, errors="replace").read() for p in glob.glob("/tmp/ray/session_latest/logs/*.err"))
+    assert worker_logs.count("is not answering") == 1
     held = sum(outage["from"] < t < outage["to"] for t in stamps)
     record(fault="MLflow away", injected="the mlflow server process stopped for 30 s after the first checkpoint",
            outcome=f"training went on; one warning; the {held} steps run meanwhile reached the server after it "
