@@ -48,9 +48,9 @@ def _input_spec(corpus_dir: str, cfg: Config) -> dict:
 
 
 # Keys a resumed run may change: how long and how it runs, never what it learns from or how it is built.
-RESUMABLE = ("train.steps", "train.checkpoint_every", "train.max_bad_steps", "optim.lr", "optim.clip", "train.health_every", "train.keep_checkpoints",
-             "train.max_failures", "train.cpus_per_worker", "train.threads_per_worker", "data.cpus",
-             "data.buffer_mb", "tracking.uri", "transfer.")
+RESUMABLE = ("train.steps", "train.checkpoint_every", "train.health_every", "train.keep_checkpoints",
+             "train.max_failures", "train.max_bad_steps", "train.cpus_per_worker", "train.threads_per_worker",
+             "optim.lr", "optim.clip", "data.cpus", "data.buffer_mb", "tracking.uri", "transfer.")
 
 
 def run_field(run_dir: str, key: str, default=""):
@@ -191,16 +191,13 @@ def _report_skipped(run_dir: str, uri: str, run_id: str) -> None:
 def _deliver_held_metrics(uri: str, run_id: str, final: str, steps: int, wait_s: float = 90) -> None:
     """Send what the final checkpoint holds and MLflow has not got (it was away when training ended), waiting up
     to wait_s for it to come back; if it does not, a later `--resume` of the finished run sends them."""
-    held_steps = checkpoint.read_state(final).get("pending_metrics", [])
+    held = tracking.MetricBuffer(uri, run_id, warn=False)
+    held.restore(checkpoint.read_state(final).get("pending_metrics", []))
     deadline, said = time.time() + wait_s, False
-    while held_steps:
-        held = tracking.MetricBuffer(uri, run_id, warn=False)  # asks the store what it already has
-        if held.reachable:
-            held.restore(held_steps)
-            if held.flush(steps, force=True):
-                return
+    # flush asks the store what it already has before its first send, so nothing goes twice
+    while held.pending and not held.flush(steps, force=True):
         if time.time() > deadline:
-            print(f"MLflow at {uri} is still away: the metrics of {len(held_steps)} steps stay in {final}; "
+            print(f"MLflow at {uri} is still away: the metrics of {len(held.pending)} steps stay in {final}; "
                   f"`sslscale pretrain --resume {run_id}` sends them once it is back", flush=True)
             return
         if not said:
