@@ -8,12 +8,12 @@ already in the store is never logged again, so a restarted run continues its ste
 """
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import subprocess
 import sys
 import time
-import warnings
 
 for _key, _value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
                      "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}.items():
@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from sslscale.config import flatten  # noqa: E402
 from sslscale.errors import SslscaleError  # noqa: E402
 
+log = logging.getLogger(__name__)  # operational warnings: logging, not `warnings` (Ray workers may drop those)
 DEFAULT_URI = "sqlite:///mlruns.db"
 MAX_PARAM_CHARS = 6000
 
@@ -45,8 +46,8 @@ def best_effort(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except Exception as e:  # noqa: BLE001 - the store being away must not lose a finished training
-        warnings.warn(f"MLflow {fn.__name__} failed ({type(e).__name__}: {str(e)[:200]}); the checkpoint and "
-                      f"encoder are safe in the run folder", stacklevel=2)
+        log.warning(f"MLflow {fn.__name__} failed ({type(e).__name__}: {str(e)[:200]}); the checkpoint and "
+                    f"encoder are safe in the run folder")
         return None
 
 
@@ -171,8 +172,8 @@ class MetricBuffer:
             result = fn()
         except Exception as e:  # noqa: BLE001 - tracking must never stop training
             if not self.warned:
-                warnings.warn(f"MLflow at {self.uri} is not answering ({type(e).__name__}); training goes on and "
-                              f"its metrics are kept (and checkpointed) until it is back", stacklevel=2)
+                log.warning(f"MLflow at {self.uri} is not answering ({type(e).__name__}); training goes on and "
+                            f"its metrics are kept (and checkpointed) until it is back")
                 self.warned = True
             self.away_since = self.away_since or time.time()
             self.retry_at = time.time() + self.RETRY_S
