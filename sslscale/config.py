@@ -32,6 +32,10 @@ class DataConfig:
     grayscale: float = 0.2  # probability of grayscale (RGB corpora only)
     blur: float = 0.0  # probability of a Gaussian blur
     solarize: float = 0.0  # probability of solarisation (BYOL uses 0.2 on its second view)
+    n_local: int = 0  # DINO multi-crop: small local views per image besides the two global ones
+    local_size: int = 0  # side of a local view in pixels (0: half the image side)
+    local_min_scale: float = 0.05  # local views crop an area fraction in [local_min_scale, local_max_scale]
+    local_max_scale: float = 0.3
     cpus: float = 1.0  # CPUs Ray Data may use for decoding and views
     buffer_mb: int = 256  # object store for views produced ahead of training
     shuffle_buffer: int = 2048  # rows in each worker's local shuffle buffer (0: off)
@@ -52,7 +56,8 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = _choice("simclr", "simclr", "barlow_twins", "vicreg", "byol", "moco_v3")
+    name: str = _choice("simclr", "simclr", "barlow_twins", "vicreg", "byol", "moco_v3", "dino", "mae", "rotation",
+                        "denoising_ae")
     proj_hidden: int = 512  # projector (and BYOL / MoCo v3 predictor) hidden width
     proj_dim: int = 128
     temperature: float = 0.2  # SimCLR and MoCo v3
@@ -62,6 +67,16 @@ class MethodConfig:
     vicreg_sim: float = 25.0  # VICReg: weight of the invariance (MSE) term
     vicreg_std: float = 25.0  # VICReg: weight of the variance (std hinge) term
     vicreg_cov: float = 1.0  # VICReg: weight of the covariance term
+    out_dim: int = 4096  # DINO: prototypes (output width of the head; paper 65536)
+    student_temp: float = 0.1  # DINO: student softmax temperature
+    teacher_temp: float = 0.04  # DINO: teacher temperature after warmup (paper 0.04 - 0.07) ...
+    teacher_temp_start: float = 0.04  # ... starting here ...
+    teacher_temp_warmup: int = 0  # ... and rising linearly over these steps
+    center_momentum: float = 0.9  # DINO: EMA of the teacher's mean output that centres it
+    mask_ratio: float = 0.75  # MAE: fraction of patches hidden from the encoder
+    decoder_dim: int = 128  # MAE: decoder token width
+    decoder_depth: int = 2  # MAE: decoder transformer blocks
+    noise_std: float = 0.3  # denoising autoencoder: std of the Gaussian noise added to the input (in [0, 1] units)
 
 
 @dataclass
@@ -275,6 +290,25 @@ def validate(cfg: Config) -> Config:
          "a positive divisor of model.dim"),
         ("optim.name", cfg.optim.name != "lars" or cfg.engine.zero_stage == 0,
          "adamw under ZeRO 1-2 (ZeRO flattens the per-layer tensors LARS scales); for lars set engine.zero_stage=0"),
+    ]
+    checks += [
+        ("data.n_local", cfg.data.n_local >= 0, "0 or more"),
+        ("data.local_size", cfg.data.local_size >= 0, "0 (half the image side) or a positive number of pixels"),
+        ("data.local_min_scale", 0 < cfg.data.local_min_scale <= cfg.data.local_max_scale <= 1,
+         "in (0, data.local_max_scale], and data.local_max_scale at most 1"),
+        ("method.out_dim", cfg.method.out_dim > 0, "a positive number"),
+        ("method.student_temp", cfg.method.student_temp > 0, "a positive number"),
+        ("method.teacher_temp", cfg.method.teacher_temp > 0 and cfg.method.teacher_temp_start > 0,
+         "positive (and method.teacher_temp_start)"),
+        ("method.teacher_temp_warmup", cfg.method.teacher_temp_warmup >= 0, "0 or more steps"),
+        ("method.center_momentum", 0 <= cfg.method.center_momentum < 1, "in [0, 1)"),
+        ("method.mask_ratio", 0 < cfg.method.mask_ratio < 1, "in (0, 1)"),
+        ("method.decoder_dim", cfg.method.decoder_dim > 0 and cfg.method.decoder_dim % 4 == 0,
+         "a positive multiple of 4"),
+        ("method.decoder_depth", cfg.method.decoder_depth > 0, "at least 1"),
+        ("method.noise_std", cfg.method.noise_std >= 0, "0 or more"),
+        ("model.encoder", cfg.method.name != "mae" or cfg.model.encoder == "vit",
+         "vit for method.name=mae (MAE encodes the visible patches only)"),
     ]
     for key in ("vicreg_sim", "vicreg_std", "vicreg_cov"):
         checks.append((f"method.{key}", getattr(cfg.method, key) >= 0, "0 or more"))

@@ -1,4 +1,4 @@
-"""torch.distributed helpers: rank, world size, an all-gather that carries gradients back and one that does not.
+"""torch.distributed helpers: rank, world size, an all-gather that carries gradients back, one that does not, a sum.
 
 Everything works single-process too (no process group: world size 1, gather is the identity).
 """
@@ -57,3 +57,11 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """The sum of every rank's x (same shape everywhere), detached; x itself when not distributed (DINO's centre)."""
+    x = x.detach().clone()
+    if world_size() > 1:
+        dist.all_reduce(x)
+    return x

@@ -111,11 +111,14 @@ class Engine:
         return self.scheduler.get_last_lr()[0]
 
     def to_device(self, batch: dict) -> dict:
-        """uint8 views (N, C, H, W) -> floats in [0, 1] in the engine's dtype, on its device; other fields as-is."""
+        """uint8 views (N, C, H, W) (`view_*`, `local_*`) -> floats in [0, 1] in the engine's dtype, and MAE's
+        visible patch ids (`keep`, int64) -> a tensor, on its device; other fields (id, epoch) as-is."""
         out = {}
         for key, value in batch.items():
-            if key.startswith("view_"):
+            if key.startswith(("view_", "local_")):
                 value = torch.as_tensor(value).to(self.device, non_blocking=True).to(self.dtype).div_(255)
+            elif key == "keep":
+                value = torch.as_tensor(value).to(self.device, non_blocking=True)
             out[key] = value
         return out
 

@@ -82,8 +82,9 @@ def _decode(data: bytes, channels: int) -> np.ndarray | None:
 
 
 def make_views(batch: dict, *, seed: int, spec: ViewSpec, channels: int, on_error: str,
-               skip_dir: str | None = None) -> dict:
-    """Ray Data UDF: rows {id, epoch, image bytes, shard} -> {"id", "epoch", "view_0", "view_1"}; undecodable
+               skip_dir: str | None = None, layout: dict | None = None) -> dict:
+    """Ray Data UDF: rows {id, epoch, image bytes, shard} -> {"id", "epoch", "view_0", ...} with the fields
+    views.batch_views makes for `layout` (the method's, see methods.Method.views; default two views); undecodable
     images are skipped (recorded) or stop the run, per on_error."""
     images, kept, epochs = [], [], []
     for sid, epoch, raw, shard in zip(batch["id"].tolist(), batch["epoch"].tolist(), batch["image"], batch["shard"]):
@@ -98,13 +99,30 @@ def make_views(batch: dict, *, seed: int, spec: ViewSpec, channels: int, on_erro
         kept.append(sid)
         epochs.append(epoch)
     ids, epochs = np.asarray(kept, np.int64), np.asarray(epochs, np.int64)
-    views = {f"view_{v}": np.empty((len(ids), channels, spec.size, spec.size), np.uint8) for v in range(2)}
+    layout = layout or {"n_views": 2}
+    if not len(ids):  # every image of the block was skipped: empty fields of the right shapes
+        empty = np.zeros((1, spec.size, spec.size, channels), np.uint8)
+        return {"id": ids, "epoch": epochs, **{k: v[:0] for k, v in
+                                               batch_views(empty, np.zeros(1, np.int64), seed=seed, epoch=0,
+                                                           spec=spec, **layout).items()}}
+    parts = []
     for epoch in np.unique(epochs):  # a batch may straddle two epochs
         rows = np.flatnonzero(epochs == epoch)
-        part = batch_views(np.stack([images[i] for i in rows]), ids[rows], seed=seed, epoch=int(epoch), spec=spec)
+        parts.append((rows, batch_views(np.stack([images[i] for i in rows]), ids[rows], seed=seed,
+                                        epoch=int(epoch), spec=spec, **layout)))
+    views = {k: np.empty((len(ids), *v.shape[1:]), v.dtype) for k, v in parts[0][1].items()}
+    for rows, part in parts:
         for key, value in part.items():
             views[key][rows] = value
     return {"id": ids, "epoch": epochs, **views}
+
+
+def row_bytes(layout: dict, size: int, channels: int) -> int:
+    """Bytes of one row of the view stream (its views, local views and patch ids) for a square image side `size`."""
+    local = layout.get("local_size") or size // 2
+    pixels = layout.get("n_views", 2) * size * size + layout.get("n_local", 0) * local * local
+    keep = 8 * int(round(layout.get("num_patches", 0) * (1 - layout.get("mask_ratio", 0.0))))
+    return channels * pixels + keep + 16
 
 
 def epochs_needed(steps: int, batch_size: int, samples: int) -> int:
@@ -133,15 +151,18 @@ def pretrain_dataset(cfg, corpus_dir: str, *, consumed: dict | None = None,
     consumed = {int(e): np.asarray(ids, np.int64) for e, ids in (consumed or {}).items()}
     read = dict(corpus_dir=corpus_dir, fmt=manifest["format"], consumed=consumed, on_error=cfg.data.on_error,
                 skip_dir=skip_dir)
+    from sslscale.methods import view_layout  # here, not at the top: Ray Data's tasks import this module, not torch
+
+    layout = view_layout(cfg, h)
     views = dict(seed=cfg.data.seed, spec=view_spec(cfg, h), channels=c, on_error=cfg.data.on_error,
-                 skip_dir=skip_dir)
+                 skip_dir=skip_dir, layout=layout)
     dataset = (ray.data.from_items(items, override_num_blocks=len(items))
                # one shard at a time, in plan order: epochs follow each other instead of running side by side
                .map_batches(read_rows, fn_kwargs=read, batch_size=1, batch_format="numpy",
                             compute=ray.data.TaskPoolStrategy(size=1))
                .map_batches(make_views, fn_kwargs=views, batch_size=BLOCK_ROWS, batch_format="numpy"))
     # blocks of ~BLOCK_ROWS views: the split hands workers small pieces of the same epoch, not an epoch each
-    dataset.context.target_max_block_size = BLOCK_ROWS * 2 * (c * h * w + 16)
+    dataset.context.target_max_block_size = BLOCK_ROWS * row_bytes(layout, h, c)
     return dataset
 
 

@@ -28,15 +28,22 @@ def test_pretrain_function_logs_everything(debug_cfg, ray_local):
     assert (enc.in_channels, enc.image_size) == (1, 8)
 
 
+# what each method needs beyond the debug recipe: DINO's local crops, MAE's ViT (8x8 digits, 2x2 patches)
+METHOD_OVERRIDES = {"dino": ["data.n_local=2", "data.local_size=4"],
+                    "mae": ["model.encoder=vit", "model.patch_size=2", "model.dim=16", "model.vit_depth=1",
+                            "model.heads=2", "method.decoder_dim=16", "method.decoder_depth=1"]}
+
+
 def test_every_method_trains_on_two_workers(debug_cfg, ray_local):
-    """Each registered method (SimCLR has its own test above) runs real steps: 2 Ray Train workers, ZeRO-1."""
+    """Each registered method (SimCLR has its own test above) runs real steps: 2 Ray Train workers, ZeRO-1, the
+    method's own views from Ray Data (multi-crop, one view, visible patch ids)."""
     from sslscale import pretrain
     from sslscale.methods import METHODS
 
     debug_cfg.train.steps, debug_cfg.train.checkpoint_every, debug_cfg.transfer.enabled = 3, 3, False
     for name in sorted(set(METHODS) - {"simclr"}):
-        debug_cfg.method.name = name
-        result = pretrain(debug_cfg)
+        cfg = debug_cfg.override([f"method.name={name}", *METHOD_OVERRIDES.get(name, [])])
+        result = pretrain(cfg)
         losses = [v for _, v in tracking.history(result.tracking_uri, result.run_id, "loss")]
         assert len(losses) == 3 and all(map(math.isfinite, losses)), name
         assert tracking.get_run(result.tracking_uri, result.run_id).data.params["method.name"] == name

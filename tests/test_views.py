@@ -73,3 +73,38 @@ def test_patch_mask_keeps_exactly_the_right_count():
         assert keep.min() >= 0 and keep.max() < num and np.all(np.diff(keep) > 0)
     a, b = patch_mask(view_rng(0, 0, 0, 3), 49, 0.75), patch_mask(view_rng(0, 0, 1, 3), 49, 0.75)
     assert np.array_equal(a, patch_mask(view_rng(0, 0, 0, 3), 49, 0.75)) and not np.array_equal(a, b)
+
+
+def _rows(images, epochs, corrupt=()):
+    """make_views' input: {id, epoch, image (PNG bytes), shard}, with the rows in `corrupt` not decodable."""
+    from sslscale.corpus import _encode_png as encode_image
+
+    raw = np.empty(len(images), dtype=object)
+    raw[:] = [b"not a png" if i in corrupt else encode_image(img) for i, img in enumerate(images)]
+    return {"id": np.arange(len(images), dtype=np.int64), "epoch": np.asarray(epochs, np.int64), "image": raw,
+            "shard": np.full(len(images), "train-000000.tar", dtype=object)}
+
+
+def test_stream_rows_carry_the_fields_each_method_layout_asks_for(tmp_path):
+    from sslscale.stream import make_views, row_bytes
+
+    imgs = _images(n=5, c=1)
+    spec = ViewSpec(size=20)
+    dino = {"n_views": 2, "n_local": 3, "local_size": 8, "local_scale": (0.05, 0.3)}
+    mae = {"n_views": 1, "mask_ratio": 0.75, "num_patches": 25}
+    for layout, fields in [(None, {"view_0": (1, 20, 20), "view_1": (1, 20, 20)}),
+                           (dino, {"view_0": (1, 20, 20), "view_1": (1, 20, 20), "local_0": (1, 8, 8),
+                                   "local_2": (1, 8, 8)}),
+                           (mae, {"view_0": (1, 20, 20), "keep": (6,)})]:
+        out = make_views(_rows(imgs, [0, 0, 1, 1, 1], corrupt={3}), seed=0, spec=spec, channels=1,
+                         on_error="skip", skip_dir=str(tmp_path), layout=layout)
+        assert list(out["id"]) == [0, 1, 2, 4]  # the corrupt row is left out (and recorded)
+        for key, shape in fields.items():
+            assert out[key].shape == (4, *shape), key
+        # rows straddling two epochs get each epoch's views: the same as a batch of that epoch alone
+        alone = batch_views(imgs[[2, 4]], np.array([2, 4]), seed=0, epoch=1, spec=spec, **(layout or {}))
+        assert all(np.array_equal(out[k][2:], alone[k]) for k in alone)
+        assert row_bytes(layout or {}, 20, 1) >= sum(v[0].nbytes for k, v in out.items() if k not in ("id", "epoch"))
+    empty = make_views(_rows(imgs[:1], [0], corrupt={0}), seed=0, spec=spec, channels=1, on_error="skip",
+                       skip_dir=str(tmp_path), layout=dino)
+    assert empty["id"].shape == (0,) and empty["local_1"].shape == (0, 1, 8, 8)

@@ -28,6 +28,13 @@ class Method(nn.Module):
         self.encoder = encoder
         self.cfg = cfg
 
+    @staticmethod
+    def views(cfg, image_size: int) -> dict:
+        """What the Ray Data stream makes for each image: keyword arguments of views.batch_views (`n_views` global
+        views by default two; DINO adds local views, MAE one view and the visible patch ids). Static, so the driver
+        plans the stream from the config alone."""
+        return {"n_views": 2}
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -112,11 +119,16 @@ class MomentumMethod(Method):
 def _registry() -> dict:
     from sslscale.methods.barlow import BarlowTwins
     from sslscale.methods.byol import BYOL
+    from sslscale.methods.denoising_ae import DenoisingAE
+    from sslscale.methods.dino import DINO
+    from sslscale.methods.mae import MAE
     from sslscale.methods.moco import MoCoV3
+    from sslscale.methods.rotation import Rotation
     from sslscale.methods.simclr import SimCLR
     from sslscale.methods.vicreg import VICReg
 
-    return {"simclr": SimCLR, "barlow_twins": BarlowTwins, "vicreg": VICReg, "byol": BYOL, "moco_v3": MoCoV3}
+    return {"simclr": SimCLR, "barlow_twins": BarlowTwins, "vicreg": VICReg, "byol": BYOL, "moco_v3": MoCoV3,
+            "dino": DINO, "mae": MAE, "rotation": Rotation, "denoising_ae": DenoisingAE}
 
 
 METHODS = _registry()
@@ -131,3 +143,8 @@ def build_method(cfg, *, in_channels: int, image_size: int) -> Method:
     cls = METHODS[cfg.method.name]
     schedule = {"total_steps": cfg.train.steps} if issubclass(cls, MomentumMethod) else {}
     return cls(encoder, cfg.method, **schedule)
+
+
+def view_layout(cfg, image_size: int) -> dict:
+    """The batch_views keyword arguments the method cfg.method.name needs (see Method.views)."""
+    return METHODS[cfg.method.name].views(cfg, image_size)

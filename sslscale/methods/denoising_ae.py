@@ -1,0 +1,84 @@
+"""Denoising autoencoder (Vincent et al. 2008, "Extracting and Composing Robust Features with Denoising
+Autoencoders"), convolutional: the encoder sees a corrupted view x~ ~ q(x~ | x) and a decoder g reconstructs the
+clean view x from its features:
+
+    loss = 1/(N C H W) sum ||g(f(x~)) - x||^2,   x~ = clamp(x + eps, 0, 1),  eps ~ N(0, cfg.noise_std^2)
+
+The 2008 paper corrupts by masking (a random fraction of the pixels set to 0), trains fully connected sigmoid layers
+with a cross-entropy reconstruction loss and stacks them greedily; additive isotropic Gaussian noise with a squared
+error is the variant of Vincent et al. 2010 ("Stacked Denoising Autoencoders"), used here with std 0.3 in [0, 1]
+pixel units, on any sslscale encoder, trained end to end. The decoder is small: Linear to 128 x s x s (s =
+ceil(S / 4)), two stride-2 transposed convolutions (64, 32 channels), a 3x3 conv to C channels, cropped to S x S.
+
+The noise is drawn on the trainer from a CPU generator seeded by (steps_done, rank, micro-batch index), never from
+the global RNG: views are deterministic functions of (seed, epoch, id) elsewhere, and a run resumed from a
+checkpoint (which carries the `steps_done` buffer) must corrupt exactly as the uninterrupted run did.
+`embeddings` are the encoder's features of the noisy input, the ones the loss trains, from the same pass (no
+second clean pass; with noise_std=0 they are the clean features). The loss is a mean of per-image terms: with
+equal per-worker batches DeepSpeed's gradient average equals the single-process gradient, no gather needed.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sslscale import dist
+from sslscale.methods import Method
+
+
+def denoising_loss(recon: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over every element of recon and clean (N, C, H, W), in float32."""
+    return (recon.float() - clean.float()).pow(2).mean()
+
+
+def corrupt(x: torch.Tensor, std: float, seed: int) -> torch.Tensor:
+    """x (N, C, H, W) in [0, 1] plus Gaussian noise of std `std` drawn on the CPU from `seed`, clamped to [0, 1];
+    same device and dtype as x. The same (x, std, seed) always gives the same output, whatever the device."""
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)) * std
+    return (x.float() + noise.to(x.device)).clamp_(0, 1).to(x.dtype)
+
+
+class ConvDecoder(nn.Module):
+    """Features (N, D) -> images (N, C, S, S) in (0, 1)."""
+
+    def __init__(self, dim: int, channels: int, image_size: int):
+        super().__init__()
+        self.image_size, s = image_size, -(-image_size // 4)  # 4s >= S; the extra rows are cropped
+        self.net = nn.Sequential(  # widths fixed small (128, 64, 32): the decoder is discarded after pretraining
+            nn.Linear(dim, 128 * s * s), nn.Unflatten(1, (128, s, s)), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.BatchNorm2d(64), nn.ReLU(inplace=True),  # 2s
+            nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.BatchNorm2d(32), nn.ReLU(inplace=True),  # 4s
+            nn.Conv2d(32, channels, 3, padding=1))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        y = self.net(h)  # (N, C, 4s, 4s)
+        lo, size = (y.shape[-1] - self.image_size) // 2, self.image_size
+        return torch.sigmoid(y[..., lo:lo + size, lo:lo + size])  # (N, C, S, S)
+
+
+class DenoisingAE(Method):
+    def __init__(self, encoder: nn.Module, cfg):
+        super().__init__(encoder, cfg)
+        self.decoder = ConvDecoder(encoder.feature_dim, encoder.in_channels, encoder.image_size)
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))  # checkpointed with the module
+        self.micro = 0  # forward passes since the last applied step (grad_accum micro-batches differ)
+
+    @staticmethod
+    def views(cfg, image_size: int) -> dict:
+        return {"n_views": 1}  # the corruption is made on the trainer
+
+    def noise_seed(self) -> int:
+        """Seed of the next forward's noise: a function of (steps_done, rank, micro) only (int hashes are stable)."""
+        return hash((int(self.steps_done), dist.rank(), self.micro)) & (2**63 - 1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        clean = batch["view_0"]  # (N, C, S, S)
+        noisy = corrupt(clean, self.cfg.noise_std, self.noise_seed())
+        self.micro += 1
+        h = self.encoder(noisy)  # (N, D)
+        loss = denoising_loss(self.decoder(h), clean)
+        return {"loss": loss, "embeddings": h.detach()}
+
+    def after_step(self, step: int) -> None:
+        self.steps_done.fill_(step)
+        self.micro = 0
