@@ -7,6 +7,8 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# a crash in native code (Ray, torch, gloo) prints every thread's Python stack instead of a bare "Segmentation fault"
+export PYTHONFAULTHANDLER := 1
 
 .PHONY: install demo test test-long test-fast fmnist benchmark reliability ui clean
 

@@ -1,6 +1,7 @@
 """Faults injected into real runs (Ray Train, 2 workers, DeepSpeed, Ray Data, an sqlite MLflow store, real files).
 
-Each test proves one guarantee of docs/reliability.md; slow (tens of seconds each), run by `make test`."""
+Each test proves one guarantee of docs/reliability.md; slow (tens of seconds each): `make test` runs the worker kill
+and the NaN steps, `make test-long` (which CI runs too) the bad data, MLflow outage and determinism runs."""
 import glob
 import json
 import os
@@ -107,6 +108,7 @@ def test_killed_worker_is_retried_from_the_checkpoint_in_the_same_run(debug_cfg,
            recover_s=round(killed["recovered"] - killed["at"], 1))
 
 
+@pytest.mark.long
 def test_bad_data_is_skipped_and_reported_or_stops_the_run(debug_cfg, ray_local, data_root, tmp_path, record,
                                                            capsys):
     from sslscale import pretrain
@@ -180,6 +182,7 @@ def test_mlflow_away_for_30s_mid_run_loses_nothing(debug_cfg, ray_local, tmp_pat
                    f"returned, every step once", lost=0, repeated=0, recover_s="next checkpoint after return")
 
 
+@pytest.mark.long
 def test_same_seed_gives_bitwise_identical_losses_and_records_provenance(debug_cfg, ray_local, record):
     from sslscale import pretrain
 
