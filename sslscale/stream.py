@@ -101,10 +101,7 @@ def make_views(batch: dict, *, seed: int, spec: ViewSpec, channels: int, on_erro
     ids, epochs = np.asarray(kept, np.int64), np.asarray(epochs, np.int64)
     layout = layout or {"n_views": 2}
     if not len(ids):  # every image of the block was skipped: empty fields of the right shapes
-        empty = np.zeros((1, spec.size, spec.size, channels), np.uint8)
-        return {"id": ids, "epoch": epochs, **{k: v[:0] for k, v in
-                                               batch_views(empty, np.zeros(1, np.int64), seed=seed, epoch=0,
-                                                           spec=spec, **layout).items()}}
+        return {"id": ids, "epoch": epochs, **{k: v[:0] for k, v in _one_row(spec, channels, layout).items()}}
     parts = []
     for epoch in np.unique(epochs):  # a batch may straddle two epochs
         rows = np.flatnonzero(epochs == epoch)
@@ -117,12 +114,16 @@ def make_views(batch: dict, *, seed: int, spec: ViewSpec, channels: int, on_erro
     return {"id": ids, "epoch": epochs, **views}
 
 
+def _one_row(spec: ViewSpec, channels: int, layout: dict) -> dict:
+    """The fields batch_views makes for one blank image: their shapes and dtypes, from the one place that knows."""
+    blank = np.zeros((1, spec.size, spec.size, channels), np.uint8)
+    return batch_views(blank, np.zeros(1, np.int64), seed=0, epoch=0, spec=spec, **layout)
+
+
 def row_bytes(layout: dict, size: int, channels: int) -> int:
-    """Bytes of one row of the view stream (its views, local views and patch ids) for a square image side `size`."""
-    local = layout.get("local_size") or size // 2
-    pixels = layout.get("n_views", 2) * size * size + layout.get("n_local", 0) * local * local
-    keep = 8 * int(round(layout.get("num_patches", 0) * (1 - layout.get("mask_ratio", 0.0))))
-    return channels * pixels + keep + 16
+    """Bytes of one row of the view stream (its views, local views and patch ids, plus id and epoch) for a square
+    image side `size`."""
+    return sum(v.nbytes for v in _one_row(ViewSpec(size=size), channels, layout).values()) + 16
 
 
 def epochs_needed(steps: int, batch_size: int, samples: int) -> int:

@@ -106,10 +106,13 @@ class MomentumMethod(Method):
         (n, d) each, and the teacher's projections of view 0 and view 1 (n, d) each, computed without gradient."""
         h0, z0, z1 = encode_pair(self.encoder, self.head, batch)
         p0, p1 = self.predictor(torch.cat([z0, z1])).chunk(2)  # (n, d) each
-        x = torch.cat([batch["view_0"], batch["view_1"]])
-        with torch.no_grad(), torch.autocast(x.device.type, dtype=x.dtype, enabled=x.dtype != torch.float32):
-            t0, t1 = self.teacher(x.float()).to(z0.dtype).chunk(2)  # fp32 weights, the run's compute dtype
+        t0, t1 = self.targets(torch.cat([batch["view_0"], batch["view_1"]])).to(z0.dtype).chunk(2)
         return h0, p0, p1, t0, t1
+
+    def targets(self, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's outputs for images x, without gradient: fp32 weights, the run's compute dtype (autocast)."""
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=x.dtype, enabled=x.dtype != torch.float32):
+            return self.teacher(x.float())
 
     def after_step(self, step: int) -> None:
         momentum = cosine_momentum(step, self.total_steps, self.cfg.momentum, self.cfg.momentum_final)

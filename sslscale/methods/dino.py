@@ -57,8 +57,6 @@ def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: 
 
 
 class DINO(MomentumMethod):
-    FP32_MODULES = ("teacher",)
-
     def __init__(self, encoder: nn.Module, cfg, *, total_steps: int):
         head = DINOHead(encoder.feature_dim, cfg.proj_hidden, cfg.proj_dim, cfg.out_dim)
         super().__init__(encoder, cfg, head, nn.Identity(), total_steps=total_steps)
@@ -78,8 +76,7 @@ class DINO(MomentumMethod):
         student = list(self.head(h).chunk(2))
         if local:
             student += list(self.head(self.encoder(torch.cat([batch[k] for k in local]))).chunk(len(local)))
-        with torch.no_grad(), torch.autocast(glob.device.type, dtype=glob.dtype, enabled=glob.dtype != torch.float32):
-            t = self.teacher(glob.float()).float()  # (2n, K), fp32 teacher
+        t = self.targets(glob).float()  # (2n, K)
         tau = teacher_temperature(int(self.steps_done), self.cfg.teacher_temp_warmup, self.cfg.teacher_temp_start,
                                   self.cfg.teacher_temp)
         loss = dino_loss(student, list(t.chunk(2)), self.center, self.cfg.student_temp, tau)
