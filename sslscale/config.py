@@ -52,6 +52,7 @@ class ModelConfig:
     dim: int = 192  # vit: token width (192 tiny, 384 small)
     vit_depth: int = 12  # vit: transformer blocks
     heads: int = 3  # vit: attention heads; must divide model.dim
+    vit_preset: str = _choice("none", "none", "tiny", "small")  # vit: tiny or small set dim, vit_depth and heads
 
 
 @dataclass
@@ -77,13 +78,17 @@ class MethodConfig:
     decoder_dim: int = 128  # MAE: decoder token width
     decoder_depth: int = 2  # MAE: decoder transformer blocks
     noise_std: float = 0.3  # denoising autoencoder: std of the Gaussian noise added to the input (in [0, 1] units)
+    freeze_last_layer: int = 0  # DINO: steps at the start whose prototype-layer gradients are zeroed (paper: 1 epoch)
 
 
 @dataclass
 class OptimConfig:
     name: str = _choice("adamw", "adamw", "lars")
     lr: float = 2e-3  # peak learning rate, reached after warmup
-    weight_decay: float = 1e-4  # not applied to biases and norm weights
+    weight_decay: float = 1e-4  # not applied to biases and norm weights ...
+    weight_decay_end: float = -1.0  # ... held constant (-1), or on a cosine towards this at train.steps (DINO 0.4)
+    beta1: float = 0.9  # AdamW moment decays (MAE: 0.9, 0.95)
+    beta2: float = 0.999
     momentum: float = 0.9  # LARS only
     warmup_steps: int = 20
     min_lr_ratio: float = 0.01  # cosine floor as a fraction of lr
@@ -92,7 +97,8 @@ class OptimConfig:
 
 @dataclass
 class EngineConfig:
-    zero_stage: int = _choice(1, 0, 1, 2)
+    zero_stage: int = _choice(1, 0, 1, 2, 3)  # 3 also partitions the parameters (tested on CPU, gloo)
+    zero3_persist: int = 100000  # ZeRO-3: tensors of at most this many elements stay whole on every rank
     precision: str = _choice("auto", "auto", "fp32", "bf16")  # auto: bf16 on GPU, fp32 on CPU
     grad_accum: int = 1
 
@@ -279,17 +285,20 @@ def validate(cfg: Config) -> Config:
         ("data.jitter", cfg.data.jitter >= 0, "0 or more"),
         ("optim.clip", cfg.optim.clip >= 0, "0 (off) or more"),
         ("optim.weight_decay", cfg.optim.weight_decay >= 0, "0 or more"),
+        ("optim.weight_decay_end", cfg.optim.weight_decay_end >= 0 or cfg.optim.weight_decay_end == -1,
+         "0 or more, or -1 for a constant optim.weight_decay"),
+        ("optim.beta1", 0 <= cfg.optim.beta1 < 1, "in [0, 1)"),
+        ("optim.beta2", 0 <= cfg.optim.beta2 < 1, "in [0, 1)"),
+        ("engine.zero3_persist", cfg.engine.zero3_persist >= 0, "0 (partition every tensor) or more elements"),
         ("optim.lr", math.isfinite(cfg.optim.lr), "a finite number"),
         ("method.proj_dim", cfg.method.proj_dim > 0 and cfg.method.proj_hidden > 0, "positive (and proj_hidden)"),
         ("model.widths", all(w > 0 for w in cfg.model.widths) and all(d > 0 for d in cfg.model.depths),
          "positive channel counts (and model.depths positive block counts)"),
         ("model.patch_size", cfg.model.patch_size > 0, "a positive number of pixels"),
-        ("model.dim", cfg.model.dim > 0 and cfg.model.dim % 4 == 0, "a positive multiple of 4 (sin-cos positions)"),
-        ("model.vit_depth", cfg.model.vit_depth > 0, "at least 1"),
-        ("model.heads", cfg.model.heads > 0 and cfg.model.dim % cfg.model.heads == 0,
-         "a positive divisor of model.dim"),
+        ("model.vit_preset", cfg.model.vit_preset == "none" or cfg.model.encoder == "vit",
+         "none unless model.encoder=vit"),
         ("optim.name", cfg.optim.name != "lars" or cfg.engine.zero_stage == 0,
-         "adamw under ZeRO 1-2 (ZeRO flattens the per-layer tensors LARS scales); for lars set engine.zero_stage=0"),
+         "adamw under ZeRO 1-3 (ZeRO flattens the per-layer tensors LARS scales); for lars set engine.zero_stage=0"),
     ]
     checks += [
         ("data.n_local", cfg.data.n_local >= 0, "0 or more"),
@@ -307,9 +316,17 @@ def validate(cfg: Config) -> Config:
          "a positive multiple of 4"),
         ("method.decoder_depth", cfg.method.decoder_depth > 0, "at least 1"),
         ("method.noise_std", cfg.method.noise_std >= 0, "0 or more"),
+        ("method.freeze_last_layer", cfg.method.freeze_last_layer >= 0, "0 or more steps"),
         ("model.encoder", cfg.method.name != "mae" or cfg.model.encoder == "vit",
          "vit for method.name=mae (MAE encodes the visible patches only)"),
     ]
+    if cfg.model.vit_preset == "none":  # a preset sets these three itself
+        checks += [
+            ("model.dim", cfg.model.dim > 0 and cfg.model.dim % 4 == 0, "a positive multiple of 4 (sin-cos positions)"),
+            ("model.vit_depth", cfg.model.vit_depth > 0, "at least 1"),
+            ("model.heads", cfg.model.heads > 0 and cfg.model.dim % cfg.model.heads == 0,
+             "a positive divisor of model.dim"),
+        ]
     for key in ("vicreg_sim", "vicreg_std", "vicreg_cov"):
         checks.append((f"method.{key}", getattr(cfg.method, key) >= 0, "0 or more"))
     for key in ("flip", "jitter_prob", "grayscale", "blur", "solarize"):

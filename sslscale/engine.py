@@ -1,8 +1,10 @@
 """DeepSpeed, in one place: device and precision choice, wrapping a method, the optimizer step, checkpoints.
 
 Usable without Ray: a plain process gets a one-member gloo group. Under Ray Train the engine reuses the process
-group Ray made. Precision: `auto` is bf16 on a GPU and fp32 on a CPU (these CPUs have no bf16 units; bf16 ran
-~13x slower). Parameters stay contiguous: DeepSpeed cannot broadcast channels_last parameters.
+group Ray made. ZeRO 0-3: stage 3 partitions the parameters themselves (teachers included), so whatever reads
+whole weights outside a forward pass (the encoder export, tests) does it inside `Engine.gathered`. Precision:
+`auto` is bf16 on a GPU and fp32 on a CPU (these CPUs have no bf16 units; bf16 ran ~13x slower). Parameters stay
+contiguous: DeepSpeed cannot broadcast channels_last parameters.
 """
 from __future__ import annotations
 
@@ -20,8 +22,9 @@ from deepspeed.utils.tensor_fragment import fragment_address
 from sslscale import checkpoint
 from sslscale.errors import SslscaleError
 from sslscale.export import save_encoder
-from sslscale.optim import build_optimizer
-from sslscale.schedules import warmup_cosine
+from sslscale.methods import Method
+from sslscale.optim import build_optimizer, set_weight_decay
+from sslscale.schedules import cosine_weight_decay, warmup_cosine
 
 DS_TAG = "ds"
 # The only non-tensor types DeepSpeed's checkpoint files hold (ZeRO optimizer state); nothing else is unpickled.
@@ -72,7 +75,9 @@ def ds_config(cfg, precision: str, world: int) -> dict:
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": cfg.engine.grad_accum,
         "train_batch_size": micro * cfg.engine.grad_accum * world,
-        "zero_optimization": {"stage": cfg.engine.zero_stage},
+        "zero_optimization": {"stage": cfg.engine.zero_stage,
+                              **({"stage3_param_persistence_threshold": cfg.engine.zero3_persist}
+                                 if cfg.engine.zero_stage == 3 else {})},
         "bf16": {"enabled": precision == "bf16"},
         "gradient_clipping": cfg.optim.clip,
         "steps_per_print": 10**9,
@@ -88,6 +93,7 @@ class Engine:
         self.device = pick_device(cfg.train.use_gpu)
         self.precision = pick_precision(cfg.engine.precision, self.device)
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        self._check_zero3(method)
         init_distributed(self.device)
         self.optimizer = optimizer = build_optimizer(method, cfg.optim)
         o = cfg.optim
@@ -103,12 +109,46 @@ class Engine:
         for name in getattr(self.method, "FP32_MODULES", ()):  # teachers: never trained, updated by tiny steps
             getattr(self.method, name).float()
 
+    def _check_zero3(self, method: torch.nn.Module) -> None:
+        """ZeRO-3 partitions a teacher like any parameter, in the training dtype: in bf16 its EMA steps (~1e-3)
+        would round away, so that combination is refused rather than silently frozen."""
+        if self.cfg.engine.zero_stage == 3 and self.precision == "bf16" and getattr(method, "FP32_MODULES", ()):
+            raise SslscaleError(f"method.name={self.cfg.method.name} keeps an fp32 EMA teacher, which ZeRO-3 would "
+                                f"partition in bf16: use engine.zero_stage=1 or 2 with bf16, or engine.precision=fp32")
+
+    def _after_step(self, step: int) -> None:
+        """The method's after_step (EMA teachers move). Under ZeRO-3, for a method that has one, it runs with the
+        method's parameters gathered, and rank 0's result is broadcast and re-partitioned on exit
+        (GatheredParameters with a modifier rank). Updating only each rank's slice is not enough: tensors of up to
+        engine.zero3_persist elements stay whole on every rank, and their whole copy would go stale. This
+        materialises the method and broadcasts it once per step."""
+        if self.cfg.engine.zero_stage == 3 and type(self.method).after_step is not Method.after_step:
+            with deepspeed.zero.GatheredParameters(list(self.method.parameters()), modifier_rank=0):
+                self.method.after_step(step)
+        else:
+            self.method.after_step(step)
+
+    def gathered(self, module: torch.nn.Module):
+        """Context in which module's parameters hold their full values on every rank (a collective under ZeRO-3,
+        where they are partitioned; nothing to do otherwise). Under ZeRO-3, changes made inside are dropped."""
+        return deepspeed.zero.GatheredParameters(list(module.parameters()))
+
     @property
     def method(self) -> torch.nn.Module:
         return self.ds.module
 
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
+
+    def _schedule_weight_decay(self) -> dict:
+        """Set this step's weight decay when optim.weight_decay_end asks for a schedule (a pure function of the
+        step, so a resumed run recomputes it); returns it for the logs."""
+        o = self.cfg.optim
+        if o.weight_decay_end < 0:
+            return {}
+        wd = cosine_weight_decay(self.ds.global_steps, self.cfg.train.steps, o.weight_decay, o.weight_decay_end)
+        set_weight_decay(self.optimizer, wd)
+        return {"weight_decay": wd}
 
     def to_device(self, batch: dict) -> dict:
         """uint8 views (N, C, H, W) (`view_*`, `local_*`) -> floats in [0, 1] in the engine's dtype, and MAE's
@@ -152,11 +192,12 @@ class Engine:
         lr, skipped = self.lr(), self._skipped()  # the rate this step uses; the scheduler moves on in ds.step()
         ds_skipped = self.ds.skipped_steps
         buffers = [b.detach().clone() for b in self.method.buffers()]  # BatchNorm statistics move in forward
+        weight_decay = self._schedule_weight_decay()
         out, loss = self._forward_backward(micro_batches, inject_nan)
         if self.ds.skipped_steps > ds_skipped:
             self.scheduler.step()  # DeepSpeed holds the schedule back on a skipped step; we do not
         logs = {k: float(v) for k, v in out.items() if k not in ("loss", "embeddings")}
-        logs.update(loss=float(loss), lr=lr, skipped=float(self._skipped() > skipped))
+        logs.update(loss=float(loss), lr=lr, skipped=float(self._skipped() > skipped), **weight_decay)
         grad_norm = self.ds.get_global_grad_norm()
         if grad_norm is not None:
             logs["grad_norm"] = float(grad_norm)
@@ -164,14 +205,15 @@ class Engine:
             for buf, saved in zip(self.method.buffers(), buffers):
                 buf.data.copy_(saved)
         else:
-            self.method.after_step(self.ds.global_steps)
+            self._after_step(self.ds.global_steps)
         return {**logs, "embeddings": out["embeddings"]}
 
     def save(self, folder: str, *, rank: int, position: dict, state: dict | None) -> None:
         """Collective: every rank writes its DeepSpeed shard, position and manifest into its own `folder`."""
         self.ds.save_checkpoint(folder, tag=DS_TAG, save_latest=False)
-        if state is not None:
-            save_encoder(self.method.encoder, os.path.join(folder, checkpoint.ENCODER))
+        with self.gathered(self.method.encoder):  # every rank joins the gather; one writes
+            if state is not None:
+                save_encoder(self.method.encoder, os.path.join(folder, checkpoint.ENCODER))
         checkpoint.write_rank_files(folder, rank, position, state)
 
     def load(self, folder: str) -> dict:

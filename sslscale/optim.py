@@ -38,9 +38,19 @@ class LARS(torch.optim.Optimizer):
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable weights (decay=True: their weight decay follows the schedule) and the 1-d rest (never decayed)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     plain = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0, "lars": False}]
+    return [{"params": decay, "weight_decay": weight_decay, "decay": True},
+            {"params": plain, "weight_decay": 0.0, "decay": False, "lars": False}]
+
+
+def set_weight_decay(optimizer: torch.optim.Optimizer, value: float) -> None:
+    """The weight decay of the decayed group(s) (a schedule's value for this step). ZeRO keeps the param-group
+    dicts of the optimizer it wraps, so setting them here reaches the step DeepSpeed takes."""
+    for group in optimizer.param_groups:
+        if group.get("decay"):
+            group["weight_decay"] = value
 
 
 def _grads_finite(optimizer: torch.optim.Optimizer) -> bool:
@@ -72,10 +82,10 @@ def guard_nonfinite(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    """cfg: the optim config section (name, lr, weight_decay, momentum)."""
+    """cfg: the optim config section (name, lr, weight_decay, momentum for LARS, beta1/beta2 for AdamW)."""
     groups = param_groups(model, cfg.weight_decay)
     if cfg.name == "lars":
         return guard_nonfinite(LARS(groups, lr=cfg.lr, momentum=cfg.momentum))
     for g in groups:
         g.pop("lars", None)
-    return guard_nonfinite(torch.optim.AdamW(groups, lr=cfg.lr))
+    return guard_nonfinite(torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2)))

@@ -16,7 +16,7 @@ def test_override_types_and_roundtrip():
     ("train.stepz=3", ["unknown config key 'train.stepz'", "train.steps"]),
     ("nosection.x=1", ["unknown config key"]),
     ("train.steps=many", ["bad value 'many' for train.steps", "whole number"]),
-    ("engine.zero_stage=5", ["bad value 5 for engine.zero_stage", "allowed 0, 1, 2"]),
+    ("engine.zero_stage=5", ["bad value 5 for engine.zero_stage", "allowed 0, 1, 2, 3"]),
     ("engine.precision=fp16", ["allowed auto, fp32, bf16"]),
     ("train.steps", ["is not key=value"]),
 ])
@@ -37,6 +37,10 @@ def test_validate_batch_split():
     ("data.flip=3", "data.flip: must be a probability"),
     ("train.threads_per_worker=0", "at least 1"),
     ("model.widths=0,8,8", "positive channel counts"),
+    ("optim.weight_decay_end=-0.5", "-1 for a constant optim.weight_decay"),
+    ("optim.beta2=1", r"optim.beta2: must be in \[0, 1\)"),
+    ("model.vit_preset=small", "model.vit_preset: must be none unless model.encoder=vit"),
+    ("method.freeze_last_layer=-1", "method.freeze_last_layer: must be 0 or more steps"),
 ])
 def test_validate_ranges(item, words):
     with pytest.raises(SslscaleError, match=words):

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from distributed import spawn_gloo
 from sslscale.config import Config
@@ -127,3 +128,27 @@ def test_teacher_temperature_warms_up_and_teacher_follows_the_student():
     assert method(_batch(4, 1))["teacher_temp"].item() == pytest.approx(0.055)  # halfway through the warmup
     moved = [not torch.equal(a, b) for a, b in zip(before, method.teacher.parameters())]
     assert any(moved)
+
+
+def test_last_layer_stays_frozen_for_the_first_steps_under_deepspeed():
+    """method.freeze_last_layer=2: the prototypes (as the head uses them, row-normalised) do not move in steps 1-2
+    while the rest of the student trains, and move from step 3 on (ZeRO-1, weight decay on)."""
+    from sslscale.engine import Engine
+
+    cfg = _cfg().override(["method.freeze_last_layer=2", "optim.weight_decay=0.05", "data.batch_size=4",
+                           "train.workers=1", "optim.warmup_steps=0"])
+    torch.manual_seed(0)
+    engine = Engine(build_method(cfg, in_channels=1, image_size=8), cfg)
+    m = engine.method
+
+    def state():
+        return F.normalize(m.head.prototypes.detach(), dim=-1).clone(), m.head.mlp[0].weight.detach().clone()
+
+    history = [state()]
+    for step in range(3):
+        batch = {k: (v * 255).to(torch.uint8) for k, v in _batch(4, 10 + step).items()}
+        assert engine.train_step([batch])["skipped"] == 0.0
+        history.append(state())
+    for before, after in zip(history[:2], history[1:3]):  # steps 1 and 2: frozen prototypes, a training MLP
+        assert torch.allclose(before[0], after[0], atol=1e-6) and not torch.equal(before[1], after[1])
+    assert not torch.allclose(history[2][0], history[3][0], atol=1e-6)  # step 3: the prototypes train

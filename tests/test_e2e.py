@@ -29,14 +29,16 @@ def test_pretrain_function_logs_everything(debug_cfg, ray_local):
 
 
 # what each method needs beyond the debug recipe: DINO's local crops, MAE's ViT (8x8 digits, 2x2 patches)
-METHOD_OVERRIDES = {"dino": ["data.n_local=2", "data.local_size=4"],
+METHOD_OVERRIDES = {"dino": ["data.n_local=2", "data.local_size=4", "engine.zero_stage=3",  # EMA under ZeRO-3
+                             "method.freeze_last_layer=1", "optim.weight_decay_end=0.4"],
                     "mae": ["model.encoder=vit", "model.patch_size=2", "model.dim=16", "model.vit_depth=1",
                             "model.heads=2", "method.decoder_dim=16", "method.decoder_depth=1"]}
 
 
 def test_every_method_trains_on_two_workers(debug_cfg, ray_local):
-    """Each registered method (SimCLR has its own test above) runs real steps: 2 Ray Train workers, ZeRO-1, the
-    method's own views from Ray Data (multi-crop, one view, visible patch ids)."""
+    """Each registered method (SimCLR has its own test above) runs real steps: 2 Ray Train workers, ZeRO-1 (DINO:
+    ZeRO-3, its teacher and its export gathered), the method's own views from Ray Data (multi-crop, one view,
+    visible patch ids)."""
     from sslscale import pretrain
     from sslscale.methods import METHODS
 

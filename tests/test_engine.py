@@ -1,5 +1,6 @@
 """The DeepSpeed engine on its own (no Ray): steps, the bf16 path, checkpoint round trip and integrity, schedules."""
 import json
+import math
 import os
 import shutil
 
@@ -12,7 +13,7 @@ from sslscale.engine import Engine
 from sslscale.errors import SslscaleError
 from sslscale.health import health_metrics
 from sslscale.methods import build_method
-from sslscale.schedules import warmup_cosine
+from sslscale.schedules import cosine_weight_decay, warmup_cosine
 
 
 def _cfg(*extra):
@@ -96,24 +97,51 @@ def test_health_metrics_see_collapse():
     assert healthy["health/std"] == pytest.approx(16 ** -0.5, rel=0.1) and collapsed["health/std"] < 1e-3
 
 
+def _weights(e) -> list[torch.Tensor]:
+    with e.gathered(e.method):  # whole values also under ZeRO-3
+        return [p.detach().clone() for p in e.method.parameters()]
+
+
 def _optimizer_state(e) -> list[torch.Tensor]:
     return [t.clone() for s in e.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
 
 
-@pytest.mark.parametrize("stage", [0, 1, 2])
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_nonfinite_loss_skips_the_step_and_keeps_weights_and_optimizer_state(stage):
-    e = _engine(f"engine.zero_stage={stage}")
+    e = _engine(f"engine.zero_stage={stage}", "engine.zero3_persist=0")
     e.train_step([_batch(0)])  # a good step first, so the optimizer has state to protect
-    weights, state = [p.detach().clone() for p in e.method.parameters()], _optimizer_state(e)
+    weights, state = _weights(e), _optimizer_state(e)
     stats = [b.clone() for b in e.method.buffers()]
     logs = e.train_step([_batch(1)], inject_nan=True)
     assert logs["skipped"] == 1.0 and not torch.isfinite(torch.tensor(logs["loss"]))
-    assert all(torch.equal(a, b) for a, b in zip(weights, e.method.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(weights, _weights(e), strict=True))
     assert all(torch.equal(a, b) for a, b in zip(stats, e.method.buffers()))  # BatchNorm statistics too
     assert len(state) > 0 and all(torch.equal(a, b) for a, b in zip(state, _optimizer_state(e)))
     assert e.lr() == pytest.approx(warmup_cosine(3, total=4, warmup=2, peak=e.cfg.optim.lr, floor_ratio=0.01))
     after = e.train_step([_batch(2)])  # training goes on from the untouched weights
-    assert after["skipped"] == 0.0 and any(not torch.equal(a, b) for a, b in zip(weights, e.method.parameters()))
+    assert after["skipped"] == 0.0 and any(not torch.equal(a, b) for a, b in zip(weights, _weights(e)))
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_weight_decay_schedule_and_betas_reach_the_step_deepspeed_takes(stage):
+    """Two engines from the same weights on the same batches, one with weight decay 0 throughout and one rising on
+    a cosine from 0 to 8 over 4 steps: step 1 (decay 0 in both) gives equal weights, step 2 (decay 1.17) shrinks
+    the second's matrices by about lr * 1.17 * w."""
+    keys = [f"engine.zero_stage={stage}", "engine.zero3_persist=0", "optim.weight_decay=0", "optim.beta2=0.95",
+            "optim.warmup_steps=0"]
+    plain, scheduled = _engine(*keys), _engine(*keys, "optim.weight_decay_end=8")
+    assert scheduled.optimizer.param_groups[0]["betas"] == (0.9, 0.95)
+    logs = [(plain.train_step([_batch(i)]), scheduled.train_step([_batch(i)])) for i in range(2)][1][1]
+    wd = cosine_weight_decay(1, 4, 0.0, 8.0)
+    assert logs["weight_decay"] == pytest.approx(wd) == pytest.approx(8 * (1 - math.cos(math.pi / 4)) / 2)
+    decayed = [g for g in scheduled.optimizer.param_groups if g["decay"]]
+    assert all(g["weight_decay"] == pytest.approx(logs["weight_decay"]) for g in decayed)
+    assert all(g["weight_decay"] == 0 for g in scheduled.optimizer.param_groups if not g["decay"])
+    matrices = [(a, b) for a, b in zip(_weights(plain), _weights(scheduled)) if a.ndim > 1]
+    assert all(b.norm() < a.norm() for a, b in matrices)
+    lr = warmup_cosine(2, total=4, warmup=0, peak=plain.cfg.optim.lr, floor_ratio=0.01)
+    a, b = matrices[0]  # both took the same Adam step from the same weights; only the decay differs
+    assert (a.norm() - b.norm()).item() == pytest.approx(lr * wd * a.norm().item(), rel=0.2)
 
 
 class _Marker:

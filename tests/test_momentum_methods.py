@@ -12,7 +12,9 @@ import torch.distributed as tdist
 from torch import nn
 
 from distributed import spawn_gloo
+from sslscale import checkpoint
 from sslscale.config import Config, validate
+from sslscale.export import load_encoder
 from sslscale.errors import SslscaleError
 from sslscale.methods import build_method
 from sslscale.methods.byol import byol_loss
@@ -118,23 +120,37 @@ def _ema_worker(rank, world, stage, folder):
     from sslscale.engine import Engine  # deepspeed only in the spawned processes
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
-    cfg = _cfg(f"engine.zero_stage={stage}")
+    cfg = _cfg(f"engine.zero_stage={stage}", "engine.zero3_persist=0")  # ZeRO-3: even tiny tensors partitioned
     torch.manual_seed(0)
     engine = Engine(build_method(cfg, in_channels=1, image_size=8), cfg)
     m = engine.method
     student = nn.Sequential(m.encoder, m.head)  # what the teacher copies
-    expected = [p.double() for p in _snapshot(student.parameters())]
+
+    def full(e, module):  # whole weights, also where ZeRO-3 partitions them
+        with e.gathered(module):
+            return _snapshot(module.parameters())
+
+    expected = [p.double() for p in full(engine, student)]
     for t in range(1, K + 1):
         assert engine.train_step([_batch(100 * t + rank)])["skipped"] == 0.0
         tau = 1 - (1 - BASE) * (math.cos(math.pi * t / STEPS) + 1) / 2
-        expected = [tau * e + (1 - tau) * s.double() for e, s in zip(expected, _snapshot(student.parameters()))]
-    out = {"teacher": _snapshot(m.teacher.parameters()), "expected": [e.float() for e in expected],
-           "student": _snapshot(student.parameters()),
+        expected = [tau * e + (1 - tau) * s.double() for e, s in zip(expected, full(engine, student))]
+    out = {"teacher": full(engine, m.teacher), "expected": [e.float() for e in expected],
+           "student": full(engine, student),
            "buffers": all(torch.equal(a, b) for a, b in zip(m.teacher.buffers(), student.buffers()))}
+    plain = build_method(cfg, in_channels=1, image_size=8)  # the expected teacher, unwrapped: same outputs
+    for p, v in zip(plain.teacher.parameters(), out["expected"]):
+        p.data.copy_(v)
+    x = engine.to_device(_batch(9))["view_0"]
+    out["targets"] = torch.allclose(m.targets(x), plain.targets(x), atol=1e-5)  # the forward sees the update
     out["skipped"] = engine.train_step([_batch(7)], inject_nan=rank == 1)["skipped"]  # one rank's NaN skips all
-    out["after_skip"] = _snapshot(m.teacher.parameters())
+    out["after_skip"] = full(engine, m.teacher)
     engine.save(os.path.join(folder, f"rank{rank}"), rank=rank, position={},
                 state={"step": K + 1, "world_size": world} if rank == 0 else None)
+    encoder = full(engine, m.encoder)  # the export holds whole weights, also under ZeRO-3
+    if rank == 0:
+        exported = load_encoder(os.path.join(folder, "rank0", checkpoint.ENCODER)).parameters()
+        out["exported"] = all(torch.equal(a, b) for a, b in zip(encoder, exported, strict=True))
     tdist.barrier()
     if rank == 0:  # what Ray Train does with the ranks' folders
         for r in range(world):
@@ -142,23 +158,24 @@ def _ema_worker(rank, world, stage, folder):
     tdist.barrier()
     torch.manual_seed(1)
     fresh = Engine(build_method(cfg, in_channels=1, image_size=8), cfg)
-    out["fresh"] = _snapshot(fresh.method.teacher.parameters())
+    out["fresh"] = full(fresh, fresh.method.teacher)
     fresh.load(os.path.join(folder, "merged"))
-    out["loaded"], out["global_step"] = _snapshot(fresh.method.teacher.parameters()), fresh.ds.global_steps
+    out["loaded"], out["global_step"] = full(fresh, fresh.method.teacher), fresh.ds.global_steps
     return out
 
 
-@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("stage", [1, 2, 3])
 def test_ema_teacher_under_zero_follows_the_update_rule_and_is_checkpointed(stage, tmp_path):
     results = spawn_gloo(_ema_worker, stage, str(tmp_path), world=2)
     for r in results:
         assert all(torch.allclose(t, e, atol=1e-6) for t, e in zip(r["teacher"], r["expected"]))
         assert any(not torch.allclose(t, s, atol=1e-4) for t, s in zip(r["teacher"], r["student"]))  # it lags
-        assert r["buffers"] and r["skipped"] == 1.0
+        assert r["buffers"] and r["targets"] and r["skipped"] == 1.0
         assert all(torch.equal(a, b) for a, b in zip(r["teacher"], r["after_skip"]))  # a skipped step: untouched
         assert any(not torch.equal(a, b) for a, b in zip(r["teacher"], r["fresh"]))
         assert all(torch.equal(a, b) for a, b in zip(r["teacher"], r["loaded"]))
         assert r["global_step"] == K + 1  # the momentum schedule resumes where it was (skipped step included)
+    assert results[0]["exported"]
     assert all(torch.equal(a, b) for a, b in zip(results[0]["teacher"], results[1]["teacher"]))  # same on both ranks
 
 
@@ -191,6 +208,15 @@ def test_validate_rejects_bad_momentum(items, key):
     with pytest.raises(SslscaleError, match=f"{key}: must be in"):
         validate(Config().override(items))
     validate(Config().override(["method.name=moco_v3", "method.momentum=0.99", "method.momentum_final=0.99"]))
+
+
+def test_bf16_zero3_with_a_teacher_is_refused_in_one_line():
+    from sslscale.engine import Engine
+
+    cfg = _cfg("engine.zero_stage=3", "engine.precision=bf16", "train.workers=1")
+    with pytest.raises(SslscaleError, match="ZeRO-3 would partition in bf16: use engine.zero_stage=1 or 2") as e:
+        Engine(build_method(cfg, in_channels=1, image_size=8), cfg)
+    assert "\n" not in str(e.value)
 
 
 def test_teacher_stays_fp32_under_bf16_and_moves_by_the_ema_step():

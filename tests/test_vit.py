@@ -78,6 +78,10 @@ def test_built_from_config():
     assert build_method(cfg, in_channels=1, image_size=28).encoder.spec() == enc.spec()
     assert encoder_kwargs(Config().model) == {"widths": (32, 64, 128), "depths": (1, 1, 1)}
     assert VIT_PRESETS["small"] == dict(dim=384, depth=12, heads=6)
+    small = encoder_kwargs(cfg.override(["model.vit_preset=small"]).model)  # in place of dim, vit_depth, heads
+    assert small == {"patch_size": 7, "dim": 384, "depth": 12, "heads": 6}
+    assert build_encoder("vit", in_channels=1, image_size=28, **small).feature_dim == 384
+    validate(cfg.override(["model.vit_preset=tiny", "model.heads=5"]))  # the preset's heads, not this one
     for bad, key in [("model.heads=5", "model.heads"), ("model.dim=30", "model.dim"),
                      ("model.patch_size=0", "model.patch_size"), ("model.vit_depth=0", "model.vit_depth")]:
         with pytest.raises(SslscaleError, match=key):

@@ -10,17 +10,19 @@ from __future__ import annotations
 from torch import nn
 
 from sslscale.encoders.resnet import ResNet
-from sslscale.encoders.vit import ViT
+from sslscale.encoders.vit import VIT_PRESETS, ViT
 from sslscale.errors import SslscaleError
 
 ENCODERS = {"resnet": ResNet, "vit": ViT}
 
 
 def encoder_kwargs(model_cfg) -> dict:
-    """The constructor keyword arguments of the encoder `model_cfg.encoder` names, from its model.* keys."""
+    """The constructor keyword arguments of the encoder `model_cfg.encoder` names, from its model.* keys
+    (model.vit_preset tiny or small, where set, in place of model.dim, vit_depth and heads)."""
     m = model_cfg
     if m.encoder == "vit":
-        return {"patch_size": m.patch_size, "dim": m.dim, "depth": m.vit_depth, "heads": m.heads}
+        return {"patch_size": m.patch_size, **VIT_PRESETS.get(m.vit_preset, dict(dim=m.dim, depth=m.vit_depth,
+                                                                                   heads=m.heads))}
     return {"widths": tuple(m.widths), "depths": tuple(m.depths)}
 
 

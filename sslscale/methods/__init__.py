@@ -77,10 +77,10 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter; buffers (BatchNorm
     running statistics) copied from the student. Both modules must have the same structure.
 
-    Reads the student's module parameters, which is right on every rank under ZeRO 0-2: stages 1 and 2 partition
-    only the optimizer state and gradients, and after the step every rank holds the full updated parameters, so
-    every rank computes the same teacher. ZeRO-3 partitions the parameters themselves and would need them gathered
-    first (deepspeed.zero.GatheredParameters in engine.py); it is not supported (engine.zero_stage is 0, 1 or 2)."""
+    Reads whole student parameters, which every rank holds after the step under ZeRO 0-2 (stages 1 and 2
+    partition only the optimizer state and gradients), so every rank computes the same teacher without any
+    communication. ZeRO-3 partitions the parameters themselves: there the engine runs after_step inside a gather
+    of the method's parameters and re-partitions rank 0's result (Engine._after_step)."""
     for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
         t.lerp_(s.to(t.dtype), 1.0 - momentum)
     for t, s in zip(teacher.buffers(), student.buffers(), strict=True):

@@ -16,7 +16,8 @@ cfg.out_dim prototypes (paper 65536, hidden 2048 = cfg.proj_hidden).
 
 Distributed: the loss is a mean of per-image terms, so the mean of the workers' losses equals the single-process
 loss; only the centre needs the global batch (an all-reduce of the teacher's summed outputs, no gradient).
-Left out from the paper: freezing the last layer in the first epoch, and the weight-decay schedule.
+The paper's other two stabilisers are config keys: cfg.freeze_last_layer zeroes the prototypes' gradient for the
+first steps (paper: 1 epoch), and optim.weight_decay_end gives the weight decay its cosine (paper 0.04 -> 0.4).
 """
 from __future__ import annotations
 
@@ -62,6 +63,16 @@ class DINO(MomentumMethod):
         super().__init__(encoder, cfg, head, nn.Identity(), total_steps=total_steps)
         self.register_buffer("center", torch.zeros(1, cfg.out_dim))  # restored with the skipped-step buffers
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))  # checkpointed: tau_t on resume
+        self.head.prototypes.register_hook(self._freeze_last_layer)
+
+    def _freeze_last_layer(self, grad: torch.Tensor) -> torch.Tensor:
+        """The prototypes' gradient, zeroed during the first cfg.freeze_last_layer steps (DINO's
+        cancel_gradients_last_layer). A tensor hook, so it acts before DeepSpeed's own gradient hooks under any
+        ZeRO stage; AdamW then leaves the prototypes alone but for weight decay, which their normalisation ignores.
+        Unlike the paper (no gradient at all: Adam skips the tensor), Adam's step count runs on while the
+        prototypes' moments stay zero, so after a long freeze their first updates are up to ~3x the rate until the
+        second moment fills (~1 / (1 - beta2) steps); the recipes' 1% freeze is too short to show it."""
+        return torch.zeros_like(grad) if int(self.steps_done) < self.cfg.freeze_last_layer else grad
 
     @staticmethod
     def views(cfg, image_size: int) -> dict:
