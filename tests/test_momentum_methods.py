@@ -14,8 +14,8 @@ from torch import nn
 from distributed import spawn_gloo
 from sslscale import checkpoint
 from sslscale.config import Config, validate
-from sslscale.export import load_encoder
 from sslscale.errors import SslscaleError
+from sslscale.export import load_encoder
 from sslscale.methods import build_method
 from sslscale.methods.byol import byol_loss
 from sslscale.methods.moco import moco_v3_loss
