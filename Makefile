@@ -24,6 +24,12 @@ $(FMNIST):
 
 fmnist: $(FMNIST)
 
+# Headless Chromium and its WebDriver, for the MLflow UI check in make test-long (tests/test_ui_browser.py).
+.PHONY: browser
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
 data/fmnist/manifest.json: $(FMNIST) | install
 	$(BIN)/sslscale data prepare fmnist --out data/fmnist
 
@@ -35,7 +41,7 @@ demo: install data/fmnist/manifest.json
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not long" tests
 
-test-long: install
+test-long: install browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m long tests
 
 test-fast: install

@@ -1,21 +1,37 @@
-"""Recipes: each module has a `config()` returning a complete Config. `RECIPES` maps a name to it."""
+"""Recipes: each module has a `config()` returning a complete Config. `RECIPES` maps a name to it.
+
+Sweep recipes are data: a base recipe (RECIPE), the overrides that size its trials (SIZING), a search space
+(SPACE, KEY=DIST strings, see sslscale/space.py) and defaults for the sweep's options. `SWEEPS` maps a name to one."""
 from __future__ import annotations
 
-from pipelines import (barlow_fmnist, byol_fmnist, debug, denoising_ae_fmnist, dino_fmnist, mae_fmnist, moco_fmnist,
-                       rotation_fmnist, simclr_fmnist, vicreg_fmnist)
+from pipelines import (barlow_fmnist, byol_fmnist, debug, debug_sweep, denoising_ae_fmnist, dino_fmnist, mae_fmnist,
+                       moco_fmnist, rotation_fmnist, simclr_fmnist, simclr_fmnist_sweep, vicreg_fmnist)
 
 RECIPES = {"simclr_fmnist": simclr_fmnist.config, "barlow_fmnist": barlow_fmnist.config,
            "vicreg_fmnist": vicreg_fmnist.config, "byol_fmnist": byol_fmnist.config,
            "moco_fmnist": moco_fmnist.config, "dino_fmnist": dino_fmnist.config, "mae_fmnist": mae_fmnist.config,
            "rotation_fmnist": rotation_fmnist.config, "denoising_ae_fmnist": denoising_ae_fmnist.config,
            "debug": debug.config}
+SWEEPS = {"simclr_fmnist_sweep": simclr_fmnist_sweep, "debug_sweep": debug_sweep}
 
 
 def load_recipe(name: str):
     from sslscale.errors import SslscaleError
 
     if name not in RECIPES:
-        raise SslscaleError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
+        raise SslscaleError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))} "
+                            f"(sweeps: {', '.join(sorted(SWEEPS))})")
     cfg = RECIPES[name]()
     cfg.recipe = name
     return cfg
+
+
+def load_sweep(name: str) -> dict:
+    """{"recipe", "sizing", "space", "samples", "scheduler", "search"} of a sweep recipe; a plain recipe gives an
+    empty space and sizing (the sweep's --space then says what to search)."""
+    if name in SWEEPS:
+        m = SWEEPS[name]
+        return {"recipe": m.RECIPE, "sizing": list(m.SIZING), "space": list(m.SPACE), "samples": m.SAMPLES,
+                "scheduler": m.SCHEDULER, "search": m.SEARCH}
+    load_recipe(name)  # one line naming the known recipes when it is neither
+    return {"recipe": name, "sizing": [], "space": [], "samples": 8, "scheduler": "asha", "search": "random"}

@@ -1,19 +1,26 @@
 """sslscale: distributed self-supervised pretraining.
 
 Ray Data streams a sharded unlabeled corpus into DeepSpeed-wrapped encoders under Ray Train; MLflow tracks every
-run and its transfer scores. Public API: `Config`, `pretrain`, `evaluate`, `load_encoder`, `save_encoder`.
+run and its transfer scores. Public API: `Config`, `pretrain`, `sweep`, `evaluate`, `load_encoder`, `save_encoder`.
 Heavy dependencies (Ray, DeepSpeed) load only when the function that needs them is called.
 """
 from sslscale.config import Config
 from sslscale.errors import SslscaleError
 
-__all__ = ["Config", "SslscaleError", "evaluate", "load_encoder", "pretrain", "save_encoder"]
+__all__ = ["Config", "SslscaleError", "evaluate", "load_encoder", "pretrain", "save_encoder", "sweep"]
 
 
 def pretrain(cfg, **kwargs):
     from sslscale.pretraining import pretrain as _pretrain
 
     return _pretrain(cfg, **kwargs)
+
+
+def sweep(cfg, space, **kwargs):
+    """A Ray Tune sweep of `pretrain` over `space` (KEY=DIST strings) -> SweepResult; see sslscale.tune.sweep."""
+    from sslscale.tune import sweep as _sweep
+
+    return _sweep(cfg, space, **kwargs)
 
 
 def evaluate(encoder, tcfg, **kwargs):

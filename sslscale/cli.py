@@ -1,4 +1,4 @@
-"""The `sslscale` command: data prepare | pretrain | evaluate | export | ui.
+"""The `sslscale` command: data prepare | pretrain | sweep | evaluate | export | ui.
 
 Every user error is one line (`sslscale: error: ...`) and a non-zero exit; `--debug` shows the traceback.
 """
@@ -33,6 +33,24 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--resume", metavar="RUN_ID_OR_DIR", help="continue a stopped run from its last checkpoint")
     pre.add_argument("--export", metavar="FILE", help="also write the encoder to FILE (*encoder.safetensors)")
     pre.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=100")
+
+    sw = sub.add_parser("sweep", help="a Ray Tune sweep of pretraining runs, ranked by transfer score",
+                        description="Each trial is a pretraining run (a child of one MLflow parent run per sweep), "
+                        "stopped early by ASHA on a label-free signal, ranked by its transfer score.")
+    sw.add_argument("--recipe", default="simclr_fmnist_sweep",
+                    help="a sweep recipe (base recipe + space: simclr_fmnist_sweep, debug_sweep) or a plain recipe")
+    sw.add_argument("--space", action="append", default=[], metavar="KEY=DIST",
+                    help="searched key, repeatable: choice:a,b | grid:a,b | uniform:lo:hi | loguniform:lo:hi | "
+                    "randint:lo:hi (replaces the sweep recipe's space)")
+    sw.add_argument("--samples", type=int, help="trials to sample (each grid value multiplies them)")
+    sw.add_argument("--scheduler", choices=["asha", "fifo"])
+    sw.add_argument("--search", choices=["random", "optuna"])
+    sw.add_argument("--metric", default="", help="what ranks trials (default transfer/<target>/knn_top1)")
+    sw.add_argument("--mode", default="max", choices=["max", "min"])
+    sw.add_argument("--max-concurrent", type=int, default=0, help="trials at once (default: from cluster CPUs)")
+    sw.add_argument("--name", default="", help="the sweep's name (folder under train.output_dir/sweeps)")
+    sw.add_argument("--resume", metavar="NAME", help="continue a stopped sweep of this name")
+    sw.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every trial")
 
     ev = sub.add_parser("evaluate", help="score an encoder on a labelled target (kNN and linear probe)")
     _source_args(ev)
@@ -119,6 +137,22 @@ def _print_scores(scores: dict) -> None:
             print(f"  {key:<32} {value:.4f}")
 
 
+def _cmd_sweep(args) -> None:
+    from pipelines import load_recipe, load_sweep
+    from sslscale import tune
+
+    if args.resume:
+        out = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("train.output_dir=")), "runs")
+        tune.resume(args.resume, out)
+        return
+    recipe = load_sweep(args.recipe)
+    cfg = load_recipe(recipe["recipe"]).override(recipe["sizing"] + args.overrides)
+    tune.sweep(cfg, args.space or recipe["space"], samples=args.samples or recipe["samples"],
+               scheduler=args.scheduler or recipe["scheduler"], search=args.search or recipe["search"],
+               metric=args.metric, mode=args.mode, max_concurrent=args.max_concurrent, name=args.name,
+               recipe=recipe["recipe"], retrain_overrides=args.overrides)
+
+
 def _cmd_evaluate(args) -> None:
     from sslscale import tracking
     from sslscale.config import TransferConfig
@@ -143,15 +177,23 @@ def _cmd_export(args) -> None:
 
 
 def _cmd_ui(args) -> None:
-    from sslscale.tracking import resolve_uri
+    """Print each experiment's page in the classic ML workspace (MLflow opens in GenAI otherwise), then become the
+    UI server, without the job runner (8 background processes, ~1.3 GB, that sslscale never uses)."""
+    from sslscale.tracking import experiment_urls, resolve_uri, ui_url
 
-    uri = resolve_uri(args.tracking_uri)
-    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
-    os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                              "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"])
+    uri, base = resolve_uri(args.tracking_uri), f"http://127.0.0.1:{args.port}"
+    urls = experiment_urls(uri, base)
+    print(f"MLflow UI for {uri} at {ui_url(base)} (Ctrl-C stops it)", flush=True)
+    for name, url in urls:
+        print(f"  {name}: {url}", flush=True)
+    print("A page in MLflow's GenAI workspace (Traces, Judges, Evaluation runs; a run's own page opens there)? "
+          "Click 'Model training' at its top left once: this browser then remembers it.", flush=True)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    os.execve(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                               "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"], env)
 
 
-COMMANDS = {"prepare": _cmd_prepare, "pretrain": _cmd_pretrain, "evaluate": _cmd_evaluate,
+COMMANDS = {"prepare": _cmd_prepare, "pretrain": _cmd_pretrain, "sweep": _cmd_sweep, "evaluate": _cmd_evaluate,
             "export": _cmd_export, "ui": _cmd_ui}
 
 

@@ -115,7 +115,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_failures: int = 1  # worker-group restarts from the last checkpoint
     max_bad_steps: int = 10  # steps in a row with a non-finite loss/gradient (each skipped) before the run stops
-    output_dir: str = "runs"  # checkpoints and exports, under <output_dir>/<run id>/
+    output_dir: str = "runs"  # checkpoints and exports, under <output_dir>/<run id>/ (sweeps: <output_dir>/sweeps/)
+    # what a sweep trial's driver reserves, NAME:AMOUNT: a fraction of a CPU, or a custom resource a cluster's head
+    # nodes offer (e.g. sslscale_driver:1); its workers get placement groups of their own (Ray Train V2)
+    driver_resource: str = "CPU:0.25"
 
 
 @dataclass
@@ -135,6 +138,7 @@ class TransferConfig:
     knn_k: int = 20
     probe_iters: int = 100  # L-BFGS iterations of the linear probe
     batch_size: int = 512
+    train_samples: int = 0  # kNN and probe fit on a seeded subset of this many train images (0: all); test stays whole
 
 
 @dataclass
@@ -240,6 +244,13 @@ def _coerce(key: str, kind, value):
         raise SslscaleError(f"bad value {value!r} for {key}: expected {example.get(name, name)}") from None
 
 
+def key_type(key: str) -> str:
+    """The type name of a config key (int, float, str, bool, tuple); one line naming an unknown key."""
+    obj, fld = _field(Config(), key)
+    hint = typing.get_type_hints(type(obj))[fld.name]
+    return getattr(hint, "__name__", str(hint))
+
+
 def set_key(cfg: Config, key: str, value) -> None:
     if key == "recipe":
         cfg.recipe = str(value)
@@ -251,6 +262,16 @@ def set_key(cfg: Config, key: str, value) -> None:
     if choices and value not in choices:
         raise SslscaleError(f"bad value {value!r} for {key}: allowed {', '.join(map(str, choices))}")
     setattr(obj, fld.name, value)
+
+
+def driver_resource(spec: str) -> dict[str, float] | None:
+    """'CPU:0.25' -> {'CPU': 0.25}; None when malformed."""
+    name, _, amount = spec.rpartition(":")
+    try:
+        value = float(amount)
+    except ValueError:
+        return None
+    return {name: value} if name and value > 0 and math.isfinite(value) else None
 
 
 def validate(cfg: Config) -> Config:
@@ -279,6 +300,9 @@ def validate(cfg: Config) -> Config:
         ("transfer.knn_k", cfg.transfer.knn_k > 0, "a positive number"),
         ("transfer.batch_size", cfg.transfer.batch_size > 0, "a positive number"),
         ("transfer.probe_iters", cfg.transfer.probe_iters > 0, "a positive number"),
+        ("transfer.train_samples", cfg.transfer.train_samples >= 0, "0 (the whole train split) or more"),
+        ("train.driver_resource", driver_resource(cfg.train.driver_resource) is not None,
+         "NAME:AMOUNT with a positive amount, e.g. CPU:0.25 or sslscale_driver:1"),
         ("train.threads_per_worker", cfg.train.threads_per_worker > 0, "at least 1"),
         ("train.cpus_per_worker", cfg.train.cpus_per_worker > 0, "a positive number of CPUs"),
         ("data.shuffle_buffer", cfg.data.shuffle_buffer >= 0, "0 (off) or more"),

@@ -12,19 +12,23 @@ import os
 import pickle
 import socket
 
-import deepspeed
 import torch
-import torch.distributed as dist
-from deepspeed.runtime.fp16.loss_scaler import LossScaler
-from deepspeed.runtime.zero.config import ZeroStageEnum
-from deepspeed.utils.tensor_fragment import fragment_address
 
-from sslscale import checkpoint
-from sslscale.errors import SslscaleError
-from sslscale.export import save_encoder
-from sslscale.methods import Method
-from sslscale.optim import build_optimizer, set_weight_decay
-from sslscale.schedules import cosine_weight_decay, warmup_cosine
+if not torch.cuda.is_available():  # said rather than detected: DeepSpeed skips its "Setting accelerator to CPU" warning
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import deepspeed  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from deepspeed.runtime.fp16.loss_scaler import LossScaler  # noqa: E402
+from deepspeed.runtime.zero.config import ZeroStageEnum  # noqa: E402
+from deepspeed.utils.tensor_fragment import fragment_address  # noqa: E402
+
+from sslscale import checkpoint  # noqa: E402
+from sslscale.errors import SslscaleError  # noqa: E402
+from sslscale.export import save_encoder  # noqa: E402
+from sslscale.methods import Method  # noqa: E402
+from sslscale.optim import build_optimizer, set_weight_decay  # noqa: E402
+from sslscale.schedules import cosine_weight_decay, warmup_cosine  # noqa: E402
 
 DS_TAG = "ds"
 # The only non-tensor types DeepSpeed's checkpoint files hold (ZeRO optimizer state); nothing else is unpickled.

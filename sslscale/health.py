@@ -21,5 +21,8 @@ def normalized_std(emb: torch.Tensor) -> float:
     return float(F.normalize(emb.float(), dim=1).std(dim=0).mean())
 
 
+HEALTH_KEYS = ("health/rankme", "health/std")
+
+
 def health_metrics(emb: torch.Tensor) -> dict[str, float]:
-    return {"health/rankme": rankme(emb), "health/std": normalized_std(emb)}
+    return dict(zip(HEALTH_KEYS, (rankme(emb), normalized_std(emb))))

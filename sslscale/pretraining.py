@@ -96,7 +96,7 @@ def _write_run_file(run_dir: str, run_id: str, uri: str, cfg: Config) -> None:
                           indent=2)
 
 
-def _open_run(cfg: Config, uri: str, resume: str | None) -> tuple[str, str]:
+def _open_run(cfg: Config, uri: str, resume: str | None, tags: dict | None = None) -> tuple[str, str]:
     """(run id, run dir): a new run, or the resumed one (its run.json then records the effective config)."""
     if resume:
         run_dir = find_run_dir(resume, uri)
@@ -105,7 +105,7 @@ def _open_run(cfg: Config, uri: str, resume: str | None) -> tuple[str, str]:
         if run_id:
             tracking.best_effort(tracking.set_tags, uri, run_id, {"sslscale.resumed": time.strftime("%Y-%m-%dT%H:%M:%S")})
         return run_id, run_dir
-    run_id = tracking.start_run(uri, cfg) if cfg.tracking.enabled else ""
+    run_id = tracking.start_run(uri, cfg, tags) if cfg.tracking.enabled else ""
     name = run_id or time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
     run_dir = os.path.join(os.path.abspath(cfg.train.output_dir), name)
     os.makedirs(run_dir, exist_ok=False)
@@ -115,14 +115,14 @@ def _open_run(cfg: Config, uri: str, resume: str | None) -> tuple[str, str]:
     return run_id, run_dir
 
 
-def _attempt(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, input_spec: dict) -> None:
+def _attempt(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, input_spec: dict, **fit_kw) -> None:
     """One TorchTrainer fit from the run's latest checkpoint, on a stream that skips what it consumed."""
     last = checkpoint.latest(run_dir)
     consumed = checkpoint.read_positions(last) if last else {}
     dataset = stream.pretrain_dataset(cfg, corpus_dir, consumed=consumed, skip_dir=os.path.join(run_dir, SKIPPED))
     attempt = len([d for d in os.listdir(run_dir) if d.startswith("attempt-")])
     train.fit(cfg, datasets={"train": dataset}, ingest=stream.ingest_options(cfg), run_id=run_id, uri=uri,
-              input_spec=input_spec, storage=run_dir, name=f"attempt-{attempt}", resume_from=last)
+              input_spec=input_spec, storage=run_dir, name=f"attempt-{attempt}", resume_from=last, **fit_kw)
 
 
 def _done(run_dir: str, steps: int) -> str | None:
@@ -130,7 +130,7 @@ def _done(run_dir: str, steps: int) -> str | None:
     return last if last and checkpoint.read_state(last)["step"] >= steps else None
 
 
-def _train(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, input_spec: dict) -> str:
+def _train(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, input_spec: dict, **fit_kw) -> str:
     """Train to cfg.train.steps, retrying a failed attempt (a dead worker or node) from the latest checkpoint up to
     train.max_failures times. Each retry rebuilds the stream without the samples already consumed, which Ray's own
     worker-group restart cannot do. Returns the final checkpoint folder."""
@@ -140,7 +140,7 @@ def _train(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, in
         if _done(run_dir, cfg.train.steps):
             break
         try:
-            _attempt(cfg, run_id, uri, run_dir, corpus_dir, input_spec)
+            _attempt(cfg, run_id, uri, run_dir, corpus_dir, input_spec, **fit_kw)
         except Exception as e:  # noqa: BLE001 - Ray wraps worker errors; the user needs the root cause in one line
             cause, ours = _root_cause(e)
             if retry == cfg.train.max_failures or ours:  # bad input or bad numbers: a retry cannot help
@@ -227,18 +227,21 @@ def _finish(cfg: Config, run_id: str, uri: str, run_dir: str, final: str) -> tup
     return encoder_path, scores
 
 
-def pretrain(cfg: Config, *, resume: str | None = None) -> PretrainResult:
+def pretrain(cfg: Config, *, resume: str | None = None, tags: dict | None = None, callbacks: tuple = (),
+             report_extra: dict | None = None) -> PretrainResult:
     """Train cfg's method on cfg's corpus under Ray Train + DeepSpeed, log to MLflow, score the transfer target.
-    `resume` (a run id or run folder) continues that run from its latest checkpoint, in the same MLflow run."""
+    `resume` (a run id or run folder) continues that run from its latest checkpoint, in the same MLflow run.
+    A sweep trial adds MLflow `tags` to a new run, Ray Train `callbacks` and `report_extra` (see train.fit)."""
     validate(cfg)
     uri = tracking.resolve_uri(cfg.tracking.uri)
     corpus_dir = corpus.resolve(cfg.data.corpus)
     input_spec = _input_spec(corpus_dir, cfg)
-    run_id, run_dir = _open_run(cfg, uri, resume)
+    run_id, run_dir = _open_run(cfg, uri, resume, tags)
     print(f"run {run_id or '(tracking off)'}: {cfg.method.name} on {corpus_dir}, {cfg.train.steps} steps, "
           f"{cfg.train.workers} workers, files in {run_dir}", flush=True)
     try:
-        final = _train(cfg, run_id, uri, run_dir, corpus_dir, input_spec)
+        final = _train(cfg, run_id, uri, run_dir, corpus_dir, input_spec, callbacks=callbacks,
+                       report_extra=report_extra)
     finally:
         _report_skipped(run_dir, uri, run_id)  # also when the run failed: what was left out may be why
     encoder_path, scores = _finish(cfg, run_id, uri, run_dir, final)

@@ -19,12 +19,13 @@ for _key, _value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUES
                      "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}.items():
     os.environ.setdefault(_key, _value)
 
-from mlflow.entities import Metric  # noqa: E402
+from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from sslscale.config import flatten  # noqa: E402
 from sslscale.errors import SslscaleError  # noqa: E402
 
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
 log = logging.getLogger(__name__)  # operational warnings: logging, not `warnings` (Ray workers may drop those)
 DEFAULT_URI = "sqlite:///mlruns.db"
 MAX_PARAM_CHARS = 6000
@@ -56,13 +57,16 @@ def client(uri: str) -> MlflowClient:
 
 
 def _experiment_id(c: MlflowClient, uri: str, name: str) -> str:
+    """The experiment's id, created if new; either way tagged as classic ML (see UI_KIND_TAG) unless it has a kind."""
     exp = c.get_experiment_by_name(name)
     if exp is not None:
+        if UI_KIND_TAG not in exp.tags:
+            best_effort(c.set_experiment_tag, exp.experiment_id, UI_KIND_TAG, UI_KIND_ML)
         return exp.experiment_id
     location = None
     if uri.startswith("sqlite:///"):
         location = "file://" + os.path.join(os.path.dirname(uri[len("sqlite:///"):]), "mlartifacts")
-    return c.create_experiment(name, artifact_location=location)
+    return c.create_experiment(name, artifact_location=location, tags={UI_KIND_TAG: UI_KIND_ML})
 
 
 def provenance() -> dict[str, str]:
@@ -101,11 +105,7 @@ def start_run(uri: str, cfg, tags: dict | None = None) -> str:
         raise SslscaleError(f"cannot create an MLflow run at {uri} ({type(e).__name__}: {str(e)[:200]}); "
                             f"check tracking.uri or MLFLOW_TRACKING_URI, or set tracking.enabled=false") from None
     run_id = run.info.run_id
-    from mlflow.entities import Param
-
-    params = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in flatten(cfg.to_dict()).items()]
-    for i in range(0, len(params), 100):
-        c.log_batch(run_id, params=params[i:i + 100])
+    log_params(uri, run_id, flatten(cfg.to_dict()))
     c.log_text(run_id, cfg.to_json(), "config.json")
     return run_id
 
@@ -139,6 +139,24 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
 
 def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client(uri).get_metric_history(run_id, key))
+
+
+def log_params(uri: str, run_id: str, params: dict) -> None:
+    items = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client(uri).log_batch(run_id, params=items[i:i + 100])
+
+
+def log_text(uri: str, run_id: str, text: str, artifact_file: str) -> None:
+    client(uri).log_text(run_id, text, artifact_file)
+
+
+def child_runs(uri: str, parent_run_id: str) -> list:
+    """The runs nested under parent_run_id (any status), oldest first."""
+    c = client(uri)
+    parent = c.get_run(parent_run_id)
+    return c.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                         order_by=["attributes.start_time ASC"], max_results=10000)
 
 
 class MetricBuffer:
@@ -243,3 +261,30 @@ def plot_curves(uri: str, run_id: str, out_png: str) -> str:
     plt.close(fig)
     return out_png
 
+
+# The MLflow UI (3.17) opens in its GenAI workspace (traces, judges, prompts; runs as "Evaluation runs") unless the
+# page's URL says `workflowType=machine_learning` (or the browser remembers a switch in localStorage). Its bundle
+# ignores the experiment's `mlflow.experimentKind` tag for this choice; the tag is still set, as the kind other MLflow
+# clients and versions read.
+UI_KIND_TAG, UI_KIND_ML = "mlflow.experimentKind", "custom_model_development"
+
+
+def ui_url(base: str, experiment_id: str = "", run_id: str = "") -> str:
+    """The MLflow UI page of an experiment (or of one of its runs; no experiment: the home page), opened in the
+    classic ML workspace."""
+    page = f"/experiments/{experiment_id}" if experiment_id else "/"
+    if experiment_id and run_id:
+        page += f"/runs/{run_id}"
+    return f"{base.rstrip('/')}/#{page}?workflowType=machine_learning"
+
+
+def experiment_urls(uri: str, base: str, limit: int = 50) -> list[tuple[str, str]]:
+    """(name, ui_url) of the active experiments in the store, newest first; [] for a store not created yet or
+    one that does not answer (so `sslscale ui` starts at once on a new store)."""
+    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+        return []
+    try:
+        exps = client(uri).search_experiments(max_results=limit, order_by=["creation_time DESC"])
+    except Exception:  # noqa: BLE001 - listing is a convenience; the UI itself reports a broken store
+        return []
+    return [(e.name, ui_url(base, e.experiment_id)) for e in exps]

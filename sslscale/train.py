@@ -25,7 +25,7 @@ from sslscale.checkpoint import read_positions
 from sslscale.config import Config
 from sslscale.engine import Engine
 from sslscale.errors import SslscaleError
-from sslscale.health import health_metrics
+from sslscale.health import HEALTH_KEYS, health_metrics
 from sslscale.methods import build_method
 from sslscale.progress import Progress
 
@@ -49,15 +49,17 @@ def _record(position: dict, group: list[dict]) -> None:
             position.setdefault(str(epoch), []).append(sid)
 
 
-def _save(engine: Engine, cfg: Config, step: int, rank: int, position: dict, run_id: str, buffer) -> None:
-    """All ranks: save into a local folder and report it. Rank 0's state carries the metrics not yet in MLflow,
-    so a checkpoint that lands but whose metrics were never sent (a kill in between) still delivers them."""
+def _save(engine: Engine, cfg: Config, step: int, rank: int, position: dict, run_id: str, buffer,
+          report: dict) -> None:
+    """All ranks: save into a local folder and report it with `report` (what Ray Train and a Tune sweep see).
+    Rank 0's state carries the metrics not yet in MLflow, so a checkpoint that lands but whose metrics were never
+    sent (a kill in between) still delivers them."""
     folder = tempfile.mkdtemp(prefix=f"sslscale-ckpt-{step}-")
     try:
         state = {"step": step, "world_size": ray.train.get_context().get_world_size(), "run_id": run_id,
                  "config": cfg.to_dict(), "pending_metrics": buffer.pending if buffer else []} if rank == 0 else None
         engine.save(folder, rank=rank, position=position, state=state)
-        ray.train.report({"step": step}, checkpoint=ray.train.Checkpoint.from_directory(folder),
+        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder),
                          checkpoint_dir_name=f"checkpoint_{step:07d}")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -109,6 +111,8 @@ def train_loop(loop_config: dict) -> None:
     step, position = _restore(engine, loop_config, rank, buffer)
     progress = Progress(total=cfg.train.steps, start=step, enabled=rank == 0)
     last, last_saved, bad_in_row = time.perf_counter(), step, 0
+    # what every report carries (Tune checks its metrics in each one): the last health values, NaN until measured
+    signal = {**dict.fromkeys(HEALTH_KEYS, math.nan), **loop_config.get("report_extra", {})}
     for group in _batches(ray.train.get_dataset_shard("train"), cfg, rank):
         if step >= cfg.train.steps:
             break
@@ -123,12 +127,15 @@ def train_loop(loop_config: dict) -> None:
         if buffer:
             buffer.add(step, metrics)
         progress.update(step, metrics)
+        signal.update({k: metrics[k] for k in HEALTH_KEYS if k in metrics}, step=step)
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
-            _save(engine, cfg, step, rank, position, run_id, buffer)
+            _save(engine, cfg, step, rank, position, run_id, buffer, dict(signal))  # Ray may send it later
             last_saved = step
             if buffer:
                 buffer.flush(step, force=step == cfg.train.steps)
             last = time.perf_counter()  # checkpoint time is not training throughput
+        elif step % cfg.train.health_every == 0:  # every rank reports (a barrier): a sweep's scheduler sees health
+            ray.train.report(dict(signal))  # a copy: Ray may send it after `signal` changed
     progress.done(step)
     if step < cfg.train.steps:
         raise SslscaleError(f"the data stream ended at step {step} of {cfg.train.steps}: too much of the corpus was "
@@ -136,18 +143,20 @@ def train_loop(loop_config: dict) -> None:
 
 
 def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spec: dict, storage: str, name: str,
-        resume_from: str | None = None):
-    """Launch the TorchTrainer; returns Ray's Result (its `.checkpoint` is the last one reported)."""
+        resume_from: str | None = None, callbacks: tuple = (), report_extra: dict | None = None):
+    """Launch the TorchTrainer; returns Ray's Result (its `.checkpoint` is the last one reported). `callbacks` go to
+    the trainer's RunConfig (a sweep's TuneReportCallback); `report_extra` is added to every worker report (the keys
+    a Tune searcher checks, NaN until the trial's end)."""
     use_gpu = cfg.train.use_gpu == "true" or (cfg.train.use_gpu == "auto" and torch.cuda.is_available())
     trainer = TorchTrainer(
         train_loop,
         # Ray Train V2 has no resume_from_checkpoint: the folder travels in the loop config (a path on the
         # storage every worker reads), and get_checkpoint() covers restarts within this fit.
         train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "uri": uri, "input": input_spec,
-                           "resume_from": resume_from, "faults": faults.spec()},
+                           "resume_from": resume_from, "faults": faults.spec(), "report_extra": report_extra or {}},
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
-        run_config=RunConfig(name=name, storage_path=storage,
+        run_config=RunConfig(name=name, storage_path=storage, callbacks=list(callbacks),
                              # retries happen in pretraining._train, which can rebuild the stream past what was consumed
                              failure_config=FailureConfig(max_failures=0),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),

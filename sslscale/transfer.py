@@ -18,7 +18,9 @@ from sslscale import corpus
 from sslscale.encoders import build_encoder
 from sslscale.errors import SslscaleError
 
-def load_target(target: str) -> dict:
+def load_target(target: str, train_samples: int = 0, seed: int = 0) -> dict:
+    """{"name", "classes", "train": (uint8 images, labels), "test": (...)}; with train_samples > 0 the train split is
+    a seeded random subset of that many images (sweeps fit kNN and the probe on it to stay fast), the test whole."""
     folder = corpus.resolve(target)
     manifest = corpus.load_manifest(folder)
     if "label" not in manifest["fields"] or not {"train", "test"} <= set(manifest["splits"]):
@@ -27,6 +29,10 @@ def load_target(target: str) -> dict:
     for split in ("train", "test"):
         _, images, labels = corpus.read_split(folder, split)
         data[split] = (images, torch.as_tensor(labels))
+    images, labels = data["train"]
+    if 0 < train_samples < len(labels):
+        keep = np.sort(np.random.default_rng(seed).choice(len(labels), train_samples, replace=False))
+        data["train"] = (images[keep], labels[keep])
     return data
 
 
@@ -93,7 +99,7 @@ def scores(train_f, test_f, data: dict, tcfg) -> dict[str, float]:
 def evaluate(encoder: torch.nn.Module, tcfg, *, baseline: bool | None = None) -> dict[str, float]:
     """Scores of `encoder` on tcfg.target, keyed `<target>/<metric>`; with the baseline also
     `<target>/random_init/<metric>` and `<target>/pixels/<metric>`."""
-    data = load_target(tcfg.target)
+    data = load_target(tcfg.target, tcfg.train_samples)
     (train_x, _), (test_x, _) = data["train"], data["test"]
     name = data["name"]
     encoders = {"": encoder}
@@ -110,3 +116,72 @@ def evaluate(encoder: torch.nn.Module, tcfg, *, baseline: bool | None = None) ->
         got = scores(pixels(train_x), pixels(test_x), data, tcfg)
         result.update({f"{name}/pixels/{k}": v for k, v in got.items()})
     return result
+
+
+EMBEDDING_METHODS = {"pca": "PCA", "tsne": "t-SNE"}  # method -> its name on the plot
+
+
+def _embedding_method(method: str) -> str:
+    if method not in EMBEDDING_METHODS:
+        raise SslscaleError(f"unknown embedding map method {method!r}; use one of: {', '.join(EMBEDDING_METHODS)}")
+    return EMBEDDING_METHODS[method]
+
+
+def _project(feats: torch.Tensor, method: str, seed: int = 0) -> np.ndarray:
+    """Features (n, D) -> 2-D coordinates (n, 2). "pca": the centred features on their two principal directions
+    (by SVD, so the first coordinate has the larger variance); "tsne": sklearn's t-SNE, PCA-initialised, seeded."""
+    _embedding_method(method)
+    x = feats.double().numpy()  # (n, D)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = min(30.0, max(1.0, (len(x) - 1) / 3))  # sklearn needs perplexity < n
+        return TSNE(2, init="pca", random_state=seed, perplexity=perplexity).fit_transform(x)
+    u, s, _ = np.linalg.svd(x - x.mean(0), full_matrices=False)  # u (n, r), s (r,) in descending order
+    out = np.zeros((len(x), 2))
+    out[:, :min(2, len(s))] = u[:, :2] * s[:2]  # zero second coordinate when r < 2
+    return out
+
+
+def embedding_map(encoder: torch.nn.Module, target: str, out_png: str, *, samples: int = 2000, seed: int = 0,
+                  method: str = "pca") -> str:
+    """A 2-D map (method "pca" or "tsne") of the L2-normalised features of `samples` test images of `target`
+    (a seeded random subsample; all of them when fewer), coloured by class, written to `out_png`; returns its path."""
+    shown = _embedding_method(method)
+    if samples < 2:
+        raise SslscaleError(f"an embedding map needs samples >= 2, got {samples}")
+    data = load_target(target)
+    images, labels = data["test"]
+    keep = np.sort(np.random.default_rng(seed).permutation(len(images))[:samples])
+    xy = _project(F.normalize(features(encoder, images[keep]), dim=1), method, seed)  # (n, 2)
+    names = corpus.load_manifest(corpus.resolve(target))["fields"]["label"].get("classes") or []
+    title = f"{data['name']} test split: {shown} of {encoder.spec()['name']} embeddings ({len(keep)} images)"
+    return _class_scatter(xy, labels.numpy()[keep], data["classes"], names, title, shown, out_png)
+
+
+def _class_scatter(xy: np.ndarray, y: np.ndarray, classes: int, names: list, title: str, axis: str,
+                   out_png: str) -> str:
+    """Points (n, 2) coloured by their class y (n,), one legend entry per class: its index, and its name when
+    that says more."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cmap = plt.get_cmap("tab10" if classes <= 10 else "tab20")
+    fig, ax = plt.subplots(figsize=(7.0, 5.5))
+    size = min(16.0, max(3.0, 4000 / len(xy)))  # fewer points, bigger dots
+    for c in range(classes):
+        name = str(names[c]) if c < len(names) else str(c)
+        ax.scatter(xy[y == c, 0], xy[y == c, 1], s=size, color=cmap(c % cmap.N), label=str(c) if name == str(c)
+                   else f"{c}: {name}")
+    ax.legend(title="class", loc="upper left", bbox_to_anchor=(1.01, 1.0), markerscale=2.5, fontsize=8,
+              ncol=1 + classes // 25, frameon=False)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(f"{axis} 1")
+    ax.set_ylabel(f"{axis} 2")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return out_png

@@ -1,0 +1,115 @@
+"""A sweep's space, ranking and command as plain functions, and the CLI's one-line errors before any trial starts."""
+import math
+
+import pytest
+
+from pipelines import load_recipe, load_sweep
+from sslscale import space, sweep_report
+from sslscale.errors import SslscaleError
+from sslscale.tune import concurrency
+from test_cli import one_line_error, run
+
+
+def test_parse_every_kind():
+    s = space.parse(["method.temperature=loguniform:0.05:0.5", "optim.lr=grid:1e-3,2e-3",
+                     "model.widths=choice:8,16|16,32", "optim.warmup_steps=randint:0:10",
+                     "data.crop_min_scale=uniform:0.1:0.5"])
+    assert s["method.temperature"].values == (0.05, 0.5) and s["method.temperature"].log
+    assert s["optim.lr"].values == ("1e-3", "2e-3")
+    assert s["model.widths"].values == ("8,16", "16,32")  # `|` separates values that hold commas
+    assert s["optim.warmup_steps"].values == (0, 10)
+    space.check(s, load_recipe("debug"))
+
+
+@pytest.mark.parametrize("item, words", [
+    ("optim.lr", "is not KEY=DIST"),
+    ("optim.lr=normal:0:1", "is not KEY=DIST"),
+    ("optim.lr=uniform:1", "uniform:LOW:HIGH"),
+    ("optim.lr=uniform:0.5:0.1", "LOW < HIGH"),
+    ("optim.lr=loguniform:0:1", "0 < LOW < HIGH"),
+    ("optim.lr=choice:1e-3,1e-3", "distinct"),
+])
+def test_bad_spec_is_one_line(item, words):
+    with pytest.raises(SslscaleError, match=words):
+        space.parse([item])
+
+
+@pytest.mark.parametrize("items, words", [
+    (["optim.lrr=uniform:0.1:0.2"], "unknown config key 'optim.lrr'"),
+    (["method.name=choice:simclr,simclrr"], "the value simclrr is refused"),
+    (["data.flip=uniform:0.5:1.5"], "the value 1.5 is refused"),
+    (["train.steps=uniform:1:9"], "use randint"),
+    (["method.name=uniform:0:1"], "use choice"),
+    (["optim.lr=loguniform:1e-4:1e-2", "optim.lr=uniform:0.1:0.2"], "given twice"),
+    (["tracking.uri=choice:a,b"], "cannot be searched"),
+    ([], "no search space"),
+])
+def test_space_checked_against_the_validator(items, words):
+    with pytest.raises(SslscaleError, match=words):
+        space.check(space.parse(items), load_recipe("debug"))
+
+
+def test_grid_with_optuna_and_searched_key_also_fixed():
+    with pytest.raises(SslscaleError, match="grid: cannot be used with --search optuna"):
+        space.check(space.parse(["optim.lr=grid:1e-3,2e-3"]), load_recipe("debug"), "optuna")
+    with pytest.raises(SslscaleError, match="both searched"):
+        space.check(space.parse(["optim.lr=grid:1e-3,2e-3"]), load_recipe("debug"), overrides=["optim.lr=1e-3"])
+
+
+def test_default_point_is_the_recipes_own_values():
+    base = load_recipe("simclr_fmnist")
+    s = space.parse(load_sweep("simclr_fmnist_sweep")["space"])
+    assert space.default_point(s, base) == {"method.temperature": 0.2, "data.crop_min_scale": 0.3, "optim.lr": 2e-3}
+    assert space.default_point(space.parse(["optim.lr=uniform:0.1:0.2"]), base) is None  # outside: no default trial
+    assert space.default_point(space.parse(["method.name=choice:vicreg,simclr"]), base) == {"method.name": "simclr"}
+    applied = space.apply(base, {"model.widths": "8,16,32", "optim.lr": 0.01})
+    assert applied.model.widths == (8, 16, 32) and applied.optim.lr == 0.01
+
+
+def _trial(tid, status, score, signal):
+    return {"trial_id": tid, "run_id": "r" + tid, "params": {"optim.lr": 0.001}, "status": status, "score": score,
+            "signal": signal, "last_step": 10, "curve": [], "scores": {}, "error": ""}
+
+
+def test_rank_puts_scored_trials_first_then_stopped_by_signal():
+    trials = [_trial("a", "stopped", math.nan, 9.0), _trial("b", "finished", 0.7, 3.0),
+              _trial("c", "error", math.nan, 20.0), _trial("d", "finished", 0.8, 1.0),
+              _trial("e", "stopped", math.nan, 12.0), _trial("f", "stopped", math.nan, math.nan)]
+    assert [t["trial_id"] for t in sweep_report.rank(trials)] == ["d", "b", "e", "a", "f", "c"]
+    assert [t["trial_id"] for t in sweep_report.rank(trials, "min")][:2] == ["b", "d"]
+    table = sweep_report.markdown(sweep_report.rank(trials), ["optim.lr"], "transfer/x/knn_top1", "health/rankme")
+    assert table.splitlines()[2].startswith("| 1 | d | finished | 0.8 |")
+    assert sweep_report.to_csv(trials, ["optim.lr"], "m", "s").splitlines()[0].startswith("rank,trial,status,m,s")
+
+
+def test_retrain_command_runs_the_winner_at_the_recipes_length():
+    cmd = sweep_report.retrain_command("simclr_fmnist", ["train.steps=150", "data.cpus=2"],
+                                       {"method.temperature": 0.1, "model.widths": "8,16"})
+    assert cmd == "sslscale pretrain --recipe simclr_fmnist data.cpus=2 method.temperature=0.1 model.widths=8,16"
+
+
+def test_concurrency_never_oversubscribes():
+    cfg = load_recipe("simclr_fmnist")  # driver 0.25 + 2 workers x 1 CPU + data 1 = 3.25 CPUs a trial
+    assert concurrency(cfg, 0, "sqlite:////x/mlruns.db", 64) == 1  # one sqlite writer
+    assert concurrency(cfg, 0, "http://mlflow:5000", 4) == 1  # this machine: 2 cores + 2 logical
+    assert concurrency(cfg, 0, "http://mlflow:5000", 13) == 4
+    assert concurrency(cfg, 0, "http://mlflow:5000", 2) == 1  # at least one, which Ray queues until it fits
+    assert concurrency(cfg, 3, "http://mlflow:5000", 4) == 3  # asked for
+    cfg.train.driver_resource = "sslscale_driver:1"  # a head node's custom resource costs no CPU
+    assert concurrency(cfg, 0, "http://mlflow:5000", 12) == 4
+    with pytest.raises(SslscaleError, match="needs an MLflow server"):
+        concurrency(cfg, 2, "sqlite:////x/mlruns.db", 64)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--space", "optim.lr=between:1:2"], "is not KEY=DIST"),
+    (["--space", "optim.lrr=uniform:1e-3:1e-2"], "unknown config key 'optim.lrr'"),
+    (["--space", "method.name=choice:simclr,nope"], "the value nope is refused"),
+    (["--space", "optim.lr=grid:1e-3,2e-3", "--search", "optuna"], "grid: cannot be used with --search optuna"),
+    (["--max-concurrent", "2"], "needs an MLflow server"),
+    (["--resume", "nothing-here"], "no sweep 'nothing-here'"),
+])
+def test_cli_errors_before_any_trial_starts(tmp_path, args, words):
+    proc = run("sweep", "--recipe", "debug_sweep", *args, cwd=tmp_path)
+    one_line_error(proc, words)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlruns.db").exists()
