@@ -1,4 +1,5 @@
-# Two commands on a fresh machine: `make demo` (install + real pretraining + transfer scores) and `make test`.
+# Two commands on a fresh machine: `make demo` (install + real pretraining + transfer scores) and `make test`;
+# `make sweep` runs a real Tune sweep.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # a crash in native code (Ray, torch, gloo) prints every thread's Python stack instead of a bare "Segmentation fault"
 export PYTHONFAULTHANDLER := 1
 
-.PHONY: install demo test test-long test-fast fmnist benchmark reliability ui clean
+.PHONY: install demo sweep test test-long test-fast fmnist benchmark reliability ui clean
 
 $(BIN)/sslscale: pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,6 +36,10 @@ data/fmnist/manifest.json: $(FMNIST) | install
 
 demo: install data/fmnist/manifest.json
 	$(BIN)/sslscale pretrain --recipe simclr_fmnist --export demo.encoder.safetensors
+
+# A real ASHA sweep: 7 SimCLR trials on Fashion-MNIST (temperature, crop scale, lr), under 30 minutes on 2 cores.
+sweep: install data/fmnist/manifest.json
+	$(BIN)/sslscale sweep --recipe simclr_fmnist_sweep
 
 # make test stays under 20 minutes on a fresh 2-core machine; the few runs of minutes each are `long` (make
 # test-long), and CI (.ci/run) runs both.

@@ -50,3 +50,47 @@ def test_one_trial_sweep_end_to_end(debug_cfg, ray_local):
     assert {"trials.md", "trials.csv", "score_vs_params.png", "parallel_coordinates.png", "health_curves.png",
             "best_embeddings.png"} <= artifacts
     assert os.path.isfile(os.path.join(result.folder, "sweep.json"))
+
+
+@pytest.mark.long
+@pytest.mark.timeout(900)
+def test_asha_stops_the_bad_second_trial_and_the_ui_lists_the_sweep(debug_cfg, ray_local, tmp_path):
+    """Three trials, one at a time, against a real `mlflow server`: the second has a 2-wide encoder output (its
+    effective rank cannot pass 2), so ASHA stops it at the first rung; the third still runs (nothing the stopped
+    trial held is leaked). Then a fresh headless Chromium opens the experiment page `sslscale ui` prints."""
+    import browser
+    from mlflow_server import MlflowServer
+    from sslscale import sweep
+
+    assert browser.available(), "no headless Chromium: `make browser` installs chromium and chromium-driver"
+    (tmp_path / "mlflow").mkdir()
+    server = MlflowServer(tmp_path / "mlflow")
+    server.start()
+    try:
+        cfg = debug_cfg.override([f"tracking.uri={server.uri}"])
+        result = sweep(cfg, ["model.widths=grid:8,16|8,2|16,16"], samples=1, name="asha", grace_period=2)
+        parent, children = _runs(server.uri, result.parent_run_id)
+        assert parent.info.status == "FINISHED" and len(children) == 3
+        by_widths = {t["params"]["model.widths"]: t for t in result.trials}
+        bad = by_widths["8,2"]
+        assert bad["status"] == "stopped" and bad["error"] == "" and bad["last_step"] < cfg.train.steps
+        assert result.trials[-1] is bad  # ranked after the finished ones
+        child = children[bad["trial_id"]]
+        assert child.info.status == "KILLED" and child.data.tags["sslscale.stopped_by"] == "scheduler"
+        assert _steps(server.uri, child.info.run_id, "health/rankme")[-1] == bad["last_step"]
+        for widths in ("8,16", "16,16"):
+            good = children[by_widths[widths]["trial_id"]]
+            assert good.info.status == "FINISHED" and by_widths[widths]["status"] == "finished"
+            assert _steps(server.uri, good.info.run_id, "loss") == [1, 2, 3, 4, 5, 6]
+
+        url = tracking.ui_url(server.uri, parent.info.experiment_id)
+        names = [r.info.run_name for r in children.values()]
+        ml_workspace = ["Run Name", "Model registry"]  # the runs table; the registry is in the ML sidebar only
+        collapsed = browser.open_page(url, ["asha", *ml_workspace])
+        assert not any(n in collapsed for n in names), "the trials should be rows nested under the sweep"
+        shot = tmp_path / "ui-runs-table.png"
+        text = browser.open_page(url, ["asha", *names, *ml_workspace], screenshot=str(shot), expand_nested=True)
+        assert "Evaluation runs" not in text and "Judges" not in text, "the GenAI workspace opened"
+        assert shot.stat().st_size > 10_000
+    finally:
+        server.stop()
