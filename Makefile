@@ -37,7 +37,7 @@ data/fmnist/manifest.json: $(FMNIST) | install
 demo: install data/fmnist/manifest.json
 	$(BIN)/sslscale pretrain --recipe simclr_fmnist --export demo.encoder.safetensors
 
-# A real ASHA sweep: 7 SimCLR trials on Fashion-MNIST (temperature, crop scale, lr), under 30 minutes on 2 cores.
+# A real ASHA sweep: 8 SimCLR trials on Fashion-MNIST (temperature, crop scale, lr), under 30 minutes on 2 cores.
 sweep: install data/fmnist/manifest.json
 	$(BIN)/sslscale sweep --recipe simclr_fmnist_sweep
 

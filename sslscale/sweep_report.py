@@ -38,8 +38,11 @@ def _cell(value) -> str:
 
 
 def rows(trials: list[dict], keys: list[str], metric: str, signal: str) -> tuple[list[str], list[list[str]]]:
-    header = ["rank", "trial", "status", metric, signal, "last step", *keys, "MLflow run"]
-    body = [[str(i + 1), t["trial_id"], t["status"], _cell(t["score"]), _cell(t["signal"]), str(t["last_step"]),
+    """The table's header and rows: the ranking metric, the trials' other transfer scores, the signal, the values."""
+    others = sorted({k for t in trials for k in t["scores"]} - {metric})
+    header = ["rank", "trial", "status", metric, *others, signal, "last step", *keys, "MLflow run"]
+    body = [[str(i + 1), t["trial_id"], t["status"], _cell(t["score"]),
+             *[_cell(t["scores"].get(k, math.nan)) for k in others], _cell(t["signal"]), str(t["last_step"]),
              *[_cell(t["params"].get(k, "")) for k in keys], t["run_id"]] for i, t in enumerate(trials)]
     return header, body
 

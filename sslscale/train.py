@@ -7,6 +7,7 @@ metrics the checkpoint covers to MLflow (see tracking.MetricBuffer). Rank 0 prin
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -17,7 +18,7 @@ from contextlib import nullcontext
 
 import ray.train
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from sslscale import faults, tracking
@@ -104,6 +105,11 @@ def train_loop(loop_config: dict) -> None:
     cfg, run_id, input_spec = Config.from_dict(loop_config["config"]), loop_config["run_id"], loop_config["input"]
     torch.set_num_threads(cfg.train.threads_per_worker)
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    # Ray Train's INFO lines (a report, a checkpoint written) would reach the console several times a run. Its
+    # LoggingConfig(log_level=...) quiets the controller only: in a worker, "ray.train" logs on its own handlers and
+    # the report line goes through a logger named by a file path, i.e. to the root logger, which Train sets to INFO
+    for name in ("ray.train", ""):
+        logging.getLogger(name).setLevel(logging.WARNING)
     rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(cfg.data.seed)  # the same initial weights on every worker
     engine = Engine(build_method(cfg, **input_spec), cfg)
@@ -157,6 +163,7 @@ def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spe
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=storage, callbacks=list(callbacks),
+                             logging_config=LoggingConfig(log_level="WARNING"),  # not a line per report/checkpoint
                              # retries happen in pretraining._train, which can rebuild the stream past what was consumed
                              failure_config=FailureConfig(max_failures=0),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
@@ -166,7 +173,13 @@ def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spe
     return trainer.fit()
 
 
+# Ray Train settings for every Train process: print() stays print (Ray's patch also logged each line, so a worker's
+# progress line reached the driver twice), and no preemption watcher (the loop does not act on drain notices; its
+# restartable actor made Ray log a core-worker error in every run). Retries are pretraining._train's.
+QUIET_TRAIN = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
 def worker_env() -> dict:
-    """Environment variables the workers need (bounded MLflow retries)."""
+    """Environment variables the Train processes need: bounded MLflow retries and QUIET_TRAIN."""
     keys = [k for k in os.environ if k.startswith("MLFLOW_HTTP_REQUEST_")]
-    return {k: os.environ[k] for k in keys}
+    return {**QUIET_TRAIN, **{k: os.environ[k] for k in keys}}
