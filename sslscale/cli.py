@@ -142,12 +142,15 @@ def _cmd_sweep(args) -> None:
     from sslscale import tune
 
     if args.resume:
-        out = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("train.output_dir=")), "runs")
-        tune.resume(args.resume, out)
+        out = [o.partition("=")[2] for o in args.overrides if o.startswith("train.output_dir=")]
+        if args.space or args.samples is not None or len(out) != len(args.overrides):
+            raise SslscaleError("--resume continues a sweep as it was started: pass only its name (and "
+                                "train.output_dir=... if it was not the default)")
+        tune.resume(args.resume, out[0] if out else "runs")
         return
     recipe = load_sweep(args.recipe)
     cfg = load_recipe(recipe["recipe"]).override(recipe["sizing"] + args.overrides)
-    tune.sweep(cfg, args.space or recipe["space"], samples=args.samples or recipe["samples"],
+    tune.sweep(cfg, args.space or recipe["space"], samples=recipe["samples"] if args.samples is None else args.samples,
                scheduler=args.scheduler or recipe["scheduler"], search=args.search or recipe["search"],
                metric=args.metric, mode=args.mode, max_concurrent=args.max_concurrent, name=args.name,
                recipe=recipe["recipe"], retrain_overrides=args.overrides)

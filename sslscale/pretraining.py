@@ -134,7 +134,7 @@ def _train(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, in
     """Train to cfg.train.steps, retrying a failed attempt (a dead worker or node) from the latest checkpoint up to
     train.max_failures times. Each retry rebuilds the stream without the samples already consumed, which Ray's own
     worker-group restart cannot do. Returns the final checkpoint folder."""
-    ensure_ray(env_vars=train.worker_env())
+    ensure_ray()
     stream.quiet()
     for retry in range(cfg.train.max_failures + 1):
         if _done(run_dir, cfg.train.steps):

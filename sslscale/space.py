@@ -19,6 +19,10 @@ from sslscale.errors import SslscaleError
 
 KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
 RANGES = ("uniform", "loguniform", "randint")
+# what every trial of one sweep shares: its length (ASHA's max_t), where its data, files and driver are, and the
+# transfer target (the ranking metric names it)
+FIXED = ("recipe", "train.steps", "data.corpus", "data.split", "transfer.target", "train.output_dir",
+         "train.driver_resource")
 
 
 @dataclass(frozen=True)
@@ -91,8 +95,9 @@ def check(space: Space, base: Config, search: str = "random", overrides: list[st
     for key, dist in space.items():
         if key in fixed:
             raise SslscaleError(f"{key} is both searched (--space) and fixed (an override); drop one of them")
-        if key == "recipe" or key.startswith("tracking."):
-            raise SslscaleError(f"--space {key}: tracking keys and the recipe cannot be searched")
+        if key in FIXED or key.startswith("tracking."):
+            raise SslscaleError(f"--space {key}: {', '.join(FIXED)} and tracking.* are the same for every trial "
+                                f"of a sweep; sweep them as separate sweeps")
         try:
             kind = key_type(key)
         except SslscaleError as e:
@@ -144,6 +149,14 @@ def _same(key: str, text: str, value) -> bool:
     probe = Config()
     set_key(probe, key, text)
     return flatten(probe.to_dict())[key] == value
+
+
+def typed(point: dict) -> dict:
+    """A point's values as the config holds them (Tune hands choice values back as the strings they were given),
+    tuples written back as "8,16" so they read as they were searched."""
+    probe = apply(Config(), point)
+    flat = flatten(probe.to_dict())
+    return {k: _text(flat[k]) if isinstance(flat[k], tuple) else flat[k] for k in point}
 
 
 def as_overrides(point: dict) -> list[str]:

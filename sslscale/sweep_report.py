@@ -18,13 +18,12 @@ STATUS_ORDER = {"finished": 0, "stopped": 1, "error": 2}
 
 
 def rank(trials: list[dict], mode: str = "max") -> list[dict]:
-    """Finished trials by score first, then those without a score (stopped by the scheduler, then failed) by their
-    last signal, best first; NaN last within each group."""
-    sign = -1.0 if mode == "max" else 1.0
+    """Finished trials by score (best first for `mode`), then those without a score (stopped by the scheduler, then
+    failed) by their last signal, highest first (the scheduler maximises it); NaN last within each group."""
 
     def key(t):
         scored = math.isfinite(t["score"])
-        value = t["score"] if scored else t["signal"]
+        value, sign = (t["score"], -1.0 if mode == "max" else 1.0) if scored else (t["signal"], -1.0)
         order = 0 if scored else 1 + STATUS_ORDER.get(t["status"], 2)
         return order, not math.isfinite(value), sign * value if math.isfinite(value) else 0.0
 
@@ -65,5 +64,5 @@ def retrain_command(recipe: str, overrides: list[str], params: dict) -> str:
     """`sslscale pretrain --recipe R k=v ...`: the user's fixed overrides and the winner's values, at the recipe's
     own length (a train.steps override only sized the sweep; the sweep recipe's own sizing is not passed in)."""
     kept = [o for o in overrides if o.partition("=")[0].strip() != "train.steps"]
-    words = ["sslscale", "pretrain", "--recipe", recipe or "simclr_fmnist", *kept, *as_overrides(params)]
+    words = ["sslscale", "pretrain", *(["--recipe", recipe] if recipe else []), *kept, *as_overrides(params)]
     return " ".join(shlex.quote(w) for w in words)

@@ -147,10 +147,6 @@ def log_params(uri: str, run_id: str, params: dict) -> None:
         client(uri).log_batch(run_id, params=items[i:i + 100])
 
 
-def log_text(uri: str, run_id: str, text: str, artifact_file: str) -> None:
-    client(uri).log_text(run_id, text, artifact_file)
-
-
 def child_runs(uri: str, parent_run_id: str) -> list:
     """The runs nested under parent_run_id (any status), oldest first."""
     c = client(uri)

@@ -140,8 +140,8 @@ def train_loop(loop_config: dict) -> None:
             if buffer:
                 buffer.flush(step, force=step == cfg.train.steps)
             last = time.perf_counter()  # checkpoint time is not training throughput
-        elif step % cfg.train.health_every == 0:  # every rank reports (a barrier): a sweep's scheduler sees health
-            ray.train.report(dict(signal))  # a copy: Ray may send it after `signal` changed
+        elif step % cfg.train.health_every == 0 and loop_config["report_health"]:  # a sweep's scheduler sees it
+            ray.train.report(dict(signal))  # every rank (a barrier); a copy: Ray may send it after `signal` changed
     progress.done(step)
     if step < cfg.train.steps:
         raise SslscaleError(f"the data stream ended at step {step} of {cfg.train.steps}: too much of the corpus was "
@@ -151,15 +151,16 @@ def train_loop(loop_config: dict) -> None:
 def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spec: dict, storage: str, name: str,
         resume_from: str | None = None, callbacks: tuple = (), report_extra: dict | None = None):
     """Launch the TorchTrainer; returns Ray's Result (its `.checkpoint` is the last one reported). `callbacks` go to
-    the trainer's RunConfig (a sweep's TuneReportCallback); `report_extra` is added to every worker report (the keys
-    a Tune searcher checks, NaN until the trial's end)."""
+    the trainer's RunConfig (a sweep's TuneReportCallback), and then workers also report on health steps, not only
+    at checkpoints; `report_extra` is added to every report (the keys a Tune searcher checks, NaN until the end)."""
     use_gpu = cfg.train.use_gpu == "true" or (cfg.train.use_gpu == "auto" and torch.cuda.is_available())
     trainer = TorchTrainer(
         train_loop,
         # Ray Train V2 has no resume_from_checkpoint: the folder travels in the loop config (a path on the
         # storage every worker reads), and get_checkpoint() covers restarts within this fit.
         train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "uri": uri, "input": input_spec,
-                           "resume_from": resume_from, "faults": faults.spec(), "report_extra": report_extra or {}},
+                           "resume_from": resume_from, "faults": faults.spec(), "report_extra": report_extra or {},
+                           "report_health": bool(callbacks)},
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=storage, callbacks=list(callbacks),
@@ -171,15 +172,3 @@ def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spe
         dataset_config=ray.train.DataConfig(execution_options=ingest),
     )
     return trainer.fit()
-
-
-# Ray Train settings for every Train process: print() stays print (Ray's patch also logged each line, so a worker's
-# progress line reached the driver twice), and no preemption watcher (the loop does not act on drain notices; its
-# restartable actor made Ray log a core-worker error in every run). Retries are pretraining._train's.
-QUIET_TRAIN = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-
-
-def worker_env() -> dict:
-    """Environment variables the Train processes need: bounded MLflow retries and QUIET_TRAIN."""
-    keys = [k for k in os.environ if k.startswith("MLFLOW_HTTP_REQUEST_")]
-    return {**QUIET_TRAIN, **{k: os.environ[k] for k in keys}}

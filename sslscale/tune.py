@@ -25,14 +25,14 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from sslscale import corpus, space as spaces, sweep_report, tracking
+from sslscale import corpus, space as spaces, sweep_artifacts, sweep_report, tracking
 from sslscale.config import Config, driver_resource, validate
 from sslscale.errors import SslscaleError
-from sslscale.runtime import cluster_cpus, ensure_ray
+from sslscale.health import HEALTH_KEYS
+from sslscale.runtime import cluster_resources, ensure_ray
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter honours verbose=0; _Progress prints instead
 SIGNAL = "health/rankme"  # ASHA's default metric: label-free, cheap, reported on every health step
-STATE = "sweep.json"  # our part of the sweep folder: what resume needs (Tune's own state sits beside it)
 
 
 @dataclass
@@ -57,8 +57,12 @@ def _absolute(cfg: Config) -> Config:
     return cfg
 
 
+def _target(cfg: Config) -> str:
+    return os.path.basename(cfg.transfer.target.rstrip("/"))
+
+
 def default_metric(cfg: Config, protocol: str = "knn") -> str:
-    return f"transfer/{os.path.basename(cfg.transfer.target.rstrip('/'))}/{protocol}_top1"
+    return f"transfer/{_target(cfg)}/{protocol}_top1"
 
 
 def concurrency(cfg: Config, requested: int, uri: str, total_cpus: float) -> int:
@@ -123,31 +127,27 @@ class _Progress(ray.tune.Callback):
     def __init__(self, steps: int, metric: str, every: float = 30.0):
         self.steps, self.metric, self.every, self.last = steps, metric, every, {}
 
-    @staticmethod
-    def _name(trial) -> str:
-        return trial.trial_id
-
     def on_trial_start(self, iteration, trials, trial, **info):
-        values = " ".join(spaces.as_overrides(trial.config))
-        print(f"trial {self._name(trial)} started ({len(trials)} so far): {values}", flush=True)
+        values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.config.items())
+        print(f"trial {trial.trial_id} started ({len(trials)} so far): {values}", flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if time.time() - self.last.get(trial.trial_id, 0) >= self.every:
             self.last[trial.trial_id] = time.time()
-            print(f"trial {self._name(trial)} step {result.get('step')}/{self.steps} "
+            print(f"trial {trial.trial_id} step {result.get('step')}/{self.steps} "
                   f"{SIGNAL} {result.get(SIGNAL, math.nan):.2f}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
         score = result.get(self.metric, math.nan)
         if math.isfinite(score):
-            print(f"trial {self._name(trial)} finished: {self.metric} {score:.4f}", flush=True)
+            print(f"trial {trial.trial_id} finished: {self.metric} {score:.4f}", flush=True)
         else:
-            print(f"trial {self._name(trial)} stopped by the scheduler at step {result.get('step')} "
+            print(f"trial {trial.trial_id} stopped by the scheduler at step {result.get('step')} "
                   f"({SIGNAL} {result.get(SIGNAL, math.nan):.2f})", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        print(f"trial {self._name(trial)} failed: see {trial.local_path or 'its folder'}/error.txt", flush=True)
+        print(f"trial {trial.trial_id} failed: see {trial.path}/error.txt", flush=True)
 
 
 # --- the sweep ---------------------------------------------------------------------------------------------------
@@ -159,7 +159,7 @@ def _scheduler(state: dict):
                          grace_period=state["grace_period"], reduction_factor=state["reduction_factor"])
 
 
-def _searcher(state: dict, space: dict):
+def _searcher(state: dict):
     points = [state["default_point"]] if state["default_point"] else None
     if state["search"] == "optuna":
         from ray.tune.search.optuna import OptunaSearch
@@ -169,11 +169,6 @@ def _searcher(state: dict, space: dict):
     # a SearchGenerator ignores TuneConfig.max_concurrent_trials: the limit goes to it directly
     return BasicVariantGenerator(points_to_evaluate=points, random_state=state["seed"],
                                  max_concurrent=state["max_concurrent"])
-
-
-def _tune_limit(state: dict) -> int | None:
-    """TuneConfig.max_concurrent_trials: Optuna gets Tune's limiter; the random searcher takes it itself."""
-    return state["max_concurrent"] if state["search"] == "optuna" else None
 
 
 def _domains(space: dict) -> dict:
@@ -196,162 +191,176 @@ def _run_config(state: dict) -> ray.tune.RunConfig:
 
 
 def _grace(cfg: Config, rf: int) -> int:
-    """ASHA's first rung: about train.steps / rf^2, a multiple of train.health_every (a report with a fresh
-    health value lands on every rung)."""
-    every = cfg.train.health_every
-    return min(cfg.train.steps, every * max(1, round(cfg.train.steps / rf ** 2 / every)))
+    """ASHA's first rung, a multiple of train.health_every (a fresh health value lands on every rung): train.steps
+    / rf^k exactly where that is one (k = 2, 3, 1), so the top rung is the last step and none falls just before
+    it (300 steps give rungs 30, 90, 270: a trial stopped at 270 wasted its 270); else about train.steps / rf^2."""
+    steps, every = cfg.train.steps, cfg.train.health_every
+    for k in (2, 3, 1):
+        if steps % rf ** k == 0 and (steps // rf ** k) % every == 0:
+            return steps // rf ** k
+    return min(steps, every * max(1, round(steps / rf ** 2 / every)))
+
+
+def _check_options(cfg: Config, samples: int, scheduler: str, search: str, metric: str, mode: str,
+                   max_concurrent: int) -> None:
+    """One line on an option or base config a sweep cannot run with, before Ray starts."""
+    pattern = rf"transfer/{re.escape(_target(cfg))}/(knn|linear)_top1"
+    checks = [("--samples", samples >= 1, "at least 1"), ("--scheduler", scheduler in ("asha", "fifo"), "asha or fifo"),
+              ("--search", search in ("random", "optuna"), "random or optuna"),
+              ("--mode", mode in ("max", "min"), "max or min"), ("--max-concurrent", max_concurrent >= 0, "0 or more"),
+              ("--metric", not metric or re.fullmatch(pattern, metric),
+               f"{default_metric(cfg)} or {default_metric(cfg, 'linear')} (a score the trials log)"),
+              ("tracking.enabled", cfg.tracking.enabled, "true: a sweep is a parent run with a child per trial"),
+              ("transfer.enabled", cfg.transfer.enabled, "true: trials are ranked by their transfer score")]
+    for what, ok, allowed in checks:
+        if not ok:
+            raise SslscaleError(f"bad value for {what}: must be {allowed}")
+    concurrency(cfg, max_concurrent, tracking.resolve_uri(cfg.tracking.uri), 1)  # an sqlite store refuses > 1
+
+
+def _check_driver_resource(cfg: Config) -> None:
+    name = next(iter(driver_resource(cfg.train.driver_resource)))
+    offered = cluster_resources()
+    if name not in offered:
+        raise SslscaleError(f"train.driver_resource={cfg.train.driver_resource}: no node of this Ray cluster offers "
+                            f"{name!r} (it has {', '.join(sorted(k for k in offered if '_group_' not in k))}); "
+                            f"use CPU:0.25 or a resource your head nodes declare")
 
 
 def sweep(cfg: Config, space_items: list[str], *, samples: int = 8, scheduler: str = "asha", search: str = "random",
           metric: str = "", mode: str = "max", max_concurrent: int = 0, name: str = "", recipe: str = "",
           retrain_overrides: list[str] = (), grace_period: int = 0, reduction_factor: int = 3,
           seed: int = 0) -> SweepResult:
-    """Run a Tune sweep of `pretrain` over `space_items` (KEY=DIST strings, see space.py) on top of cfg."""
+    """Run a Tune sweep of `pretrain` over `space_items` (KEY=DIST strings, see space.py) on top of cfg;
+    `retrain_overrides` are the user's fixed key=value overrides (kept in the command that retrains the winner)."""
     space = spaces.parse(space_items)
-    _check_options(cfg, samples, scheduler, search, mode, reduction_factor)
-    concurrency(cfg, max_concurrent, tracking.resolve_uri(cfg.tracking.uri), 1)  # an sqlite store refuses > 1 now
-    spaces.check(space, cfg, search)
+    _check_options(cfg, samples, scheduler, search, metric, mode, max_concurrent)
+    spaces.check(space, cfg, search, list(retrain_overrides))
     validate(cfg)
-    cfg = _absolute(cfg)
-    name = name or f"{recipe or cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not re.fullmatch(r"[\w.-]+", name):
-        raise SslscaleError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only")
-    folder = os.path.join(cfg.train.output_dir, "sweeps", name)
+    name = name or f"{recipe or cfg.recipe or cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder = _folder(cfg.train.output_dir, name)
     if os.path.exists(folder):
         raise SslscaleError(f"sweep {name!r} already exists in {folder}: continue it with --resume {name}, "
                             f"or pick another --name")
+    cfg = _absolute(cfg)
     state = {"name": name, "folder": folder, "space": space_items, "samples": samples, "scheduler": scheduler,
              "search": search, "metric": metric or default_metric(cfg), "mode": mode, "signal": SIGNAL,
-             "steps": cfg.train.steps, "grace_period": grace_period or _grace(cfg, reduction_factor),
-             "reduction_factor": reduction_factor, "seed": seed, "recipe": recipe,
-             "retrain_overrides": list(retrain_overrides), "driver_resource": cfg.train.driver_resource,
-             "default_point": spaces.default_point(space, cfg), "config": cfg.to_dict()}
-    ensure_ray(env_vars=_worker_env(), log_to_driver=False)
-    state["max_concurrent"] = concurrency(cfg, max_concurrent, cfg.tracking.uri, cluster_cpus())
-    state["parent"] = _open_parent(cfg, state)
+             "steps": cfg.train.steps, "health_every": cfg.train.health_every,
+             "grace_period": grace_period or _grace(cfg, reduction_factor), "reduction_factor": reduction_factor,
+             "seed": seed, "recipe": recipe or cfg.recipe, "retrain_overrides": list(retrain_overrides),
+             "driver_resource": cfg.train.driver_resource, "default_point": spaces.default_point(space, cfg),
+             "config": cfg.to_dict()}
+    ensure_ray(log_to_driver=False)
+    _check_driver_resource(cfg)
+    state["max_concurrent"] = concurrency(cfg, max_concurrent, cfg.tracking.uri, cluster_resources().get("CPU", 0))
+    state["parent"] = sweep_artifacts.open_parent(cfg, state)
     os.makedirs(folder)
-    _write_state(state)
+    sweep_artifacts.write_state(state)
     print(f"sweep {name}: {samples} sample(s) of {len(space)} key(s), {scheduler} on {SIGNAL}, ranked by "
           f"{state['metric']}, {state['max_concurrent']} trial(s) at a time; parent run {state['parent']}, "
           f"folder {folder}", flush=True)
     if state["default_point"] is None:
         print("no trial is the recipe's default: the space has a grid, or the recipe's values lie outside it",
               flush=True)
-    tuner = ray.tune.Tuner(_trainable(state), param_space=_domains(space), run_config=_run_config(state),
-                           tune_config=ray.tune.TuneConfig(num_samples=samples, scheduler=_scheduler(state),
-                                                           search_alg=_searcher(state, space),
-                                                           max_concurrent_trials=_tune_limit(state)))
-    return _finish(state, tuner.fit())
+    tune_config = ray.tune.TuneConfig(num_samples=samples, scheduler=_scheduler(state), search_alg=_searcher(state),
+                                      # Optuna gets Tune's limiter; the random searcher took the limit itself
+                                      max_concurrent_trials=state["max_concurrent"] if search == "optuna" else None)
+    return _fit(state, lambda: ray.tune.Tuner(_trainable(state), param_space=_domains(space),
+                                              run_config=_run_config(state), tune_config=tune_config))
 
 
-def _check_options(cfg: Config, samples: int, scheduler: str, search: str, mode: str, rf: int) -> None:
-    checks = [("--samples", samples >= 1, "at least 1"), ("--scheduler", scheduler in ("asha", "fifo"), "asha or fifo"),
-              ("--search", search in ("random", "optuna"), "random or optuna"), ("--mode", mode in ("max", "min"),
-              "max or min"), ("--reduction-factor", rf >= 2, "2 or more"),
-              ("tracking.enabled", cfg.tracking.enabled, "true: a sweep is a parent run with a child per trial")]
-    for what, ok, allowed in checks:
-        if not ok:
-            raise SslscaleError(f"bad value for {what}: must be {allowed}")
-
-
-def _worker_env() -> dict:
-    from sslscale.train import worker_env
-
-    return worker_env()
-
-
-def _open_parent(cfg: Config, state: dict) -> str:
-    parent_cfg = Config.from_dict(cfg.to_dict())
-    parent_cfg.tracking.run_name = state["name"]
-    run_id = tracking.start_run(cfg.tracking.uri, parent_cfg, {"sslscale.sweep": state["name"],
-                                                               "sslscale.sweep_folder": state["folder"]})
-    params = {f"sweep.space.{item.partition('=')[0]}": item.partition("=")[2] for item in state["space"]}
-    params.update({f"sweep.{k}": state[k] for k in ("samples", "scheduler", "search", "metric", "mode", "signal",
-                                                   "grace_period", "reduction_factor", "max_concurrent", "seed")})
-    tracking.log_params(cfg.tracking.uri, run_id, params)
-    return run_id
-
-
-def _write_state(state: dict) -> None:
-    from sslscale.checkpoint import write_json
-
-    write_json(os.path.join(state["folder"], STATE), state, indent=2)
+def _folder(output_dir: str, name: str) -> str:
+    """The sweep's own folder under output_dir/sweeps; one line on a name that would leave it."""
+    if not re.fullmatch(r"[\w-][\w.-]*", name):
+        raise SslscaleError(f"sweep name {name!r}: use letters, digits, '.', '_' and '-' only (not starting with '.')")
+    return os.path.join(os.path.abspath(output_dir), "sweeps", name)
 
 
 def resume(name: str, output_dir: str = "runs") -> SweepResult:
     """Continue a sweep whose driver stopped: the same Tune experiment (Tuner.restore) and the same parent run.
     Tune's state is pickled, so it is read only from the sweep's own folder under output_dir/sweeps/."""
-    folder = os.path.join(os.path.abspath(output_dir), "sweeps", name)
+    folder = _folder(output_dir, name)
     try:
-        with open(os.path.join(folder, STATE)) as f:
+        with open(os.path.join(folder, sweep_artifacts.STATE)) as f:
             state = json.load(f)
     except (OSError, ValueError):
-        raise SslscaleError(f"no sweep {name!r} in {os.path.dirname(folder)} (no readable {STATE}); check --name "
-                            f"and train.output_dir") from None
+        raise SslscaleError(f"no sweep {name!r} in {os.path.dirname(folder)} (no readable {sweep_artifacts.STATE}); "
+                            f"check the name and train.output_dir") from None
+    if state.get("finished"):
+        print(f"sweep {name} finished already (parent run {state['parent']}):\n{state['table']}", flush=True)
+        return SweepResult(name, folder, state["parent"], [], None, state["best_run_id"], state["table"],
+                           state["command"])
     if not ray.tune.Tuner.can_restore(folder):
         raise SslscaleError(f"sweep {name!r} has no Tune state in {folder} yet: start it again under a new --name")
-    ensure_ray(env_vars=_worker_env(), log_to_driver=False)
+    ensure_ray(log_to_driver=False)
     print(f"resuming sweep {name} (parent run {state['parent']}) from {folder}", flush=True)
     tracking.best_effort(tracking.set_tags, state["config"]["tracking"]["uri"], state["parent"],
                          {"sslscale.resumed": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    tuner = ray.tune.Tuner.restore(folder, _trainable(state), resume_unfinished=True, resume_errored=False,
-                                   param_space=_domains(spaces.parse(state["space"])))
-    return _finish(state, tuner.fit())
+    return _fit(state, lambda: ray.tune.Tuner.restore(folder, _trainable(state), resume_unfinished=True,
+                                                      resume_errored=False,
+                                                      param_space=_domains(spaces.parse(state["space"]))))
+
+
+def _fit(state: dict, make_tuner) -> SweepResult:
+    """Run the trials; the parent ends FAILED if Tune itself fails (a trial's failure is that trial's)."""
+    try:
+        grid = make_tuner().fit()
+    except Exception:
+        tracking.best_effort(tracking.end_run, state["config"]["tracking"]["uri"], state["parent"], "FAILED")
+        raise
+    return _finish(state, grid)
 
 
 # --- after the trials ---------------------------------------------------------------------------------------------
 
 def _record(result, state: dict, children: dict) -> dict:
-    """A trial record (see sweep_report) from Tune's result and the trial's child run."""
-    metrics = result.metrics or {}
-    trial_id = metrics.get("trial_id") or os.path.basename(result.path)
-    frame = result.metrics_dataframe
-    curve = []
+    """A trial record (see sweep_report) from Tune's result and the trial's child run. Its health rows keep the
+    last value per health step (a restored trial reports again from its checkpoint)."""
+    metrics, keys = result.metrics or {}, [d.key for d in spaces.parse(state["space"]).values()]
+    trial_id = metrics["trial_id"]
+    frame, health = result.metrics_dataframe, {}
     if frame is not None and SIGNAL in frame:
-        curve = [(int(s), float(v)) for s, v in zip(frame["step"], frame[SIGNAL]) if math.isfinite(v)]
+        for row in frame.to_dict("records"):
+            if row["step"] % state["health_every"] == 0 and math.isfinite(row[SIGNAL]):
+                health[int(row["step"])] = {k: float(row[k]) for k in HEALTH_KEYS if k in row}
     score = float(metrics.get(state["metric"], math.nan))
     status = "finished" if math.isfinite(score) else "error" if result.error else "stopped"
     run = children.get(trial_id)
-    return {"trial_id": trial_id, "run_id": run.info.run_id if run else "", "params": dict(result.config or {}),
+    return {"trial_id": trial_id, "run_id": run.info.run_id if run else "",
+            "params": spaces.typed({k: v for k, v in (result.config or {}).items() if k in keys}),
             "status": status, "score": score, "signal": float(metrics.get(SIGNAL, math.nan)),
-            "last_step": int(metrics.get("step", 0)), "curve": curve,
+            "last_step": int(metrics.get("step", 0)), "health": health,
+            "curve": [(s, h[SIGNAL]) for s, h in sorted(health.items())],
             "scores": {k: v for k, v in metrics.items() if k.startswith("transfer/") and math.isfinite(v)},
             "error": str(result.error).strip().splitlines()[-1][:300] if result.error else ""}
 
 
-def _close_child(uri: str, record: dict, run) -> None:
-    """A trial the scheduler stopped ends KILLED with the health it last reported (its training was cut between
-    checkpoints, and `pretrain` saw that as a failed run); a trial that died without closing its run ends FAILED."""
-    if run is None or record["status"] == "finished":
-        return
-    if record["status"] == "stopped" and run.info.status in ("RUNNING", "FAILED"):
-        logged = max([s for s, _ in tracking.history(uri, record["run_id"], SIGNAL)], default=0)
-        for step, value in record["curve"]:
-            if step > logged:
-                tracking.log_metrics(uri, record["run_id"], {SIGNAL: value}, step=step)
-        tracking.set_tags(uri, record["run_id"], {"sslscale.stopped_by": "scheduler"})
-        tracking.end_run(uri, record["run_id"], "KILLED")
-    elif run.info.status == "RUNNING":
-        tracking.end_run(uri, record["run_id"], "FAILED")
-
-
 def _finish(state: dict, grid) -> SweepResult:
-    cfg, uri = Config.from_dict(state["config"]), state["config"]["tracking"]["uri"]
-    children = {r.data.tags.get("sslscale.tune_trial_id"): r for r in tracking.child_runs(uri, state["parent"])}
+    """Rank the trials, close their child runs, log the table and plots to the parent; an interrupted sweep
+    (Ctrl-C: Tune returns with trials still running) is left as it is, for --resume."""
+    name, uri = state["name"], state["config"]["tracking"]["uri"]
+    if grid.num_terminated + grid.num_errors < len(grid):
+        raise SslscaleError(f"sweep {name} was interrupted with {len(grid) - grid.num_terminated - grid.num_errors} "
+                            f"trial(s) unfinished; continue it with `sslscale sweep --resume {name}`")
+    children = tracking.best_effort(sweep_artifacts.children_by_trial, uri, state["parent"]) or {}
     records = [_record(r, state, children) for r in grid]
     for rec in records:
-        tracking.best_effort(_close_child, uri, rec, children.get(rec["trial_id"]))
+        tracking.best_effort(sweep_artifacts.close_child, uri, rec, children.get(rec["trial_id"]))
     ranked = sweep_report.rank(records, state["mode"])
-    keys = [item.partition("=")[0] for item in state["space"]]
+    keys = list(spaces.parse(state["space"]))
     table = sweep_report.markdown(ranked, keys, state["metric"], SIGNAL)
     best = ranked[0] if ranked and ranked[0]["status"] == "finished" else None
-    command = sweep_report.retrain_command(state["recipe"], state["retrain_overrides"], best["params"] if best else {})
-    from sslscale import sweep_artifacts  # matplotlib and the encoder: only once the trials are done
-
-    sweep_artifacts.log(state, cfg, ranked, keys, table, best)
-    tracking.best_effort(tracking.end_run, uri, state["parent"], "FINISHED" if best else "FAILED")
-    print(f"\nsweep {state['name']}: {len(records)} trial(s), ranked by {state['metric']}\n{table}")
-    print(f"retrain the winner at full length:\n  {command}" if best else "no trial finished with a score")
-    return SweepResult(state["name"], state["folder"], state["parent"], ranked,
-                       spaces.apply(cfg, best["params"]) if best else None, best["run_id"] if best else "",
-                       table, command)
+    command = sweep_report.retrain_command(state["recipe"], state["retrain_overrides"], best["params"]) if best else ""
+    sweep_artifacts.log(state, Config.from_dict(state["config"]), ranked, table, best)
+    state.update(finished=True, table=table, command=command, best_run_id=best["run_id"] if best else "")
+    sweep_artifacts.write_state(state)
+    print(f"\nsweep {name}: {len(records)} trial(s), ranked by {state['metric']}\n{table}", flush=True)
+    for rec in ranked:
+        if rec["error"]:
+            print(f"trial {rec['trial_id']} failed: {rec['error']}", flush=True)
+    if best is None:
+        raise SslscaleError(f"no trial of sweep {name} finished with a score; see the table above and each trial's "
+                            f"error.txt in {state['folder']}")
+    print(f"retrain the winner at full length:\n  {command}", flush=True)
+    return SweepResult(name, state["folder"], state["parent"], ranked,
+                       spaces.apply(Config.from_dict(state["config"]), best["params"]), best["run_id"], table, command)

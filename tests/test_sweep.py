@@ -26,13 +26,14 @@ def _steps(uri, run_id, key):
 def test_one_trial_sweep_end_to_end(debug_cfg, ray_local):
     from sslscale import sweep
 
-    result = sweep(debug_cfg, ["method.temperature=choice:0.3"], samples=1, scheduler="fifo", name="one",
-                   recipe="debug", retrain_overrides=["train.steps=6", "data.cpus=1"])
+    result = sweep(debug_cfg, ["method.temperature=choice:0.3"], samples=1, scheduler="fifo", search="optuna",
+                   name="one", recipe="debug", retrain_overrides=["train.steps=6", "data.cpus=1"])
     uri = tracking.resolve_uri("")
     parent, children = _runs(uri, result.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.info.run_name == "one"
     assert parent.data.params["sweep.space.method.temperature"] == "choice:0.3"
-    assert parent.data.params["sweep.scheduler"] == "fifo" and parent.data.params["train.steps"] == "6"
+    assert parent.data.params["sweep.scheduler"] == "fifo" and parent.data.params["sweep.search"] == "optuna"
+    assert parent.data.params["train.steps"] == "6"
     [(trial_id, child)] = children.items()
     assert child.info.status == "FINISHED" and child.data.params["method.temperature"] == "0.3"
     assert _steps(uri, child.info.run_id, "loss") == [1, 2, 3, 4, 5, 6]
@@ -42,8 +43,9 @@ def test_one_trial_sweep_end_to_end(debug_cfg, ray_local):
     assert math.isclose(best["score"], child.data.metrics["transfer/digits/knn_top1"])
     assert parent.data.params["best.run_id"] == child.info.run_id
     assert parent.data.metrics["best/transfer/digits/knn_top1"] == best["score"]
-    # what Tune saw: health steps and the checkpoint at 3 mid-run, then the trial's own final report with the score
-    assert [s for s, _ in best["curve"]] == [2, 3, 4, 6]
+    # what Tune saw on health steps (a checkpoint's report at step 3 carries step 2's values), the last in the
+    # trial's own final report with the score
+    assert [s for s, _ in best["curve"]] == [2, 4, 6]
     assert result.best_config.method.temperature == 0.3 and result.best_run_id == child.info.run_id
     assert result.command == "sslscale pretrain --recipe debug data.cpus=1 method.temperature=0.3"
     artifacts = {a.path for a in tracking.client(uri).list_artifacts(result.parent_run_id)}
@@ -78,6 +80,10 @@ def test_asha_stops_the_bad_second_trial_and_the_ui_lists_the_sweep(debug_cfg, r
         child = children[bad["trial_id"]]
         assert child.info.status == "KILLED" and child.data.tags["sslscale.stopped_by"] == "scheduler"
         assert _steps(server.uri, child.info.run_id, "health/rankme")[-1] == bad["last_step"]
+        ordered = sorted(children.values(), key=lambda r: r.info.start_time)
+        for a, b in zip(ordered, ordered[1:]):  # one at a time: a trial's last step before the next one starts
+            last = max(m.timestamp for m in tracking.client(server.uri).get_metric_history(a.info.run_id, "lr"))
+            assert last <= b.info.start_time, "trials overlapped"
         for widths in ("8,16", "16,16"):
             good = children[by_widths[widths]["trial_id"]]
             assert good.info.status == "FINISHED" and by_widths[widths]["status"] == "finished"

@@ -38,10 +38,12 @@ def test_bad_spec_is_one_line(item, words):
     (["optim.lrr=uniform:0.1:0.2"], "unknown config key 'optim.lrr'"),
     (["method.name=choice:simclr,simclrr"], "the value simclrr is refused"),
     (["data.flip=uniform:0.5:1.5"], "the value 1.5 is refused"),
-    (["train.steps=uniform:1:9"], "use randint"),
+    (["optim.warmup_steps=uniform:1:9"], "use randint"),
     (["method.name=uniform:0:1"], "use choice"),
     (["optim.lr=loguniform:1e-4:1e-2", "optim.lr=uniform:0.1:0.2"], "given twice"),
-    (["tracking.uri=choice:a,b"], "cannot be searched"),
+    (["tracking.uri=choice:a,b"], "the same for every trial"),
+    (["train.steps=randint:5:10"], "the same for every trial"),
+    (["data.corpus=choice:digits,fmnist"], "the same for every trial"),
     ([], "no search space"),
 ])
 def test_space_checked_against_the_validator(items, words):
@@ -76,7 +78,8 @@ def test_rank_puts_scored_trials_first_then_stopped_by_signal():
               _trial("c", "error", math.nan, 20.0), _trial("d", "finished", 0.8, 1.0),
               _trial("e", "stopped", math.nan, 12.0), _trial("f", "stopped", math.nan, math.nan)]
     assert [t["trial_id"] for t in sweep_report.rank(trials)] == ["d", "b", "e", "a", "f", "c"]
-    assert [t["trial_id"] for t in sweep_report.rank(trials, "min")][:2] == ["b", "d"]
+    # min ranks the scores low first; the unscored still by the highest signal (the scheduler maximises it)
+    assert [t["trial_id"] for t in sweep_report.rank(trials, "min")] == ["b", "d", "e", "a", "f", "c"]
     table = sweep_report.markdown(sweep_report.rank(trials), ["optim.lr"], "transfer/x/knn_top1", "health/rankme")
     assert table.splitlines()[2].startswith("| 1 | d | finished | 0.8 |")
     assert sweep_report.to_csv(trials, ["optim.lr"], "m", "s").splitlines()[0].startswith("rank,trial,status,m,s")
@@ -86,6 +89,7 @@ def test_retrain_command_runs_the_winner_at_the_recipes_length():
     cmd = sweep_report.retrain_command("simclr_fmnist", ["train.steps=150", "data.cpus=2"],
                                        {"method.temperature": 0.1, "model.widths": "8,16"})
     assert cmd == "sslscale pretrain --recipe simclr_fmnist data.cpus=2 method.temperature=0.1 model.widths=8,16"
+    assert space.typed({"model.widths": "8,16", "optim.lr": "2e-3"}) == {"model.widths": "8,16", "optim.lr": 0.002}
 
 
 def test_concurrency_never_oversubscribes():
@@ -103,13 +107,30 @@ def test_concurrency_never_oversubscribes():
 
 @pytest.mark.parametrize("args, words", [
     (["--space", "optim.lr=between:1:2"], "is not KEY=DIST"),
-    (["--space", "optim.lrr=uniform:1e-3:1e-2"], "unknown config key 'optim.lrr'"),
-    (["--space", "method.name=choice:simclr,nope"], "the value nope is refused"),
-    (["--space", "optim.lr=grid:1e-3,2e-3", "--search", "optuna"], "grid: cannot be used with --search optuna"),
-    (["--max-concurrent", "2"], "needs an MLflow server"),
-    (["--resume", "nothing-here"], "no sweep 'nothing-here'"),
+    (["--space", "optim.lr=uniform:1e-3:2e-3", "optim.lr=1e-3"], "both searched (--space) and fixed"),
+    (["--resume", "../../etc"], "sweep name '../../etc'"),
 ])
 def test_cli_errors_before_any_trial_starts(tmp_path, args, words):
     proc = run("sweep", "--recipe", "debug_sweep", *args, cwd=tmp_path)
     one_line_error(proc, words)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlruns.db").exists()
+
+
+@pytest.mark.parametrize("space_items, kwargs, overrides, words", [
+    (["method.name=choice:simclr,nope"], {}, [], "the value nope is refused"),
+    (["optim.lr=grid:1e-3,2e-3"], {"search": "optuna"}, [], "grid: cannot be used with --search optuna"),
+    (["optim.lr=grid:1e-3,2e-3"], {"max_concurrent": 2}, [], "needs an MLflow server"),
+    (["optim.lr=grid:1e-3,2e-3"], {}, ["transfer.enabled=false"], "transfer.enabled"),
+    (["optim.lr=grid:1e-3,2e-3"], {"metric": "transfer/fmnist/knn_top1"}, [],
+     "transfer/digits/knn_top1 or transfer/digits/linear_top1"),
+    (["optim.lr=grid:1e-3,2e-3"], {"name": "../x"}, [], "sweep name '../x'"),
+])
+def test_sweep_refuses_before_ray_starts(tmp_path, monkeypatch, space_items, kwargs, overrides, words):
+    from sslscale import tune
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SslscaleError, match=words):
+        tune.sweep(load_recipe("debug").override(overrides), space_items, **kwargs)
+    with pytest.raises(SslscaleError, match="no sweep 'gone'"):
+        tune.resume("gone")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlruns.db").exists()
