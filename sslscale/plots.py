@@ -1,4 +1,5 @@
-"""The plots of a Ray Tune sweep (logged as artifacts on its MLflow parent run), over plain Python data.
+"""The plots of a Ray Tune sweep (logged as artifacts on its MLflow parent run), over plain Python data, and the
+class-coloured scatter of a 2-D embedding map (transfer.embedding_map).
 
 A trial is a dict: `trial_id` (str), `params` (flat `a.b.c` key -> value, the searched keys among them), `score`
 (the objective, NaN when the trial has none, e.g. stopped early by ASHA), `status` ("finished" | "stopped" |
@@ -241,6 +242,28 @@ def health_overlay(trials: list[dict], signal: str, out_png: str) -> str:
     ax.set_title(signal)
     ax.set_xlabel("step")
     ax.set_ylabel(signal)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, plt, out_png)
+
+
+def class_scatter(xy: np.ndarray, y: np.ndarray, classes: int, names: list, title: str, axis: str,
+                   out_png: str) -> str:
+    """Points (n, 2) coloured by their class y (n,), one legend entry per class: its index, and its name when
+    that says more."""
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab10" if classes <= 10 else "tab20")
+    fig, ax = plt.subplots(figsize=(7.0, 5.5))
+    size = min(16.0, max(3.0, 4000 / len(xy)))  # fewer points, bigger dots
+    for c in range(classes):
+        name = str(names[c]) if c < len(names) else str(c)
+        ax.scatter(xy[y == c, 0], xy[y == c, 1], s=size, color=cmap(c % cmap.N), label=str(c) if name == str(c)
+                   else f"{c}: {name}")
+    ax.legend(title="class", loc="upper left", bbox_to_anchor=(1.01, 1.0), markerscale=2.5, fontsize=8,
+              ncol=1 + classes // 25, frameon=False)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(f"{axis} 1")
+    ax.set_ylabel(f"{axis} 2")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, plt, out_png)

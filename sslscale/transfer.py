@@ -14,17 +14,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sslscale import corpus
+from sslscale import corpus, plots
 from sslscale.encoders import build_encoder
 from sslscale.errors import SslscaleError
 
-def load_target(target: str, train_samples: int = 0, seed: int = 0) -> dict:
-    """{"name", "classes", "train": (uint8 images, labels), "test": (...)}; with train_samples > 0 the train split is
-    a seeded random subset of that many images (sweeps fit kNN and the probe on it to stay fast), the test whole."""
+def _labelled(target: str) -> tuple[str, dict]:
+    """(folder, manifest) of a target; one line when it has no labels or lacks a train or test split."""
     folder = corpus.resolve(target)
     manifest = corpus.load_manifest(folder)
     if "label" not in manifest["fields"] or not {"train", "test"} <= set(manifest["splits"]):
         raise SslscaleError(f"target {folder} needs labels and a train and a test split; prepare a labelled source")
+    return folder, manifest
+
+
+def load_target(target: str, train_samples: int = 0, seed: int = 0) -> dict:
+    """{"name", "classes", "train": (uint8 images, labels), "test": (...)}; with train_samples > 0 the train split is
+    a seeded random subset of that many images (sweeps fit kNN and the probe on it to stay fast), the test whole."""
+    folder, manifest = _labelled(target)
     data = {"name": os.path.basename(folder.rstrip("/")), "classes": len(manifest["fields"]["label"]["classes"])}
     for split in ("train", "test"):
         _, images, labels = corpus.read_split(folder, split)
@@ -150,38 +156,11 @@ def embedding_map(encoder: torch.nn.Module, target: str, out_png: str, *, sample
     shown = _embedding_method(method)
     if samples < 2:
         raise SslscaleError(f"an embedding map needs samples >= 2, got {samples}")
-    data = load_target(target)
-    images, labels = data["test"]
+    folder, manifest = _labelled(target)
+    _, images, labels = corpus.read_split(folder, "test")
     keep = np.sort(np.random.default_rng(seed).permutation(len(images))[:samples])
     xy = _project(F.normalize(features(encoder, images[keep]), dim=1), method, seed)  # (n, 2)
-    names = corpus.load_manifest(corpus.resolve(target))["fields"]["label"].get("classes") or []
-    title = f"{data['name']} test split: {shown} of {encoder.spec()['name']} embeddings ({len(keep)} images)"
-    return _class_scatter(xy, labels.numpy()[keep], data["classes"], names, title, shown, out_png)
-
-
-def _class_scatter(xy: np.ndarray, y: np.ndarray, classes: int, names: list, title: str, axis: str,
-                   out_png: str) -> str:
-    """Points (n, 2) coloured by their class y (n,), one legend entry per class: its index, and its name when
-    that says more."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cmap = plt.get_cmap("tab10" if classes <= 10 else "tab20")
-    fig, ax = plt.subplots(figsize=(7.0, 5.5))
-    size = min(16.0, max(3.0, 4000 / len(xy)))  # fewer points, bigger dots
-    for c in range(classes):
-        name = str(names[c]) if c < len(names) else str(c)
-        ax.scatter(xy[y == c, 0], xy[y == c, 1], s=size, color=cmap(c % cmap.N), label=str(c) if name == str(c)
-                   else f"{c}: {name}")
-    ax.legend(title="class", loc="upper left", bbox_to_anchor=(1.01, 1.0), markerscale=2.5, fontsize=8,
-              ncol=1 + classes // 25, frameon=False)
-    ax.set_title(title, fontsize=10)
-    ax.set_xlabel(f"{axis} 1")
-    ax.set_ylabel(f"{axis} 2")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return out_png
+    names = manifest["fields"]["label"]["classes"]
+    title = (f"{os.path.basename(folder.rstrip('/'))} test split: {shown} of {encoder.spec()['name']} embeddings "
+             f"({len(keep)} images)")
+    return plots.class_scatter(xy, np.asarray(labels)[keep], len(names), names, title, shown, out_png)

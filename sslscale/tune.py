@@ -24,6 +24,7 @@ import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
+from ray.tune.search.optuna import OptunaSearch
 
 from sslscale import corpus, space as spaces, sweep_artifacts, sweep_report, tracking
 from sslscale.config import Config, driver_resource, validate
@@ -159,13 +160,20 @@ def _scheduler(state: dict):
                          grace_period=state["grace_period"], reduction_factor=state["reduction_factor"])
 
 
+class _Optuna(OptunaSearch):
+    """Optuna's TPE sampler. A trial without a score (ASHA stopped it: its last result holds NaN) is told to Optuna
+    as pruned; Ray's OptunaSearch told NaN as a value, which Optuna records as a failure, with a warning each."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if result and not math.isfinite(result.get(self.metric, math.nan)):
+            result = {k: v for k, v in result.items() if k != self.metric}
+        super().on_trial_complete(trial_id, result, error)
+
+
 def _searcher(state: dict):
     points = [state["default_point"]] if state["default_point"] else None
     if state["search"] == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        return OptunaSearch(metric=state["metric"], mode=state["mode"], points_to_evaluate=points,
-                            seed=state["seed"])
+        return _Optuna(metric=state["metric"], mode=state["mode"], points_to_evaluate=points, seed=state["seed"])
     # a SearchGenerator ignores TuneConfig.max_concurrent_trials: the limit goes to it directly
     return BasicVariantGenerator(points_to_evaluate=points, random_state=state["seed"],
                                  max_concurrent=state["max_concurrent"])
