@@ -41,7 +41,7 @@ class SweepResult:
     name: str
     folder: str
     parent_run_id: str
-    trials: list  # ranked trial records (see sweep_report)
+    trials: list  # ranked trial records (see sweep_report); empty when a finished sweep is resumed
     best_config: Config | None
     best_run_id: str
     table: str  # markdown
@@ -52,7 +52,7 @@ def _absolute(cfg: Config) -> Config:
     """Paths made absolute before any trial starts (Tune changes each trial's working directory)."""
     cfg = Config.from_dict(cfg.to_dict())
     cfg.data.corpus = corpus.resolve(cfg.data.corpus)
-    cfg.transfer.target = corpus.resolve(cfg.transfer.target) if cfg.transfer.enabled else cfg.transfer.target
+    cfg.transfer.target = corpus.resolve(cfg.transfer.target)  # a sweep always scores (_check_options)
     cfg.train.output_dir = os.path.abspath(cfg.train.output_dir)
     cfg.tracking.uri = tracking.resolve_uri(cfg.tracking.uri)
     return cfg
