@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sslscale.config import Config, flatten, key_type, set_key, validate
+from sslscale.config import Config, flatten, key_type, validate
 from sslscale.errors import SslscaleError
 
 KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
@@ -145,18 +145,20 @@ def default_point(space: Space, base: Config) -> dict | None:
     return point
 
 
+def _coerced(point: dict) -> dict:
+    """A point's values as the config holds them (ints, floats, tuples), through the config's own coercion."""
+    flat = flatten(apply(Config(), point).to_dict())
+    return {k: flat[k] for k in point}
+
+
 def _same(key: str, text: str, value) -> bool:
-    probe = Config()
-    set_key(probe, key, text)
-    return flatten(probe.to_dict())[key] == value
+    return _coerced({key: text})[key] == value
 
 
 def typed(point: dict) -> dict:
     """A point's values as the config holds them (Tune hands choice values back as the strings they were given),
     tuples written back as "8,16" so they read as they were searched."""
-    probe = apply(Config(), point)
-    flat = flatten(probe.to_dict())
-    return {k: _text(flat[k]) if isinstance(flat[k], tuple) else flat[k] for k in point}
+    return {k: _text(v) if isinstance(v, tuple) else v for k, v in _coerced(point).items()}
 
 
 def as_overrides(point: dict) -> list[str]:

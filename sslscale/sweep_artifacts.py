@@ -38,7 +38,7 @@ def open_parent(cfg: Config, state: dict) -> str:
 
 
 def children_by_trial(uri: str, parent: str) -> dict:
-    """{Tune trial id: its child run} under the sweep's parent run."""
+    """{Tune trial id: its child run} under the sweep's parent run (the newest, should a trial have two)."""
     return {r.data.tags.get("sslscale.tune_trial_id"): r for r in tracking.child_runs(uri, parent)}
 
 

@@ -118,7 +118,7 @@ def train_loop(loop_config: dict) -> None:
     progress = Progress(total=cfg.train.steps, start=step, enabled=rank == 0)
     last, last_saved, bad_in_row = time.perf_counter(), step, 0
     # what every report carries (Tune checks its metrics in each one): the last health values, NaN until measured
-    signal = {**dict.fromkeys(HEALTH_KEYS, math.nan), **loop_config.get("report_extra", {})}
+    signal = {**dict.fromkeys(HEALTH_KEYS, math.nan), **loop_config["report_extra"]}
     for group in _batches(ray.train.get_dataset_shard("train"), cfg, rank):
         if step >= cfg.train.steps:
             break

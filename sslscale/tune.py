@@ -83,12 +83,6 @@ def concurrency(cfg: Config, requested: int, uri: str, total_cpus: float) -> int
 
 # --- the trial ---------------------------------------------------------------------------------------------------
 
-def _child(uri: str, parent: str, trial_id: str):
-    """This trial's child run from an earlier attempt (a restored or retried trial), or None."""
-    runs = [r for r in tracking.child_runs(uri, parent) if r.data.tags.get("sslscale.tune_trial_id") == trial_id]
-    return runs[-1] if runs else None
-
-
 class _Report(TuneReportCallback):
     """Rank 0's reports to Tune, all but the last training step's: that one would reach ASHA at max_t (= train.steps)
     and end the trial before its transfer evaluation; the trial's own final report, with the score, stands for it."""
@@ -110,7 +104,7 @@ def trial(point: dict, setup: dict) -> None:
     trial_id = ray.tune.get_context().get_trial_id()
     uri, metric = cfg.tracking.uri, setup["metric"]
     cfg.tracking.parent_run_id, cfg.tracking.run_name = setup["parent"], f"{setup['name']}/{trial_id}"
-    prior = _child(uri, setup["parent"], trial_id)
+    prior = sweep_artifacts.children_by_trial(uri, setup["parent"]).get(trial_id)  # a restored or retried trial's
     if prior is not None and prior.info.status == "FINISHED" and metric in prior.data.metrics:
         run_id, scores = prior.info.run_id, {k: v for k, v in prior.data.metrics.items() if k.startswith("transfer/")}
     else:  # new, or continue its own child run from its latest checkpoint
