@@ -31,6 +31,13 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { $(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
+# PostgreSQL (Debian `postgresql`), for the MLflow-server-on-PostgreSQL check in make test-long
+# (tests/test_mlflow_server_script.py; tests/postgres.py starts its own server on a free port of 127.0.0.1).
+.PHONY: postgres
+postgres:
+	@PATH="$$PATH:$$(printf '%s:' /usr/lib/postgresql/*/bin)" command -v initdb >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
 data/fmnist/manifest.json: $(FMNIST) | install
 	$(BIN)/sslscale data prepare fmnist --out data/fmnist
 
@@ -46,7 +53,7 @@ sweep: install data/fmnist/manifest.json
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not long" tests
 
-test-long: install browser
+test-long: install browser postgres
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m long tests
 
 test-fast: install

@@ -78,7 +78,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("SSLSCALE_DATA", os.path.join(tmp, "data"))
-        cfg = load_recipe("debug").override([f"train.output_dir={tmp}/runs", "train.steps=2",
+        cfg = load_recipe("debug").override([f"train.storage={tmp}/runs", "train.steps=2",
                                              "train.checkpoint_every=2", "transfer.baseline=false"])
         corpus.resolve("digits")
         t0 = time.time()

@@ -33,7 +33,7 @@ def sslscale_rate(cfg: Config, steps: int, warmup: int, tmp: str) -> float:
     from sslscale.runtime import shutdown
 
     cfg = cfg.override([f"train.steps={steps}", "transfer.enabled=false", f"train.checkpoint_every={steps}",
-                        f"tracking.uri=sqlite:///{tmp}/bench.db", f"train.output_dir={tmp}/runs"])
+                        f"tracking.uri=sqlite:///{tmp}/bench.db", f"train.storage={tmp}/runs"])
     try:
         result = pretrain(cfg)
     finally:

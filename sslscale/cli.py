@@ -1,4 +1,4 @@
-"""The `sslscale` command: data prepare | pretrain | sweep | evaluate | export | ui.
+"""The `sslscale` command: data prepare | pretrain | sweep | evaluate | export | ui | submit.
 
 Every user error is one line (`sslscale: error: ...`) and a non-zero exit; `--debug` shows the traceback.
 """
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 from sslscale.errors import SslscaleError
@@ -48,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--metric", default="", help="what ranks trials (default transfer/<target>/knn_top1)")
     sw.add_argument("--mode", default="max", choices=["max", "min"])
     sw.add_argument("--max-concurrent", type=int, default=0, help="trials at once (default: from cluster CPUs)")
-    sw.add_argument("--name", default="", help="the sweep's name (folder under train.output_dir/sweeps)")
+    sw.add_argument("--name", default="", help="the sweep's name (folder under train.storage/sweeps)")
     sw.add_argument("--resume", metavar="NAME", help="continue a stopped sweep of this name")
     sw.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every trial")
 
@@ -62,10 +63,30 @@ def _parser() -> argparse.ArgumentParser:
     _source_args(ex)
     ex.add_argument("--out", required=True, help="file name ending in encoder.safetensors")
 
+    sb = sub.add_parser("submit", help="run pretrain | sweep | evaluate as a Ray job on a cluster",
+                        usage="sslscale submit [--address URL] [--no-wait] -- pretrain|sweep|evaluate ARGS...\n"
+                              "       sslscale submit [--address URL] --list | --logs ID | --stop ID",
+                        description="Sends this folder (without .git and what .gitignore lists) to the cluster and "
+                        "runs the command there as a Ray job, printing its output. The cluster's auth token comes "
+                        "from RAY_AUTH_MODE=token plus RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH.")
+    sb.add_argument("--address", default="", metavar="URL", help="the cluster's dashboard URL (default $RAY_API_SERVER_ADDRESS, "
+                    f"an http $RAY_ADDRESS, else {JOB_SERVER})")
+    sb.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    what = sb.add_mutually_exclusive_group()
+    what.add_argument("--list", action="store_true", help="the cluster's jobs")
+    what.add_argument("--logs", metavar="ID", help="a job's output so far")
+    what.add_argument("--stop", metavar="ID", help="stop a job")
+    sb.add_argument("job", nargs=argparse.REMAINDER, help="-- then the sslscale command to run, e.g. -- pretrain "
+                    "--recipe simclr_fmnist train.steps=200")
+
     ui = sub.add_parser("ui", help="open the MLflow UI on the tracking store")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db")
     return p
+
+
+JOB_SERVER = "http://127.0.0.1:8265"
+SUBMITTABLE = ("pretrain", "sweep", "evaluate")
 
 
 def _source_args(p: argparse.ArgumentParser) -> None:
@@ -142,11 +163,12 @@ def _cmd_sweep(args) -> None:
     from sslscale import tune
 
     if args.resume:
-        out = [o.partition("=")[2] for o in args.overrides if o.startswith("train.output_dir=")]
+        out = [o.partition("=")[2] for o in args.overrides
+               if o.partition("=")[0] in ("train.storage", "train.output_dir")]
         if args.space or args.samples is not None or len(out) != len(args.overrides):
             raise SslscaleError("--resume continues a sweep as it was started: pass only its name (and "
-                                "train.output_dir=... if it was not the default)")
-        tune.resume(args.resume, out[0] if out else "runs")
+                                "train.storage=... if it was not the default)")
+        tune.resume(args.resume, out[0] if out else None)
         return
     recipe = load_sweep(args.recipe)
     cfg = load_recipe(recipe["recipe"]).override(recipe["sizing"] + args.overrides)
@@ -196,8 +218,60 @@ def _cmd_ui(args) -> None:
                                "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"], env)
 
 
+def _job_command(job: list[str]) -> tuple[list[str], dict | None]:
+    """The sslscale command a job runs, checked here first (arguments, recipe, config keys) so a typo costs no upload;
+    and the resources its driver reserves: train.driver_resource when the command sets it, else none, and Ray then
+    runs the driver on the head node."""
+    from pipelines import load_recipe, load_sweep
+    from sslscale.config import driver_resource, validate
+
+    job = job[1:] if job[:1] == ["--"] else job
+    if not job or job[0] not in SUBMITTABLE:
+        raise SslscaleError(f"say what to run after --: one of {', '.join(SUBMITTABLE)}, e.g. "
+                            f"sslscale submit -- pretrain --recipe debug")
+    args = _parser().parse_args(job)
+    if args.command in ("pretrain", "sweep") and not args.resume:
+        recipe = load_sweep(args.recipe) if args.command == "sweep" else {"recipe": args.recipe, "sizing": []}
+        validate(load_recipe(recipe["recipe"]).override(recipe["sizing"] + args.overrides))
+    spec = [o.partition("=")[2] for o in getattr(args, "overrides", []) if o.startswith("train.driver_resource=")]
+    return job, driver_resource(spec[-1]) if spec else None
+
+
+def _cmd_submit(args) -> None:
+    from sslscale.runtime import Jobs
+
+    if not (args.list or args.logs or args.stop):
+        job, resources = _job_command(args.job)
+    elif args.job:
+        raise SslscaleError("--list, --logs and --stop take no command after them")
+    jobs = Jobs(args.address or None)
+    if args.list:
+        for j in sorted(jobs.list(), key=lambda j: j.start_time or 0):
+            print(f"{j.submission_id}  {j.status.value:<9}  {j.entrypoint}")
+        return
+    if args.logs:
+        print(jobs.logs(args.logs), end="")
+        return
+    if args.stop:
+        jobs.stop(args.stop)
+        print(f"job {args.stop}: {jobs.wait(args.stop, timeout=60).value}")
+        return
+    job_id = jobs.submit(shlex.join(["python", "-m", "sslscale.cli", *job]), os.getcwd(), resources)
+    print(f"submitted job {job_id} to {jobs.url}\n  output: sslscale submit --logs {job_id}\n"
+          f"  stop:   sslscale submit --stop {job_id}", flush=True)
+    if args.no_wait:
+        return
+    try:
+        status = jobs.follow(job_id)
+    except KeyboardInterrupt:
+        raise SslscaleError(f"stopped following; job {job_id} goes on: sslscale submit --stop {job_id} ends it") from None
+    if status.value != "SUCCEEDED":
+        message = (jobs.info(job_id).message or "").strip().splitlines()
+        raise SslscaleError(f"job {job_id} {status.value}" + (f": {message[-1]}" if message else ""))
+
+
 COMMANDS = {"prepare": _cmd_prepare, "pretrain": _cmd_pretrain, "sweep": _cmd_sweep, "evaluate": _cmd_evaluate,
-            "export": _cmd_export, "ui": _cmd_ui}
+            "export": _cmd_export, "ui": _cmd_ui, "submit": _cmd_submit}
 
 
 def main(argv: list[str] | None = None) -> int:

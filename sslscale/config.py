@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import sys
 import typing
 from dataclasses import dataclass, field
 
@@ -109,16 +111,22 @@ class TrainConfig:
     workers: int = 2
     cpus_per_worker: float = 1.0
     threads_per_worker: int = 1  # torch intra-op threads per worker
-    use_gpu: str = _choice("auto", "auto", "true", "false")
+    # auto: GPUs when the Ray cluster has any now. A cluster whose GPU nodes an autoscaler starts on demand says
+    # true ($SSLSCALE_USE_GPU on its nodes, as ray_cluster.yaml sets it)
+    use_gpu: str = field(default_factory=lambda: os.environ.get("SSLSCALE_USE_GPU") or "auto",
+                         metadata={"choices": ("auto", "true", "false")})
     checkpoint_every: int = 100  # steps; the last step always checkpoints
     health_every: int = 25  # steps between label-free health metrics (rank, std)
     keep_checkpoints: int = 2
     max_failures: int = 1  # worker-group restarts from the last checkpoint
     max_bad_steps: int = 10  # steps in a row with a non-finite loss/gradient (each skipped) before the run stops
-    output_dir: str = "runs"  # checkpoints and exports, under <output_dir>/<run id>/ (sweeps: <output_dir>/sweeps/)
-    # what a sweep trial's driver reserves, NAME:AMOUNT: a fraction of a CPU, or a custom resource a cluster's head
-    # nodes offer (e.g. sslscale_driver:1); its workers get placement groups of their own (Ray Train V2)
-    driver_resource: str = "CPU:0.25"
+    # run folders, checkpoints and exports, under <storage>/<run id>/ (sweeps: <storage>/sweeps/); on a cluster a
+    # path every node sees. Default $SSLSCALE_STORAGE (a cluster's nodes set it), else runs/ here. Was output_dir.
+    storage: str = field(default_factory=lambda: os.environ.get("SSLSCALE_STORAGE") or "runs")
+    # what a sweep trial's or job's driver reserves, NAME:AMOUNT: a fraction of a CPU, or a custom resource a
+    # cluster's head nodes offer (sslscale_driver:1); its workers get placement groups of their own (Ray Train V2).
+    # Default $SSLSCALE_DRIVER_RESOURCE (ray_cluster.yaml sets it on every node), else CPU:0.25.
+    driver_resource: str = field(default_factory=lambda: os.environ.get("SSLSCALE_DRIVER_RESOURCE") or "CPU:0.25")
 
 
 @dataclass
@@ -251,7 +259,18 @@ def key_type(key: str) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
+# old name -> new name; the old one keeps working for one release, with a one-line note
+ALIASES = {"train.output_dir": "train.storage"}
+_noted: set[str] = set()
+
+
 def set_key(cfg: Config, key: str, value) -> None:
+    if key in ALIASES:
+        if key not in _noted:
+            _noted.add(key)
+            print(f"sslscale: note: {key} is now {ALIASES[key]}; the old name goes in the next release",
+                  file=sys.stderr)
+        key = ALIASES[key]
     if key == "recipe":
         cfg.recipe = str(value)
         return
@@ -304,6 +323,7 @@ def validate(cfg: Config) -> Config:
         ("train.driver_resource", driver_resource(cfg.train.driver_resource) is not None,
          "NAME:AMOUNT with a positive amount, e.g. CPU:0.25 or sslscale_driver:1"),
         ("train.threads_per_worker", cfg.train.threads_per_worker > 0, "at least 1"),
+        ("train.use_gpu", cfg.train.use_gpu in ("auto", "true", "false"), "auto, true or false ($SSLSCALE_USE_GPU)"),
         ("train.cpus_per_worker", cfg.train.cpus_per_worker > 0, "a positive number of CPUs"),
         ("data.shuffle_buffer", cfg.data.shuffle_buffer >= 0, "0 (off) or more"),
         ("data.jitter", cfg.data.jitter >= 0, "0 or more"),

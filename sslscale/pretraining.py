@@ -2,7 +2,7 @@
 
 The driver's side of a run: validate the config, check the corpus, open (or reopen) the MLflow run, start the
 Ray Train workers on the view stream, then export the encoder, log the artifacts and score the transfer target.
-The CLI, a Tune trial, a test and a notebook all call this. A run's files live in <train.output_dir>/<run id>/:
+The CLI, a Tune trial, a test and a notebook all call this. A run's files live in <train.storage>/<run id>/:
 run.json (what --resume needs), attempt-N/ (Ray Train's checkpoints per driver attempt), encoder.safetensors.
 """
 from __future__ import annotations
@@ -67,7 +67,7 @@ def find_run_dir(resume: str, uri: str) -> str:
     if os.path.isfile(os.path.join(resume, RUN_FILE)):
         return os.path.abspath(resume)
     if os.path.isdir(resume):
-        raise SslscaleError(f"{resume} holds no {RUN_FILE}: pass a run id or the run's folder under train.output_dir")
+        raise SslscaleError(f"{resume} holds no {RUN_FILE}: pass a run id or the run's folder under train.storage")
     run = tracking.get_run(uri, resume)
     run_dir = run.data.tags.get("sslscale.run_dir", "")
     if run_field(run_dir, "run_id") != resume:
@@ -107,7 +107,7 @@ def _open_run(cfg: Config, uri: str, resume: str | None, tags: dict | None = Non
         return run_id, run_dir
     run_id = tracking.start_run(uri, cfg, tags) if cfg.tracking.enabled else ""
     name = run_id or time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
-    run_dir = os.path.join(os.path.abspath(cfg.train.output_dir), name)
+    run_dir = os.path.join(os.path.abspath(cfg.train.storage), name)
     os.makedirs(run_dir, exist_ok=False)
     _write_run_file(run_dir, run_id, uri, cfg)
     if run_id:

@@ -1,14 +1,23 @@
-"""Plain Ray, in one place: starting or joining a Ray instance for the driver.
+"""Plain Ray, in one place: starting or joining a Ray instance for the driver, and Ray jobs on a cluster.
 
 `RAY_ADDRESS` (or `address=`) joins an existing cluster; otherwise a local instance starts with a few more
-logical CPUs than cores, so Ray Data's tasks still run while every training worker holds a CPU.
+logical CPUs than cores, so Ray Data's tasks still run while every training worker holds a CPU. Inside a Ray job
+the job's runtime env already reaches every worker; Ray refuses an env var set both there and in `ray.init`.
+Jobs go through Ray's Job SDK (`JobSubmissionClient`) with the cluster's auth token (see `Jobs`).
 """
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
+import time
 
 import ray
+import ray.exceptions
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+from sslscale.errors import SslscaleError
 
 
 # Ray Train settings for every Train process: print() stays print (Ray's patch also logged each line, so a worker's
@@ -30,7 +39,8 @@ def ensure_ray(address: str | None = None, log_to_driver: bool = True) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs = {"runtime_env": {"env_vars": worker_env()}, "logging_level": logging.WARNING,
+    env = {k: v for k, v in worker_env().items() if k not in _job_env()}
+    kwargs = {"runtime_env": {"env_vars": env} if env else None, "logging_level": logging.WARNING,
               "log_to_driver": log_to_driver}
     if address:
         ray.init(address=address, **kwargs)
@@ -41,6 +51,14 @@ def ensure_ray(address: str | None = None, log_to_driver: bool = True) -> None:
         ray.init(num_cpus=(os.cpu_count() or 2) + 2, include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
 
 
+def _job_env() -> dict:
+    """The env vars of the Ray job this driver runs in ({} outside a job): Ray merges them into every worker."""
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    job = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR) or "{}")
+    return (job.get("runtime_env") or {}).get("env_vars") or {}
+
+
 def cluster_resources() -> dict[str, float]:
     """Resources of the whole cluster Ray is connected to ({"CPU": 4.0, ...})."""
     return dict(ray.cluster_resources())
@@ -49,3 +67,92 @@ def cluster_resources() -> dict[str, float]:
 def shutdown() -> None:
     if ray.is_initialized():
         ray.shutdown()
+
+
+# --- Ray jobs: what `sslscale submit` does ------------------------------------------------------------------------
+
+DASHBOARD = "http://127.0.0.1:8265"
+TOKEN_HELP = ("export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=<token> (or RAY_AUTH_TOKEN_PATH=<file>); "
+              "`ray get-auth-token` on the head node prints it")
+
+
+def job_address(address: str | None = None) -> str:
+    """The cluster's dashboard URL: `address`, $RAY_API_SERVER_ADDRESS or an http $RAY_ADDRESS, else the local one."""
+    for candidate in (address, os.environ.get("RAY_API_SERVER_ADDRESS"), os.environ.get("RAY_ADDRESS")):
+        if candidate and candidate.startswith(("http://", "https://")):
+            return candidate.rstrip("/")
+    if address:
+        return "http://" + address.rstrip("/")
+    return DASHBOARD
+
+
+def _job_error(url: str, e: Exception) -> SslscaleError:
+    """One line for what talking to the job server can meet: no server, no or a wrong token, an unknown job."""
+    text = str(e).strip()
+    if isinstance(e, ray.exceptions.AuthenticationError):
+        what = "needs its auth token" if text.startswith("Authentication required") else "refused the auth token"
+        return SslscaleError(f"the Ray cluster at {url} {what}: {TOKEN_HELP}")
+    if isinstance(e, ConnectionError):
+        return SslscaleError(f"no Ray job server answers at {url}: start the cluster (`ray up ray_cluster.yaml`, "
+                             f"or `ray start --head`), forward its port (`ray dashboard ray_cluster.yaml`), "
+                             f"or pass --address")
+    line = text.splitlines()[-1] if text else type(e).__name__
+    return SslscaleError(f"Ray job server at {url}: {line}")
+
+
+class Jobs:
+    """Ray's Job SDK against one cluster, each call's failure turned into one SslscaleError line."""
+
+    def __init__(self, address: str | None = None):
+        # Ray's client-side INFO lines (files left out of the upload, a log stream closing) are not the job's output
+        for name in ("ray._private.runtime_env.packaging", "ray.dashboard.modules.job.sdk"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        self.url = job_address(address)
+        self.client = self._call(JobSubmissionClient, self.url)
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SslscaleError:
+            raise
+        except Exception as e:  # noqa: BLE001 - requests, aiohttp and Ray errors all end here as one line
+            raise _job_error(self.url, e) from e
+
+    def submit(self, entrypoint: str, working_dir: str, resources: dict[str, float] | None = None) -> str:
+        """Start `entrypoint` on the cluster in a copy of working_dir (without what .gitignore lists, nor .git);
+        every process of the job gets worker_env(). Returns the submission id."""
+        cpus = (resources or {}).get("CPU")
+        others = {k: v for k, v in (resources or {}).items() if k != "CPU"} or None
+        runtime_env = {"working_dir": working_dir, "excludes": [".git"], "env_vars": worker_env()}
+        return self._call(self.client.submit_job, entrypoint=entrypoint, runtime_env=runtime_env,
+                          entrypoint_num_cpus=cpus, entrypoint_resources=others)
+
+    def follow(self, job_id: str) -> JobStatus:
+        """Print the job's output as it comes until it ends; returns its final status."""
+        async def tail():
+            async for lines in self.client.tail_job_logs(job_id):
+                print(lines, end="", flush=True)
+
+        self._call(asyncio.run, tail())
+        return self.wait(job_id, timeout=30)
+
+    def wait(self, job_id: str, timeout: float) -> JobStatus:
+        """The job's status once it is terminal, or as it is after `timeout` seconds."""
+        deadline = time.time() + timeout
+        while True:
+            status = self._call(self.client.get_job_status, job_id)
+            if status.is_terminal() or time.time() > deadline:
+                return status
+            time.sleep(1)
+
+    def info(self, job_id: str):
+        return self._call(self.client.get_job_info, job_id)
+
+    def logs(self, job_id: str) -> str:
+        return self._call(self.client.get_job_logs, job_id)
+
+    def list(self) -> list:
+        return self._call(self.client.list_jobs)
+
+    def stop(self, job_id: str) -> bool:
+        return self._call(self.client.stop_job, job_id)

@@ -21,7 +21,7 @@ KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
 RANGES = ("uniform", "loguniform", "randint")
 # what every trial of one sweep shares: its length (ASHA's max_t), where its data, files and driver are, and the
 # transfer target (the ranking metric names it)
-FIXED = ("recipe", "train.steps", "data.corpus", "data.split", "transfer.target", "train.output_dir",
+FIXED = ("recipe", "train.steps", "data.corpus", "data.split", "transfer.target", "train.storage",
          "train.driver_resource")
 
 

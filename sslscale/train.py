@@ -29,6 +29,7 @@ from sslscale.errors import SslscaleError
 from sslscale.health import HEALTH_KEYS, health_metrics
 from sslscale.methods import build_method
 from sslscale.progress import Progress
+from sslscale.runtime import cluster_resources
 
 
 def _batches(shard, cfg: Config, rank: int):
@@ -148,12 +149,21 @@ def train_loop(loop_config: dict) -> None:
                             f"left out as bad (see skipped.json in the run folder); repair the corpus")
 
 
+def uses_gpu(cfg: Config) -> bool:
+    """train.use_gpu=auto means GPUs when the cluster has any, decided from Ray's view of the whole cluster: the
+    driver may run on a CPU-only head node while the GPUs are on worker nodes. GPU nodes an autoscaler has not
+    started yet do not count: such a cluster says train.use_gpu=true."""
+    return cfg.train.use_gpu == "true" or (cfg.train.use_gpu == "auto" and cluster_resources().get("GPU", 0) > 0)
+
+
 def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spec: dict, storage: str, name: str,
         resume_from: str | None = None, callbacks: tuple = (), report_extra: dict | None = None):
     """Launch the TorchTrainer; returns Ray's Result (its `.checkpoint` is the last one reported). `callbacks` go to
     the trainer's RunConfig (a sweep's TuneReportCallback), and then workers also report on health steps, not only
     at checkpoints; `report_extra` is added to every report (the keys a Tune searcher checks, NaN until the end)."""
-    use_gpu = cfg.train.use_gpu == "true" or (cfg.train.use_gpu == "auto" and torch.cuda.is_available())
+    use_gpu = uses_gpu(cfg)
+    cfg = Config.from_dict(cfg.to_dict())
+    cfg.train.use_gpu = str(use_gpu).lower()  # the workers' engines follow the driver's decision
     trainer = TorchTrainer(
         train_loop,
         # Ray Train V2 has no resume_from_checkpoint: the folder travels in the loop config (a path on the

@@ -53,7 +53,7 @@ def _absolute(cfg: Config) -> Config:
     cfg = Config.from_dict(cfg.to_dict())
     cfg.data.corpus = corpus.resolve(cfg.data.corpus)
     cfg.transfer.target = corpus.resolve(cfg.transfer.target)  # a sweep always scores (_check_options)
-    cfg.train.output_dir = os.path.abspath(cfg.train.output_dir)
+    cfg.train.storage = os.path.abspath(cfg.train.storage)
     cfg.tracking.uri = tracking.resolve_uri(cfg.tracking.uri)
     return cfg
 
@@ -240,7 +240,7 @@ def sweep(cfg: Config, space_items: list[str], *, samples: int = 8, scheduler: s
     spaces.check(space, cfg, search, list(retrain_overrides))
     validate(cfg)
     name = name or f"{recipe or cfg.recipe or cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    folder = _folder(cfg.train.output_dir, name)
+    folder = _folder(cfg.train.storage, name)
     if os.path.exists(folder):
         raise SslscaleError(f"sweep {name!r} already exists in {folder}: continue it with --resume {name}, "
                             f"or pick another --name")
@@ -271,23 +271,23 @@ def sweep(cfg: Config, space_items: list[str], *, samples: int = 8, scheduler: s
                                               run_config=_run_config(state), tune_config=tune_config))
 
 
-def _folder(output_dir: str, name: str) -> str:
-    """The sweep's own folder under output_dir/sweeps; one line on a name that would leave it."""
+def _folder(storage: str, name: str) -> str:
+    """The sweep's own folder under storage/sweeps; one line on a name that would leave it."""
     if not re.fullmatch(r"[\w-][\w.-]*", name):
         raise SslscaleError(f"sweep name {name!r}: use letters, digits, '.', '_' and '-' only (not starting with '.')")
-    return os.path.join(os.path.abspath(output_dir), "sweeps", name)
+    return os.path.join(os.path.abspath(storage), "sweeps", name)
 
 
-def resume(name: str, output_dir: str = "runs") -> SweepResult:
+def resume(name: str, storage: str | None = None) -> SweepResult:
     """Continue a sweep whose driver stopped: the same Tune experiment (Tuner.restore) and the same parent run.
-    Tune's state is pickled, so it is read only from the sweep's own folder under output_dir/sweeps/."""
-    folder = _folder(output_dir, name)
+    Tune's state is pickled, so it is read only from the sweep's own folder under storage/sweeps/."""
+    folder = _folder(storage or Config().train.storage, name)
     try:
         with open(os.path.join(folder, sweep_artifacts.STATE)) as f:
             state = json.load(f)
     except (OSError, ValueError):
         raise SslscaleError(f"no sweep {name!r} in {os.path.dirname(folder)} (no readable {sweep_artifacts.STATE}); "
-                            f"check the name and train.output_dir") from None
+                            f"check the name and train.storage") from None
     if state.get("finished"):
         print(f"sweep {name} finished already (parent run {state['parent']}):\n{state['table']}", flush=True)
         return SweepResult(name, folder, state["parent"], [], None, state["best_run_id"], state["table"],
