@@ -127,6 +127,7 @@ def _cmd_prepare(args) -> None:
 
 def _cmd_pretrain(args) -> None:
     from pipelines import load_recipe
+    from sslscale import tracking
     from sslscale.pretraining import pretrain, resume_config
 
     if args.export and not args.export.endswith("encoder.safetensors"):
@@ -148,7 +149,8 @@ def _cmd_pretrain(args) -> None:
     print(f"checkpoint:  {result.checkpoint}")
     print(f"encoder:     {encoder}  (load it with sslscale.load_encoder)")
     _print_scores(result.scores)
-    print(f"MLflow store: {result.tracking_uri}\nopen the UI:  sslscale ui  (then browse http://127.0.0.1:5000)")
+    print(f"MLflow store: {tracking.shown(result.tracking_uri)}\n"
+          f"open the UI:  sslscale ui  (then browse http://127.0.0.1:5000)")
 
 
 def _print_scores(scores: dict) -> None:
@@ -191,7 +193,7 @@ def _cmd_evaluate(args) -> None:
     if run_id:
         uri = tracking.resolve_uri(args.tracking_uri)
         tracking.log_metrics(uri, run_id, {f"transfer/{k}": v for k, v in scores.items()})
-        print(f"logged to MLflow run {run_id} at {uri}")
+        print(f"logged to MLflow run {run_id} at {tracking.shown(uri)}")
 
 
 def _cmd_export(args) -> None:
@@ -204,11 +206,11 @@ def _cmd_export(args) -> None:
 def _cmd_ui(args) -> None:
     """Print each experiment's page in the classic ML workspace (MLflow opens in GenAI otherwise), then become the
     UI server, without the job runner (8 background processes, ~1.3 GB, that sslscale never uses)."""
-    from sslscale.tracking import experiment_urls, resolve_uri, ui_url
+    from sslscale.tracking import experiment_urls, resolve_uri, shown, ui_url
 
     uri, base = resolve_uri(args.tracking_uri), f"http://127.0.0.1:{args.port}"
     urls = experiment_urls(uri, base)
-    print(f"MLflow UI for {uri} at {ui_url(base)} (Ctrl-C stops it)", flush=True)
+    print(f"MLflow UI for {shown(uri)} at {ui_url(base)} (Ctrl-C stops it)", flush=True)
     for name, url in urls:
         print(f"  {name}: {url}", flush=True)
     print("A page in MLflow's GenAI workspace (Traces, Judges, Evaluation runs; a run's own page opens there)? "

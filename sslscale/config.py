@@ -110,6 +110,9 @@ class TrainConfig:
     steps: int = 500
     workers: int = 2
     cpus_per_worker: float = 1.0
+    # custom resources each training worker also reserves, NAME:AMOUNT[,NAME:AMOUNT]: pins training to the nodes
+    # that offer them (GPU nodes are found by their GPUs; this is for other kinds), leaving the rest to Ray Data
+    worker_resources: str = ""
     threads_per_worker: int = 1  # torch intra-op threads per worker
     # auto: GPUs when the Ray cluster has any now. A cluster whose GPU nodes an autoscaler starts on demand says
     # true ($SSLSCALE_USE_GPU on its nodes, as ray_cluster.yaml sets it)
@@ -283,14 +286,25 @@ def set_key(cfg: Config, key: str, value) -> None:
     setattr(obj, fld.name, value)
 
 
+def resources(spec: str) -> dict[str, float] | None:
+    """'trainer:1,CPU:0.5' -> {'trainer': 1.0, 'CPU': 0.5}; '' -> {}; None when malformed."""
+    found = {}
+    for item in filter(None, (i.strip() for i in spec.split(","))):
+        name, _, amount = item.rpartition(":")
+        try:
+            value = float(amount)
+        except ValueError:
+            return None
+        if not name or name in found or not (value > 0 and math.isfinite(value)):
+            return None
+        found[name] = value
+    return found
+
+
 def driver_resource(spec: str) -> dict[str, float] | None:
-    """'CPU:0.25' -> {'CPU': 0.25}; None when malformed."""
-    name, _, amount = spec.rpartition(":")
-    try:
-        value = float(amount)
-    except ValueError:
-        return None
-    return {name: value} if name and value > 0 and math.isfinite(value) else None
+    """'CPU:0.25' -> {'CPU': 0.25}; None when malformed or not exactly one resource."""
+    found = resources(spec)
+    return found if found and len(found) == 1 else None
 
 
 def validate(cfg: Config) -> Config:
@@ -322,6 +336,9 @@ def validate(cfg: Config) -> Config:
         ("transfer.train_samples", cfg.transfer.train_samples >= 0, "0 (the whole train split) or more"),
         ("train.driver_resource", driver_resource(cfg.train.driver_resource) is not None,
          "NAME:AMOUNT with a positive amount, e.g. CPU:0.25 or sslscale_driver:1"),
+        ("train.worker_resources", resources(cfg.train.worker_resources) is not None
+         and not {"CPU", "GPU"} & set(resources(cfg.train.worker_resources) or {}),
+         "NAME:AMOUNT[,NAME:AMOUNT] of custom resources (CPU is train.cpus_per_worker, GPU train.use_gpu)"),
         ("train.threads_per_worker", cfg.train.threads_per_worker > 0, "at least 1"),
         ("train.use_gpu", cfg.train.use_gpu in ("auto", "true", "false"), "auto, true or false ($SSLSCALE_USE_GPU)"),
         ("train.cpus_per_worker", cfg.train.cpus_per_worker > 0, "a positive number of CPUs"),

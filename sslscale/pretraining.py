@@ -197,11 +197,12 @@ def _deliver_held_metrics(uri: str, run_id: str, final: str, steps: int, wait_s:
     # flush asks the store what it already has before its first send, so nothing goes twice
     while held.pending and not held.flush(steps, force=True):
         if time.time() > deadline:
-            print(f"MLflow at {uri} is still away: the metrics of {len(held.pending)} steps stay in {final}; "
-                  f"`sslscale pretrain --resume {run_id}` sends them once it is back", flush=True)
+            print(f"MLflow at {tracking.shown(uri)} is still away: the metrics of {len(held.pending)} steps stay "
+                  f"in {final}; `sslscale pretrain --resume {run_id}` sends them once it is back", flush=True)
             return
         if not said:
-            print(f"waiting up to {wait_s:.0f} s for MLflow at {uri} to take the last metrics...", flush=True)
+            print(f"waiting up to {wait_s:.0f} s for MLflow at {tracking.shown(uri)} to take the last metrics...",
+                  flush=True)
             said = True
         time.sleep(5)
 

@@ -8,6 +8,7 @@ already in the store is never logged again, so a restarted run continues its ste
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -22,6 +23,7 @@ for _key, _value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUES
 from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from sslscale import redact  # noqa: E402
 from sslscale.config import flatten  # noqa: E402
 from sslscale.errors import SslscaleError  # noqa: E402
 
@@ -40,6 +42,11 @@ def resolve_uri(uri: str = "") -> str:
     if "://" not in uri:
         return "file://" + os.path.abspath(uri)
     return uri
+
+
+def shown(uri: str) -> str:
+    """A store URI as printed: its password, if any, hidden."""
+    return redact.scrub(uri)
 
 
 def best_effort(fn, *args, **kwargs):
@@ -73,7 +80,7 @@ def provenance() -> dict[str, str]:
     """Package versions and git revision, logged as tags so a run can be reproduced."""
     from importlib.metadata import PackageNotFoundError, version
 
-    tags = {"sslscale.python": platform.python_version(), "sslscale.command": " ".join(sys.argv)[:5000]}
+    tags = {"sslscale.python": platform.python_version(), "sslscale.command": " ".join(redact.argv(sys.argv))[:5000]}
     for pkg in ("sslscale", "torch", "ray", "deepspeed", "mlflow"):
         try:
             tags[f"sslscale.version.{pkg}"] = version(pkg)
@@ -102,11 +109,11 @@ def start_run(uri: str, cfg, tags: dict | None = None) -> str:
             all_tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
         run = c.create_run(exp_id, run_name=cfg.tracking.run_name or None, tags=all_tags)
     except Exception as e:  # noqa: BLE001 - any store failure is one line for the user
-        raise SslscaleError(f"cannot create an MLflow run at {uri} ({type(e).__name__}: {str(e)[:200]}); "
+        raise SslscaleError(f"cannot create an MLflow run at {shown(uri)} ({type(e).__name__}: {str(e)[:200]}); "
                             f"check tracking.uri or MLFLOW_TRACKING_URI, or set tracking.enabled=false") from None
     run_id = run.info.run_id
     log_params(uri, run_id, flatten(cfg.to_dict()))
-    c.log_text(run_id, cfg.to_json(), "config.json")
+    c.log_text(run_id, json.dumps(redact.nested(cfg.to_dict()), indent=2, sort_keys=True), "config.json")
     return run_id
 
 
@@ -114,7 +121,7 @@ def get_run(uri: str, run_id: str):
     try:
         return client(uri).get_run(run_id)
     except Exception as e:  # noqa: BLE001
-        raise SslscaleError(f"no MLflow run {run_id!r} in {uri} ({type(e).__name__}); check the id and "
+        raise SslscaleError(f"no MLflow run {run_id!r} in {shown(uri)} ({type(e).__name__}); check the id and "
                             f"tracking.uri") from None
 
 
@@ -142,7 +149,7 @@ def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
 
 
 def log_params(uri: str, run_id: str, params: dict) -> None:
-    items = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items()]
+    items = [Param(k, v[:MAX_PARAM_CHARS]) for k, v in redact.params(params).items()]
     for i in range(0, len(items), 100):
         client(uri).log_batch(run_id, params=items[i:i + 100])
 
@@ -186,14 +193,14 @@ class MetricBuffer:
             result = fn()
         except Exception as e:  # noqa: BLE001 - tracking must never stop training
             if not self.warned:
-                log.warning(f"MLflow at {self.uri} is not answering ({type(e).__name__}); training goes on and "
+                log.warning(f"MLflow at {shown(self.uri)} is not answering ({type(e).__name__}); training goes on and "
                             f"its metrics are kept (and checkpointed) until it is back")
                 self.warned = True
             self.away_since = self.away_since or time.time()
             self.retry_at = time.time() + self.RETRY_S
             return False, None
         if self.away_since:
-            print(f"MLflow at {self.uri} answers again after {time.time() - self.away_since:.0f} s; sending the "
+            print(f"MLflow at {shown(self.uri)} answers again after {time.time() - self.away_since:.0f} s; sending the "
                   f"{len(self.pending)} steps held meanwhile", flush=True)
             self.away_since = 0.0
         return True, result

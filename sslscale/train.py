@@ -23,7 +23,7 @@ from ray.train.torch import TorchTrainer
 
 from sslscale import faults, tracking
 from sslscale.checkpoint import read_positions
-from sslscale.config import Config
+from sslscale.config import Config, resources
 from sslscale.engine import Engine
 from sslscale.errors import SslscaleError
 from sslscale.health import HEALTH_KEYS, health_metrics
@@ -172,7 +172,8 @@ def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spe
                            "resume_from": resume_from, "faults": faults.spec(), "report_extra": report_extra or {},
                            "report_health": bool(callbacks)},
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker,
+                                                           **resources(cfg.train.worker_resources)}),
         run_config=RunConfig(name=name, storage_path=storage, callbacks=list(callbacks),
                              logging_config=LoggingConfig(log_level="WARNING"),  # not a line per report/checkpoint
                              # retries happen in pretraining._train, which can rebuild the stream past what was consumed

@@ -54,6 +54,33 @@ def _stop_group(pgid: int, limit: float = 20) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+def _start_on_postgres(tmp_path, monkeypatch) -> tuple[Postgres, str, str]:
+    """(PostgreSQL, the pid file, the URI) of `mlflow-server.sh --daemon` on a real PostgreSQL in tmp_path."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # a dead server fails the test fast, not in 4 minutes
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pid_file = tmp_path / "mlflow.pid"
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_BIN", "MLFLOW_BACKEND_STORE_URI")}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]  # the script finds this venv's mlflow
+    pg = Postgres(tmp_path / "pg")
+    pg.start()
+    out = _script("--backend-store-uri", pg.uri, "--artifacts-destination", str(tmp_path / "artifacts"),
+                  "--port", str(port), "--workers", "1", "--daemon", "--pid-file", str(pid_file), "--log-file",
+                  str(tmp_path / "server.log"), env=env, timeout=120)
+    if out.returncode:
+        pg.stop()
+        raise AssertionError(out.stderr)
+    return pg, str(pid_file), out.stdout.strip()
+
+
+def _stop_all(pg: Postgres, pid_file: str) -> None:
+    if os.path.exists(pid_file):
+        _stop_group(int(open(pid_file).read()))
+    pg.stop()
+
+
 @pytest.mark.long
 @pytest.mark.timeout(300)
 def test_daemon_on_postgres_serves_runs_and_artifacts(tmp_path, monkeypatch):
@@ -61,24 +88,9 @@ def test_daemon_on_postgres_serves_runs_and_artifacts(tmp_path, monkeypatch):
     import mlflow
     import psycopg2
 
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # a dead server fails the test fast, not in 4 minutes
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    pid_file, artifacts = tmp_path / "mlflow.pid", tmp_path / "artifacts"
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_BIN", "MLFLOW_BACKEND_STORE_URI")}
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]  # the script finds this venv's mlflow
-    pg = Postgres(tmp_path / "pg")
+    pg, pid_file, uri = _start_on_postgres(tmp_path, monkeypatch)
     try:
-        pg.start()
-        out = _script("--backend-store-uri", pg.uri, "--artifacts-destination", str(artifacts), "--port", str(port),
-                      "--workers", "1", "--daemon", "--pid-file", str(pid_file), "--log-file",
-                      str(tmp_path / "server.log"), env=env, timeout=120)
-        assert out.returncode == 0, out.stderr
-        uri = out.stdout.strip()
-        assert uri == f"http://127.0.0.1:{port}"
-
+        assert uri.startswith("http://127.0.0.1:")
         client = mlflow.MlflowClient(tracking_uri=uri)
         run = client.create_run(client.create_experiment("postgres-check"))
         run_id = run.info.run_id
@@ -94,7 +106,8 @@ def test_daemon_on_postgres_serves_runs_and_artifacts(tmp_path, monkeypatch):
         assert [a.path for a in client.list_artifacts(run_id)] == ["note.txt"]
         fetched = client.download_artifacts(run_id, "note.txt", str(tmp_path))
         assert open(fetched).read() == "served"
-        assert [open(p).read() for p in glob.glob(f"{artifacts}/**/note.txt", recursive=True)] == ["served"]
+        found = glob.glob(f"{tmp_path}/artifacts/**/note.txt", recursive=True)
+        assert [open(p).read() for p in found] == ["served"]
 
         with psycopg2.connect(pg.uri) as conn, conn.cursor() as cur:
             cur.execute("SELECT status FROM runs WHERE run_uuid = %s", (run_id,))
@@ -103,6 +116,34 @@ def test_daemon_on_postgres_serves_runs_and_artifacts(tmp_path, monkeypatch):
             assert cur.fetchall() == [("loss", 1.25, 3)]
         conn.close()
     finally:
-        if pid_file.exists():
-            _stop_group(int(pid_file.read_text()))
-        pg.stop()
+        _stop_all(pg, pid_file)
+
+
+@pytest.mark.long
+@pytest.mark.timeout(900)
+def test_pretraining_and_a_two_wide_sweep_on_postgres(tmp_path, monkeypatch, debug_cfg, ray_local):
+    """A pretraining, then a sweep running two trials side by side, log to one server on a real PostgreSQL."""
+    import mlflow
+
+    from sslscale import pretrain, sweep
+
+    pg, pid_file, uri = _start_on_postgres(tmp_path, monkeypatch)
+    try:
+        debug_cfg.tracking.uri = uri
+        result = pretrain(debug_cfg)
+        run = mlflow.MlflowClient(uri).get_run(result.run_id)
+        assert run.info.status == "FINISHED" and 0 < run.data.metrics["transfer/digits/knn_top1"] <= 1
+        assert "encoder" in {a.path for a in mlflow.MlflowClient(uri).list_artifacts(result.run_id)}
+
+        # one worker and half a CPU each for training and data: two trials fit this 2-core machine at once
+        small = debug_cfg.override(["train.workers=1", "train.cpus_per_worker=0.5", "data.cpus=0.5"])
+        swept = sweep(small, ["method.temperature=grid:0.1,0.5"], samples=1, scheduler="fifo", search="random",
+                      max_concurrent=2, name="pg")
+        children = [r for r in mlflow.MlflowClient(uri).search_runs(
+            [run.info.experiment_id], f"tags.mlflow.parentRunId = '{swept.parent_run_id}'")]
+        assert sorted(r.data.params["method.temperature"] for r in children) == ["0.1", "0.5"]
+        assert all(r.info.status == "FINISHED" for r in children)
+        first, second = sorted(children, key=lambda r: r.info.start_time)
+        assert second.info.start_time < first.info.end_time, "the two trials did not run side by side"
+    finally:
+        _stop_all(pg, pid_file)
