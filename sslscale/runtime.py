@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import time
 
 import ray
+import ray._private.state
 import ray.exceptions
+import yaml
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from sslscale.errors import SslscaleError
@@ -57,6 +60,38 @@ def _job_env() -> dict:
 
     job = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR) or "{}")
     return (job.get("runtime_env") or {}).get("env_vars") or {}
+
+
+def slots(capacities: list[tuple[dict, float]], bundle: dict[str, float]) -> float:
+    """How many `bundle`s fit on nodes given as (total resources of one node, how many such nodes there may be)."""
+    need = {k: v for k, v in bundle.items() if v > 0}
+    return sum(count * min(math.floor(res.get(k, 0) / v + 1e-9) for k, v in need.items())
+               for res, count in capacities if count) if need else math.inf
+
+
+def _capacities() -> tuple[list[tuple[dict, float]], str]:
+    """Every node the cluster has or may get: its nodes, alive or not (a lost node may come back), plus the node
+    types an autoscaler may start, up to their max_workers (KubeRay's reported node groups, or the `ray up` head's
+    copy of ray_cluster.yaml)."""
+    nodes = [(n["Resources"], 1) for n in ray.nodes()]
+    config = ray._private.state.state.get_cluster_config()  # what Ray Train's own check reads
+    if config and config.node_group_configs:
+        return nodes + [(dict(g.resources), math.inf if g.max_count < 0 else g.max_count)
+                        for g in config.node_group_configs], "the cluster's nodes and its autoscaler's node groups"
+    launcher = os.path.expanduser("~/ray_bootstrap_config.yaml")
+    if os.path.isfile(launcher):
+        with open(launcher) as f:
+            types = (yaml.safe_load(f) or {}).get("available_node_types") or {}
+        return nodes + [(t.get("resources") or {}, t.get("max_workers", 0)) for t in types.values()], \
+            "the cluster's nodes and its config's node types at their max_workers"
+    return nodes, "the cluster's nodes"
+
+
+def placement_problem(bundle: dict[str, float], count: int) -> str:
+    """'' when `count` bundles can ever be placed on this cluster, else why not (where Ray would wait forever)."""
+    capacities, source = _capacities()
+    room = slots(capacities, bundle)
+    return "" if room >= count else f"{source} have room for {room}"
 
 
 def cluster_resources() -> dict[str, float]:
@@ -104,9 +139,11 @@ class Jobs:
     """Ray's Job SDK against one cluster, each call's failure turned into one SslscaleError line."""
 
     def __init__(self, address: str | None = None):
-        # Ray's client-side INFO lines (files left out of the upload, a log stream closing) are not the job's output
-        for name in ("ray._private.runtime_env.packaging", "ray.dashboard.modules.job.sdk"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        # Ray's client-side lines (files left out of the upload, the upload, .git and .venv excluded by default, a
+        # log stream closing) are not the job's output
+        for name in ("ray._private.runtime_env.packaging", "ray.dashboard.modules.job.sdk",
+                     "ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.working_dir"):
+            logging.getLogger(name).setLevel(logging.ERROR)
         self.url = job_address(address)
         self.client = self._call(JobSubmissionClient, self.url)
 
@@ -124,8 +161,15 @@ class Jobs:
         cpus = (resources or {}).get("CPU")
         others = {k: v for k, v in (resources or {}).items() if k != "CPU"} or None
         runtime_env = {"working_dir": working_dir, "excludes": [".git"], "env_vars": worker_env()}
-        return self._call(self.client.submit_job, entrypoint=entrypoint, runtime_env=runtime_env,
-                          entrypoint_num_cpus=cpus, entrypoint_resources=others)
+        deadline = time.time() + 60
+        while True:  # a head that has just started answers "No available agent" until its agent registers
+            try:
+                return self._call(self.client.submit_job, entrypoint=entrypoint, runtime_env=runtime_env,
+                                  entrypoint_num_cpus=cpus, entrypoint_resources=others)
+            except SslscaleError as e:
+                if "No available agent" not in str(e) or time.time() > deadline:
+                    raise
+                time.sleep(2)
 
     def follow(self, job_id: str) -> JobStatus:
         """Print the job's output as it comes until it ends; returns its final status."""

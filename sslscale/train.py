@@ -29,7 +29,7 @@ from sslscale.errors import SslscaleError
 from sslscale.health import HEALTH_KEYS, health_metrics
 from sslscale.methods import build_method
 from sslscale.progress import Progress
-from sslscale.runtime import cluster_resources
+from sslscale.runtime import cluster_resources, placement_problem
 
 
 def _batches(shard, cfg: Config, rank: int):
@@ -162,6 +162,13 @@ def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spe
     the trainer's RunConfig (a sweep's TuneReportCallback), and then workers also report on health steps, not only
     at checkpoints; `report_extra` is added to every report (the keys a Tune searcher checks, NaN until the end)."""
     use_gpu = uses_gpu(cfg)
+    bundle = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1.0} if use_gpu else {}),
+              **resources(cfg.train.worker_resources)}
+    problem = placement_problem(bundle, cfg.train.workers)
+    if problem:
+        raise SslscaleError(f"train.workers={cfg.train.workers} workers of {bundle} each can never be placed: "
+                            f"{problem}; lower train.workers or what each asks for (train.cpus_per_worker, "
+                            f"train.worker_resources, train.use_gpu), or add nodes that offer it")
     cfg = Config.from_dict(cfg.to_dict())
     cfg.train.use_gpu = str(use_gpu).lower()  # the workers' engines follow the driver's decision
     trainer = TorchTrainer(
@@ -172,8 +179,7 @@ def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spe
                            "resume_from": resume_from, "faults": faults.spec(), "report_extra": report_extra or {},
                            "report_health": bool(callbacks)},
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker,
-                                                           **resources(cfg.train.worker_resources)}),
+                                     resources_per_worker={k: v for k, v in bundle.items() if k != "GPU"}),
         run_config=RunConfig(name=name, storage_path=storage, callbacks=list(callbacks),
                              logging_config=LoggingConfig(log_level="WARNING"),  # not a line per report/checkpoint
                              # retries happen in pretraining._train, which can rebuild the stream past what was consumed

@@ -1,6 +1,7 @@
-"""A real two-node Ray cluster on this machine (`ray start` with token auth, a second node with its own temp dir
-and a custom resource) and a real `mlflow server`: `sslscale submit` runs a short pretraining there as a Ray job,
-and its run, with transfer scores, is in the server. Long (make test-long)."""
+"""A real multi-node Ray cluster on this machine (`ray start` with token auth; more nodes, each with its own temp dir
+and resources) and a real `mlflow server`: `sslscale submit` runs a short pretraining there as a Ray job, training
+on the nodes that offer its custom resource while Ray Data works on the others, and its run, with transfer scores,
+is in the server. Long (make test-long)."""
 from __future__ import annotations
 
 import os
@@ -24,9 +25,24 @@ def _submit(env: dict, *args: str, limit: float = 600) -> subprocess.CompletedPr
                           timeout=limit)
 
 
+def _check_placement(nodes: RayNodes, env: dict, job_id: str) -> None:
+    """The job's training workers ran on the trainer node only, its Ray Data tasks on the CPU node only."""
+    from ray.util import state
+
+    kinds = {n.node_id: n.resources_total.get("trainer", 0) and "trainer" or
+             (n.resources_total.get("CPU", 0) and "cpu" or "head") for n in state.list_nodes(nodes.dashboard)}
+    [job] = [j for j in state.list_jobs(nodes.dashboard) if j.submission_id == job_id]
+    workers = state.list_actors(nodes.dashboard, filters=[("class_name", "=", "RayTrainWorker"),
+                                                         ("job_id", "=", job.job_id)], limit=1000)
+    assert {kinds[a.node_id] for a in workers} == {"trainer"}, workers
+    tasks = state.list_tasks(nodes.dashboard, filters=[("job_id", "=", job.job_id)], limit=10000)
+    data = [t for t in tasks if t.type == "NORMAL_TASK" and ("Map" in t.name or "Read" in t.name)]
+    assert data and {kinds[t.node_id] for t in data} == {"cpu"}, sorted({(t.name, kinds[t.node_id]) for t in data})
+
+
 @pytest.mark.long
-def test_submit_pretraining_to_a_two_node_cluster(tmp_path, data_root):
-    """A job on a CPU-0 head trains on the second node and logs its transfer scores to the shared server."""
+def test_submit_pretraining_to_a_three_node_cluster(tmp_path, data_root, monkeypatch):
+    """A job on a CPU-0 head trains on the trainer node, reads data on the CPU node, logs to the shared server."""
     server = MlflowServer(tmp_path / "mlflow")
     (tmp_path / "mlflow").mkdir()
     storage = tmp_path / "storage"
@@ -36,19 +52,26 @@ def test_submit_pretraining_to_a_two_node_cluster(tmp_path, data_root):
     try:
         server.start()
         nodes.start_head(num_cpus=0, resources='{"sslscale_driver": 2}')  # drivers only, as on a cloud cluster
-        nodes.add_node("worker", num_cpus=3, resources='{"cpu_pool": 3}')
-        env = {**os.environ, **nodes.client_env()}
+        # a "GPU node" (a custom resource stands for the GPUs: all its CPUs go to the two training workers) and
+        # a CPU node for Ray Data
+        nodes.add_node("trainer", num_cpus=2, resources='{"trainer": 2}')
+        nodes.add_node("cpu", num_cpus=2)
+        for key, value in nodes.client_env().items():  # the clients here (the state API too) read the token
+            monkeypatch.setenv(key, value)
+        env = dict(os.environ)
         env.pop("MLFLOW_TRACKING_URI", None)
 
         wrong = _submit({**env, "RAY_AUTH_TOKEN": "0" * 32}, "--list", limit=60)
         assert wrong.returncode == 2 and "refused the auth token" in wrong.stderr, wrong.stderr
         assert len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
 
-        done = _submit(env, "--", "pretrain", "--recipe", "debug")
+        done = _submit(env, "--", "pretrain", "--recipe", "debug", "train.worker_resources=trainer:1")
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
         job_id = re.search(r"submitted job (\S+)", done.stdout).group(1)
         run_id = re.search(r"run id:\s+(\w+)", done.stdout).group(1)
         assert "transfer scores" in done.stdout
+
+        _check_placement(nodes, env, job_id)
 
         listed = _submit(env, "--list", limit=60)
         assert re.search(rf"{job_id}\s+SUCCEEDED", listed.stdout), listed.stdout
