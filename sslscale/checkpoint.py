@@ -4,27 +4,19 @@ A checkpoint folder holds DeepSpeed's files (under `ds/`), the encoder as safete
 (rank 0: step, world size, MLflow run id, config) and, from every rank r, `position.rank{r}.json` (the sample ids
 its completed steps consumed, per epoch) and `manifest.rank{r}.json` (sha256 of every file rank r wrote).
 Ranks may write to different machines; Ray Train merges their folders. `verify` checks every rank's manifest
-before anything in the folder is unpickled, so a half-copied or tampered checkpoint is never loaded.
+before anything in the folder is unpickled, so a half-copied or tampered checkpoint is never loaded. Reading works
+on any storage (see storage.py); a worker writes its files into a local folder that Ray Train then uploads.
 """
 from __future__ import annotations
 
-import glob
-import json
 import os
 
-from sslscale.corpus import sha256
+from sslscale import storage
 from sslscale.errors import SslscaleError
+from sslscale.storage import write_json
 
 STATE = "state.json"
 ENCODER = "encoder.safetensors"
-
-
-def write_json(path: str, data, indent: int | None = None) -> None:
-    """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=indent)
-    os.replace(tmp, path)
 
 
 def write_rank_files(folder: str, rank: int, position: dict, state: dict | None) -> None:
@@ -37,13 +29,12 @@ def write_rank_files(folder: str, rank: int, position: dict, state: dict | None)
         for name in names:
             path = os.path.join(root, name)
             if not name.startswith("manifest.rank"):
-                files[os.path.relpath(path, folder)] = sha256(path)
+                files[os.path.relpath(path, folder)] = storage.sha256(path)
     write_json(os.path.join(folder, f"manifest.rank{rank}.json"), files)
 
 
 def read_state(folder: str) -> dict:
-    with open(os.path.join(folder, STATE)) as f:
-        return json.load(f)
+    return storage.read_json(storage.join(folder, STATE))
 
 
 def verify(folder: str) -> dict:
@@ -51,10 +42,9 @@ def verify(folder: str) -> dict:
     try:
         state = read_state(folder)
         for rank in range(state["world_size"]):
-            with open(os.path.join(folder, f"manifest.rank{rank}.json")) as f:
-                files = json.load(f)
+            files = storage.read_json(storage.join(folder, f"manifest.rank{rank}.json"))
             for rel, digest in files.items():
-                if sha256(os.path.join(folder, rel)) != digest:
+                if storage.sha256(storage.join(folder, rel)) != digest:
                     raise SslscaleError(f"checkpoint {folder}: {rel} does not match its checksum")
     except (OSError, ValueError, KeyError) as e:
         raise SslscaleError(f"checkpoint {folder} is incomplete or unreadable ({e}); resume from an earlier one") from None
@@ -64,9 +54,9 @@ def verify(folder: str) -> dict:
 def read_positions(folder: str) -> dict[int, list[int]]:
     """Union over ranks of the consumed sample ids per epoch: {epoch: sorted ids}."""
     consumed: dict[int, set] = {}
-    for path in glob.glob(os.path.join(folder, "position.rank*.json")):
-        with open(path) as f:
-            for epoch, ids in json.load(f).items():
+    for name in storage.listdir(folder):
+        if name.startswith("position.rank") and name.endswith(".json"):
+            for epoch, ids in storage.read_json(storage.join(folder, name)).items():
                 consumed.setdefault(int(epoch), set()).update(ids)
     return {e: sorted(ids) for e, ids in consumed.items()}
 
@@ -75,9 +65,9 @@ def latest(run_dir: str) -> str | None:
     """The checkpoint folder under run_dir with the highest step that verifies, or None. Candidates are checked
     newest first (by the step in state.json), so only a torn newest checkpoint costs a second verification."""
     found = []
-    for state_path in glob.glob(os.path.join(run_dir, "**", STATE), recursive=True):
+    for state_path in storage.find(run_dir, STATE):
         try:
-            found.append((read_state(os.path.dirname(state_path))["step"], os.path.dirname(state_path)))
+            found.append((read_state(storage.parent(state_path))["step"], storage.parent(state_path)))
         except (OSError, ValueError, KeyError):
             continue
     for _, folder in sorted(found, reverse=True):

@@ -98,20 +98,20 @@ def _source_args(p: argparse.ArgumentParser) -> None:
 
 def _encoder_source(args) -> tuple[str, str]:
     """(path holding an encoder, MLflow run id or '') for --run / --checkpoint."""
-    from sslscale import checkpoint, tracking
+    from sslscale import checkpoint, storage, tracking
     from sslscale.pretraining import find_run_dir, run_field
 
     if args.run:
         run_dir = find_run_dir(args.run, tracking.resolve_uri(args.tracking_uri))
-        path = run_dir if os.path.isfile(os.path.join(run_dir, checkpoint.ENCODER)) else checkpoint.latest(run_dir)
+        path = run_dir if storage.isfile(storage.join(run_dir, checkpoint.ENCODER)) else checkpoint.latest(run_dir)
         if path is None:
             raise SslscaleError(f"run {args.run} has no checkpoint yet: resume it with `sslscale pretrain --resume`")
         return path, run_field(run_dir, "run_id")
     path = args.checkpoint
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise SslscaleError(f"checkpoint {path} does not exist: pass a checkpoint folder or *encoder.safetensors file")
     run_id = ""
-    if os.path.isfile(os.path.join(path, checkpoint.STATE)):
+    if storage.isfile(storage.join(path, checkpoint.STATE)):
         run_id = checkpoint.verify(path).get("run_id", "")
     return path, run_id
 
@@ -281,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         COMMANDS[args.action if args.command == "data" else args.command](args)
     except SslscaleError as e:
+        if getattr(e, "signum", None):  # pretraining.RunStopped: one line with the step, checkpoint and --resume
+            print(f"sslscale: {e}", file=sys.stderr)
+            return 128 + e.signum
         if args.debug:
             raise
         print(f"sslscale: error: {e}", file=sys.stderr)

@@ -14,7 +14,6 @@ shards.read_shard, which checks its sha256 and member names.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -32,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from sslscale import storage
 from sslscale.errors import SslscaleError
 from sslscale.shards import Row, read_shard
 
@@ -288,7 +288,8 @@ def _encode_png(image: np.ndarray) -> bytes:
 def _write_shard(staging: Path, split: str, index: int, fmt: str, rows: list[Row]) -> dict:
     name = f"{split}-{index:06d}{FORMATS[fmt]}"
     (_write_tar if fmt == "webdataset" else _write_parquet)(staging / name, rows)
-    return {"name": name, "samples": len(rows), "first_id": rows[0][0], "sha256": sha256(staging / name)}
+    return {"name": name, "samples": len(rows), "first_id": rows[0][0],
+            "sha256": storage.sha256(str(staging / name))}
 
 
 def _write_tar(path: Path, rows: list[Row]) -> None:
@@ -312,15 +313,6 @@ def _write_parquet(path: Path, rows: list[Row]) -> None:
     if rows[0][2] is not None:
         columns["label"] = pa.array([r[2] for r in rows], pa.int64())
     pq.write_table(pa.table(columns), path)
-
-
-def sha256(path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (shards here, checkpoint files in checkpoint.py)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _Progress:
@@ -351,13 +343,13 @@ class _Progress:
 
 def load_manifest(corpus_dir) -> dict:
     """The manifest of a prepared corpus, or SslscaleError saying how to prepare one."""
-    path = Path(corpus_dir) / MANIFEST
+    path = storage.join(str(corpus_dir), MANIFEST)
     redo = f"re-run `sslscale data prepare SOURCE --out {corpus_dir} --overwrite`"
-    if not path.is_file():
+    if not storage.isfile(path):
         raise SslscaleError(f"no manifest.json in {corpus_dir}: prepare it with "
-                            f"`sslscale data prepare SOURCE --out {corpus_dir}`")
+                            f"`sslscale data prepare SOURCE --out {corpus_dir}` (or copy a prepared one there)")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(storage.read_bytes(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SslscaleError(f"{path} is not valid JSON ({_reason(e)}): {redo}") from None
     if not isinstance(manifest, dict) or manifest.get("version") != 1 or "splits" not in manifest:
@@ -375,8 +367,8 @@ def _split_entry(manifest: dict, split: str, where) -> dict:
 def shard_paths(manifest_or_dir, corpus_dir=None, split: str = "train") -> list[str]:
     """Absolute shard paths of SPLIT; corpus_dir defaults to manifest_or_dir when that is a folder."""
     manifest = manifest_or_dir if isinstance(manifest_or_dir, dict) else load_manifest(manifest_or_dir)
-    root = Path(manifest_or_dir if corpus_dir is None else corpus_dir).absolute()
-    return [str(root / shard["name"]) for shard in _split_entry(manifest, split, root)["shards"]]
+    root = storage.absolute(str(manifest_or_dir if corpus_dir is None else corpus_dir))
+    return [storage.join(root, shard["name"]) for shard in _split_entry(manifest, split, root)["shards"]]
 
 
 def verify_shards(corpus_dir, split: str, hashes: bool = True) -> None:
@@ -384,10 +376,10 @@ def verify_shards(corpus_dir, split: str, hashes: bool = True) -> None:
     manifest = load_manifest(corpus_dir)
     redo = f"re-run `sslscale data prepare SOURCE --out {corpus_dir} --overwrite`"
     for shard in _split_entry(manifest, split, corpus_dir)["shards"]:
-        path = Path(corpus_dir) / shard["name"]
-        if not path.is_file():
+        path = storage.join(str(corpus_dir), shard["name"])
+        if not storage.isfile(path):
             raise SslscaleError(f"shard {path} is missing: {redo}")
-        if hashes and sha256(path) != shard["sha256"]:
+        if hashes and storage.sha256(path) != shard["sha256"]:
             raise SslscaleError(f"shard {path} does not match its sha256 in manifest.json: {redo}")
 
 
@@ -430,7 +422,7 @@ def resolve(name_or_dir: str, prepare_missing: bool = True) -> str:
         if prepare_missing and not (Path(folder) / MANIFEST).is_file():
             prepare(name_or_dir, folder)
         return folder
-    if not Path(name_or_dir).is_dir():
+    if not storage.isdir(name_or_dir):
         raise SslscaleError(f"corpus {name_or_dir!r} is neither a built-in name ({', '.join(builtin_sources())}) "
                             f"nor a folder: prepare one with `sslscale data prepare SOURCE --out DIR`")
-    return str(Path(name_or_dir).absolute())
+    return storage.absolute(name_or_dir)

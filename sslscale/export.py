@@ -1,7 +1,8 @@
 """Encoders as safetensors files: weights plus the architecture and input spec in the metadata, no pickle.
 
 `save_encoder` writes `<name>encoder.safetensors`; `load_encoder` rebuilds the module from the metadata alone and
-returns it in eval mode, mapping float images (N, C, H, W) in [0, 1] to features (N, D).
+returns it in eval mode, mapping float images (N, C, H, W) in [0, 1] to features (N, D). Either reads from any
+storage (storage.py: a run folder may be on s3://); files a user hands in are never unpickled.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from sslscale import storage
 from sslscale.encoders import build_encoder
 from sslscale.errors import SslscaleError
 
@@ -32,12 +34,12 @@ def save_encoder(encoder: torch.nn.Module, path: str) -> str:
 
 
 def _resolve(path: str) -> str:
-    if os.path.isdir(path):
-        candidates = sorted(f for f in os.listdir(path) if f.endswith(SUFFIX))
+    if storage.isdir(path):
+        candidates = [f for f in storage.listdir(path) if f.endswith(SUFFIX)]
         if not candidates:
             raise SslscaleError(f"no *{SUFFIX} in {path}: export one with `sslscale export`")
-        path = os.path.join(path, candidates[0])
-    if not os.path.isfile(path):
+        path = storage.join(path, candidates[0])
+    if not storage.isfile(path):
         raise SslscaleError(f"encoder file {path} does not exist: export one with `sslscale export`")
     return path
 
@@ -55,9 +57,10 @@ def read_spec(path: str) -> dict:
 
 
 def load_encoder(path: str) -> torch.nn.Module:
-    """An eval-mode encoder from a `*encoder.safetensors` file (or a folder holding one)."""
-    spec = read_spec(path)
-    encoder = build_encoder(spec["name"], in_channels=spec["in_channels"], image_size=spec["image_size"],
-                            **spec["kwargs"])
-    encoder.load_state_dict(load_file(_resolve(path)))
+    """An eval-mode encoder from a `*encoder.safetensors` file (or a folder holding one), local or in storage."""
+    with storage.local(_resolve(path)) as local:
+        spec = read_spec(local)
+        encoder = build_encoder(spec["name"], in_channels=spec["in_channels"], image_size=spec["image_size"],
+                                **spec["kwargs"])
+        encoder.load_state_dict(load_file(local))
     return encoder.eval()

@@ -3,23 +3,31 @@
 The driver's side of a run: validate the config, check the corpus, open (or reopen) the MLflow run, start the
 Ray Train workers on the view stream, then export the encoder, log the artifacts and score the transfer target.
 The CLI, a Tune trial, a test and a notebook all call this. A run's files live in <train.storage>/<run id>/:
-run.json (what --resume needs), attempt-N/ (Ray Train's checkpoints per driver attempt), encoder.safetensors.
+run.json (what --resume needs), lease.json (which live process writes the run, see lease.py), attempt-N/ (Ray
+Train's checkpoints per driver attempt), encoder.safetensors. SIGINT and SIGTERM (Ctrl-C, `kill`, a Ray job stop)
+end a run as KILLED in MLflow with one line: the step its last intact checkpoint holds and the `--resume` command.
+A driver that dies (SIGKILL, the OOM killer) ends its run too, locally and as a Ray job alike: Ray
+ends the job's actors (Train's controller, then its workers), a local Ray instance dies with its driver, and the
+workers watch the driver's lease and exit within a second (lease.watch). The run stays RUNNING in MLflow until a
+`--resume`, which takes the dead driver's lease over, continues it from its latest checkpoint.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
+import signal
+import tempfile
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from sslscale import checkpoint, corpus, stream, tracking, train, transfer
+from sslscale import checkpoint, corpus, lease, storage, stream, tracking, train, transfer
 from sslscale.config import Config, validate
 from sslscale.errors import SslscaleError
 from sslscale.export import load_encoder
-from sslscale.runtime import ensure_ray
+from sslscale.runtime import ensure_ray, shutdown
 
 RUN_FILE = "run.json"
 SKIPPED = "skipped"  # the stream's records of what data.on_error=skip left out; merged into skipped.json
@@ -33,6 +41,25 @@ class PretrainResult:
     encoder_path: str
     tracking_uri: str
     scores: dict = field(default_factory=dict)
+
+
+class RunStopped(SslscaleError):
+    """The run was stopped by a signal; the message is the one line for the user (step, checkpoint, --resume)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class _Signalled(KeyboardInterrupt):
+    """Raised by the SIGINT/SIGTERM handler. Not an Exception, so _train never takes it for a failed attempt; a
+    KeyboardInterrupt, as the only exception ray.get lets through (as a new KeyboardInterrupt: see `last`)."""
+
+    last = signal.SIGINT  # the latest signal the handler saw
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _input_spec(corpus_dir: str, cfg: Config) -> dict:
@@ -56,17 +83,16 @@ RESUMABLE = ("train.steps", "train.checkpoint_every", "train.health_every", "tra
 def run_field(run_dir: str, key: str, default=""):
     """One field of a run folder's run.json, or default when the file or key is missing."""
     try:
-        with open(os.path.join(run_dir, RUN_FILE)) as f:
-            return json.load(f).get(key, default)
-    except (OSError, ValueError):
+        return storage.read_json(storage.join(run_dir, RUN_FILE)).get(key, default)
+    except (OSError, ValueError, SslscaleError):
         return default
 
 
 def find_run_dir(resume: str, uri: str) -> str:
     """A run folder from a run id (its MLflow tag) or a folder holding run.json."""
-    if os.path.isfile(os.path.join(resume, RUN_FILE)):
-        return os.path.abspath(resume)
-    if os.path.isdir(resume):
+    if storage.isfile(storage.join(resume, RUN_FILE)):
+        return storage.absolute(resume)
+    if storage.is_uri(resume) or os.path.isdir(resume):
         raise SslscaleError(f"{resume} holds no {RUN_FILE}: pass a run id or the run's folder under train.storage")
     run = tracking.get_run(uri, resume)
     run_dir = run.data.tags.get("sslscale.run_dir", "")
@@ -84,43 +110,49 @@ def resume_config(resume: str, overrides: list[str], uri: str = "") -> Config:
             raise SslscaleError(f"{key} cannot change when resuming (the checkpoint was made with it); "
                                 f"resumable keys: {', '.join(RESUMABLE)}")
     run_dir = find_run_dir(resume, tracking.resolve_uri(uri))
-    with open(os.path.join(run_dir, RUN_FILE)) as f:
-        saved = json.load(f)
+    saved = storage.read_json(storage.join(run_dir, RUN_FILE))
     cfg = Config.from_dict(saved["config"])
     cfg.tracking.uri = saved["uri"]
     return cfg.override(overrides)
 
 
 def _write_run_file(run_dir: str, run_id: str, uri: str, cfg: Config) -> None:
-    checkpoint.write_json(os.path.join(run_dir, RUN_FILE), {"run_id": run_id, "uri": uri, "config": cfg.to_dict()},
-                          indent=2)
+    storage.write_json(storage.join(run_dir, RUN_FILE), {"run_id": run_id, "uri": uri, "config": cfg.to_dict()},
+                       indent=2)
 
 
-def _open_run(cfg: Config, uri: str, resume: str | None, tags: dict | None = None) -> tuple[str, str]:
-    """(run id, run dir): a new run, or the resumed one (its run.json then records the effective config)."""
+def _open_run(cfg: Config, uri: str, resume: str | None, tags: dict | None = None) -> tuple[str, str, lease.Lease]:
+    """(run id, run dir, its lease): a new run, or the resumed one (its run.json then records the effective config),
+    refused in one line while another live process still writes it."""
     if resume:
         run_dir = find_run_dir(resume, uri)
         run_id = run_field(run_dir, "run_id")
+        held = lease.acquire(run_dir, run_id or run_dir)
         _write_run_file(run_dir, run_id, uri, cfg)
         if run_id:
-            tracking.best_effort(tracking.set_tags, uri, run_id, {"sslscale.resumed": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        return run_id, run_dir
+            tracking.best_effort(tracking.reopen_run, uri, run_id)
+            tracking.best_effort(tracking.set_tags, uri, run_id,
+                                 {"sslscale.resumed": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        return run_id, run_dir, held
     run_id = tracking.start_run(uri, cfg, tags) if cfg.tracking.enabled else ""
     name = run_id or time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
-    run_dir = os.path.join(os.path.abspath(cfg.train.storage), name)
-    os.makedirs(run_dir, exist_ok=False)
+    run_dir = storage.join(storage.absolute(cfg.train.storage), name)
+    if storage.exists(run_dir):
+        raise SslscaleError(f"run folder {run_dir} exists already: resume it with --resume, or start a new run")
+    storage.makedirs(run_dir)
+    held = lease.acquire(run_dir, name)
     _write_run_file(run_dir, run_id, uri, cfg)
     if run_id:
         tracking.best_effort(tracking.set_tags, uri, run_id, {"sslscale.run_dir": run_dir})
-    return run_id, run_dir
+    return run_id, run_dir, held
 
 
 def _attempt(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, input_spec: dict, **fit_kw) -> None:
     """One TorchTrainer fit from the run's latest checkpoint, on a stream that skips what it consumed."""
     last = checkpoint.latest(run_dir)
     consumed = checkpoint.read_positions(last) if last else {}
-    dataset = stream.pretrain_dataset(cfg, corpus_dir, consumed=consumed, skip_dir=os.path.join(run_dir, SKIPPED))
-    attempt = len([d for d in os.listdir(run_dir) if d.startswith("attempt-")])
+    dataset = stream.pretrain_dataset(cfg, corpus_dir, consumed=consumed, skip_dir=storage.join(run_dir, SKIPPED))
+    attempt = len([d for d in storage.listdir(run_dir) if d.startswith("attempt-")])
     train.fit(cfg, datasets={"train": dataset}, ingest=stream.ingest_options(cfg), run_id=run_id, uri=uri,
               input_spec=input_spec, storage=run_dir, name=f"attempt-{attempt}", resume_from=last, **fit_kw)
 
@@ -130,18 +162,21 @@ def _done(run_dir: str, steps: int) -> str | None:
     return last if last and checkpoint.read_state(last)["step"] >= steps else None
 
 
-def _train(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, input_spec: dict, **fit_kw) -> str:
+def _train(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, input_spec: dict, held: lease.Lease,
+           **fit_kw) -> str:
     """Train to cfg.train.steps, retrying a failed attempt (a dead worker or node) from the latest checkpoint up to
     train.max_failures times. Each retry rebuilds the stream without the samples already consumed, which Ray's own
     worker-group restart cannot do. Returns the final checkpoint folder."""
-    ensure_ray()
     stream.quiet()
     for retry in range(cfg.train.max_failures + 1):
         if _done(run_dir, cfg.train.steps):
             break
         try:
-            _attempt(cfg, run_id, uri, run_dir, corpus_dir, input_spec, **fit_kw)
+            _attempt(cfg, run_id, uri, run_dir, corpus_dir, input_spec, lease_info=held.for_workers(), **fit_kw)
         except Exception as e:  # noqa: BLE001 - Ray wraps worker errors; the user needs the root cause in one line
+            if held.lost:  # its workers stopped because another process took the run over: not a failure to retry
+                raise SslscaleError(f"run {run_id or run_dir} was taken over by {held.holder()}; this process "
+                                    f"stops") from None
             cause, ours = _root_cause(e)
             if retry == cfg.train.max_failures or ours:  # bad input or bad numbers: a retry cannot help
                 if run_id:
@@ -175,17 +210,18 @@ def _root_cause(e: BaseException) -> tuple[str, bool]:
 
 def _report_skipped(run_dir: str, uri: str, run_id: str) -> None:
     """skipped.json (each skipped shard and sample with its reason), metrics and one line, when anything was."""
-    found = stream.skipped(os.path.join(run_dir, SKIPPED))
+    found = stream.skipped(storage.join(run_dir, SKIPPED))
     if not any(found.values()):
         return
-    path = os.path.join(run_dir, "skipped.json")
-    checkpoint.write_json(path, found, indent=2)
+    path = storage.join(run_dir, "skipped.json")
+    storage.write_json(path, found, indent=2)
     print(f"data.on_error=skip left out {len(found['shard'])} shard(s) and {len(found['sample'])} sample(s): "
           f"see {path}", flush=True)
     if run_id:
         counts = {"data/skipped_shards": len(found["shard"]), "data/skipped_samples": len(found["sample"])}
         tracking.best_effort(tracking.log_metrics, uri, run_id, counts)
-        tracking.best_effort(tracking.log_artifact, uri, run_id, path)
+        with storage.local(path) as local:
+            tracking.best_effort(tracking.log_artifact, uri, run_id, local)
 
 
 def _deliver_held_metrics(uri: str, run_id: str, final: str, steps: int, wait_s: float = 90) -> None:
@@ -208,9 +244,9 @@ def _deliver_held_metrics(uri: str, run_id: str, final: str, steps: int, wait_s:
 
 
 def _finish(cfg: Config, run_id: str, uri: str, run_dir: str, final: str) -> tuple[str, dict]:
-    encoder_path = os.path.join(run_dir, checkpoint.ENCODER)
-    shutil.copyfile(os.path.join(final, checkpoint.ENCODER), encoder_path + ".tmp")
-    os.replace(encoder_path + ".tmp", encoder_path)
+    """The encoder into the run folder, its transfer scores, the held metrics, artifacts and the run's end."""
+    encoder_path = storage.join(run_dir, checkpoint.ENCODER)
+    storage.copy_file(storage.join(final, checkpoint.ENCODER), encoder_path)
     scores = {}
     if cfg.transfer.enabled:
         print(f"scoring the encoder on {cfg.transfer.target} (kNN k={cfg.transfer.knn_k}, linear probe)...", flush=True)
@@ -218,32 +254,87 @@ def _finish(cfg: Config, run_id: str, uri: str, run_dir: str, final: str) -> tup
     if run_id:
         _deliver_held_metrics(uri, run_id, final, cfg.train.steps)
         safe = tracking.best_effort
-        safe(tracking.log_artifact, uri, run_id, encoder_path, "encoder")
+        with storage.local(encoder_path) as local:
+            safe(tracking.log_artifact, uri, run_id, local, "encoder")
         if scores:
             safe(tracking.log_metrics, uri, run_id, {f"transfer/{k}": v for k, v in scores.items()})
-        plot = safe(tracking.plot_curves, uri, run_id, os.path.join(run_dir, "curves.png"))
-        if plot:
-            safe(tracking.log_artifact, uri, run_id, plot)
+        with tempfile.TemporaryDirectory(prefix="sslscale-curves-") as tmp:  # made here, kept in the run folder
+            plot = safe(tracking.plot_curves, uri, run_id, os.path.join(tmp, "curves.png"))
+            if plot:
+                safe(tracking.log_artifact, uri, run_id, plot)
+                safe(storage.copy_file, plot, storage.join(run_dir, "curves.png"))
         safe(tracking.end_run, uri, run_id)
     return encoder_path, scores
+
+
+@contextmanager
+def _signals_stop_the_run():
+    """SIGINT and SIGTERM raise _Signalled in the main thread while the run trains and finishes (elsewhere, e.g. in
+    a Tune trial, signals are left alone). Entered after ray.init, which installs a SIGTERM handler of its own."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        _Signalled.last = signum  # Ray may hand the exception back as a KeyboardInterrupt from inside ray.get
+        raise _Signalled(signum)
+
+    _Signalled.last = signal.SIGINT
+    before = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:  # a handler installed from C reads as None: the default takes its place
+        for s, h in before.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+def _stopped(signum: int, cfg: Config, run_id: str, uri: str, run_dir: str, held: lease.Lease) -> RunStopped:
+    """End a run stopped by a signal: leave Ray (so no worker's last words reach the console; a local instance
+    stops, a cluster ends the job's actors), release the lease (a worker still running exits within lease.WATCH_S,
+    before another checkpoint), mark the MLflow run KILLED, and say in one line what is saved and how to go on.
+    Takes 1-3 s (most of it stopping a local Ray instance), inside the 3 s a Ray job stop waits before SIGKILL."""
+    shutdown()
+    released = time.time()
+    held.release()
+    if run_id:
+        tracking.best_effort(tracking.end_run, uri, run_id, "KILLED")
+    time.sleep(max(0.0, released + lease.WATCH_S - time.time()))  # a checkpoint in flight lands or tears
+    last = checkpoint.latest(run_dir)
+    step = checkpoint.read_state(last)["step"] if last else 0
+    # a Ray job's driver (Ray's job supervisor sets this variable, see runtime._job_env) is resumed as a job
+    job = "submit -- " if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") else ""
+    command = f"sslscale {job}pretrain --resume {run_id or run_dir}"
+    if run_id and uri != tracking.resolve_uri(""):
+        command += f" tracking.uri={tracking.shown(uri)}"
+    saved = f"step {step} of {cfg.train.steps} is saved in {last}" if last else "no checkpoint was written yet"
+    killed = f"MLflow run {run_id} is KILLED; " if run_id else ""
+    return RunStopped(f"stopped by {signal.Signals(signum).name}; {saved}; {killed}go on with: {command}", signum)
 
 
 def pretrain(cfg: Config, *, resume: str | None = None, tags: dict | None = None, callbacks: tuple = (),
              report_extra: dict | None = None) -> PretrainResult:
     """Train cfg's method on cfg's corpus under Ray Train + DeepSpeed, log to MLflow, score the transfer target.
     `resume` (a run id or run folder) continues that run from its latest checkpoint, in the same MLflow run.
-    A sweep trial adds MLflow `tags` to a new run, Ray Train `callbacks` and `report_extra` (see train.fit)."""
+    A sweep trial adds MLflow `tags` to a new run, Ray Train `callbacks` and `report_extra` (see train.fit).
+    SIGINT or SIGTERM (in the main thread) raise RunStopped after ending the run as KILLED."""
     validate(cfg)
     uri = tracking.resolve_uri(cfg.tracking.uri)
     corpus_dir = corpus.resolve(cfg.data.corpus)
     input_spec = _input_spec(corpus_dir, cfg)
-    run_id, run_dir = _open_run(cfg, uri, resume, tags)
+    run_id, run_dir, held = _open_run(cfg, uri, resume, tags)
     print(f"run {run_id or '(tracking off)'}: {cfg.method.name} on {corpus_dir}, {cfg.train.steps} steps, "
           f"{cfg.train.workers} workers, files in {run_dir}", flush=True)
     try:
-        final = _train(cfg, run_id, uri, run_dir, corpus_dir, input_spec, callbacks=callbacks,
-                       report_extra=report_extra)
+        ensure_ray()
+        with _signals_stop_the_run():
+            try:
+                final = _train(cfg, run_id, uri, run_dir, corpus_dir, input_spec, held, callbacks=callbacks,
+                               report_extra=report_extra)
+            finally:
+                _report_skipped(run_dir, uri, run_id)  # also when the run failed: what was left out may be why
+            encoder_path, scores = _finish(cfg, run_id, uri, run_dir, final)
+    except KeyboardInterrupt as e:  # _Signalled, or Ray's stand-in for it
+        raise _stopped(getattr(e, "signum", _Signalled.last), cfg, run_id, uri, run_dir, held) from None
     finally:
-        _report_skipped(run_dir, uri, run_id)  # also when the run failed: what was left out may be why
-    encoder_path, scores = _finish(cfg, run_id, uri, run_dir, final)
+        held.release()
     return PretrainResult(run_id, run_dir, final, encoder_path, uri, scores)

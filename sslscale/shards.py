@@ -16,6 +16,7 @@ from typing import Optional
 
 import pyarrow.parquet as pq
 
+from sslscale import storage
 from sslscale.errors import SslscaleError
 
 Row = tuple[int, bytes, Optional[int]]  # (sample id, image bytes, label or None)
@@ -29,10 +30,9 @@ class ShardError(SslscaleError):
 def read_shard(path: str, fmt: str, *, sha256: str = "", labelled: bool = False) -> list[Row]:
     """All rows of one shard; raises ShardError naming the shard when it cannot be trusted or read."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = storage.read_bytes(path)  # a local, shared or object-store path
     except OSError as e:
-        raise ShardError(f"shard {path} cannot be read ({e.strerror}): {REPAIR}") from None
+        raise ShardError(f"shard {path} cannot be read ({e.strerror or str(e).strip()[:200]}): {REPAIR}") from None
     if sha256 and hashlib.sha256(data).hexdigest() != sha256:
         try:
             _parse(data, path, fmt, labelled)

@@ -11,7 +11,6 @@ run's skip folder (see `skipped`); with fail, the run stops with one line naming
 """
 from __future__ import annotations
 
-import glob
 import json
 import math
 import os
@@ -20,7 +19,7 @@ import uuid
 import numpy as np
 import ray.data
 
-from sslscale import corpus
+from sslscale import corpus, storage
 from sslscale.errors import SslscaleError
 from sslscale.shards import ShardError, read_shard
 from sslscale.views import ViewSpec, batch_views
@@ -38,18 +37,17 @@ def view_spec(cfg, size: int) -> ViewSpec:
 def _log_skip(skip_dir: str | None, kind: str, name: str, reason: str, epoch: int) -> None:
     """One file per skip event (tasks run in parallel, so no shared file); `skipped` merges them."""
     if skip_dir:
-        os.makedirs(skip_dir, exist_ok=True)
-        with open(os.path.join(skip_dir, f"{kind}-{uuid.uuid4().hex}.json"), "w") as f:
-            json.dump({"kind": kind, "name": name, "reason": reason, "epoch": epoch}, f)
+        storage.write_json(storage.join(skip_dir, f"{kind}-{uuid.uuid4().hex}.json"),
+                           {"kind": kind, "name": name, "reason": reason, "epoch": epoch})
 
 
 def skipped(skip_dir: str) -> dict[str, dict[str, str]]:
     """What a run left out: {"shard": {name: reason}, "sample": {id: reason}}, each once however many epochs."""
     out: dict[str, dict[str, str]] = {"shard": {}, "sample": {}}
-    for path in sorted(glob.glob(os.path.join(skip_dir, "*.json"))):
-        with open(path) as f:
-            event = json.load(f)
-        out[event["kind"]].setdefault(event["name"], event["reason"])
+    for name in storage.listdir(skip_dir):
+        if name.endswith(".json"):
+            event = storage.read_json(storage.join(skip_dir, name))
+            out[event["kind"]].setdefault(event["name"], event["reason"])
     return out
 
 
@@ -59,7 +57,7 @@ def read_rows(batch: dict, *, corpus_dir: str, fmt: str, consumed: dict, on_erro
     as {id, epoch, image bytes, shard name}."""
     epoch, name = int(batch["epoch"][0]), str(batch["shard"][0])
     try:
-        rows = read_shard(os.path.join(corpus_dir, name), fmt, sha256=str(batch["sha256"][0]))
+        rows = read_shard(storage.join(corpus_dir, name), fmt, sha256=str(batch["sha256"][0]))
     except ShardError as e:
         if on_error == "fail":
             raise

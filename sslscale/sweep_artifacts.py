@@ -2,7 +2,8 @@
 and the finished sweep's artifacts: the ranked table (markdown and CSV), the best trial's id, values and scores,
 and the plots (score against each searched key, parallel coordinates, every trial's health curve with the
 scheduler's stops marked, a 2-D map of the best encoder's embeddings of the target's test split).
-Files are written into the sweep's folder first, so they survive a store that is away; each MLflow call is best
+Files are made locally and copied into the sweep's folder (a path or s3://) first, so they survive a store that is
+away; each MLflow call is best
 effort, so one that fails costs that artifact, not the sweep.
 """
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 
-from sslscale import checkpoint, plots, space as spaces, sweep_report, tracking, transfer
+from sslscale import checkpoint, plots, space as spaces, storage, sweep_report, tracking, transfer
 from sslscale.config import Config
 from sslscale.export import load_encoder
 from sslscale.health import HEALTH_KEYS
@@ -21,7 +23,7 @@ STATE = "sweep.json"  # our part of the sweep folder: what resume needs (Tune's 
 
 
 def write_state(state: dict) -> None:
-    checkpoint.write_json(os.path.join(state["folder"], STATE), state, indent=2)
+    storage.write_json(storage.join(state["folder"], STATE), state, indent=2)
 
 
 def open_parent(cfg: Config, state: dict) -> str:
@@ -75,14 +77,15 @@ def _safe(fn, *args):
 
 def _best_map(state: dict, best: dict, target: str, out: str) -> str:
     run_dir = tracking.get_run(state["config"]["tracking"]["uri"], best["run_id"]).data.tags["sslscale.run_dir"]
-    return transfer.embedding_map(load_encoder(os.path.join(run_dir, checkpoint.ENCODER)), target, out)
+    return transfer.embedding_map(load_encoder(storage.join(run_dir, checkpoint.ENCODER)), target, out)
 
 
-def _files(state: dict, ranked: list[dict], table: str, best: dict | None, target: str) -> list[str]:
+def _files(state: dict, ranked: list[dict], table: str, best: dict | None, target: str, local: str) -> list[str]:
+    """The table and plots, made in the local folder `local` and copied into the sweep folder (any storage)."""
     folder, metric, signal = state["folder"], state["metric"], state["signal"]
     space = spaces.parse(state["space"])
     keys, log_keys = list(space), [d.key for d in space.values() if d.log]
-    out = lambda name: os.path.join(folder, name)  # noqa: E731
+    out = lambda name: os.path.join(local, name)  # noqa: E731
     files = [_safe(_write, out("trials.md"), table),
              _safe(_write, out("trials.csv"), sweep_report.to_csv(ranked, keys, metric, signal)),
              _safe(plots.score_vs_params, ranked, keys, metric, out("score_vs_params.png"), log_keys),
@@ -90,14 +93,18 @@ def _files(state: dict, ranked: list[dict], table: str, best: dict | None, targe
              _safe(plots.health_overlay, ranked, signal, out("health_curves.png"))]
     if best:
         files.append(_safe(_best_map, state, best, target, out("best_embeddings.png")))
-    return [f for f in files if f]
+    made = [f for f in files if f]
+    for path in made:
+        _safe(storage.copy_file, path, storage.join(folder, os.path.basename(path)))
+    return made
 
 
 def log(state: dict, cfg: Config, ranked: list[dict], table: str, best: dict | None) -> None:
     """Write the files into the sweep folder and log them, and the best trial, to the parent run (best effort)."""
     uri, parent = cfg.tracking.uri, state["parent"]
-    for path in _files(state, ranked, table, best, cfg.transfer.target):
-        tracking.best_effort(tracking.log_artifact, uri, parent, path)
+    with tempfile.TemporaryDirectory(prefix="sslscale-sweep-") as local:
+        for path in _files(state, ranked, table, best, cfg.transfer.target, local):
+            tracking.best_effort(tracking.log_artifact, uri, parent, path)
     if best:
         params = {"best.trial_id": best["trial_id"], "best.run_id": best["run_id"],
                   **{f"best.{k}": v for k, v in best["params"].items()}}

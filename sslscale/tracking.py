@@ -144,6 +144,11 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     client(uri).set_terminated(run_id, status)
 
 
+def reopen_run(uri: str, run_id: str) -> None:
+    """A resumed run is RUNNING again (it was KILLED, FAILED or FINISHED)."""
+    client(uri).update_run(run_id, status="RUNNING")
+
+
 def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client(uri).get_metric_history(run_id, key))
 

@@ -14,14 +14,13 @@ import shutil
 import tempfile
 import time
 import warnings
-from contextlib import nullcontext
 
 import ray.train
 import torch
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from sslscale import faults, tracking
+from sslscale import faults, lease, storage, tracking
 from sslscale.checkpoint import read_positions
 from sslscale.config import Config, resources
 from sslscale.engine import Engine
@@ -72,7 +71,8 @@ def _restore(engine: Engine, loop_config: dict, rank: int, buffer) -> tuple[int,
     restored = ray.train.get_checkpoint()
     if not (restored or loop_config.get("resume_from")):
         return 0, {}
-    with restored.as_directory() if restored else nullcontext(loop_config["resume_from"]) as folder:
+    # either way a local folder: Ray downloads its own; --resume's may be on an object store (train.storage)
+    with restored.as_directory() if restored else storage.local(loop_config["resume_from"]) as folder:
         state = engine.load(folder)
         # the history of every rank lives on in rank 0's file; the others start empty
         position = {str(e): ids for e, ids in read_positions(folder).items()} if rank == 0 else {}
@@ -104,6 +104,7 @@ def _check_bad_steps(in_row: int, cfg: Config, step: int, last_saved: int) -> No
 def train_loop(loop_config: dict) -> None:
     """Runs on every Ray Train worker."""
     cfg, run_id, input_spec = Config.from_dict(loop_config["config"]), loop_config["run_id"], loop_config["input"]
+    lease.watch(loop_config["lease"])  # exit, writing nothing more, once the driver died or stopped the run
     torch.set_num_threads(cfg.train.threads_per_worker)
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     # Ray Train's INFO lines (a report, a checkpoint written) would reach the console several times a run. Its
@@ -157,10 +158,12 @@ def uses_gpu(cfg: Config) -> bool:
 
 
 def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spec: dict, storage: str, name: str,
-        resume_from: str | None = None, callbacks: tuple = (), report_extra: dict | None = None):
+        resume_from: str | None = None, callbacks: tuple = (), report_extra: dict | None = None,
+        lease_info: dict | None = None):
     """Launch the TorchTrainer; returns Ray's Result (its `.checkpoint` is the last one reported). `callbacks` go to
     the trainer's RunConfig (a sweep's TuneReportCallback), and then workers also report on health steps, not only
-    at checkpoints; `report_extra` is added to every report (the keys a Tune searcher checks, NaN until the end)."""
+    at checkpoints; `report_extra` is added to every report (the keys a Tune searcher checks, NaN until the end);
+    the workers watch the run's lease `lease_info` (lease.watch)."""
     use_gpu = uses_gpu(cfg)
     bundle = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1.0} if use_gpu else {}),
               **resources(cfg.train.worker_resources)}
@@ -177,7 +180,7 @@ def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spe
         # storage every worker reads), and get_checkpoint() covers restarts within this fit.
         train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "uri": uri, "input": input_spec,
                            "resume_from": resume_from, "faults": faults.spec(), "report_extra": report_extra or {},
-                           "report_health": bool(callbacks)},
+                           "report_health": bool(callbacks), "lease": lease_info or {}},
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu,
                                      resources_per_worker={k: v for k, v in bundle.items() if k != "GPU"}),
         run_config=RunConfig(name=name, storage_path=storage, callbacks=list(callbacks),
@@ -188,4 +191,7 @@ def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spe
         datasets=datasets,
         dataset_config=ray.train.DataConfig(execution_options=ingest),
     )
+    # Ray Train's SIGINT handler aborts the workers, then sys.exit()s with nothing said, and stays installed after
+    # fit; pretraining handles SIGINT and SIGTERM itself (the run ends KILLED, with a line on how to resume)
+    trainer._register_sigint_handler = lambda controller: None
     return trainer.fit()

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sslscale import corpus, plots
+from sslscale import corpus, plots, storage
 from sslscale.encoders import build_encoder
 from sslscale.errors import SslscaleError
 
@@ -31,7 +31,7 @@ def load_target(target: str, train_samples: int = 0, seed: int = 0) -> dict:
     """{"name", "classes", "train": (uint8 images, labels), "test": (...)}; with train_samples > 0 the train split is
     a seeded random subset of that many images (sweeps fit kNN and the probe on it to stay fast), the test whole."""
     folder, manifest = _labelled(target)
-    data = {"name": os.path.basename(folder.rstrip("/")), "classes": len(manifest["fields"]["label"]["classes"])}
+    data = {"name": storage.name(folder), "classes": len(manifest["fields"]["label"]["classes"])}
     for split in ("train", "test"):
         _, images, labels = corpus.read_split(folder, split)
         data[split] = (images, torch.as_tensor(labels))
@@ -161,6 +161,6 @@ def embedding_map(encoder: torch.nn.Module, target: str, out_png: str, *, sample
     keep = np.sort(np.random.default_rng(seed).permutation(len(images))[:samples])
     xy = _project(F.normalize(features(encoder, images[keep]), dim=1), method, seed)  # (n, 2)
     names = manifest["fields"]["label"]["classes"]
-    title = (f"{os.path.basename(folder.rstrip('/'))} test split: {shown} of {encoder.spec()['name']} embeddings "
+    title = (f"{storage.name(folder)} test split: {shown} of {encoder.spec()['name']} embeddings "
              f"({len(keep)} images)")
     return plots.class_scatter(xy, np.asarray(labels)[keep], len(names), names, title, shown, out_png)

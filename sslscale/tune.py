@@ -13,7 +13,6 @@ MLflowLoggerCallback, which forgets its trial -> run map on restore.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -26,7 +25,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
-from sslscale import corpus, space as spaces, sweep_artifacts, sweep_report, tracking
+from sslscale import corpus, space as spaces, storage, sweep_artifacts, sweep_report, tracking
 from sslscale.config import Config, driver_resource, validate
 from sslscale.errors import SslscaleError
 from sslscale.health import HEALTH_KEYS
@@ -53,13 +52,13 @@ def _absolute(cfg: Config) -> Config:
     cfg = Config.from_dict(cfg.to_dict())
     cfg.data.corpus = corpus.resolve(cfg.data.corpus)
     cfg.transfer.target = corpus.resolve(cfg.transfer.target)  # a sweep always scores (_check_options)
-    cfg.train.storage = os.path.abspath(cfg.train.storage)
+    cfg.train.storage = storage.absolute(cfg.train.storage)
     cfg.tracking.uri = tracking.resolve_uri(cfg.tracking.uri)
     return cfg
 
 
 def _target(cfg: Config) -> str:
-    return os.path.basename(cfg.transfer.target.rstrip("/"))
+    return storage.name(cfg.transfer.target)
 
 
 def default_metric(cfg: Config, protocol: str = "knn") -> str:
@@ -187,7 +186,7 @@ def _trainable(state: dict):
 
 
 def _run_config(state: dict) -> ray.tune.RunConfig:
-    return ray.tune.RunConfig(name=state["name"], storage_path=os.path.dirname(state["folder"]), verbose=0,
+    return ray.tune.RunConfig(name=state["name"], storage_path=storage.parent(state["folder"]), verbose=0,
                               callbacks=[_Progress(state["steps"], state["metric"])],
                               failure_config=ray.tune.FailureConfig(max_failures=0))
 
@@ -241,7 +240,7 @@ def sweep(cfg: Config, space_items: list[str], *, samples: int = 8, scheduler: s
     validate(cfg)
     name = name or f"{recipe or cfg.recipe or cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = _folder(cfg.train.storage, name)
-    if os.path.exists(folder):
+    if storage.exists(folder):
         raise SslscaleError(f"sweep {name!r} already exists in {folder}: continue it with --resume {name}, "
                             f"or pick another --name")
     cfg = _absolute(cfg)
@@ -256,7 +255,7 @@ def sweep(cfg: Config, space_items: list[str], *, samples: int = 8, scheduler: s
     _check_driver_resource(cfg)
     state["max_concurrent"] = concurrency(cfg, max_concurrent, cfg.tracking.uri, cluster_resources().get("CPU", 0))
     state["parent"] = sweep_artifacts.open_parent(cfg, state)
-    os.makedirs(folder)
+    storage.makedirs(folder)
     sweep_artifacts.write_state(state)
     print(f"sweep {name}: {samples} sample(s) of {len(space)} key(s), {scheduler} on {SIGNAL}, ranked by "
           f"{state['metric']}, {state['max_concurrent']} trial(s) at a time; parent run {state['parent']}, "
@@ -271,22 +270,22 @@ def sweep(cfg: Config, space_items: list[str], *, samples: int = 8, scheduler: s
                                               run_config=_run_config(state), tune_config=tune_config))
 
 
-def _folder(storage: str, name: str) -> str:
-    """The sweep's own folder under storage/sweeps; one line on a name that would leave it."""
+def _folder(root: str, name: str) -> str:
+    """The sweep's own folder under <train.storage>/sweeps; one line on a name that would leave it."""
     if not re.fullmatch(r"[\w-][\w.-]*", name):
         raise SslscaleError(f"sweep name {name!r}: use letters, digits, '.', '_' and '-' only (not starting with '.')")
-    return os.path.join(os.path.abspath(storage), "sweeps", name)
+    return storage.join(storage.absolute(root), "sweeps", name)
 
 
-def resume(name: str, storage: str | None = None) -> SweepResult:
+def resume(name: str, root: str | None = None) -> SweepResult:
     """Continue a sweep whose driver stopped: the same Tune experiment (Tuner.restore) and the same parent run.
-    Tune's state is pickled, so it is read only from the sweep's own folder under storage/sweeps/."""
-    folder = _folder(storage or Config().train.storage, name)
+    Tune's state is pickled, so it is read only from the sweep's own folder under <root>/sweeps/ (root: default
+    train.storage)."""
+    folder = _folder(root or Config().train.storage, name)
     try:
-        with open(os.path.join(folder, sweep_artifacts.STATE)) as f:
-            state = json.load(f)
+        state = storage.read_json(storage.join(folder, sweep_artifacts.STATE))
     except (OSError, ValueError):
-        raise SslscaleError(f"no sweep {name!r} in {os.path.dirname(folder)} (no readable {sweep_artifacts.STATE}); "
+        raise SslscaleError(f"no sweep {name!r} in {storage.parent(folder)} (no readable {sweep_artifacts.STATE}); "
                             f"check the name and train.storage") from None
     if state.get("finished"):
         print(f"sweep {name} finished already (parent run {state['parent']}):\n{state['table']}", flush=True)

@@ -7,7 +7,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from sslscale import corpus
+from sslscale import corpus, storage
 
 
 def copy_corpus(src, dst) -> Path:
@@ -41,5 +41,5 @@ def rewrite_tar(shard: Path, replace: dict[str, bytes], update_manifest: bool = 
         for split in manifest["splits"].values():
             for entry in split["shards"]:
                 if entry["name"] == shard.name:
-                    entry["sha256"] = corpus.sha256(shard)
+                    entry["sha256"] = storage.sha256(str(shard))
         path.write_text(json.dumps(manifest))
