@@ -160,7 +160,9 @@ class Jobs:
         every process of the job gets worker_env(). Returns the submission id."""
         cpus = (resources or {}).get("CPU")
         others = {k: v for k, v in (resources or {}).items() if k != "CPU"} or None
-        runtime_env = {"working_dir": working_dir, "excludes": [".git"], "env_vars": worker_env()}
+        # RAY_JOB_STOP_WAIT_TIME_S (default 3 s between a stop's SIGTERM and SIGKILL) reaches the job supervisor too
+        grace = {k: os.environ[k] for k in ("RAY_JOB_STOP_WAIT_TIME_S",) if k in os.environ}
+        runtime_env = {"working_dir": working_dir, "excludes": [".git"], "env_vars": {**worker_env(), **grace}}
         deadline = time.time() + 60
         while True:  # a head that has just started answers "No available agent" until its agent registers
             try:

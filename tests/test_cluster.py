@@ -1,20 +1,23 @@
 """A real multi-node Ray cluster on this machine (`ray start` with token auth; more nodes, each with its own temp dir
 and resources) and a real `mlflow server`: `sslscale submit` runs a short pretraining there as a Ray job, training
 on the nodes that offer its custom resource while Ray Data works on the others, and its run, with transfer scores,
-is in the server. Long (make test-long)."""
+is in the server; and a node lost mid-run costs one restart from the last checkpoint. Long (make test-long)."""
 from __future__ import annotations
 
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import mlflow
 import pytest
 
 from mlflow_server import MlflowServer
 from ray_nodes import RayNodes
+from sslscale import checkpoint
 
 REPO = pathlib.Path(__file__).parents[1]
 SSLSCALE = os.path.join(os.path.dirname(sys.executable), "sslscale")
@@ -88,6 +91,71 @@ def test_submit_pretraining_to_a_three_node_cluster(tmp_path, data_root, monkeyp
         second = re.search(r"submitted job (\S+)", started.stdout).group(1)
         stopped = _submit(env, "--stop", second, limit=120)
         assert stopped.returncode == 0 and f"job {second}: STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
+    finally:
+        nodes.stop()
+        server.stop()
+    assert not nodes.pids(), "a Ray process outlived the test"
+
+
+def _worker_nodes(nodes: RayNodes) -> set[str]:
+    """Names of the nodes (their `node_<name>` resource) where the run's training workers are alive now."""
+    from ray.util import state
+
+    names = {n.node_id: next((k[5:] for k in n.resources_total if k.startswith("node_")), "head")
+             for n in state.list_nodes(nodes.dashboard)}
+    actors = state.list_actors(nodes.dashboard, filters=[("class_name", "=", "RayTrainWorker"),
+                                                        ("state", "=", "ALIVE")], limit=1000)
+    return {names[a.node_id] for a in actors}
+
+
+@pytest.mark.long
+@pytest.mark.timeout(900)
+def test_a_lost_node_costs_one_restart_from_the_last_checkpoint(tmp_path, data_root, monkeypatch):
+    """The node holding the training workers dies after a checkpoint: the run goes on from it on the other node,
+    at the same world size, and finishes in one MLflow run with every step logged once."""
+    server = MlflowServer(tmp_path / "mlflow")
+    (tmp_path / "mlflow").mkdir()
+    storage = tmp_path / "storage"
+    nodes = RayNodes(env={"MLFLOW_TRACKING_URI": server.uri, "SSLSCALE_STORAGE": str(storage),
+                          "SSLSCALE_DATA": data_root})
+    try:
+        server.start()
+        nodes.start_head(num_cpus=0)
+        nodes.add_node("a", num_cpus=3, resources='{"node_a": 1}')
+        nodes.add_node("b", num_cpus=3, resources='{"node_b": 1}')
+        for key, value in nodes.client_env().items():
+            monkeypatch.setenv(key, value)
+        steps = 60
+        started = _submit(dict(os.environ), "--no-wait", "--", "pretrain", "--recipe", "debug",
+                          f"train.steps={steps}", "train.checkpoint_every=10", "train.max_failures=1",
+                          "transfer.baseline=false", limit=120)
+        assert started.returncode == 0, started.stderr
+        job_id = re.search(r"submitted job (\S+)", started.stdout).group(1)
+        deadline = time.time() + 300
+        while not list(storage.glob("*/attempt-0/checkpoint_0000010/state.json")) and time.time() < deadline:
+            time.sleep(0.5)
+        time.sleep(2)  # every rank's part of that checkpoint has landed
+        [lost] = _worker_nodes(nodes)  # Ray Train packs both workers onto one node
+        nodes.stop(lost, sig=signal.SIGKILL)  # the whole node: raylet, agents, workers
+
+        done = _submit(dict(os.environ), "--logs", job_id, limit=60)
+        deadline = time.time() + 480
+        while "run id:" not in done.stdout and "FAILED" not in _submit(dict(os.environ), "--list", limit=60).stdout:
+            assert time.time() < deadline, done.stdout[-3000:]
+            time.sleep(5)
+            done = _submit(dict(os.environ), "--logs", job_id, limit=60)
+        assert "training attempt failed" in done.stdout and "retrying from the latest checkpoint" in done.stdout
+        assert re.search(r"resuming from the checkpoint at step (10|20|30|40|50)", done.stdout), done.stdout[-3000:]
+        run_id = re.search(r"run id:\s+(\w+)", done.stdout).group(1)
+        client = mlflow.MlflowClient(server.uri)
+        assert client.get_run(run_id).info.status == "FINISHED"
+        logged = [m.step for m in client.get_metric_history(run_id, "loss")]
+        assert sorted(logged) == list(range(1, steps + 1)), "a step is missing or logged twice"
+        checkpoints = {p.parent.parent.name for p in storage.glob(f"{run_id}/attempt-*/checkpoint_*/state.json")}
+        assert checkpoints == {"attempt-0", "attempt-1"}
+        state = checkpoint.read_state(checkpoint.latest(str(storage / run_id)))
+        assert state["step"] == steps and state["world_size"] == 2  # the same world size after the loss
+        assert _worker_nodes(nodes) == set()  # nothing left training
     finally:
         nodes.stop()
         server.stop()
