@@ -1,5 +1,6 @@
-"""train.storage and the corpus on a real S3-compatible server (SeaweedFS on 127.0.0.1): a run writes its folder,
-checkpoints and encoder to the bucket and none on the local disk, and a --resume reads its checkpoint back from s3://.
+"""train.storage, the corpus and MLflow's artifacts on a real S3-compatible server (SeaweedFS on 127.0.0.1): a run
+writes its folder, checkpoints and encoder to the bucket and none on the local disk, and a --resume reads its
+checkpoint back from s3://.
 Several nodes on one machine share a disk, so only this test proves nothing depends on a driver-local path.
 Long (make test-long)."""
 from __future__ import annotations
@@ -42,6 +43,8 @@ def test_a_run_lives_in_s3_and_resumes_from_it(tmp_path, data_root, monkeypatch)
         storage = s3.uri("sslscale/runs")  # the ?endpoint_override=...&scheme=http form
         work = tmp_path / "work"
         work.mkdir()
+        store = mlflow.MlflowClient(f"sqlite:///{work}/mlruns.db")
+        store.create_experiment("sslscale", artifact_location="s3://sslscale/mlflow")  # MLflow's artifacts in S3 too
         common = ["--recipe", "debug", "data.corpus=s3://sslscale/corpora/digits", f"train.storage={storage}",
                   "train.checkpoint_every=3", "transfer.baseline=false"]
         first = _pretrain(env, work, *common, "train.steps=3")
@@ -58,12 +61,14 @@ def test_a_run_lives_in_s3_and_resumes_from_it(tmp_path, data_root, monkeypatch)
                        "attempt-1/checkpoint_0000006/state.json", "attempt-1/checkpoint_0000006/encoder.safetensors"):
             assert f"runs/{run_id}/{wanted}" in keys, sorted(keys)
         local = [os.path.join(root, d) for root, dirs, _ in os.walk(tmp_path) for d in dirs if d == run_id]
-        local = [p for p in local if "mlartifacts" not in p]  # MLflow's own artifact store (sqlite + local folder)
         assert not local and not (work / "runs").exists(), local
+        artifacts = {o["Key"] for o in s3.client().list_objects_v2(Bucket="sslscale", Prefix="mlflow/")
+                     .get("Contents", [])}
+        assert any(k.endswith(f"{run_id}/artifacts/encoder/encoder.safetensors") for k in artifacts), artifacts
 
-        run = mlflow.MlflowClient(f"sqlite:///{work}/mlruns.db").get_run(run_id)
+        run = store.get_run(run_id)
         assert run.info.status == "FINISHED" and run.data.tags["sslscale.run_dir"].startswith("s3://sslscale/runs/")
-        steps = [m.step for m in mlflow.MlflowClient(f"sqlite:///{work}/mlruns.db").get_metric_history(run_id, "loss")]
+        steps = [m.step for m in store.get_metric_history(run_id, "loss")]
         assert sorted(steps) == [1, 2, 3, 4, 5, 6]
     finally:
         s3.stop()
