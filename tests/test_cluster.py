@@ -4,6 +4,7 @@ on the nodes that offer its custom resource while Ray Data works on the others, 
 is in the server; and a node lost mid-run costs one restart from the last checkpoint. Long (make test-long)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import re
@@ -21,6 +22,29 @@ from sslscale import checkpoint
 
 REPO = pathlib.Path(__file__).parents[1]
 SSLSCALE = os.path.join(os.path.dirname(sys.executable), "sslscale")
+
+
+@contextlib.contextmanager
+def _cluster(tmp_path, data_root, monkeypatch, head: str, workers: dict):
+    """A real `mlflow server` and a `ray start` cluster: a CPU-0 head offering `head` resources and the worker
+    nodes {name: (CPUs, resources)}, all with what ray_cluster.yaml gives every node (the server, SSLSCALE_STORAGE).
+    This process (sslscale submit, the state API) gets the token. Yields (server, nodes, storage folder)."""
+    (tmp_path / "mlflow").mkdir()
+    server, storage = MlflowServer(tmp_path / "mlflow"), tmp_path / "storage"
+    nodes = RayNodes(env={"MLFLOW_TRACKING_URI": server.uri, "SSLSCALE_STORAGE": str(storage),
+                          "SSLSCALE_DATA": data_root})
+    try:
+        server.start()
+        nodes.start_head(num_cpus=0, resources=head)
+        for name, (cpus, resources) in workers.items():
+            nodes.add_node(name, num_cpus=cpus, resources=resources)
+        for key, value in nodes.client_env().items():
+            monkeypatch.setenv(key, value)
+        yield server, nodes, storage
+    finally:
+        nodes.stop()
+        server.stop()
+    assert not nodes.pids(), "a Ray process outlived the test"
 
 
 def _submit(env: dict, *args: str, limit: float = 600) -> subprocess.CompletedProcess:
@@ -46,21 +70,10 @@ def _check_placement(nodes: RayNodes, env: dict, job_id: str) -> None:
 @pytest.mark.long
 def test_submit_pretraining_to_a_three_node_cluster(tmp_path, data_root, monkeypatch):
     """A job on a CPU-0 head trains on the trainer node, reads data on the CPU node, logs to the shared server."""
-    server = MlflowServer(tmp_path / "mlflow")
-    (tmp_path / "mlflow").mkdir()
-    storage = tmp_path / "storage"
-    # what ray_cluster.yaml gives every node: the shared MLflow server and storage
-    nodes = RayNodes(env={"MLFLOW_TRACKING_URI": server.uri, "SSLSCALE_STORAGE": str(storage),
-                                            "SSLSCALE_DATA": data_root})
-    try:
-        server.start()
-        nodes.start_head(num_cpus=0, resources='{"sslscale_driver": 2}')  # drivers only, as on a cloud cluster
-        # a "GPU node" (a custom resource stands for the GPUs: all its CPUs go to the two training workers) and
-        # a CPU node for Ray Data
-        nodes.add_node("trainer", num_cpus=2, resources='{"trainer": 2}')
-        nodes.add_node("cpu", num_cpus=2)
-        for key, value in nodes.client_env().items():  # the clients here (the state API too) read the token
-            monkeypatch.setenv(key, value)
+    # drivers only on the head, as on a cloud cluster; a "GPU node" (a custom resource stands for the GPUs: all its
+    # CPUs go to the two training workers) and a CPU node for Ray Data
+    nodes_spec = {"trainer": (2, '{"trainer": 2}'), "cpu": (2, "{}")}
+    with _cluster(tmp_path, data_root, monkeypatch, '{"sslscale_driver": 2}', nodes_spec) as (server, nodes, storage):
         env = dict(os.environ)
         env.pop("MLFLOW_TRACKING_URI", None)
 
@@ -91,10 +104,6 @@ def test_submit_pretraining_to_a_three_node_cluster(tmp_path, data_root, monkeyp
         second = re.search(r"submitted job (\S+)", started.stdout).group(1)
         stopped = _submit(env, "--stop", second, limit=120)
         assert stopped.returncode == 0 and f"job {second}: STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
-    finally:
-        nodes.stop()
-        server.stop()
-    assert not nodes.pids(), "a Ray process outlived the test"
 
 
 def _worker_nodes(nodes: RayNodes) -> set[str]:
@@ -113,18 +122,8 @@ def _worker_nodes(nodes: RayNodes) -> set[str]:
 def test_a_lost_node_costs_one_restart_from_the_last_checkpoint(tmp_path, data_root, monkeypatch):
     """The node holding the training workers dies after a checkpoint: the run goes on from it on the other node,
     at the same world size, and finishes in one MLflow run with every step logged once."""
-    server = MlflowServer(tmp_path / "mlflow")
-    (tmp_path / "mlflow").mkdir()
-    storage = tmp_path / "storage"
-    nodes = RayNodes(env={"MLFLOW_TRACKING_URI": server.uri, "SSLSCALE_STORAGE": str(storage),
-                          "SSLSCALE_DATA": data_root})
-    try:
-        server.start()
-        nodes.start_head(num_cpus=0)
-        nodes.add_node("a", num_cpus=3, resources='{"node_a": 1}')
-        nodes.add_node("b", num_cpus=3, resources='{"node_b": 1}')
-        for key, value in nodes.client_env().items():
-            monkeypatch.setenv(key, value)
+    nodes_spec = {"a": (3, '{"node_a": 1}'), "b": (3, '{"node_b": 1}')}
+    with _cluster(tmp_path, data_root, monkeypatch, "{}", nodes_spec) as (server, nodes, storage):
         steps = 60
         started = _submit(dict(os.environ), "--no-wait", "--", "pretrain", "--recipe", "debug",
                           f"train.steps={steps}", "train.checkpoint_every=10", "train.max_failures=1",
@@ -156,7 +155,3 @@ def test_a_lost_node_costs_one_restart_from_the_last_checkpoint(tmp_path, data_r
         state = checkpoint.read_state(checkpoint.latest(str(storage / run_id)))
         assert state["step"] == steps and state["world_size"] == 2  # the same world size after the loss
         assert _worker_nodes(nodes) == set()  # nothing left training
-    finally:
-        nodes.stop()
-        server.stop()
-    assert not nodes.pids(), "a Ray process outlived the test"
