@@ -19,6 +19,10 @@ import tempfile
 import psutil
 
 
+# one token for every cluster of a test session: Ray's client caches the first token it loads, process-wide
+TOKEN = secrets.token_hex(16)
+
+
 def free_port() -> int:
     """A free port on 127.0.0.1 outside Ray's worker port range (10002-19999)."""
     while True:
@@ -32,7 +36,7 @@ def free_port() -> int:
 class RayNodes:
     def __init__(self, env: dict | None = None):
         # short: Ray's socket paths under it must stay within AF_UNIX's 107 bytes (pytest's tmp_path is too long)
-        self.folder, self.token = tempfile.mkdtemp(prefix="sslray-"), secrets.token_hex(16)
+        self.folder, self.token = tempfile.mkdtemp(prefix="sslray-"), TOKEN
         self.dashboard_port = free_port()
         self.address = ""  # the GCS address, known once the head is up
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
@@ -58,8 +62,12 @@ class RayNodes:
         return out.stdout + out.stderr
 
     def start_head(self, num_cpus: float, resources: str = "{}") -> None:
+        # every fixed default port (Ray client 10001, the agent's 52365) taken afresh: another Ray instance on this
+        # machine, or one a killed test left, must not make this head's job agent fail to start
         text = self._start("head", ["--head", "--node-ip-address=127.0.0.1", "--port=0",
                                     "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+                                    f"--ray-client-server-port={free_port()}",
+                                    f"--dashboard-agent-listen-port={free_port()}",
                                     f"--num-cpus={num_cpus}", f"--resources={resources}"])
         found = re.search(r"ray start --address='([^']+)'", re.sub(r"\x1b\[[0-9;]*m", "", text))
         if not found:
@@ -74,10 +82,12 @@ class RayNodes:
     def pids(self, name: str | None = None) -> set[int]:
         """Every process of the cluster (or of one node): those naming its temp dir, and their descendants."""
         dirs = [d for d in self.temp_dirs if name is None or os.path.basename(d) == name]
+        # the head's Ray client server names neither: it is found by the cluster's GCS address
+        marks = [d + "/" for d in dirs] + ([f"={self.address} "] if name is None and self.address else [])
         roots = set()
         for p in psutil.process_iter(["pid", "cmdline"]):
             line = " ".join(p.info["cmdline"] or [])
-            if any(d + "/" in line or line.endswith(d) for d in dirs):
+            if any(m in line + " " for m in marks) or any(line.endswith(d) for d in dirs):
                 roots.add(p)
         found = set(roots)
         for p in roots:
