@@ -52,17 +52,25 @@ def _submit(env: dict, *args: str, limit: float = 600) -> subprocess.CompletedPr
                           timeout=limit)
 
 
-def _check_placement(nodes: RayNodes, env: dict, job_id: str) -> None:
-    """The job's training workers ran on the trainer node only, its Ray Data tasks on the CPU node only."""
-    from ray.util import state
+def _state(nodes: RayNodes, kind: str, *filters: tuple) -> list:
+    """Ray's state API (`kind`: nodes, jobs, actors, tasks) with the cluster's token as a Bearer header: in this
+    process Ray reads RAY_AUTH_MODE once, when it is first imported, before any test sets it."""
+    from ray.util.state.api import StateApiClient
+    from ray.util.state.common import ListApiOptions, StateResource
 
+    client = StateApiClient(nodes.dashboard, headers={"Authorization": f"Bearer {nodes.token}"})
+    return client.list(StateResource(kind), ListApiOptions(filters=list(filters), limit=10000),
+                       raise_on_missing_output=False)
+
+
+def _check_placement(nodes: RayNodes, job_id: str) -> None:
+    """The job's training workers ran on the trainer node only, its Ray Data tasks on the CPU node only."""
     kinds = {n.node_id: n.resources_total.get("trainer", 0) and "trainer" or
-             (n.resources_total.get("CPU", 0) and "cpu" or "head") for n in state.list_nodes(nodes.dashboard)}
-    [job] = [j for j in state.list_jobs(nodes.dashboard) if j.submission_id == job_id]
-    workers = state.list_actors(nodes.dashboard, filters=[("class_name", "=", "RayTrainWorker"),
-                                                         ("job_id", "=", job.job_id)], limit=1000)
-    assert {kinds[a.node_id] for a in workers} == {"trainer"}, workers
-    tasks = state.list_tasks(nodes.dashboard, filters=[("job_id", "=", job.job_id)], limit=10000)
+             (n.resources_total.get("CPU", 0) and "cpu" or "head") for n in _state(nodes, "nodes")}
+    [job] = [j for j in _state(nodes, "jobs") if j.submission_id == job_id]
+    workers = _state(nodes, "actors", ("class_name", "=", "RayTrainWorker"), ("job_id", "=", job.job_id))
+    assert workers and {kinds[a.node_id] for a in workers} == {"trainer"}, workers
+    tasks = _state(nodes, "tasks", ("job_id", "=", job.job_id))
     data = [t for t in tasks if t.type == "NORMAL_TASK" and ("Map" in t.name or "Read" in t.name)]
     assert data and {kinds[t.node_id] for t in data} == {"cpu"}, sorted({(t.name, kinds[t.node_id]) for t in data})
 
@@ -87,7 +95,7 @@ def test_submit_pretraining_to_a_three_node_cluster(tmp_path, data_root, monkeyp
         run_id = re.search(r"run id:\s+(\w+)", done.stdout).group(1)
         assert "transfer scores" in done.stdout
 
-        _check_placement(nodes, env, job_id)
+        _check_placement(nodes, job_id)
 
         listed = _submit(env, "--list", limit=60)
         assert re.search(rf"{job_id}\s+SUCCEEDED", listed.stdout), listed.stdout
@@ -108,12 +116,9 @@ def test_submit_pretraining_to_a_three_node_cluster(tmp_path, data_root, monkeyp
 
 def _worker_nodes(nodes: RayNodes) -> set[str]:
     """Names of the nodes (their `node_<name>` resource) where the run's training workers are alive now."""
-    from ray.util import state
-
     names = {n.node_id: next((k[5:] for k in n.resources_total if k.startswith("node_")), "head")
-             for n in state.list_nodes(nodes.dashboard)}
-    actors = state.list_actors(nodes.dashboard, filters=[("class_name", "=", "RayTrainWorker"),
-                                                        ("state", "=", "ALIVE")], limit=1000)
+             for n in _state(nodes, "nodes")}
+    actors = _state(nodes, "actors", ("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE"))
     return {names[a.node_id] for a in actors}
 
 
