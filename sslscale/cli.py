@@ -69,8 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                         description="Sends this folder (without .git and what .gitignore lists) to the cluster and "
                         "runs the command there as a Ray job, printing its output. The cluster's auth token comes "
                         "from RAY_AUTH_MODE=token plus RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH.")
-    sb.add_argument("--address", default="", metavar="URL", help="the cluster's dashboard URL (default $RAY_API_SERVER_ADDRESS, "
-                    f"an http $RAY_ADDRESS, else {JOB_SERVER})")
+    sb.add_argument("--address", default="", metavar="URL", help="the cluster's dashboard URL (default "
+                    f"$RAY_API_SERVER_ADDRESS, an http $RAY_ADDRESS, else {JOB_SERVER})")
     sb.add_argument("--no-wait", action="store_true", help="print the job id and return")
     what = sb.add_mutually_exclusive_group()
     what.add_argument("--list", action="store_true", help="the cluster's jobs")
@@ -160,8 +160,15 @@ def _print_scores(scores: dict) -> None:
             print(f"  {key:<32} {value:.4f}")
 
 
-def _cmd_sweep(args) -> None:
+def _sweep_config(args) -> tuple:
+    """(the sweep recipe, its base config with the recipe's sizing and the command's overrides)."""
     from pipelines import load_recipe, load_sweep
+
+    recipe = load_sweep(args.recipe)
+    return recipe, load_recipe(recipe["recipe"]).override(recipe["sizing"] + args.overrides)
+
+
+def _cmd_sweep(args) -> None:
     from sslscale import tune
 
     if args.resume:
@@ -172,8 +179,7 @@ def _cmd_sweep(args) -> None:
                                 "train.storage=... if it was not the default)")
         tune.resume(args.resume, out[0] if out else None)
         return
-    recipe = load_sweep(args.recipe)
-    cfg = load_recipe(recipe["recipe"]).override(recipe["sizing"] + args.overrides)
+    recipe, cfg = _sweep_config(args)
     tune.sweep(cfg, args.space or recipe["space"], samples=recipe["samples"] if args.samples is None else args.samples,
                scheduler=args.scheduler or recipe["scheduler"], search=args.search or recipe["search"],
                metric=args.metric, mode=args.mode, max_concurrent=args.max_concurrent, name=args.name,
@@ -224,7 +230,7 @@ def _job_command(job: list[str]) -> tuple[list[str], dict | None]:
     """The sslscale command a job runs, checked here first (arguments, recipe, config keys) so a typo costs no upload;
     and the resources its driver reserves: train.driver_resource when the command sets it, else none, and Ray then
     runs the driver on the head node."""
-    from pipelines import load_recipe, load_sweep
+    from pipelines import load_recipe
     from sslscale.config import driver_resource, validate
 
     job = job[1:] if job[:1] == ["--"] else job
@@ -233,8 +239,8 @@ def _job_command(job: list[str]) -> tuple[list[str], dict | None]:
                             f"sslscale submit -- pretrain --recipe debug")
     args = _parser().parse_args(job)
     if args.command in ("pretrain", "sweep") and not args.resume:
-        recipe = load_sweep(args.recipe) if args.command == "sweep" else {"recipe": args.recipe, "sizing": []}
-        validate(load_recipe(recipe["recipe"]).override(recipe["sizing"] + args.overrides))
+        validate(_sweep_config(args)[1] if args.command == "sweep" else
+                 load_recipe(args.recipe).override(args.overrides))
     spec = [o.partition("=")[2] for o in getattr(args, "overrides", []) if o.startswith("train.driver_resource=")]
     return job, driver_resource(spec[-1]) if spec else None
 
@@ -266,7 +272,8 @@ def _cmd_submit(args) -> None:
     try:
         status = jobs.follow(job_id)
     except KeyboardInterrupt:
-        raise SslscaleError(f"stopped following; job {job_id} goes on: sslscale submit --stop {job_id} ends it") from None
+        raise SslscaleError(f"stopped following; job {job_id} goes on: sslscale submit --stop {job_id} "
+                            f"ends it") from None
     if status.value != "SUCCEEDED":
         message = (jobs.info(job_id).message or "").strip().splitlines()
         raise SslscaleError(f"job {job_id} {status.value}" + (f": {message[-1]}" if message else ""))

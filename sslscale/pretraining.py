@@ -27,7 +27,7 @@ from sslscale import checkpoint, corpus, lease, storage, stream, tracking, train
 from sslscale.config import Config, validate
 from sslscale.errors import SslscaleError
 from sslscale.export import load_encoder
-from sslscale.runtime import ensure_ray, shutdown
+from sslscale.runtime import ensure_ray, in_job, shutdown
 
 RUN_FILE = "run.json"
 SKIPPED = "skipped"  # the stream's records of what data.on_error=skip left out; merged into skipped.json
@@ -301,8 +301,7 @@ def _stopped(signum: int, cfg: Config, run_id: str, uri: str, run_dir: str, held
     time.sleep(max(0.0, released + lease.WATCH_S - time.time()))  # a checkpoint in flight lands or tears
     last = checkpoint.latest(run_dir)
     step = checkpoint.read_state(last)["step"] if last else 0
-    # a Ray job's driver (Ray's job supervisor sets this variable, see runtime._job_env) is resumed as a job
-    job = "submit -- " if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") else ""
+    job = "submit -- " if in_job() else ""  # a Ray job's run is resumed as a job
     command = f"sslscale {job}pretrain --resume {run_id or run_dir}"
     if run_id and uri != tracking.resolve_uri(""):
         command += f" tracking.uri={tracking.shown(uri)}"

@@ -54,11 +54,21 @@ def ensure_ray(address: str | None = None, log_to_driver: bool = True) -> None:
         ray.init(num_cpus=(os.cpu_count() or 2) + 2, include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
 
 
-def _job_env() -> dict:
-    """The env vars of the Ray job this driver runs in ({} outside a job): Ray merges them into every worker."""
+def _job_config() -> str:
+    """The config Ray's job supervisor hands the driver of a Ray job (JSON; '' outside a job)."""
     from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
 
-    job = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR) or "{}")
+    return os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR, "")
+
+
+def in_job() -> bool:
+    """Whether this driver runs as a Ray job (`sslscale submit`, `ray job submit`)."""
+    return bool(_job_config())
+
+
+def _job_env() -> dict:
+    """The env vars of the Ray job this driver runs in ({} outside a job): Ray merges them into every worker."""
+    job = json.loads(_job_config() or "{}")
     return (job.get("runtime_env") or {}).get("env_vars") or {}
 
 
