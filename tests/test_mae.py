@@ -10,7 +10,7 @@ from sslscale.encoders.resnet import ResNet
 from sslscale.encoders.vit import ViT, patchify, unpatchify
 from sslscale.errors import SslscaleError
 from sslscale.methods.mae import MAE, decoder_heads, mae_loss
-from sslscale.views import ViewSpec, batch_views, patch_mask, view_rng
+from sslscale.views import ViewSpec, batch_views, patch_masks, uniforms
 
 
 def reference_mae(pred, target, keep, eps=1e-6):
@@ -31,7 +31,7 @@ def reference_mae(pred, target, keep, eps=1e-6):
 
 
 def _keep(n, num_patches, ratio, seed):
-    return torch.as_tensor(np.stack([patch_mask(view_rng(seed, 0, i, 1), num_patches, ratio) for i in range(n)]))
+    return torch.as_tensor(patch_masks(uniforms(seed, 0, np.arange(n), 1, num_patches), ratio))
 
 
 def _inputs(seed, n=6, length=16, p=12, ratio=0.75):

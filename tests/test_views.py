@@ -1,12 +1,13 @@
 import numpy as np
 
-from sslscale.views import ViewSpec, augment, batch_views, multi_crop, patch_mask, solarize, view_rng
+from sslscale.views import SLOTS, ViewSpec, batch_views, patch_masks, uniforms
 
 SPEC = ViewSpec(size=16, blur=0.5, grayscale=0.5)
+PLAIN = dict(crop_min_scale=1.0, flip=0.0, jitter=0.0, grayscale=0.0, blur=0.0)  # a full-area crop, nothing else
 
 
-def _images(n=4, c=3, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (n, 20, 20, c), dtype=np.uint8)
+def _images(n=4, c=3, seed=0, side=20):
+    return np.random.default_rng(seed).integers(0, 256, (n, side, side, c), dtype=np.uint8)
 
 
 def test_views_are_a_function_of_seed_epoch_id():
@@ -18,35 +19,81 @@ def test_views_are_a_function_of_seed_epoch_id():
     assert not np.array_equal(a["view_0"], c["view_0"])
 
 
+def test_a_batch_is_its_images_alone():
+    """Vectorised over the batch (and chunked), yet each image's views are what it would get on its own."""
+    imgs, ids = _images(n=7, side=40), np.arange(100, 107)
+    spec = ViewSpec(size=32, blur=0.5, solarize=0.5)
+    whole = batch_views(imgs, ids, seed=3, epoch=1, spec=spec, n_local=1, local_size=12)
+    for i in range(7):
+        alone = batch_views(imgs[i : i + 1], ids[i : i + 1], seed=3, epoch=1, spec=spec, n_local=1, local_size=12)
+        assert all(np.array_equal(whole[k][i : i + 1], alone[k]) for k in whole)
+
+
+def test_uniforms_are_uniform_and_independent():
+    u = uniforms(0, 0, np.arange(2000), 0, SLOTS)
+    assert u.shape == (2000, SLOTS) and u.min() >= 0 and u.max() < 1
+    assert abs(u.mean() - 0.5) < 0.01 and abs(u.std() - np.sqrt(1 / 12)) < 0.01
+    assert abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < 0.1  # slots of one view
+    assert abs(np.corrcoef(u[:, 0], uniforms(0, 0, np.arange(2000), 1, 1)[:, 0])[0, 1]) < 0.1  # views
+    assert abs(np.corrcoef(u[:, 0], uniforms(0, 1, np.arange(2000), 0, 1)[:, 0])[0, 1]) < 0.1  # epochs
+    assert abs(np.corrcoef(u[:, 0], uniforms(1, 0, np.arange(2000), 0, 1)[:, 0])[0, 1]) < 0.1  # seeds
+    assert np.array_equal(uniforms(5, 6, np.array([7, 8]), 9, 4)[1], uniforms(5, 6, np.array([8]), 9, 4)[0])
+
+
 def test_shapes_dtypes_and_two_views_differ():
     out = batch_views(_images(c=1), np.arange(4), seed=0, epoch=0, spec=SPEC)
     assert out["view_0"].shape == (4, 1, 16, 16) and out["view_0"].dtype == np.uint8
     assert not np.array_equal(out["view_0"], out["view_1"])
 
 
-def test_identity_spec_is_a_resize():
-    img = _images(1)[0]
-    spec = ViewSpec(size=20, crop_min_scale=1.0, flip=0.0, jitter=0.0, grayscale=0.0, blur=0.0)
-    rng = view_rng(0, 0, 0, 0)
-    out = augment(img, rng, spec)
-    # a full-area crop can only be the whole image, resized to its own size: the identity
-    assert np.array_equal(out, img.transpose(2, 0, 1))
+def test_a_full_area_crop_at_the_same_size_is_the_image_and_a_flip_mirrors_it():
+    imgs = _images(3)
+    out = batch_views(imgs, np.arange(3), seed=0, epoch=0, spec=ViewSpec(size=20, **PLAIN))["view_0"]
+    assert np.array_equal(out, imgs.transpose(0, 3, 1, 2))
+    flipped = batch_views(imgs, np.arange(3), seed=0, epoch=0, spec=ViewSpec(size=20, **{**PLAIN, "flip": 1.0}))
+    assert np.array_equal(flipped["view_0"], imgs.transpose(0, 3, 1, 2)[..., ::-1])
 
 
-def test_solarize_inverts_bright_pixels_only():
-    img = np.array([0, 100, 127, 128, 200, 255], np.uint8).reshape(1, 6, 1)
-    out = solarize(img, view_rng(0, 0, 0, 0), p=1.0)
-    assert out.ravel().tolist() == [0, 100, 127, 127, 55, 0] and out.dtype == np.uint8
-    assert solarize(img, view_rng(0, 0, 0, 0), p=0.0) is img
+def test_crops_keep_area_and_aspect_in_range():
+    """A bright square on black: its size in a view tells the crop's scale (upscaled by size / crop side)."""
+    img = np.zeros((1, 64, 64, 1), np.uint8)
+    img[0, 16:48, 16:48] = 255
+    spec = ViewSpec(size=64, **{**PLAIN, "crop_min_scale": 0.3})
+    for sid in range(40):
+        view = batch_views(img, np.array([sid]), seed=0, epoch=0, spec=spec)["view_0"][0, 0]
+        bright = view > 127
+        rows, cols = bright.any(axis=1).sum(), bright.any(axis=0).sum()
+        if 0 < rows < 64 and 0 < cols < 64:  # the square lies wholly inside the crop
+            # square side 32 source px seen as rows x cols view px: crop side = 32 * 64 / seen
+            crop_h, crop_w = 32 * 64 / rows, 32 * 64 / cols
+            assert 0.3 * 64 * 64 * 0.8 <= crop_h * crop_w <= 64 * 64 * 1.2
+            assert 3 / 4 * 0.8 <= crop_w / crop_h <= 4 / 3 * 1.25
 
 
-def test_multi_crop_shapes_and_determinism():
-    img = _images(1)[0]
-    g, loc = multi_crop(img, 1, 2, 7, SPEC, n_global=2, n_local=3, local_size=8, local_scale=(0.05, 0.3))
-    assert [v.shape for v in g] == [(3, 16, 16)] * 2 and [v.shape for v in loc] == [(3, 8, 8)] * 3
-    g2, loc2 = multi_crop(img, 1, 2, 7, SPEC, n_global=2, n_local=3, local_size=8, local_scale=(0.05, 0.3))
-    assert all(np.array_equal(a, b) for a, b in zip(g + loc, g2 + loc2))
-    assert not np.array_equal(loc[0], loc[1]) and not np.array_equal(loc[1], loc[2])
+def test_grayscale_jitter_and_solarize():
+    imgs = _images(8, side=16)
+    gray = batch_views(imgs, np.arange(8), seed=0, epoch=0,
+                       spec=ViewSpec(size=16, **{**PLAIN, "grayscale": 1.0}))["view_0"]
+    assert np.array_equal(gray[:, 0], gray[:, 1]) and np.array_equal(gray[:, 1], gray[:, 2])
+    bright = np.full((8, 16, 16, 3), 100, np.uint8)
+    jit = batch_views(bright, np.arange(8), seed=0, epoch=0,
+                      spec=ViewSpec(size=16, **{**PLAIN, "jitter": 0.4, "jitter_prob": 1.0}))["view_0"]
+    assert 100 * 0.6 - 1 <= jit.min() and jit.max() <= 100 * 1.4 + 1 and len(np.unique(jit)) > 1
+    ramp = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    sol = batch_views(ramp, np.arange(1), seed=0, epoch=0,
+                      spec=ViewSpec(size=16, **{**PLAIN, "solarize": 1.0}))["view_0"].ravel()
+    assert np.array_equal(sol, np.where(ramp.ravel() >= 128, 255 - ramp.ravel(), ramp.ravel()))
+
+
+def test_blur_sigma_is_at_most_two_pixels_at_224():
+    """SimCLR's blur: sigma in [0.1, 2.0] px at 224 px. A single bright pixel spreads over ~6 sigma at most."""
+    img = np.zeros((1, 224, 224, 1), np.uint8)
+    img[0, 112, 112] = 255
+    spec = ViewSpec(size=224, **{**PLAIN, "blur": 1.0})
+    for sid in range(10):
+        view = batch_views(img, np.array([sid]), seed=0, epoch=0, spec=spec)["view_0"][0, 0].astype(float)
+        assert view.sum() > 0 and np.count_nonzero(view[112] > 0) <= 13  # radius 3 sigma <= 6 px
+        assert np.isclose(view.sum(), 255, rtol=0.1)  # a blur moves light, it does not make or lose it
 
 
 def test_batch_views_local_crops_and_mask():
@@ -66,15 +113,14 @@ def test_batch_views_local_crops_and_mask():
     assert batch_views(imgs[:0], ids[:0], seed=0, epoch=0, spec=spec, n_local=1)["local_0"].shape == (0, 3, 8, 8)
 
 
-def test_patch_mask_keeps_exactly_the_right_count():
+def test_patch_masks_keep_exactly_the_right_count():
     for num, ratio in [(49, 0.75), (16, 0.5), (10, 0.0), (64, 0.9)]:
-        keep = patch_mask(view_rng(0, 0, 0, 3), num, ratio)
-        assert len(keep) == round(num * (1 - ratio)) and len(set(keep.tolist())) == len(keep)
-        assert keep.min() >= 0 and keep.max() < num and np.all(np.diff(keep) > 0)
-    a, b = patch_mask(view_rng(0, 0, 0, 3), 49, 0.75), patch_mask(view_rng(0, 0, 1, 3), 49, 0.75)
-    assert np.array_equal(a, patch_mask(view_rng(0, 0, 0, 3), 49, 0.75)) and not np.array_equal(a, b)
-
-
+        keep = patch_masks(uniforms(0, 0, np.arange(5), 3, num), ratio)
+        assert keep.shape == (5, round(num * (1 - ratio)))
+        assert all(len(set(row.tolist())) == len(row) for row in keep)
+        assert keep.min() >= 0 and keep.max() < num and np.all(np.diff(keep, axis=1) > 0)
+    a = patch_masks(uniforms(0, 0, np.arange(2), 3, 49), 0.75)
+    assert np.array_equal(a, patch_masks(uniforms(0, 0, np.arange(2), 3, 49), 0.75)) and not np.array_equal(a[0], a[1])
 def _rows(images, epochs, corrupt=()):
     """make_views' input: {id, epoch, image (PNG bytes), shard}, with the rows in `corrupt` not decodable."""
     from sslscale.corpus import _encode_png as encode_image

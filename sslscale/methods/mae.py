@@ -1,6 +1,6 @@
 """MAE (He et al. 2022, "Masked Autoencoders Are Scalable Vision Learners").
 
-A random cfg.mask_ratio of each image's patches is hidden (views.patch_mask, drawn in the Ray Data stream as
+A random cfg.mask_ratio of each image's patches is hidden (views.patch_masks, drawn in the Ray Data stream as
 `keep`, the sorted ids of the visible ones); the ViT encoder embeds and runs the visible patches only. A light
 decoder embeds the encoded tokens to cfg.decoder_dim, puts a learned mask token at every hidden position, adds fixed
 2D sin-cos positions, runs cfg.decoder_depth transformer blocks and predicts every patch's p*p*C pixels. With
