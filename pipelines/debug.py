@@ -12,6 +12,7 @@ def config() -> Config:
     cfg.method.proj_hidden, cfg.method.proj_dim = 32, 16
     cfg.optim.warmup_steps = 2
     cfg.train.steps, cfg.train.checkpoint_every, cfg.train.health_every = 6, 3, 2
+    cfg.train.log_every = 1  # tests check every step's loss
     cfg.train.max_failures = 0
     cfg.transfer.target = "digits"
     return cfg

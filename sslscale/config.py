@@ -120,6 +120,9 @@ class TrainConfig:
                          metadata={"choices": ("auto", "true", "false")})
     checkpoint_every: int = 100  # steps; the last step always checkpoints
     health_every: int = 25  # steps between label-free health metrics (rank, std)
+    # steps between logged scalars (loss averaged over every rank, lr, grad norm, samples/s): each costs one
+    # all-reduce and a read back from the device; the last step always logs
+    log_every: int = 10
     keep_checkpoints: int = 2
     max_failures: int = 1  # worker-group restarts from the last checkpoint
     max_bad_steps: int = 10  # steps in a row with a non-finite loss/gradient (each skipped) before the run stops
@@ -317,6 +320,7 @@ def validate(cfg: Config) -> Config:
         ("data.buffer_mb", cfg.data.buffer_mb > 0, "a positive number of MiB"),
         ("train.checkpoint_every", cfg.train.checkpoint_every > 0, "a positive number of steps"),
         ("train.health_every", cfg.train.health_every > 0, "a positive number of steps"),
+        ("train.log_every", cfg.train.log_every > 0, "a positive number of steps"),
         ("train.keep_checkpoints", cfg.train.keep_checkpoints > 0, "at least 1"),
         ("train.max_failures", cfg.train.max_failures >= 0, "0 or more"),
         ("train.max_bad_steps", cfg.train.max_bad_steps >= 1, "1 or more"),

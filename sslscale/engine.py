@@ -184,9 +184,12 @@ class Engine:
             losses.append(out["loss"].detach().float())
         return out, torch.stack(losses).mean()
 
-    def train_step(self, micro_batches: list[dict], *, inject_nan: bool = False) -> dict:
-        """Forward, backward and (at the accumulation boundary) the optimizer step. Returns the last micro-batch's
-        method outputs with `loss` averaged over micro-batches, as Python floats except `embeddings`.
+    def train_step(self, micro_batches: list[dict], *, inject_nan: bool = False, log: bool = True) -> dict:
+        """Forward, backward and (at the accumulation boundary) the optimizer step. Returns `skipped` (a bool) and
+        `embeddings` (this rank's last micro-batch, detached); when `log`, also the step's scalars as floats,
+        averaged over ranks in one all-reduce (`loss`: the mean over every rank's micro-batches, the global
+        batch's loss), with `lr`, `grad_norm` and a scheduled `weight_decay`. A step not logged reads nothing
+        back from the device but the non-finite guard's one flag.
 
         A non-finite gradient on any rank (a non-finite loss makes one) skips the step everywhere (`skipped` = 1
         in the logs): weights, optimizer state, teachers and BatchNorm statistics stay as they were; the LR
@@ -200,17 +203,28 @@ class Engine:
         out, loss = self._forward_backward(micro_batches, inject_nan)
         if self.ds.skipped_steps > ds_skipped:
             self.scheduler.step()  # DeepSpeed holds the schedule back on a skipped step; we do not
-        logs = {k: float(v) for k, v in out.items() if k not in ("loss", "embeddings")}
-        logs.update(loss=float(loss), lr=lr, skipped=float(self._skipped() > skipped), **weight_decay)
-        grad_norm = self.ds.get_global_grad_norm()
-        if grad_norm is not None:
-            logs["grad_norm"] = float(grad_norm)
-        if logs["skipped"]:
+        result = {"skipped": self._skipped() > skipped, "embeddings": out["embeddings"]}
+        if result["skipped"]:
             for buf, saved in zip(self.method.buffers(), buffers):
                 buf.data.copy_(saved)
         else:
             self._after_step(self.ds.global_steps)
-        return {**logs, "embeddings": out["embeddings"]}
+        if log:
+            result.update(self._mean_over_ranks({**{k: v for k, v in out.items() if k not in ("loss", "embeddings")},
+                                                 "loss": loss}), lr=lr, **weight_decay)
+            grad_norm = self.ds.get_global_grad_norm()
+            if grad_norm is not None:
+                result["grad_norm"] = float(grad_norm)
+        return result
+
+    def _mean_over_ranks(self, scalars: dict) -> dict[str, float]:
+        """Every rank's scalars averaged, in one all-reduce and one read back (torchtitan logs the same way)."""
+        values = torch.stack([torch.as_tensor(v, device=self.device).detach().float().reshape(())
+                              for v in scalars.values()])
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(values)
+            values /= dist.get_world_size()
+        return dict(zip(scalars, values.tolist()))
 
     def save(self, folder: str, *, rank: int, position: dict, state: dict | None) -> None:
         """Collective: every rank writes its DeepSpeed shard, position and manifest into its own `folder`."""

@@ -84,13 +84,37 @@ def _restore(engine: Engine, loop_config: dict, rank: int, buffer) -> tuple[int,
     return state["step"], position
 
 
-def _step_metrics(out: dict, cfg: Config, step: int, seconds: float) -> dict:
-    """What a step logs: finite scalars only (a skipped step's NaN loss shows as `skipped` = 1 instead)."""
-    metrics = {k: v for k, v in out.items() if k != "embeddings" and math.isfinite(v)}
-    metrics.update(samples_per_s=cfg.data.batch_size / seconds)
+def _step_metrics(out: dict, cfg: Config, step: int, interval: dict) -> dict:
+    """What a step logs: on a logged step its finite scalars (a skipped step's NaN loss shows as `skipped` = 1
+    instead) and `interval` (_Interval.tick); the health metrics on their steps."""
+    metrics = {k: v for k, v in out.items() if k not in ("embeddings", "skipped") and math.isfinite(v)}
+    metrics.update(interval)
     if step % cfg.train.health_every == 0 and not out["skipped"]:
         metrics.update(health_metrics(out["embeddings"]))
     return metrics
+
+
+class _Interval:
+    """What happened between logged steps: training samples/s (leaving out the time checkpoints take) and the
+    number of steps skipped."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size, self.steps, self.skipped, self.seconds = batch_size, 0, 0, 0.0
+        self.last = time.perf_counter()
+
+    def tick(self, skipped: bool, log: bool) -> dict:
+        """Count one step; on a logged step return {samples_per_s, skipped} since the last one and start again."""
+        now = time.perf_counter()
+        self.steps, self.skipped, self.seconds = self.steps + 1, self.skipped + skipped, self.seconds + now - self.last
+        self.last = now
+        if not log:
+            return {}
+        out = {"samples_per_s": self.batch_size * self.steps / self.seconds, "skipped": float(self.skipped)}
+        self.steps, self.skipped, self.seconds = 0, 0, 0.0
+        return out
+
+    def pause(self) -> None:
+        self.last = time.perf_counter()
 
 
 def _check_bad_steps(in_row: int, cfg: Config, step: int, last_saved: int) -> None:
@@ -118,30 +142,30 @@ def train_loop(loop_config: dict) -> None:
     buffer = tracking.MetricBuffer(loop_config["uri"], run_id) if rank == 0 and run_id else None
     step, position = _restore(engine, loop_config, rank, buffer)
     progress = Progress(total=cfg.train.steps, start=step, enabled=rank == 0)
-    last, last_saved, bad_in_row = time.perf_counter(), step, 0
+    last_saved, bad_in_row, interval, shown = step, 0, _Interval(cfg.data.batch_size), {}
     # what every report carries (Tune checks its metrics in each one): the last health values, NaN until measured
     signal = {**dict.fromkeys(HEALTH_KEYS, math.nan), **loop_config["report_extra"]}
     for group in _batches(ray.train.get_dataset_shard("train"), cfg, rank):
         if step >= cfg.train.steps:
             break
         step += 1
-        out = engine.train_step(group, inject_nan=faults.hit("nan_loss", step, rank, loop_config["faults"]))
+        log = step % cfg.train.log_every == 0 or step == cfg.train.steps
+        out = engine.train_step(group, inject_nan=faults.hit("nan_loss", step, rank, loop_config["faults"]), log=log)
         _record(position, group)  # a skipped step still consumed its samples
         bad_in_row = bad_in_row + 1 if out["skipped"] else 0
         _check_bad_steps(bad_in_row, cfg, step, last_saved)
-        now = time.perf_counter()
-        metrics = _step_metrics(out, cfg, step, now - last)
-        last = now
-        if buffer:
+        metrics = _step_metrics(out, cfg, step, interval.tick(out["skipped"], log))
+        if buffer and metrics:
             buffer.add(step, metrics)
-        progress.update(step, metrics)
+        shown.update(metrics)
+        progress.update(step, shown)
         signal.update({k: metrics[k] for k in HEALTH_KEYS if k in metrics}, step=step)
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
             _save(engine, cfg, step, rank, position, run_id, buffer, dict(signal))  # Ray may send it later
             last_saved = step
             if buffer:
                 buffer.flush(step, force=step == cfg.train.steps)
-            last = time.perf_counter()  # checkpoint time is not training throughput
+            interval.last = time.perf_counter()  # checkpoint time is not training throughput
         elif step % cfg.train.health_every == 0 and loop_config["report_health"]:  # a sweep's scheduler sees it
             ray.train.report(dict(signal))  # every rank (a barrier); a copy: Ray may send it after `signal` changed
     progress.done(step)

@@ -15,6 +15,8 @@ from sslscale.health import health_metrics
 from sslscale.methods import build_method
 from sslscale.schedules import cosine_weight_decay, warmup_cosine
 
+from distributed import spawn_gloo
+
 
 def _cfg(*extra):
     return Config().override(["data.batch_size=16", "train.workers=1", "model.widths=4,8", "model.depths=1,1",
@@ -187,3 +189,32 @@ def test_crash_while_saving_leaves_the_previous_checkpoint_loadable(fp32_engine,
     record(fault="crash while saving", injected="a checkpoint folder torn mid-save (file cut short, no manifest)",
            outcome="latest() skips it (checksums), the previous checkpoint loads with weights_only=True",
            lost=0, repeated=0, recover_s="-")
+
+
+def _logged_and_local(rank, world):
+    """A quiet step, then a logged one on this rank's own batch: the loss the engine logs, and this rank's loss
+    alone on the same weights."""
+    from sslscale.engine import Engine
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    cfg = _cfg()
+    torch.manual_seed(0)
+    e = Engine(build_method(cfg, in_channels=1, image_size=8), cfg)
+    quiet = e.train_step([_batch(20 + rank)], log=False)
+    batch = _batch(10 + rank)
+    e.ds.train()
+    buffers = [b.clone() for b in e.method.buffers()]
+    local = float(e.ds(e.to_device(batch))["loss"])  # the forward alone moves BatchNorm statistics: put them back
+    for b, saved in zip(e.method.buffers(), buffers):
+        b.data.copy_(saved)
+    logged = e.train_step([batch])  # the same forward, in a logged step: every rank's scalars averaged
+    return {"quiet": sorted(quiet), "logged": logged["loss"], "local": local, "lr": logged["lr"]}
+
+
+@pytest.mark.slow
+def test_a_logged_loss_is_the_mean_over_ranks_and_a_quiet_step_reads_nothing_back():
+    a, b = spawn_gloo(_logged_and_local, world=2)
+    assert a["quiet"] == ["embeddings", "skipped"]  # no scalars, so no read back but the guard's flag
+    assert a["local"] != pytest.approx(b["local"], rel=1e-3)
+    assert a["logged"] == pytest.approx((a["local"] + b["local"]) / 2, rel=1e-5) == b["logged"]
+    assert a["lr"] == b["lr"]
