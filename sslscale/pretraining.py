@@ -23,7 +23,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from sslscale import checkpoint, corpus, lease, storage, stream, tracking, train, transfer
+from sslscale import checkpoint, corpus, lease, storage, stream, timeline, tracking, train, transfer
 from sslscale.config import Config, validate
 from sslscale.errors import SslscaleError
 from sslscale.export import load_encoder
@@ -41,6 +41,7 @@ class PretrainResult:
     encoder_path: str
     tracking_uri: str
     scores: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)  # seconds of start-up and wind-down by phase (timeline.phases)
 
 
 class RunStopped(SslscaleError):
@@ -147,12 +148,14 @@ def _open_run(cfg: Config, uri: str, resume: str | None, tags: dict | None = Non
     return run_id, run_dir, held
 
 
-def _attempt(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, input_spec: dict, **fit_kw) -> None:
+def _attempt(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, input_spec: dict, marks,
+             **fit_kw) -> None:
     """One TorchTrainer fit from the run's latest checkpoint, on a stream that skips what it consumed."""
     last = checkpoint.latest(run_dir)
     consumed = checkpoint.read_positions(last) if last else {}
     dataset = stream.pretrain_dataset(cfg, corpus_dir, consumed=consumed, skip_dir=storage.join(run_dir, SKIPPED))
     attempt = len([d for d in storage.listdir(run_dir) if d.startswith("attempt-")])
+    marks["fit"] = time.time()  # the last attempt's: rank 0's marks come from its checkpoints
     train.fit(cfg, datasets={"train": dataset}, ingest=stream.ingest_options(cfg), run_id=run_id, uri=uri,
               input_spec=input_spec, storage=run_dir, name=f"attempt-{attempt}", resume_from=last, **fit_kw)
 
@@ -163,7 +166,7 @@ def _done(run_dir: str, steps: int) -> str | None:
 
 
 def _train(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, input_spec: dict, held: lease.Lease,
-           **fit_kw) -> str:
+           marks, **fit_kw) -> str:
     """Train to cfg.train.steps, retrying a failed attempt (a dead worker or node) from the latest checkpoint up to
     train.max_failures times. Each retry rebuilds the stream without the samples already consumed, which Ray's own
     worker-group restart cannot do. Returns the final checkpoint folder."""
@@ -172,7 +175,8 @@ def _train(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, in
         if _done(run_dir, cfg.train.steps):
             break
         try:
-            _attempt(cfg, run_id, uri, run_dir, corpus_dir, input_spec, lease_info=held.for_workers(), **fit_kw)
+            _attempt(cfg, run_id, uri, run_dir, corpus_dir, input_spec, marks, lease_info=held.for_workers(),
+                     **fit_kw)
         except Exception as e:  # noqa: BLE001 - Ray wraps worker errors; the user needs the root cause in one line
             if held.lost:  # its workers stopped because another process took the run over: not a failure to retry
                 raise SslscaleError(f"run {run_id or run_dir} was taken over by {held.holder()}; this process "
@@ -316,6 +320,8 @@ def pretrain(cfg: Config, *, resume: str | None = None, tags: dict | None = None
     `resume` (a run id or run folder) continues that run from its latest checkpoint, in the same MLflow run.
     A sweep trial adds MLflow `tags` to a new run, Ray Train `callbacks` and `report_extra` (see train.fit).
     SIGINT or SIGTERM (in the main thread) raise RunStopped after ending the run as KILLED."""
+    marks = timeline.Marks()
+    marks.mark("start")
     validate(cfg)
     uri = tracking.resolve_uri(cfg.tracking.uri)
     corpus_dir = corpus.resolve(cfg.data.corpus)
@@ -324,16 +330,30 @@ def pretrain(cfg: Config, *, resume: str | None = None, tags: dict | None = None
     print(f"run {run_id or '(tracking off)'}: {cfg.method.name} on {corpus_dir}, {cfg.train.steps} steps, "
           f"{cfg.train.workers} workers, files in {run_dir}", flush=True)
     try:
+        marks.mark("ray_start")
         ensure_ray()
+        marks.mark("ray_ready")
         with _signals_stop_the_run():
             try:
-                final = _train(cfg, run_id, uri, run_dir, corpus_dir, input_spec, held, callbacks=callbacks,
+                final = _train(cfg, run_id, uri, run_dir, corpus_dir, input_spec, held, marks, callbacks=callbacks,
                                report_extra=report_extra)
             finally:
                 _report_skipped(run_dir, uri, run_id)  # also when the run failed: what was left out may be why
+            marks.mark("fit_done")
             encoder_path, scores = _finish(cfg, run_id, uri, run_dir, final)
+            timings = _timings(marks, final, uri, run_id)
     except KeyboardInterrupt as e:  # _Signalled, or Ray's stand-in for it
         raise _stopped(getattr(e, "signum", _Signalled.last), cfg, run_id, uri, run_dir, held) from None
     finally:
         held.release()
-    return PretrainResult(run_id, run_dir, final, encoder_path, uri, scores)
+    return PretrainResult(run_id, run_dir, final, encoder_path, uri, scores, timings)
+
+
+def _timings(marks: timeline.Marks, final: str, uri: str, run_id: str) -> dict:
+    """Start-up and wind-down by phase from the driver's marks and rank 0's (in the final checkpoint), logged to
+    the run (after its end: they are not what the run learnt, and MLflow takes metrics of a finished run)."""
+    marks.mark("done")
+    timings = timeline.phases({**checkpoint.read_state(final).get("timeline", {}), **marks})
+    if run_id and timings:
+        tracking.best_effort(tracking.log_metrics, uri, run_id, timings)
+    return timings

@@ -24,9 +24,12 @@ from sslscale.errors import SslscaleError
 
 
 # Ray Train settings for every Train process: print() stays print (Ray's patch also logged each line, so a worker's
-# progress line reached the driver twice), and no preemption watcher (the loop does not act on drain notices; its
-# restartable actor made Ray log a core-worker error in every run). Retries are pretraining._train's.
-QUIET_TRAIN = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+# progress line reached the driver twice), no preemption watcher (the loop does not act on drain notices; its
+# restartable actor made Ray log a core-worker error in every run), and the controller polls its workers every
+# 0.5 s instead of 2 s: it learns sooner that they finished, ~1.5 s off every run's wind-down. Retries are
+# pretraining._train's.
+QUIET_TRAIN = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+               "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 
 def worker_env() -> dict:

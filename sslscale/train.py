@@ -7,6 +7,7 @@ metrics the checkpoint covers to MLflow (see tracking.MetricBuffer). Rank 0 prin
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -14,12 +15,14 @@ import shutil
 import tempfile
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import ray.train
 import torch
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+import sslscale
 from sslscale import faults, lease, storage, tracking
 from sslscale.checkpoint import read_positions
 from sslscale.config import Config, resources
@@ -28,6 +31,7 @@ from sslscale.errors import SslscaleError
 from sslscale.health import HEALTH_KEYS, health_metrics
 from sslscale.methods import build_method
 from sslscale.progress import Progress
+from sslscale.timeline import Marks
 from sslscale.runtime import cluster_resources, placement_problem
 
 
@@ -51,14 +55,15 @@ def _record(position: dict, group: list[dict]) -> None:
 
 
 def _save(engine: Engine, cfg: Config, step: int, rank: int, position: dict, run_id: str, buffer,
-          report: dict) -> None:
+          report: dict, marks: dict) -> None:
     """All ranks: save into a local folder and report it with `report` (what Ray Train and a Tune sweep see).
     Rank 0's state carries the metrics not yet in MLflow, so a checkpoint that lands but whose metrics were never
-    sent (a kill in between) still delivers them."""
+    sent (a kill in between) still delivers them, and its start-up marks (timeline.py)."""
     folder = tempfile.mkdtemp(prefix=f"sslscale-ckpt-{step}-")
     try:
         state = {"step": step, "world_size": ray.train.get_context().get_world_size(), "run_id": run_id,
-                 "config": cfg.to_dict(), "pending_metrics": buffer.pending if buffer else []} if rank == 0 else None
+                 "config": cfg.to_dict(), "pending_metrics": buffer.pending if buffer else [],
+                 "timeline": marks} if rank == 0 else None
         engine.save(folder, rank=rank, position=position, state=state)
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder),
                          checkpoint_dir_name=f"checkpoint_{step:07d}")
@@ -127,6 +132,8 @@ def _check_bad_steps(in_row: int, cfg: Config, step: int, last_saved: int) -> No
 
 def train_loop(loop_config: dict) -> None:
     """Runs on every Ray Train worker."""
+    marks = Marks(imported=sslscale.IMPORTED_AT)
+    marks.mark("loop")
     cfg, run_id, input_spec = Config.from_dict(loop_config["config"]), loop_config["run_id"], loop_config["input"]
     lease.watch(loop_config["lease"])  # exit, writing nothing more, once the driver died or stopped the run
     torch.set_num_threads(cfg.train.threads_per_worker)
@@ -137,21 +144,29 @@ def train_loop(loop_config: dict) -> None:
     for name in ("ray.train", ""):
         logging.getLogger(name).setLevel(logging.WARNING)
     rank = ray.train.get_context().get_world_rank()
-    torch.manual_seed(cfg.data.seed)  # the same initial weights on every worker
-    engine = Engine(build_method(cfg, **input_spec), cfg)
-    buffer = tracking.MetricBuffer(loop_config["uri"], run_id) if rank == 0 and run_id else None
-    step, position = _restore(engine, loop_config, rank, buffer)
+    groups = _batches(ray.train.get_dataset_shard("train"), cfg, rank)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(next, groups, None)  # Ray Data starts and makes views while DeepSpeed initialises
+        torch.manual_seed(cfg.data.seed)  # the same initial weights on every worker
+        engine = Engine(build_method(cfg, **input_spec), cfg)
+        buffer = tracking.MetricBuffer(loop_config["uri"], run_id) if rank == 0 and run_id else None
+        step, position = _restore(engine, loop_config, rank, buffer)
+        marks.mark("engine")
+        first = first.result()
     progress = Progress(total=cfg.train.steps, start=step, enabled=rank == 0)
     last_saved, bad_in_row, interval, shown = step, 0, _Interval(cfg.data.batch_size), {}
     # what every report carries (Tune checks its metrics in each one): the last health values, NaN until measured
     signal = {**dict.fromkeys(HEALTH_KEYS, math.nan), **loop_config["report_extra"]}
-    for group in _batches(ray.train.get_dataset_shard("train"), cfg, rank):
+    for group in itertools.chain([first] if first else [], groups):
         if step >= cfg.train.steps:
             break
+        marks.mark("first_batch")
         step += 1
         log = step % cfg.train.log_every == 0 or step == cfg.train.steps
         out = engine.train_step(group, inject_nan=faults.hit("nan_loss", step, rank, loop_config["faults"]), log=log)
         _record(position, group)  # a skipped step still consumed its samples
+        marks.mark("first_step")
+        marks["last_step"] = time.time()
         bad_in_row = bad_in_row + 1 if out["skipped"] else 0
         _check_bad_steps(bad_in_row, cfg, step, last_saved)
         metrics = _step_metrics(out, cfg, step, interval.tick(out["skipped"], log))
@@ -161,7 +176,7 @@ def train_loop(loop_config: dict) -> None:
         progress.update(step, shown)
         signal.update({k: metrics[k] for k in HEALTH_KEYS if k in metrics}, step=step)
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
-            _save(engine, cfg, step, rank, position, run_id, buffer, dict(signal))  # Ray may send it later
+            _save(engine, cfg, step, rank, position, run_id, buffer, dict(signal), marks)  # Ray may send it later
             last_saved = step
             if buffer:
                 buffer.flush(step, force=step == cfg.train.steps)

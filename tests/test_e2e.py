@@ -23,6 +23,9 @@ def test_pretrain_function_logs_everything(debug_cfg, ray_local):
     assert [s for s, _ in tracking.history(uri, run_id, "health/rankme")] == [2, 4, 6]
     assert {"digits/knn_top1", "digits/linear_top1", "digits/random_init/knn_top1"} <= {
         k.removeprefix("transfer/") for k in run.data.metrics}
+    # where the fixed time went, by phase, in the result and in the run (timeline.py)
+    assert {"startup/worker_group_s", "startup/engine_init_s", "winddown/total_s"} <= set(result.timings)
+    assert run.data.metrics.keys() >= result.timings.keys() and 0 < result.timings["startup/total_s"] < 600
     artifacts = {a.path for a in tracking.client(uri).list_artifacts(run_id)}
     assert {"config.json", "curves.png", "encoder"} <= artifacts
     enc = load_encoder(result.encoder_path)
