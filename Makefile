@@ -70,6 +70,38 @@ reliability: install
 	SSLSCALE_RELIABILITY_REPORT=$(CURDIR)/runs/reliability.jsonl $(BIN)/python -m pytest -q -p no:cacheprovider $(RELIABILITY_TESTS)
 	$(BIN)/python benchmarks/reliability_table.py runs/reliability.jsonl
 
+# Real RGB pictures for the 224 px view benchmark and the GPU check: ~1,900 public-domain clip-art pictures (Debian
+# openclipart-png, the files over 20 KiB), prepared at 256 px.
+CLIPART := /usr/share/openclipart/png
+
+$(CLIPART):
+	$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openclipart-png
+
+data/clipart/manifest.json: | install $(CLIPART)
+	rm -rf data/clipart.files && mkdir -p data/clipart.files
+	find $(CLIPART) -name '*.png' -size +20k | LC_ALL=C sort | \
+		while IFS= read -r f; do n=$$((n + 1)); ln -s "$$f" "data/clipart.files/$$(printf %05d $$n).png"; done
+	$(BIN)/sslscale data prepare data/clipart.files --out data/clipart --image-size 256 --shard-size 500 --on-error skip
+	rm -rf data/clipart.files
+
+# What benchmarks/gpu_check.py needs on the device machine (Python 3.12, torch with CUDA, no DeepSpeed and nothing
+# reachable), in .carry/ (ignored; the device tool's `run` carries it, 64 MiB a call): wheels of what DeepSpeed
+# imports that the machine lacks, DeepSpeed itself built here from its sdist (pure Python: its ops compile on first
+# use), and the clip-art corpus.
+CARRY_WHEELS := hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+	typing-extensions==4.16.0
+CARRY_PLATFORMS := $(foreach n,manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manylinux1,--platform $(n)_x86_64)
+
+.PHONY: gpu-carry
+gpu-carry: install data/clipart/manifest.json
+	rm -rf .carry && mkdir -p .carry/wheels .carry/sdist
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $(CARRY_PLATFORMS) \
+		-d .carry/wheels $(CARRY_WHEELS)
+	$(BIN)/pip download -q --no-deps --no-binary=:all: -d .carry/sdist deepspeed==0.19.8
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w .carry/wheels .carry/sdist/deepspeed-0.19.8.tar.gz
+	cp -r data/clipart .carry/corpus
+	du -sh .carry
+
 ui: install
 	$(BIN)/sslscale ui
 

@@ -47,7 +47,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    encoder: str = _choice("resnet", "resnet", "vit")
+    encoder: str = _choice("resnet", "resnet", "resnet50", "vit")  # resnet50: the bottleneck ImageNet ResNet-50
     widths: tuple = (32, 64, 128)  # resnet: channels per stage
     depths: tuple = (1, 1, 1)  # resnet: residual blocks per stage
     patch_size: int = 4  # vit: side of a square patch in pixels; must divide the image size

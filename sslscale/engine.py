@@ -23,9 +23,7 @@ from deepspeed.runtime.fp16.loss_scaler import LossScaler  # noqa: E402
 from deepspeed.runtime.zero.config import ZeroStageEnum  # noqa: E402
 from deepspeed.utils.tensor_fragment import fragment_address  # noqa: E402
 
-from sslscale import checkpoint  # noqa: E402
 from sslscale.errors import SslscaleError  # noqa: E402
-from sslscale.export import save_encoder  # noqa: E402
 from sslscale.methods import Method  # noqa: E402
 from sslscale.optim import build_optimizer, set_weight_decay  # noqa: E402
 from sslscale.schedules import cosine_weight_decay, warmup_cosine  # noqa: E402
@@ -228,6 +226,9 @@ class Engine:
 
     def save(self, folder: str, *, rank: int, position: dict, state: dict | None) -> None:
         """Collective: every rank writes its DeepSpeed shard, position and manifest into its own `folder`."""
+        from sslscale import checkpoint  # here, not at the top: checkpoint and export need pyarrow (storage.py)
+        from sslscale.export import save_encoder  # and safetensors, which training alone does not (gpu_check.py)
+
         self.ds.save_checkpoint(folder, tag=DS_TAG, save_latest=False)
         with self.gathered(self.method.encoder):  # every rank joins the gather; one writes
             if state is not None:
@@ -236,6 +237,8 @@ class Engine:
 
     def load(self, folder: str) -> dict:
         """Verify the folder's checksums, then restore weights, optimizer and LR schedule. Returns state.json."""
+        from sslscale import checkpoint
+
         state = checkpoint.verify(folder)
         try:
             self.ds.load_checkpoint(folder, tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=True)

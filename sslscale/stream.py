@@ -28,12 +28,6 @@ from sslscale.views import ViewSpec, batch_views
 BLOCK_ROWS = 256  # views per block handed to a training worker
 
 
-def view_spec(cfg, size: int) -> ViewSpec:
-    d = cfg.data
-    return ViewSpec(size=size, crop_min_scale=d.crop_min_scale, flip=d.flip, jitter=d.jitter,
-                    jitter_prob=d.jitter_prob, grayscale=d.grayscale, blur=d.blur, solarize=d.solarize)
-
-
 def _log_skip(skip_dir: str | None, kind: str, name: str, reason: str, epoch: int) -> None:
     """One file per skip event (tasks run in parallel, so no shared file); `skipped` merges them."""
     if skip_dir:
@@ -161,7 +155,7 @@ def pretrain_dataset(cfg, corpus_dir: str, *, consumed: dict | None = None,
     from sslscale.methods import view_layout  # here, not at the top: Ray Data's tasks import this module, not torch
 
     layout = view_layout(cfg, h)
-    views = dict(seed=cfg.data.seed, spec=view_spec(cfg, h), channels=c, on_error=cfg.data.on_error,
+    views = dict(seed=cfg.data.seed, spec=ViewSpec.from_config(cfg, h), channels=c, on_error=cfg.data.on_error,
                  skip_dir=skip_dir, layout=layout)
     # one task per plan item reads its shard and makes its views, in blocks of BLOCK_ROWS rows handed out as
     # they are made: no second operator, no raw bytes through the object store, and the split hands workers

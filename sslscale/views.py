@@ -35,6 +35,13 @@ class ViewSpec:
     blur: float = 0.0
     solarize: float = 0.0  # probability of inverting the pixels >= 128
 
+    @classmethod
+    def from_config(cls, cfg, size: int) -> "ViewSpec":
+        """The spec of a run's global views: cfg's data.* strengths at side `size`."""
+        d = cfg.data
+        return cls(size=size, crop_min_scale=d.crop_min_scale, flip=d.flip, jitter=d.jitter,
+                   jitter_prob=d.jitter_prob, grayscale=d.grayscale, blur=d.blur, solarize=d.solarize)
+
 
 TRIES = 10  # random resized crop: draws of (area, aspect) before falling back to the whole image
 # the columns of `uniforms` each augmentation reads, per view

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 from torch import nn
 
-from sslscale.encoders.resnet import ResNet
+from sslscale.encoders.resnet import ResNet, ResNet50
 from sslscale.encoders.vit import VIT_PRESETS, ViT
 from sslscale.errors import SslscaleError
 
-ENCODERS = {"resnet": ResNet, "vit": ViT}
+ENCODERS = {"resnet": ResNet, "resnet50": ResNet50, "vit": ViT}
 
 
 def encoder_kwargs(model_cfg) -> dict:
     """The constructor keyword arguments of the encoder `model_cfg.encoder` names, from its model.* keys
-    (model.vit_preset tiny or small, where set, in place of model.dim, vit_depth and heads)."""
+    (model.vit_preset tiny or small, where set, in place of model.dim, vit_depth and heads; resnet50 has none)."""
     m = model_cfg
     if m.encoder == "vit":
         return {"patch_size": m.patch_size, **VIT_PRESETS.get(m.vit_preset, dict(dim=m.dim, depth=m.vit_depth,
                                                                                    heads=m.heads))}
+    if m.encoder == "resnet50":
+        return {}
     return {"widths": tuple(m.widths), "depths": tuple(m.depths)}
 
 
