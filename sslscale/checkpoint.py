@@ -1,8 +1,9 @@
 """The checkpoint folder's own files: run state, data position, per-rank checksums, and finding the latest good one.
 
 A checkpoint folder holds DeepSpeed's files (under `ds/`), the encoder as safetensors (rank 0), `state.json`
-(rank 0: step, world size, MLflow run id, config) and, from every rank r, `position.rank{r}.json` (the sample ids
-its completed steps consumed, per epoch) and `manifest.rank{r}.json` (sha256 of every file rank r wrote).
+(rank 0: step, world size, MLflow run id, config), `position.rank0.json` (rank 0: what every rank's completed steps
+consumed, as sslscale.position writes it; older checkpoints hold one such file per rank, as lists of ids per epoch)
+and, from every rank r, `manifest.rank{r}.json` (sha256 of every file rank r wrote).
 Ranks may write to different machines; Ray Train merges their folders. `verify` checks every rank's manifest
 before anything in the folder is unpickled, so a half-copied or tampered checkpoint is never loaded. Reading works
 on any storage (see storage.py); a worker writes its files into a local folder that Ray Train then uploads.
@@ -13,15 +14,17 @@ import os
 
 from sslscale import storage
 from sslscale.errors import SslscaleError
+from sslscale.position import Position
 from sslscale.storage import write_json
 
 STATE = "state.json"
 ENCODER = "encoder.safetensors"
 
 
-def write_rank_files(folder: str, rank: int, position: dict, state: dict | None) -> None:
-    """Write this rank's position (and rank 0's state), then the manifest of everything under `folder`."""
-    write_json(os.path.join(folder, f"position.rank{rank}.json"), position)
+def write_rank_files(folder: str, rank: int, position: Position | None, state: dict | None) -> None:
+    """Write the run's position and state (rank 0: both given), then the manifest of everything under `folder`."""
+    if position is not None:
+        write_json(os.path.join(folder, f"position.rank{rank}.json"), position.to_json())
     if state is not None:
         write_json(os.path.join(folder, STATE), state)
     files = {}
@@ -51,14 +54,18 @@ def verify(folder: str) -> dict:
     return state
 
 
-def read_positions(folder: str) -> dict[int, list[int]]:
-    """Union over ranks of the consumed sample ids per epoch: {epoch: sorted ids}."""
-    consumed: dict[int, set] = {}
+def read_positions(folder: str, samples: int | None = None) -> Position:
+    """The union of the checkpoint's position files (either format): what the run consumed. `samples`, the split's
+    size now, must be the one the checkpoint was trained on."""
+    position = Position(samples)
     for name in storage.listdir(folder):
         if name.startswith("position.rank") and name.endswith(".json"):
-            for epoch, ids in storage.read_json(storage.join(folder, name)).items():
-                consumed.setdefault(int(epoch), set()).update(ids)
-    return {e: sorted(ids) for e, ids in consumed.items()}
+            try:
+                position.merge(Position.load(storage.read_json(storage.join(folder, name)), samples))
+            except ValueError as e:
+                raise SslscaleError(f"checkpoint {folder}: {name} does not fit the corpus ({e}); resume with the "
+                                    f"corpus the run was trained on") from None
+    return position
 
 
 def latest(run_dir: str) -> str | None:

@@ -1,4 +1,5 @@
-"""torch.distributed helpers: rank, world size, an all-gather that carries gradients back, one that does not, a sum.
+"""torch.distributed helpers: rank, world size, an all-gather that carries gradients back, one that does not, one of
+rows whose count differs per rank, a sum.
 
 Everything works single-process too (no process group: world size 1, gather is the identity).
 """
@@ -65,3 +66,20 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     if world_size() > 1:
         dist.all_reduce(x)
     return x
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's (n_r, ...) tensor concatenated in rank order, on the CPU, where n_r may differ per rank (padded
+    to the longest for the exchange); x itself when not distributed. Used on a few KB (train: the stream's position)."""
+    if world_size() == 1:
+        return x
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    n = torch.tensor([x.shape[0]], device=device)
+    sizes = [torch.empty_like(n) for _ in range(world_size())]
+    dist.all_gather(sizes, n)
+    counts = [int(s) for s in sizes]
+    padded = torch.zeros((max(counts), *x.shape[1:]), dtype=x.dtype, device=device)
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:c] for p, c in zip(parts, counts)]).cpu()

@@ -26,6 +26,7 @@ from deepspeed.utils.tensor_fragment import fragment_address  # noqa: E402
 from sslscale.errors import SslscaleError  # noqa: E402
 from sslscale.methods import Method  # noqa: E402
 from sslscale.optim import build_optimizer, set_weight_decay  # noqa: E402
+from sslscale.position import Position  # noqa: E402
 from sslscale.schedules import cosine_weight_decay, warmup_cosine  # noqa: E402
 
 DS_TAG = "ds"
@@ -224,8 +225,9 @@ class Engine:
             values /= dist.get_world_size()
         return dict(zip(scalars, values.tolist()))
 
-    def save(self, folder: str, *, rank: int, position: dict, state: dict | None) -> None:
-        """Collective: every rank writes its DeepSpeed shard, position and manifest into its own `folder`."""
+    def save(self, folder: str, *, rank: int, position: Position | None, state: dict | None) -> None:
+        """Collective: every rank writes its DeepSpeed shard and manifest into its own `folder`; rank 0 the run's
+        position and state too."""
         from sslscale import checkpoint  # here, not at the top: checkpoint and export need pyarrow (storage.py)
         from sslscale.export import save_encoder  # and safetensors, which training alone does not (gpu_check.py)
 

@@ -152,12 +152,14 @@ def _attempt(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, 
              **fit_kw) -> None:
     """One TorchTrainer fit from the run's latest checkpoint, on a stream that skips what it consumed."""
     last = checkpoint.latest(run_dir)
-    consumed = checkpoint.read_positions(last) if last else {}
+    samples = corpus.load_manifest(corpus_dir)["splits"][cfg.data.split]["samples"]
+    consumed = checkpoint.read_positions(last, samples) if last else None
     dataset = stream.pretrain_dataset(cfg, corpus_dir, consumed=consumed, skip_dir=storage.join(run_dir, SKIPPED))
     attempt = len([d for d in storage.listdir(run_dir) if d.startswith("attempt-")])
     marks["fit"] = time.time()  # the last attempt's: rank 0's marks come from its checkpoints
     train.fit(cfg, datasets={"train": dataset}, ingest=stream.ingest_options(cfg), run_id=run_id, uri=uri,
-              input_spec=input_spec, storage=run_dir, name=f"attempt-{attempt}", resume_from=last, **fit_kw)
+              input_spec=input_spec, storage=run_dir, name=f"attempt-{attempt}", samples=samples, resume_from=last,
+              **fit_kw)
 
 
 def _done(run_dir: str, steps: int) -> str | None:

@@ -1,8 +1,9 @@
 """Ray Data pipeline: prepared shards -> decoded images -> augmented views, on Ray Data CPU tasks.
 
-The run's stream is a plan of (epoch, shard) items, epochs in order and shards in a seeded order per epoch; a
-Ray Data task reads one item (shards.read_shard: sha256 and member names checked), drops the ids a checkpoint
-already consumed in that epoch, decodes and builds views with randomness fixed by (seed, epoch, sample id). Rows
+The run's stream is a plan of (epoch, shard) items, epochs in order and shards in a seeded order per epoch, less
+the shards a checkpoint consumed whole (manifest: a shard holds ids first_id..first_id+samples-1); a Ray Data task
+reads one item (shards.read_shard: sha256 and member names checked), drops the ids a checkpoint already consumed in
+that epoch (a position.Position), decodes and builds views with randomness fixed by (seed, epoch, sample id). Rows
 carry `id` and `epoch`, so a worker records what its completed steps consumed and a resume continues each epoch
 with exactly the samples it has not seen. Epochs overlap only by the few items in flight at once. Ray Train
 splits the stream across workers (streaming_split, equal=True); no worker ever loads the whole corpus. Labels are
@@ -21,6 +22,7 @@ import ray.data
 
 from sslscale import corpus, storage
 from sslscale.errors import SslscaleError
+from sslscale.position import Position
 from sslscale.shards import ShardError, read_shard
 from sslscale.views import ViewSpec, batch_views
 
@@ -45,7 +47,7 @@ def skipped(skip_dir: str) -> dict[str, dict[str, str]]:
     return out
 
 
-def read_rows(batch: dict, *, corpus_dir: str, fmt: str, consumed: dict, on_error: str,
+def read_rows(batch: dict, *, corpus_dir: str, fmt: str, consumed: Position, on_error: str,
               skip_dir: str | None) -> dict:
     """Ray Data UDF on one plan item {epoch, shard, sha256}: the shard's rows not yet consumed in that epoch,
     as {id, epoch, image bytes, shard name}."""
@@ -57,8 +59,8 @@ def read_rows(batch: dict, *, corpus_dir: str, fmt: str, consumed: dict, on_erro
             raise
         _log_skip(skip_dir, "shard", name, str(e), epoch)
         rows = []
-    done = set(consumed.get(epoch, ()))
-    rows = [(sid, image) for sid, image, _ in rows if sid not in done]
+    used = consumed.contains(epoch, np.asarray([r[0] for r in rows], np.int64))
+    rows = [(sid, image) for (sid, image, _), seen in zip(rows, used.tolist()) if not seen]
     image = np.empty(len(rows), dtype=object)
     image[:] = [r[1] for r in rows]
     return {"id": np.asarray([r[0] for r in rows], np.int64), "epoch": np.full(len(rows), epoch, np.int64),
@@ -131,16 +133,24 @@ def epochs_needed(steps: int, batch_size: int, samples: int) -> int:
     return math.ceil(steps * batch_size / samples) + 1
 
 
-def plan(shards: list[dict], epochs: int, seed: int) -> list[dict]:
-    """(epoch, shard) items: epoch after epoch, each epoch's shards in an order fixed by (seed, epoch)."""
-    return [{"epoch": epoch, "shard": shards[i]["name"], "sha256": shards[i]["sha256"]}
-            for epoch in range(epochs) for i in np.random.default_rng([seed, epoch]).permutation(len(shards))]
+def plan(shards: list[dict], epochs: int, seed: int, consumed: Position | None = None) -> list[dict]:
+    """(epoch, shard) items: epoch after epoch, each epoch's shards in an order fixed by (seed, epoch), less those
+    `consumed` holds whole (a resume reads none of them)."""
+    consumed = consumed if consumed is not None else Position()
+    lo = np.array([s["first_id"] for s in shards], np.int64)
+    hi = lo + np.array([s["samples"] for s in shards], np.int64)
+    items = []
+    for epoch in range(consumed.done_below, epochs):
+        done = consumed.covers(epoch, lo, hi)
+        items += [{"epoch": epoch, "shard": shards[i]["name"], "sha256": shards[i]["sha256"]}
+                  for i in np.random.default_rng([seed, epoch]).permutation(len(shards)) if not done[i]]
+    return items
 
 
-def pretrain_dataset(cfg, corpus_dir: str, *, consumed: dict | None = None,
+def pretrain_dataset(cfg, corpus_dir: str, *, consumed: Position | None = None,
                      skip_dir: str | None = None) -> ray.data.Dataset:
-    """The run's view stream; `consumed` {epoch: ids} drops what a checkpoint already used, `skip_dir` records
-    what data.on_error=skip leaves out."""
+    """The run's view stream; `consumed` (checkpoint.read_positions) drops what a checkpoint already used,
+    `skip_dir` records what data.on_error=skip leaves out."""
     manifest = corpus.load_manifest(corpus_dir)
     corpus.shard_paths(manifest, corpus_dir, cfg.data.split)  # one-line error for a missing split
     split = manifest["splits"][cfg.data.split]
@@ -148,8 +158,11 @@ def pretrain_dataset(cfg, corpus_dir: str, *, consumed: dict | None = None,
     epochs = epochs_needed(cfg.train.steps, cfg.data.batch_size, split["samples"])
     if cfg.data.on_error == "skip":  # up to half the corpus may turn out bad; unread epochs cost nothing
         epochs = 2 * epochs
-    items = plan(split["shards"], epochs, cfg.data.seed)
-    consumed = {int(e): np.asarray(ids, np.int64) for e, ids in (consumed or {}).items()}
+    consumed = consumed if consumed is not None else Position(split["samples"])
+    items = plan(split["shards"], epochs, cfg.data.seed, consumed)
+    if not items:
+        raise SslscaleError(f"the checkpoint already consumed all {epochs} epochs this run's train.steps need of "
+                            f"{corpus_dir}: nothing is left to stream (raise train.steps)")
     read = dict(corpus_dir=corpus_dir, fmt=manifest["format"], consumed=consumed, on_error=cfg.data.on_error,
                 skip_dir=skip_dir)
     from sslscale.methods import view_layout  # here, not at the top: Ray Data's tasks import this module, not torch

@@ -23,13 +23,14 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 from ray.train.torch import TorchTrainer
 
 import sslscale
-from sslscale import faults, lease, storage, tracking
+from sslscale import dist, faults, lease, storage, tracking
 from sslscale.checkpoint import read_positions
 from sslscale.config import Config, resources
 from sslscale.engine import Engine
 from sslscale.errors import SslscaleError
 from sslscale.health import HEALTH_KEYS, health_metrics
 from sslscale.methods import build_method
+from sslscale.position import Position
 from sslscale.progress import Progress
 from sslscale.timeline import Marks
 from sslscale.runtime import cluster_resources, placement_problem
@@ -48,22 +49,36 @@ def _batches(shard, cfg: Config, rank: int):
             group = []
 
 
-def _record(position: dict, group: list[dict]) -> None:
+def _record(fresh: Position, group: list[dict]) -> int:
+    """Add a step's (epoch, id) rows to what this rank consumed since the last checkpoint; returns how many."""
     for batch in group:
-        for epoch, sid in zip(batch["epoch"].tolist(), batch["id"].tolist()):
-            position.setdefault(str(epoch), []).append(sid)
+        fresh.record(batch["epoch"].cpu().numpy(), batch["id"].cpu().numpy())
+    return sum(len(batch["id"]) for batch in group)
 
 
-def _save(engine: Engine, cfg: Config, step: int, rank: int, position: dict, run_id: str, buffer,
-          report: dict, marks: dict) -> None:
+def _gather_position(position: Position | None, fresh: Position, rows: int) -> int:
+    """Collective: every rank's `fresh` ids into rank 0's `position` (the run's, which only rank 0 keeps: each
+    rank's own ids are broken at every block the split handed another rank, their union is whole shards plus the
+    rows in flight). Returns the rows consumed a second time (0 unless the stream repeats itself)."""
+    union = Position.from_array(dist.gather_rows(torch.from_numpy(fresh.to_array())).numpy(), fresh.samples)
+    rows = int(dist.all_reduce_sum(torch.tensor([rows]))[0])
+    if position is None:
+        return 0
+    repeated = rows - len(union) + position.overlap(union)
+    position.merge(union)
+    return repeated
+
+
+def _save(engine: Engine, cfg: Config, step: int, rank: int, position: Position | None, run_id: str, buffer,
+          report: dict, marks: dict, repeated: int) -> None:
     """All ranks: save into a local folder and report it with `report` (what Ray Train and a Tune sweep see).
     Rank 0's state carries the metrics not yet in MLflow, so a checkpoint that lands but whose metrics were never
-    sent (a kill in between) still delivers them, and its start-up marks (timeline.py)."""
+    sent (a kill in between) still delivers them, its start-up marks (timeline.py) and the run's position."""
     folder = tempfile.mkdtemp(prefix=f"sslscale-ckpt-{step}-")
     try:
         state = {"step": step, "world_size": ray.train.get_context().get_world_size(), "run_id": run_id,
                  "config": cfg.to_dict(), "pending_metrics": buffer.pending if buffer else [],
-                 "timeline": marks} if rank == 0 else None
+                 "timeline": marks, "repeated_samples": repeated} if rank == 0 else None
         engine.save(folder, rank=rank, position=position, state=state)
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder),
                          checkpoint_dir_name=f"checkpoint_{step:07d}")
@@ -71,22 +86,23 @@ def _save(engine: Engine, cfg: Config, step: int, rank: int, position: dict, run
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _restore(engine: Engine, loop_config: dict, rank: int, buffer) -> tuple[int, dict]:
-    """(step, position) from Ray's checkpoint after a worker-group restart, or from --resume's folder."""
+def _restore(engine: Engine, loop_config: dict, rank: int, buffer) -> tuple[int, Position | None, int]:
+    """(step, the run's position on rank 0 (None elsewhere), rows consumed twice so far) from Ray's checkpoint
+    after a worker-group restart, or from --resume's folder."""
+    samples = loop_config["samples"]
     restored = ray.train.get_checkpoint()
     if not (restored or loop_config.get("resume_from")):
-        return 0, {}
+        return 0, Position(samples) if rank == 0 else None, 0
     # either way a local folder: Ray downloads its own; --resume's may be on an object store (train.storage)
     with restored.as_directory() if restored else storage.local(loop_config["resume_from"]) as folder:
         state = engine.load(folder)
-        # the history of every rank lives on in rank 0's file; the others start empty
-        position = {str(e): ids for e, ids in read_positions(folder).items()} if rank == 0 else {}
+        position = read_positions(folder, samples) if rank == 0 else None
     if buffer:
         buffer.restore(state.get("pending_metrics", []))
         buffer.flush(state["step"])
     if rank == 0:
         print(f"resuming from the checkpoint at step {state['step']}", flush=True)
-    return state["step"], position
+    return state["step"], position, state.get("repeated_samples", 0)
 
 
 def _step_metrics(out: dict, cfg: Config, step: int, interval: dict) -> dict:
@@ -150,9 +166,10 @@ def train_loop(loop_config: dict) -> None:
         torch.manual_seed(cfg.data.seed)  # the same initial weights on every worker
         engine = Engine(build_method(cfg, **input_spec), cfg)
         buffer = tracking.MetricBuffer(loop_config["uri"], run_id) if rank == 0 and run_id else None
-        step, position = _restore(engine, loop_config, rank, buffer)
+        step, position, repeated = _restore(engine, loop_config, rank, buffer)
         marks.mark("engine")
         first = first.result()
+    fresh, rows = Position(loop_config["samples"]), 0  # what this rank consumed since the last checkpoint
     progress = Progress(total=cfg.train.steps, start=step, enabled=rank == 0)
     last_saved, bad_in_row, interval, shown = step, 0, _Interval(cfg.data.batch_size), {}
     # what every report carries (Tune checks its metrics in each one): the last health values, NaN until measured
@@ -164,7 +181,7 @@ def train_loop(loop_config: dict) -> None:
         step += 1
         log = step % cfg.train.log_every == 0 or step == cfg.train.steps
         out = engine.train_step(group, inject_nan=faults.hit("nan_loss", step, rank, loop_config["faults"]), log=log)
-        _record(position, group)  # a skipped step still consumed its samples
+        rows += _record(fresh, group)  # a skipped step still consumed its samples
         marks.mark("first_step")
         marks["last_step"] = time.time()
         bad_in_row = bad_in_row + 1 if out["skipped"] else 0
@@ -176,7 +193,9 @@ def train_loop(loop_config: dict) -> None:
         progress.update(step, shown)
         signal.update({k: metrics[k] for k in HEALTH_KEYS if k in metrics}, step=step)
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
-            _save(engine, cfg, step, rank, position, run_id, buffer, dict(signal), marks)  # Ray may send it later
+            repeated += _gather_position(position, fresh, rows)
+            fresh, rows = Position(loop_config["samples"]), 0
+            _save(engine, cfg, step, rank, position, run_id, buffer, dict(signal), marks, repeated)
             last_saved = step
             if buffer:
                 buffer.flush(step, force=step == cfg.train.steps)
@@ -197,12 +216,13 @@ def uses_gpu(cfg: Config) -> bool:
 
 
 def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spec: dict, storage: str, name: str,
-        resume_from: str | None = None, callbacks: tuple = (), report_extra: dict | None = None,
+        samples: int, resume_from: str | None = None, callbacks: tuple = (), report_extra: dict | None = None,
         lease_info: dict | None = None):
     """Launch the TorchTrainer; returns Ray's Result (its `.checkpoint` is the last one reported). `callbacks` go to
     the trainer's RunConfig (a sweep's TuneReportCallback), and then workers also report on health steps, not only
     at checkpoints; `report_extra` is added to every report (the keys a Tune searcher checks, NaN until the end);
-    the workers watch the run's lease `lease_info` (lease.watch)."""
+    the workers watch the run's lease `lease_info` (lease.watch); `samples` is the size of the split the stream
+    reads (the ids it holds are 0..samples-1)."""
     use_gpu = uses_gpu(cfg)
     bundle = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1.0} if use_gpu else {}),
               **resources(cfg.train.worker_resources)}
@@ -219,7 +239,7 @@ def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spe
         # storage every worker reads), and get_checkpoint() covers restarts within this fit.
         train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "uri": uri, "input": input_spec,
                            "resume_from": resume_from, "faults": faults.spec(), "report_extra": report_extra or {},
-                           "report_health": bool(callbacks), "lease": lease_info or {}},
+                           "report_health": bool(callbacks), "lease": lease_info or {}, "samples": samples},
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu,
                                      resources_per_worker={k: v for k, v in bundle.items() if k != "GPU"}),
         run_config=RunConfig(name=name, storage_path=storage, callbacks=list(callbacks),

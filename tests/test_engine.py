@@ -4,6 +4,7 @@ import math
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ from sslscale.engine import Engine
 from sslscale.errors import SslscaleError
 from sslscale.health import health_metrics
 from sslscale.methods import build_method
+from sslscale.position import Position
 from sslscale.schedules import cosine_weight_decay, warmup_cosine
 
 from distributed import spawn_gloo
@@ -63,14 +65,16 @@ def test_checkpoint_round_trip_and_tamper_detection(fp32_engine, tmp_path):
     e.train_step([_batch(5)])
     folder = str(tmp_path / "ckpt")
     os.makedirs(folder)
-    e.save(folder, rank=0, position={"0": [3, 1]}, state={"step": 3, "world_size": 1})
+    position = Position(10)
+    position.add(0, np.array([3, 1]))
+    e.save(folder, rank=0, position=position, state={"step": 3, "world_size": 1})
     saved = {k: v.clone() for k, v in e.method.state_dict().items()}
     lr = e.lr()
     e.train_step([_batch(6)])  # move away from the checkpoint
     assert checkpoint.latest(str(tmp_path)) == folder
     assert e.load(folder)["step"] == 3
     assert all(torch.equal(saved[k], v) for k, v in e.method.state_dict().items())
-    assert e.lr() == pytest.approx(lr) and checkpoint.read_positions(folder) == {0: [1, 3]}
+    assert e.lr() == pytest.approx(lr) and checkpoint.read_positions(folder, 10).ranges(0).tolist() == [[1, 2], [3, 4]]
     with open(os.path.join(folder, "ds", "mp_rank_00_model_states.pt"), "ab") as f:
         f.write(b"tampered")
     with pytest.raises(SslscaleError, match="does not match its checksum"):
@@ -82,7 +86,7 @@ def test_incomplete_checkpoint_is_skipped(tmp_path):
     folder = tmp_path / "c"
     folder.mkdir()
     (folder / "state.json").write_text(json.dumps({"step": 9, "world_size": 2}))
-    checkpoint.write_rank_files(str(folder), 0, {}, None)  # rank 1's files never arrived
+    checkpoint.write_rank_files(str(folder), 0, None, None)  # rank 1's files never arrived
     assert checkpoint.latest(str(tmp_path)) is None
 
 
@@ -160,11 +164,11 @@ def test_checkpoint_with_pickled_code_is_refused_even_with_a_matching_manifest(f
     e = fp32_engine
     folder = str(tmp_path / "ckpt")
     os.makedirs(folder)
-    e.save(folder, rank=0, position={}, state={"step": 1, "world_size": 1})
+    e.save(folder, rank=0, position=None, state={"step": 1, "world_size": 1})
     states = os.path.join(folder, "ds", "mp_rank_00_model_states.pt")
     saved = torch.load(states, weights_only=True)
     torch.save({**saved, "extra": _Marker(str(tmp_path / "pwned"))}, states)
-    checkpoint.write_rank_files(folder, 0, {}, checkpoint.read_state(folder))  # the manifest now agrees
+    checkpoint.write_rank_files(folder, 0, None, checkpoint.read_state(folder))  # the manifest now agrees
     with pytest.raises(SslscaleError, match="holds objects other than tensors"):
         e.load(folder)
     assert not (tmp_path / "pwned").exists()
@@ -174,7 +178,7 @@ def test_crash_while_saving_leaves_the_previous_checkpoint_loadable(fp32_engine,
     e = fp32_engine
     good = str(tmp_path / "checkpoint_0000003")
     os.makedirs(good)
-    e.save(good, rank=0, position={"0": [1]}, state={"step": 3, "world_size": 1})
+    e.save(good, rank=0, position=Position(10), state={"step": 3, "world_size": 1})
     weights = {k: v.clone() for k, v in e.method.state_dict().items()}
     e.train_step([_batch(7)])
     # the next save dies half-way: its DeepSpeed files are written, one of them cut short, no manifest yet

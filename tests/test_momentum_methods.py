@@ -145,7 +145,7 @@ def _ema_worker(rank, world, stage, folder):
     out["targets"] = torch.allclose(m.targets(x), plain.targets(x), atol=1e-5)  # the forward sees the update
     out["skipped"] = engine.train_step([_batch(7)], inject_nan=rank == 1)["skipped"]  # one rank's NaN skips all
     out["after_skip"] = full(engine, m.teacher)
-    engine.save(os.path.join(folder, f"rank{rank}"), rank=rank, position={},
+    engine.save(os.path.join(folder, f"rank{rank}"), rank=rank, position=None,
                 state={"step": K + 1, "world_size": world} if rank == 0 else None)
     encoder = full(engine, m.encoder)  # the export holds whole weights, also under ZeRO-3
     if rank == 0:
