@@ -59,9 +59,9 @@ test-long: install browser postgres
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
-benchmark: install data/fmnist/manifest.json
-	$(BIN)/python benchmarks/ingest.py
-	$(BIN)/python benchmarks/train_throughput.py
+# Every benchmark side by side (about 15 minutes on 2 cores) -> docs/benchmarks.md and docs/benchmarks.json
+benchmark: install data/fmnist/manifest.json data/clipart/manifest.json
+	$(BIN)/python benchmarks/report.py
 
 # Runs the fault-injection tests and rewrites docs/reliability.md's table from what they measured.
 RELIABILITY_TESTS := tests/test_reliability.py tests/test_engine.py tests/test_resume.py

@@ -75,7 +75,7 @@ class TorchLoop:
         self.method = method.to(self.device)
         self.optimizer = build_optimizer(self.method, cfg.optim)
 
-    def train_step(self, micro_batches: list[dict]) -> dict:
+    def train_step(self, micro_batches: list[dict], log: bool = True) -> dict:
         self.method.train()
         for batch in micro_batches:
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
@@ -85,7 +85,7 @@ class TorchLoop:
             torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.optim.clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": float(loss) * len(micro_batches)}
+        return {"loss": float(loss) * len(micro_batches)} if log else {}
 
 
 def load_engine(plain: bool = False):
@@ -223,14 +223,15 @@ def peak_memory_gib(device: torch.device) -> float:
 
 
 def timed(runner, batches, s: dict) -> tuple[float, dict]:
-    """Seconds of s["steps"] steps after s["warmup"] untimed ones, and the last step's logs."""
+    """Seconds of s["steps"] steps after s["warmup"] untimed ones, and the last step's logs (only the last step
+    logs, which reads the loss back: a run logs every train.log_every steps)."""
     sync = torch.cuda.synchronize if runner.device.type == "cuda" else (lambda: None)
     for _ in range(s["warmup"]):
-        out = runner.train_step([next(batches)])
+        runner.train_step([next(batches)], log=False)
     sync()
     start = time.perf_counter()
-    for _ in range(s["steps"]):
-        out = runner.train_step([next(batches)])
+    for i in range(s["steps"]):
+        out = runner.train_step([next(batches)], log=i == s["steps"] - 1)
     sync()
     return time.perf_counter() - start, out
 

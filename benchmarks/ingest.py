@@ -1,69 +1,90 @@
-"""Ingest rate, side by side in one run on the same cores: the Ray Data path (read shards, decode, 2 views) against
-plain webdataset + torch DataLoader (num_workers=2) doing the same work with the same view functions.
+"""Ingest rate, side by side in one run on the same cores: the Ray Data path (one task per shard reads it,
+checks its sha256, decodes and makes the method's views with views.batch_views) against webdataset + torch
+DataLoader doing the same work with the same view code (decode, then batch_views on blocks of the same size), at
+equal CPU budget: data.cpus=N against DataLoader(num_workers=N), for N = 1 and 2. Both consume torch batches in
+the main process. The plain path does not check sha256 (webdataset has no such check): ours does more work.
 
-    python benchmarks/ingest.py [--corpus fmnist] [--samples 20000]
+    python benchmarks/ingest.py [--corpus fmnist] [--samples 20000] [--repeats 3] [--cpus 1,2] [--out FILE] [overrides]
 
-Prints samples/s for each and the ratio ray/plain. Not a test: numbers depend on the machine."""
+samples/s are medians over `repeats` windows of samples/repeats each, after a warm-up batch. Not a test.
+"""
 from __future__ import annotations
 
 import argparse
-import time
+import os
+import sys
 
 import numpy as np
 import torch
 import webdataset as wds
 
-from sslscale import corpus, stream
-from sslscale.config import Config
-from sslscale.runtime import ensure_ray
-from sslscale.views import batch_views
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import line, median, rates, show, write  # noqa: E402
+
+from sslscale import corpus, stream  # noqa: E402
+from sslscale.config import Config  # noqa: E402
+from sslscale.methods import view_layout  # noqa: E402
+from sslscale.runtime import ensure_ray, shutdown  # noqa: E402
+from sslscale.views import ViewSpec, batch_views  # noqa: E402
 
 
-def plain_rate(corpus_dir: str, cfg: Config, samples: int) -> float:
+class BlockViews:
+    """webdataset collation: a block of samples -> decoded images -> the method's views (picklable, for workers)."""
+
+    def __init__(self, cfg: Config, size: int):
+        self.seed, self.spec, self.layout = cfg.data.seed, ViewSpec.from_config(cfg, size), view_layout(cfg, size)
+
+    def __call__(self, samples: list[dict]) -> dict:
+        ids = np.array([int(s["__key__"]) for s in samples], np.int64)
+        images = np.stack([corpus.decode_image(s["image.png"]) for s in samples])
+        return {"id": ids, **batch_views(images, ids, seed=self.seed, epoch=0, spec=self.spec, **self.layout)}
+
+
+def plain_batches(corpus_dir: str, cfg: Config, workers: int):
     manifest = corpus.load_manifest(corpus_dir)
-    spec = stream.view_spec(cfg, manifest["fields"]["image"]["shape"][0])
-
-    def views(sample):
-        sid = int(sample["__key__"])
-        img = corpus.decode_image(sample["image.png"])
-        v = batch_views(img[None], np.array([sid]), seed=cfg.data.seed, epoch=0, spec=spec)
-        return {"id": sid, "view_0": v["view_0"][0], "view_1": v["view_1"][0]}
-
-    ds = wds.WebDataset(corpus.shard_paths(manifest, corpus_dir, "train"), shardshuffle=False,
-                        nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker).map(views)
-    loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=2)
-    return _rate(iter(loader), samples, lambda b: len(b["id"]))
+    ds = wds.WebDataset(corpus.shard_paths(manifest, corpus_dir, cfg.data.split), shardshuffle=False,
+                        nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker, empty_check=False)
+    ds = ds.repeat().batched(stream.BLOCK_ROWS, collation_fn=BlockViews(cfg, manifest["fields"]["image"]["shape"][0]))
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=True)
+    return iter(loader)
 
 
-def ray_rate(corpus_dir: str, cfg: Config, samples: int) -> float:
-    ensure_ray()
-    stream.quiet()
+def ray_batches(corpus_dir: str, cfg: Config):
     ds = stream.pretrain_dataset(cfg, corpus_dir)
-    ds.context.execution_options = stream.ingest_options(cfg)
-    return _rate(iter(ds.iter_torch_batches(batch_size=256)), samples, lambda b: len(b["id"]))
+    ds.context.execution_options = stream.ingest_options(cfg, corpus_dir)
+    return iter(ds.iter_torch_batches(batch_size=stream.BLOCK_ROWS))
 
 
-def _rate(it, samples: int, count) -> float:
-    count(next(it))  # start-up (process pools, Ray tasks) is not ingest
-    seen, t0 = 0, time.perf_counter()
-    while seen < samples:
-        seen += count(next(it))
-    return seen / (time.perf_counter() - t0)
+def measure(corpus_name: str, samples: int, repeats: int, overrides: list[str], cpus_list=(1, 2)) -> list[dict]:
+    corpus_dir = corpus.resolve(corpus_name)
+    out = []
+    for cpus in cpus_list:
+        cfg = Config().override(["train.steps=100000", f"data.cpus={cpus}", *overrides])
+        plain = rates(plain_batches(corpus_dir, cfg, cpus), lambda b: len(b["id"]), samples, repeats)
+        ensure_ray()
+        stream.quiet()
+        try:
+            ours = rates(ray_batches(corpus_dir, cfg), lambda b: len(b["id"]), samples, repeats)
+        finally:
+            shutdown()
+        out.append(line("ingest", f"{corpus_name}: read, sha256, decode, {cfg.method.name} views; {cpus} CPU(s)",
+                        median(ours), median(plain), "samples/s",
+                        f"Ray Data data.cpus={cpus} vs webdataset + DataLoader(num_workers={cpus})"))
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", default="fmnist")
     p.add_argument("--samples", type=int, default=20000)
-    p.add_argument("overrides", nargs="*", help="config overrides, e.g. data.cpus=2")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--cpus", default="1,2", help="CPU budgets to compare at")
+    p.add_argument("--out", default="benchmarks/out/ingest.json")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. method.name=dino data.n_local=2")
     args = p.parse_args()
-    cfg = Config().override(["train.steps=1000", *args.overrides])
-    corpus_dir = corpus.resolve(args.corpus)
-    plain = plain_rate(corpus_dir, cfg, args.samples)
-    ray_ = ray_rate(corpus_dir, cfg, args.samples)
-    print(f"plain webdataset + DataLoader(num_workers=2): {plain:8.0f} samples/s")
-    print(f"Ray Data (data.cpus={cfg.data.cpus}):                 {ray_:8.0f} samples/s")
-    print(f"ratio ray/plain: {ray_ / plain:.2f}")
+    lines = measure(args.corpus, args.samples, args.repeats, args.overrides, [int(c) for c in args.cpus.split(",")])
+    show(lines)
+    write(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ class DataConfig:
     local_min_scale: float = 0.05  # local views crop an area fraction in [local_min_scale, local_max_scale]
     local_max_scale: float = 0.3
     cpus: float = 1.0  # CPUs Ray Data may use for decoding and views
-    buffer_mb: int = 256  # object store for views produced ahead of training
+    buffer_mb: int = 0  # object store for views made ahead of training (0: four global batches' worth)
     shuffle_buffer: int = 2048  # rows in each worker's local shuffle buffer (0: off)
     on_error: str = _choice("fail", "fail", "skip")
     deterministic: bool = False  # keep Ray Data's order: the same seed and world size give the same batches
@@ -317,7 +317,7 @@ def validate(cfg: Config) -> Config:
         ("train.steps", cfg.train.steps > 0, "a positive number"),
         ("train.workers", cfg.train.workers > 0, "at least 1"),
         ("data.cpus", cfg.data.cpus > 0, "a positive number of CPUs"),
-        ("data.buffer_mb", cfg.data.buffer_mb > 0, "a positive number of MiB"),
+        ("data.buffer_mb", cfg.data.buffer_mb >= 0, "0 (four global batches' worth) or a number of MiB"),
         ("train.checkpoint_every", cfg.train.checkpoint_every > 0, "a positive number of steps"),
         ("train.health_every", cfg.train.health_every > 0, "a positive number of steps"),
         ("train.log_every", cfg.train.log_every > 0, "a positive number of steps"),

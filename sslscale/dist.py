@@ -60,11 +60,19 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+def _comm_device() -> torch.device:
+    """Where collectives take their tensors: the GPU under NCCL (which takes no CPU tensors), else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    """The sum of every rank's x (same shape everywhere), detached; x itself when not distributed (DINO's centre)."""
+    """The sum of every rank's x (same shape everywhere), detached, on x's device; x itself when not distributed
+    (DINO's centre, the rows a checkpoint's position counts)."""
     x = x.detach().clone()
     if world_size() > 1:
-        dist.all_reduce(x)
+        summed = x.to(_comm_device())
+        dist.all_reduce(summed)
+        x = summed.to(x.device)
     return x
 
 
@@ -73,7 +81,7 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
     to the longest for the exchange); x itself when not distributed. Used on a few KB (train: the stream's position)."""
     if world_size() == 1:
         return x
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    device = _comm_device()
     n = torch.tensor([x.shape[0]], device=device)
     sizes = [torch.empty_like(n) for _ in range(world_size())]
     dist.all_gather(sizes, n)

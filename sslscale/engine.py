@@ -184,14 +184,13 @@ class Engine:
         return out, torch.stack(losses).mean()
 
     def train_step(self, micro_batches: list[dict], *, inject_nan: bool = False, log: bool = True) -> dict:
-        """Forward, backward and (at the accumulation boundary) the optimizer step. Returns `skipped` (a bool) and
-        `embeddings` (this rank's last micro-batch, detached); when `log`, also the step's scalars as floats,
-        averaged over ranks in one all-reduce (`loss`: the mean over every rank's micro-batches, the global
-        batch's loss), with `lr`, `grad_norm` and a scheduled `weight_decay`. A step not logged reads nothing
-        back from the device but the non-finite guard's one flag.
+        """Forward, backward and (at the accumulation boundary) the optimizer step. Returns `skipped` (a bool),
+        `lr` (the rate this step used) and `embeddings` (this rank's last micro-batch, detached); when `log`, also
+        the step's scalars as floats, averaged over ranks in one all-reduce (`loss`: the mean over every rank's
+        micro-batches, the global batch's loss), with `grad_norm` and a scheduled `weight_decay`. A step not
+        logged reads nothing back from the device but the non-finite guard's one flag.
 
-        A non-finite gradient on any rank (a non-finite loss makes one) skips the step everywhere (`skipped` = 1
-        in the logs): weights, optimizer state, teachers and BatchNorm statistics stay as they were; the LR
+        A non-finite gradient on any rank (a non-finite loss makes one) skips the step everywhere: weights, optimizer state, teachers and BatchNorm statistics stay as they were; the LR
         schedule still advances (it follows the step count). `inject_nan` poisons this rank's input (fault
         injection for tests, see faults.py)."""
         self.ds.train()
@@ -202,7 +201,7 @@ class Engine:
         out, loss = self._forward_backward(micro_batches, inject_nan)
         if self.ds.skipped_steps > ds_skipped:
             self.scheduler.step()  # DeepSpeed holds the schedule back on a skipped step; we do not
-        result = {"skipped": self._skipped() > skipped, "embeddings": out["embeddings"]}
+        result = {"skipped": self._skipped() > skipped, "lr": lr, "embeddings": out["embeddings"]}
         if result["skipped"]:
             for buf, saved in zip(self.method.buffers(), buffers):
                 buf.data.copy_(saved)
@@ -210,7 +209,7 @@ class Engine:
             self._after_step(self.ds.global_steps)
         if log:
             result.update(self._mean_over_ranks({**{k: v for k, v in out.items() if k not in ("loss", "embeddings")},
-                                                 "loss": loss}), lr=lr, **weight_decay)
+                                                 "loss": loss}), **weight_decay)
             grad_norm = self.ds.get_global_grad_norm()
             if grad_norm is not None:
                 result["grad_norm"] = float(grad_norm)

@@ -157,7 +157,7 @@ def _attempt(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, 
     dataset = stream.pretrain_dataset(cfg, corpus_dir, consumed=consumed, skip_dir=storage.join(run_dir, SKIPPED))
     attempt = len([d for d in storage.listdir(run_dir) if d.startswith("attempt-")])
     marks["fit"] = time.time()  # the last attempt's: rank 0's marks come from its checkpoints
-    train.fit(cfg, datasets={"train": dataset}, ingest=stream.ingest_options(cfg), run_id=run_id, uri=uri,
+    train.fit(cfg, datasets={"train": dataset}, ingest=stream.ingest_options(cfg, corpus_dir), run_id=run_id, uri=uri,
               input_spec=input_spec, storage=run_dir, name=f"attempt-{attempt}", samples=samples, resume_from=last,
               **fit_kw)
 

@@ -89,6 +89,9 @@ def _tar_members(data: bytes, verified: bool):
         pos += BLOCK
         if pos + size > len(data):
             break
+        if header[156:157] in (b"x", b"g", b"L", b"K"):  # pax or GNU long-name headers: not a shard prepare wrote
+            raise ValueError(f"a pax/GNU extended header at byte {pos - BLOCK}: only the plain ustar members "
+                             f"`sslscale data prepare` writes are read")
         yield name.decode("utf-8", "replace"), header[156:157] in (b"0", b"\0"), data[pos : pos + size]
         pos += -(-size // BLOCK) * BLOCK
     raise ValueError("no end-of-archive marker after the last member: the file was cut short")

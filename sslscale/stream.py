@@ -3,7 +3,10 @@
 The run's stream is a plan of (epoch, shard) items, epochs in order and shards in a seeded order per epoch, less
 the shards a checkpoint consumed whole (manifest: a shard holds ids first_id..first_id+samples-1); a Ray Data task
 reads one item (shards.read_shard: sha256 and member names checked), drops the ids a checkpoint already consumed in
-that epoch (a position.Position), decodes and builds views with randomness fixed by (seed, epoch, sample id). Rows
+that epoch (a position.Position), decodes and builds views (views.batch_views, vectorised per block) with
+randomness fixed by (seed, epoch, sample id), and hands them out in blocks of BLOCK_ROWS as it makes them: one
+operator, no raw bytes through the object store. It runs at most `ingest_options`' budget ahead of training, and
+Ray Data's scheduling loop is paced so that waiting for training costs no CPU (_pace_scheduling). Rows
 carry `id` and `epoch`, so a worker records what its completed steps consumed and a resume continues each epoch
 with exactly the samples it has not seen. Epochs overlap only by the few items in flight at once. Ray Train
 splits the stream across workers (streaming_split, equal=True); no worker ever loads the whole corpus. Labels are
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 import uuid
 
 import numpy as np
@@ -28,6 +32,39 @@ from sslscale.views import ViewSpec, batch_views
 
 
 BLOCK_ROWS = 256  # views per block handed to a training worker
+# seconds between rounds of Ray Data's scheduling loop (see _pace_scheduling); 0 leaves Ray's loop as it is
+LOOP_PERIOD_S = float(os.environ.get("SSLSCALE_DATA_LOOP_PERIOD_S", "0.02"))
+
+
+def _pace_scheduling() -> None:
+    """Ray Data 2.60's scheduling loop (StreamingExecutor) goes round without pause while the stream waits for
+    training to take its blocks, the usual state of a stream that runs ahead: its tasks' outputs are ready (so its
+    wait returns at once) but held back (the object-store budget is full). That kept the SplitCoordinator actor at
+    ~0.5 CPU, a quarter of these 2 cores, taken from training (py-spy: the loop's resource bookkeeping); paced, it
+    uses ~0.1. Each round of an executor starts at least LOOP_PERIOD_S after its previous one: Ray's own wait for
+    tasks allows 0.1 s, and one round reads every ready output and starts every task it can. Installed when this
+    module is imported, in every process that imports it: the SplitCoordinator does when it unpickles the stream's
+    functions (shard_views), and so does a driver (its own Ray Data pipelines are paced too). A Ray without that
+    function is left alone; $SSLSCALE_DATA_LOOP_PERIOD_S=0 turns it off."""
+    try:
+        from ray.data._internal.execution import streaming_executor as executor
+    except ImportError:
+        return
+    process = getattr(executor, "process_completed_tasks", None)
+    if LOOP_PERIOD_S <= 0 or process is None or getattr(process, "paced", False):
+        return
+    last: dict[int, float] = {}  # per executor (its topology), the start of its latest round
+
+    def process_completed_tasks(topology, *args, **kwargs):
+        time.sleep(max(0.0, last.get(id(topology), 0.0) + LOOP_PERIOD_S - time.monotonic()))
+        last[id(topology)] = time.monotonic()
+        return process(topology, *args, **kwargs)
+
+    process_completed_tasks.paced = True
+    executor.process_completed_tasks = process_completed_tasks
+
+
+_pace_scheduling()
 
 
 def _log_skip(skip_dir: str | None, kind: str, name: str, reason: str, epoch: int) -> None:
@@ -49,7 +86,7 @@ def skipped(skip_dir: str) -> dict[str, dict[str, str]]:
 
 def read_rows(batch: dict, *, corpus_dir: str, fmt: str, consumed: Position, on_error: str,
               skip_dir: str | None) -> dict:
-    """Ray Data UDF on one plan item {epoch, shard, sha256}: the shard's rows not yet consumed in that epoch,
+    """One plan item {epoch, shard, sha256} (shard_views' input): the shard's rows not yet consumed in that epoch,
     as {id, epoch, image bytes, shard name}."""
     epoch, name = int(batch["epoch"][0]), str(batch["shard"][0])
     try:
@@ -77,9 +114,9 @@ def _decode(data: bytes, channels: int) -> np.ndarray | None:
 
 def make_views(batch: dict, *, seed: int, spec: ViewSpec, channels: int, on_error: str,
                skip_dir: str | None = None, layout: dict | None = None) -> dict:
-    """Ray Data UDF: rows {id, epoch, image bytes, shard} -> {"id", "epoch", "view_0", ...} with the fields
-    views.batch_views makes for `layout` (the method's, see methods.Method.views; default two views); undecodable
-    images are skipped (recorded) or stop the run, per on_error."""
+    """Rows of one epoch {id, epoch, image bytes, shard} (a block of shard_views) -> {"id", "epoch", "view_0", ...}
+    with the fields views.batch_views makes for `layout` (the method's, see methods.Method.views; default two
+    views); undecodable images are skipped (recorded) or stop the run, per on_error."""
     images, kept, epochs = [], [], []
     for sid, epoch, raw, shard in zip(batch["id"].tolist(), batch["epoch"].tolist(), batch["image"], batch["shard"]):
         img = _decode(raw, channels)
@@ -96,15 +133,7 @@ def make_views(batch: dict, *, seed: int, spec: ViewSpec, channels: int, on_erro
     layout = layout or {"n_views": 2}
     if not len(ids):  # every image of the block was skipped: empty fields of the right shapes
         return {"id": ids, "epoch": epochs, **{k: v[:0] for k, v in _one_row(spec, channels, layout).items()}}
-    parts = []
-    for epoch in np.unique(epochs):  # a batch may straddle two epochs
-        rows = np.flatnonzero(epochs == epoch)
-        parts.append((rows, batch_views(np.stack([images[i] for i in rows]), ids[rows], seed=seed,
-                                        epoch=int(epoch), spec=spec, **layout)))
-    views = {k: np.empty((len(ids), *v.shape[1:]), v.dtype) for k, v in parts[0][1].items()}
-    for rows, part in parts:
-        for key, value in part.items():
-            views[key][rows] = value
+    views = batch_views(np.stack(images), ids, seed=seed, epoch=int(epochs[0]), spec=spec, **layout)
     return {"id": ids, "epoch": epochs, **views}
 
 
@@ -186,12 +215,24 @@ def quiet() -> None:
     ctx.print_on_execution_start = False
 
 
-def ingest_options(cfg) -> ray.data.ExecutionOptions:
+RUN_AHEAD_BATCHES = 4  # data.buffer_mb=0: the views of this many global batches made ahead of training
+
+
+def ingest_options(cfg, corpus_dir: str) -> ray.data.ExecutionOptions:
     """Bound what the view pipeline may use, so it runs just ahead of training instead of competing with it
-    for the same cores: `data.cpus` CPUs and `data.buffer_mb` of object store for views not yet consumed.
+    for the same cores: `data.cpus` CPUs and `data.buffer_mb` of object store for views not yet consumed (0, the
+    default: RUN_AHEAD_BATCHES global batches of the method's views). A bigger run-ahead costs training time while
+    it fills (here 256 MB, ~160k views at 28 px, kept the stream working flat out through the first ~600 steps:
+    -20% samples/s) and leaves its last views unused.
     Order is preserved only with data.deterministic: then every block reaches the same worker in the same order
     on every run (Ray's split gives each block to the worker with the fewest rows so far), which makes a run
     repeatable; otherwise blocks in flight together may arrive out of order, which the per-epoch consumed ids
     account for. (With preserve_order, a union of per-epoch pipelines once stalled the split coordinator.)"""
-    limits = ray.data.ExecutionResources(cpu=cfg.data.cpus, object_store_memory=cfg.data.buffer_mb * 2**20)
+    buffer = cfg.data.buffer_mb * 2**20
+    if not buffer:
+        from sslscale.methods import view_layout  # here, not at the top: Ray Data's tasks import this module
+
+        h, _, c = corpus.load_manifest(corpus_dir)["fields"]["image"]["shape"]
+        buffer = RUN_AHEAD_BATCHES * max(cfg.data.batch_size, BLOCK_ROWS) * row_bytes(view_layout(cfg, h), h, c)
+    limits = ray.data.ExecutionResources(cpu=cfg.data.cpus, object_store_memory=buffer)
     return ray.data.ExecutionOptions(resource_limits=limits, preserve_order=cfg.data.deterministic)

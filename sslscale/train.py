@@ -1,9 +1,12 @@
 """Ray Train, in one place: the per-worker training loop and the TorchTrainer launch.
 
 Each worker builds the method, wraps it with the DeepSpeed engine, restores the latest checkpoint if Ray hands
-one (worker-group restart or `--resume`), then reads its dataset shard step by step. Every
-`train.checkpoint_every` steps all workers save and `ray.train.report` the checkpoint; rank 0 then sends the
-metrics the checkpoint covers to MLflow (see tracking.MetricBuffer). Rank 0 prints a progress line.
+one (worker-group restart or `--resume`), then reads its dataset shard step by step; the stream's first batch is
+fetched on a thread while DeepSpeed initialises. Every `train.log_every` steps the step's scalars are averaged over
+ranks in one all-reduce (other steps read nothing back but the non-finite guard's flag). Every
+`train.checkpoint_every` steps the ids every rank consumed are gathered into rank 0's position (position.py), all
+workers save and `ray.train.report` the checkpoint; rank 0 then sends the metrics the checkpoint covers to MLflow
+(see tracking.MetricBuffer). Rank 0 prints a progress line and marks its start-up (timeline.py).
 """
 from __future__ import annotations
 
@@ -13,9 +16,9 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import ray.train
 import torch
@@ -38,7 +41,7 @@ from sslscale.runtime import cluster_resources, placement_problem
 
 def _batches(shard, cfg: Config, rank: int):
     """Groups of grad_accum micro-batches from this worker's dataset shard."""
-    it = shard.iter_torch_batches(batch_size=cfg.micro_batch(), drop_last=True,
+    it = shard.iter_torch_batches(batch_size=cfg.micro_batch(), drop_last=True, device="cpu",
                                   local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
                                   local_shuffle_seed=cfg.data.seed * 1000 + rank if cfg.data.shuffle_buffer else None)
     group = []
@@ -106,13 +109,36 @@ def _restore(engine: Engine, loop_config: dict, rank: int, buffer) -> tuple[int,
 
 
 def _step_metrics(out: dict, cfg: Config, step: int, interval: dict) -> dict:
-    """What a step logs: on a logged step its finite scalars (a skipped step's NaN loss shows as `skipped` = 1
-    instead) and `interval` (_Interval.tick); the health metrics on their steps."""
-    metrics = {k: v for k, v in out.items() if k not in ("embeddings", "skipped") and math.isfinite(v)}
+    """What a step logs: on a logged step its finite scalars (a skipped step's NaN loss is left out; `skipped`
+    counts it) and `interval` (_Interval.tick); the health metrics on their steps; `lr` with anything logged, since
+    tracking.MetricBuffer learns from it which steps the store already holds."""
+    metrics = {k: v for k, v in out.items() if k not in ("embeddings", "skipped", "lr") and math.isfinite(v)}
     metrics.update(interval)
     if step % cfg.train.health_every == 0 and not out["skipped"]:
         metrics.update(health_metrics(out["embeddings"]))
-    return metrics
+    return {**metrics, "lr": out["lr"]} if metrics else {}
+
+
+class _Prefetch:
+    """The stream's first group, fetched on a daemon thread: an error in the engine's start-up is raised at once
+    instead of after the first batch (a thread pool would wait for it, or forever if the stream stalls)."""
+
+    def __init__(self, groups):
+        self.box: dict = {}
+        self.thread = threading.Thread(target=self._fetch, args=(groups,), daemon=True)
+        self.thread.start()
+
+    def _fetch(self, groups) -> None:
+        try:
+            self.box["first"] = next(groups, None)
+        except BaseException as e:  # noqa: BLE001 - raised in the training thread by result()
+            self.box["error"] = e
+
+    def result(self):
+        self.thread.join()
+        if "error" in self.box:
+            raise self.box["error"]
+        return self.box["first"]
 
 
 class _Interval:
@@ -161,14 +187,13 @@ def train_loop(loop_config: dict) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     rank = ray.train.get_context().get_world_rank()
     groups = _batches(ray.train.get_dataset_shard("train"), cfg, rank)
-    with ThreadPoolExecutor(1) as pool:
-        first = pool.submit(next, groups, None)  # Ray Data starts and makes views while DeepSpeed initialises
-        torch.manual_seed(cfg.data.seed)  # the same initial weights on every worker
-        engine = Engine(build_method(cfg, **input_spec), cfg)
-        buffer = tracking.MetricBuffer(loop_config["uri"], run_id) if rank == 0 and run_id else None
-        step, position, repeated = _restore(engine, loop_config, rank, buffer)
-        marks.mark("engine")
-        first = first.result()
+    first = _Prefetch(groups)  # Ray Data starts and makes views while DeepSpeed initialises
+    torch.manual_seed(cfg.data.seed)  # the same initial weights on every worker
+    engine = Engine(build_method(cfg, **input_spec), cfg)
+    buffer = tracking.MetricBuffer(loop_config["uri"], run_id) if rank == 0 and run_id else None
+    step, position, repeated = _restore(engine, loop_config, rank, buffer)
+    marks.mark("engine")
+    first = first.result()
     fresh, rows = Position(loop_config["samples"]), 0  # what this rank consumed since the last checkpoint
     progress = Progress(total=cfg.train.steps, start=step, enabled=rank == 0)
     last_saved, bad_in_row, interval, shown = step, 0, _Interval(cfg.data.batch_size), {}
@@ -199,7 +224,7 @@ def train_loop(loop_config: dict) -> None:
             last_saved = step
             if buffer:
                 buffer.flush(step, force=step == cfg.train.steps)
-            interval.last = time.perf_counter()  # checkpoint time is not training throughput
+            interval.pause()  # checkpoint time is not training throughput
         elif step % cfg.train.health_every == 0 and loop_config["report_health"]:  # a sweep's scheduler sees it
             ray.train.report(dict(signal))  # every rank (a barrier); a copy: Ray may send it after `signal` changed
     progress.done(step)

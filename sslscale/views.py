@@ -155,14 +155,18 @@ def _grayscale(x: np.ndarray, on: np.ndarray) -> np.ndarray:
     return x
 
 
-def gaussian_blur(x: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """Blur image i with a Gaussian of sigma[i] pixels (0: unchanged), separably, edges reflected; in place."""
+def gaussian_blur(x: np.ndarray, sigma: np.ndarray, radius: int) -> np.ndarray:
+    """Blur image i with a Gaussian of sigma[i] pixels (0: unchanged), cut at 3 sigma[i] (at least 1 px),
+    separably, edges reflected; in place. Every kernel spans the same 2 * radius + 1 taps (radius: at least
+    3 sigma of any image the spec can draw), those beyond an image's own cut exactly 0: the same arithmetic
+    whichever images share a chunk, so a view does not depend on its neighbours."""
     on = sigma > 0
     if not on.any():
         return x
     s = sigma[on].astype(np.float32)[:, None]
-    radius = max(1, int(np.ceil(3 * s.max())))
-    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1, dtype=np.float32) / s) ** 2)
+    own = np.maximum(1, np.ceil(3 * s))  # (n, 1) each image's radius
+    offsets = np.arange(-radius, radius + 1, dtype=np.float32)
+    taps = np.where(np.abs(offsets) <= own, np.exp(-0.5 * (offsets / s) ** 2), 0.0).astype(np.float32)
     taps /= taps.sum(axis=1, keepdims=True)  # (n, 2r+1)
     y = x[on]
     for axis in (1, 2):
@@ -196,7 +200,7 @@ def _augment(images: np.ndarray, u: np.ndarray, spec: ViewSpec) -> np.ndarray:
     x = color_jitter(x, u, spec.jitter, spec.jitter_prob)
     x = _grayscale(x, u[:, _GRAY] < spec.grayscale)
     sigma = np.where(u[:, _BLUR] < spec.blur, (0.1 + 1.9 * u[:, _SIGMA]) * spec.size / 224, 0.0)
-    x = gaussian_blur(x, sigma)
+    x = gaussian_blur(x, sigma, radius=max(1, int(np.ceil(3 * 2.0 * spec.size / 224))))
     x = np.rint(x, out=x).astype(np.uint8)
     solar = (u[:, _SOLARIZE] < spec.solarize)[:, None, None, None] & (x >= 128)
     x = np.where(solar, 255 - x, x)

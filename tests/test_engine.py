@@ -218,7 +218,7 @@ def _logged_and_local(rank, world):
 @pytest.mark.slow
 def test_a_logged_loss_is_the_mean_over_ranks_and_a_quiet_step_reads_nothing_back():
     a, b = spawn_gloo(_logged_and_local, world=2)
-    assert a["quiet"] == ["embeddings", "skipped"]  # no scalars, so no read back but the guard's flag
+    assert a["quiet"] == ["embeddings", "lr", "skipped"]  # no scalars read back but the guard's flag (lr: a float)
     assert a["local"] != pytest.approx(b["local"], rel=1e-3)
     assert a["logged"] == pytest.approx((a["local"] + b["local"]) / 2, rel=1e-5) == b["logged"]
     assert a["lr"] == b["lr"]

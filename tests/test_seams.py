@@ -27,3 +27,13 @@ def test_public_pretrain_stays_a_function_after_its_module_loads():
     import sslscale.pretraining  # noqa: F401 - importing a submodule sets a package attribute of its name
 
     assert callable(sslscale.pretrain) and sslscale.pretrain.__module__ == "sslscale"
+
+
+def test_ray_datas_scheduling_loop_is_paced_in_a_process_that_imports_the_stream():
+    """stream._pace_scheduling replaces the function Ray Data 2.60's loop calls each round: if a Ray upgrade
+    renames or moves it, this fails instead of the stream silently spinning a core again."""
+    from ray.data._internal.execution import streaming_executor
+
+    from sslscale import stream
+
+    assert stream.LOOP_PERIOD_S > 0 and getattr(streaming_executor.process_completed_tasks, "paced", False)

@@ -29,6 +29,16 @@ def test_a_batch_is_its_images_alone():
         assert all(np.array_equal(whole[k][i : i + 1], alone[k]) for k in whole)
 
 
+def test_a_blurred_view_does_not_depend_on_its_chunk():
+    """At 96-128 px a chunk holds several images with sigmas up to 1.1 px: each keeps its own kernel."""
+    imgs, ids = _images(n=24, side=140), np.arange(24)
+    for size in (96, 128):
+        spec = ViewSpec(size=size, blur=1.0)
+        whole = batch_views(imgs, ids, seed=0, epoch=0, spec=spec)["view_0"]
+        alone = [batch_views(imgs[i : i + 1], ids[i : i + 1], seed=0, epoch=0, spec=spec)["view_0"] for i in range(24)]
+        assert np.array_equal(whole, np.concatenate(alone)), size
+
+
 def test_uniforms_are_uniform_and_independent():
     u = uniforms(0, 0, np.arange(2000), 0, SLOTS)
     assert u.shape == (2000, SLOTS) and u.min() >= 0 and u.max() < 1
@@ -142,14 +152,14 @@ def test_stream_rows_carry_the_fields_each_method_layout_asks_for(tmp_path):
                            (dino, {"view_0": (1, 20, 20), "view_1": (1, 20, 20), "local_0": (1, 8, 8),
                                    "local_2": (1, 8, 8)}),
                            (mae, {"view_0": (1, 20, 20), "keep": (6,)})]:
-        out = make_views(_rows(imgs, [0, 0, 1, 1, 1], corrupt={3}), seed=0, spec=spec, channels=1,
+        out = make_views(_rows(imgs, [1] * 5, corrupt={3}), seed=0, spec=spec, channels=1,
                          on_error="skip", skip_dir=str(tmp_path), layout=layout)
         assert list(out["id"]) == [0, 1, 2, 4]  # the corrupt row is left out (and recorded)
         for key, shape in fields.items():
             assert out[key].shape == (4, *shape), key
-        # rows straddling two epochs get each epoch's views: the same as a batch of that epoch alone
-        alone = batch_views(imgs[[2, 4]], np.array([2, 4]), seed=0, epoch=1, spec=spec, **(layout or {}))
-        assert all(np.array_equal(out[k][2:], alone[k]) for k in alone)
+        # the block's views are those of its epoch: the same as batch_views on the good images alone
+        alone = batch_views(imgs[[0, 1, 2, 4]], np.array([0, 1, 2, 4]), seed=0, epoch=1, spec=spec, **(layout or {}))
+        assert all(np.array_equal(out[k], alone[k]) for k in alone)
         assert row_bytes(layout or {}, 20, 1) >= sum(v[0].nbytes for k, v in out.items() if k not in ("id", "epoch"))
     empty = make_views(_rows(imgs[:1], [0], corrupt={0}), seed=0, spec=spec, channels=1, on_error="skip",
                        skip_dir=str(tmp_path), layout=dino)

@@ -1,0 +1,118 @@
+"""`make benchmark`: every benchmark, one after another on this machine, into docs/benchmarks.json and
+docs/benchmarks.md. Each script runs in its own process (its own Ray instance where it needs one) and writes its
+lines to benchmarks/out/; this merges them with the machine and versions. `--quick` runs each at a tiny size
+(seconds, no Ray Train start): the smoke `make test` runs, written to benchmarks/out/ only.
+
+    python benchmarks/report.py [--quick] [--only ingest,engine,...] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "out")
+DOCS = os.path.join(os.path.dirname(HERE), "docs")
+# name: (arguments for a full run, arguments for --quick or None where the quick run is left out)
+SCRIPTS = {
+    "ingest": (["--samples", "20000", "--repeats", "3"], ["--corpus", "digits", "--samples", "600", "--repeats", "1",
+                                                              "--cpus", "1"]),
+    "views224": (["--images", "512"], ["--images", "8", "--corpus", "digits"]),
+    "engine": ([], ["--steps", "2", "--warmup", "1", "--repeats", "1", "model.widths=4,8", "model.depths=1,1"]),
+    "train_throughput": ([], None),  # Ray Train runs: minutes
+    "positions": ([], ["--quick"]),
+}
+SECTIONS = {
+    "ingest": "Ingest: the Ray Data stream against webdataset + DataLoader, same work, equal CPUs",
+    "training": "Training: sslscale pretrain against hand-written torch DDP",
+    "engine": "Engine: DeepSpeed against a plain torch optimizer step (one process)",
+    "MLflow": "MLflow: logging on against off",
+    "scaling": "Scaling: 2 workers against 1",
+    "start-up": "Fixed time per run by phase, seconds: a warm Ray instance against the first run of a fresh clone",
+    "views224": "Views at 224 px on real pictures, per CPU core, and cores per GPU",
+}
+
+
+def run(name: str, args: list[str], out: str) -> dict:
+    t0 = time.time()
+    subprocess.run([sys.executable, os.path.join(HERE, f"{name}.py"), *args, "--out", out], check=True,
+                   env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    with open(out) as f:
+        return {**json.load(f), "seconds": time.time() - t0}
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    return {"date": time.strftime("%Y-%m-%d"), "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            **{p: version(p) for p in ("torch", "ray", "deepspeed", "mlflow", "numpy")}}
+
+
+def _cell(value, unit: str) -> str:
+    if value is None:
+        return ""
+    return f"{value:,.1f}" if unit in ("s", "cores") or value < 100 else f"{value:,.0f}"
+
+
+def _ratio(x: dict) -> str:
+    return "" if x["ratio"] is None else f"{x['ratio']:.2f}"
+
+
+def markdown(results: dict, info: dict) -> str:
+    lines = [f"# Benchmarks ({info['cores']}-core {info['cpu']}, {info['date']})", "",
+             "Written by `make benchmark` (benchmarks/report.py) with [benchmarks.json](benchmarks.json) beside it. "
+             "Every line is measured side by side in one run on the same cores: sslscale's path against the plain "
+             "alternative doing the same work (ingest, training, engine, views) or against a baseline of its own "
+             "(MLflow off, 1 worker, the first run of a fresh clone); ratio > 1 means sslscale's column is ahead "
+             "(rates: ours / plain). Each script's docstring says exactly what both sides do. Versions: "
+             + ", ".join(f"{k} {info[k]}" for k in ("python", "torch", "ray", "deepspeed", "mlflow", "numpy")) + ".",
+             ""]
+    every = [x for r in results.values() for x in r.get("lines", [])]
+    for section, title in SECTIONS.items():
+        rows = [x for x in every if x["section"] == section]
+        if rows:
+            lines += [f"## {title}", "", "| what | sslscale | plain / baseline | unit | ratio | how |", "|---|---|---|---|---|---|"]
+            lines += [f"| {x['what']} | {_cell(x['ours'], x['unit'])} | {_cell(x['plain'], x['unit'])} | {x['unit']} | "
+                      f"{_ratio(x)} | "
+                      f"{x['note']} |" for x in rows]
+            lines.append("")
+    if "positions" in results:
+        sys.path.insert(0, HERE)
+        from positions import table
+
+        lines += ["## Checkpoint position against ids consumed (benchmarks/positions.py)", "",
+                  table(results["positions"]["rows"]), ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--only", default=",".join(SCRIPTS))
+    p.add_argument("--out", help="folder for benchmarks.md and .json (default: docs/, or benchmarks/out/ with --quick)")
+    args = p.parse_args()
+    target = args.out or (OUT if args.quick else DOCS)
+    parts = os.path.join(target, "parts") if args.out else OUT
+    os.makedirs(parts, exist_ok=True)
+    results = {}
+    for name in args.only.split(","):
+        full, quick = SCRIPTS[name]
+        if args.quick and quick is None:
+            continue
+        results[name] = run(name, quick if args.quick else full, os.path.join(parts, f"{name}.json"))
+    info = machine()
+    with open(os.path.join(target, "benchmarks.json"), "w") as f:
+        json.dump({"machine": info, **results}, f, indent=1)
+    with open(os.path.join(target, "benchmarks.md"), "w") as f:
+        f.write(markdown(results, info))
+    print(f"wrote {target}/benchmarks.md and benchmarks.json")
+
+
+if __name__ == "__main__":
+    main()
