@@ -1,4 +1,4 @@
-"""SimCLR on Fashion-MNIST (60k train images, 28x28 grayscale), sized for ~6 minutes of training on 2 CPU cores.
+"""SimCLR on Fashion-MNIST (60k train images, 28x28 grayscale), sized for ~7 minutes of training on 2 CPU cores.
 
 2 Ray Train workers, DeepSpeed ZeRO-1, fp32 on CPU (bf16 on GPU), AdamW with warmup + cosine. Scored by kNN and
 a linear probe on the Fashion-MNIST test split, next to a random-init encoder and raw pixels.
@@ -16,6 +16,6 @@ def config() -> Config:
     cfg.method.temperature = 0.2
     cfg.optim.lr, cfg.optim.warmup_steps = 2e-3, 20
     cfg.engine.zero_stage = 1
-    cfg.train.steps, cfg.train.checkpoint_every, cfg.train.health_every = 320, 80, 20
+    cfg.train.steps, cfg.train.checkpoint_every, cfg.train.health_every = 1000, 250, 50  # ~650 samples/s
     cfg.transfer.target = "fmnist"
     return cfg

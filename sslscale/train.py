@@ -199,9 +199,10 @@ def train_loop(loop_config: dict) -> None:
     last_saved, bad_in_row, interval, shown = step, 0, _Interval(cfg.data.batch_size), {}
     # what every report carries (Tune checks its metrics in each one): the last health values, NaN until measured
     signal = {**dict.fromkeys(HEALTH_KEYS, math.nan), **loop_config["report_extra"]}
-    for group in itertools.chain([first] if first else [], groups):
-        if step >= cfg.train.steps:
-            break
+    groups = itertools.chain([first] if first else [], groups)
+    # never ask the stream for more than the run needs: with a short run-ahead, Ray's equal split holds back a
+    # rank's extra request until the other ranks take theirs, which they never do after their last step
+    while step < cfg.train.steps and (group := next(groups, None)) is not None:
         marks.mark("first_batch")
         step += 1
         log = step % cfg.train.log_every == 0 or step == cfg.train.steps
