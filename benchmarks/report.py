@@ -107,6 +107,10 @@ def main() -> None:
             continue
         results[name] = run(name, quick if args.quick else full, os.path.join(parts, f"{name}.json"))
     info = machine()
+    earlier = os.path.join(target, "benchmarks.json")
+    if args.only != ",".join(SCRIPTS) and os.path.exists(earlier):  # a partial re-run keeps the other scripts' lines
+        with open(earlier) as f:
+            results = {**{k: v for k, v in json.load(f).items() if k in SCRIPTS}, **results}
     with open(os.path.join(target, "benchmarks.json"), "w") as f:
         json.dump({"machine": info, **results}, f, indent=1)
     with open(os.path.join(target, "benchmarks.md"), "w") as f:

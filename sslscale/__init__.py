@@ -4,12 +4,9 @@ Ray Data streams a sharded unlabeled corpus into DeepSpeed-wrapped encoders unde
 run and its transfer scores. Public API: `Config`, `pretrain`, `sweep`, `evaluate`, `load_encoder`, `save_encoder`.
 Heavy dependencies (Ray, DeepSpeed) load only when the function that needs them is called.
 """
-import time as _time
-
-IMPORTED_AT = _time.time()  # when this process began importing sslscale: where a worker's imports start (timeline.py)
-
-from sslscale.config import Config  # noqa: E402
-from sslscale.errors import SslscaleError  # noqa: E402
+from sslscale import timeline  # noqa: F401 - first: it marks when this process began importing sslscale
+from sslscale.config import Config
+from sslscale.errors import SslscaleError
 
 __all__ = ["Config", "SslscaleError", "evaluate", "load_encoder", "pretrain", "save_encoder", "sweep"]
 

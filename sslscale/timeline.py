@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+IMPORTED_AT = time.time()  # when this process began importing sslscale (the package imports this module first)
+
 # (phase, from mark, to mark), in order; a phase whose marks are missing (e.g. a resumed run) is left out
 STARTUP = (("setup", "start", "ray_start"),  # config and corpus checks, the MLflow run
            ("ray_init", "ray_start", "ray_ready"),

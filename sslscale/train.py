@@ -25,7 +25,6 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-import sslscale
 from sslscale import dist, faults, lease, storage, tracking
 from sslscale.checkpoint import read_positions
 from sslscale.config import Config, resources
@@ -35,7 +34,7 @@ from sslscale.health import HEALTH_KEYS, health_metrics
 from sslscale.methods import build_method
 from sslscale.position import Position
 from sslscale.progress import Progress
-from sslscale.timeline import Marks
+from sslscale.timeline import IMPORTED_AT, Marks
 from sslscale.runtime import cluster_resources, placement_problem
 
 
@@ -174,7 +173,7 @@ def _check_bad_steps(in_row: int, cfg: Config, step: int, last_saved: int) -> No
 
 def train_loop(loop_config: dict) -> None:
     """Runs on every Ray Train worker."""
-    marks = Marks(imported=sslscale.IMPORTED_AT)
+    marks = Marks(imported=IMPORTED_AT)
     marks.mark("loop")
     cfg, run_id, input_spec = Config.from_dict(loop_config["config"]), loop_config["run_id"], loop_config["input"]
     lease.watch(loop_config["lease"])  # exit, writing nothing more, once the driver died or stopped the run
