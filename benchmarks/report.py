@@ -39,6 +39,25 @@ SECTIONS = {
 }
 
 
+READING = """## Where the gaps are (what measured them, what would remove them)
+
+- Training, fair: the DDP side runs its two loader processes beside two trainers; ours runs Ray Data's task, its
+  SplitCoordinator actor, Ray Train's controller and the Ray daemons on the same two cores (py-spy and per-process
+  CPU times, `benchmarks/train_throughput.py`). Ray Data's scheduling loop spun at ~0.5 CPU while waiting for
+  training (now paced: ~0.1) and a 256 MB run-ahead kept the stream working flat out for the first ~600 steps (now
+  four batches). What is left is the engine (next line) and Ray's processes; on a GPU node the CPUs are not shared
+  with the model, so the gap there is the engine's alone (`benchmarks/gpu_check.py`).
+- Engine: DeepSpeed's step against torch's, same weights and memory format: its gradient hooks and flat buffers,
+  its own clipping and our non-finite guard (one all-reduce and read back a step).
+- Upper bounds: channels_last weights are impossible under ZeRO-1/2 (parameters are views into DeepSpeed's flat
+  buffer) and DeepSpeed's initialisation refuses them at any stage; at ZeRO-0 they could be set after it
+  (not tried yet).
+- Ingest at 2 CPUs: with a short run-ahead Ray Data keeps fewer tasks going than the DataLoader's workers when
+  nothing else needs the cores; a fast consumer (a GPU) wants a larger `data.buffer_mb`.
+- Start-up: the worker group (Ray Train's controller, worker actors and their process group) is ~8 s of the ~16 s
+  on a warm instance; only a worker group kept across runs would remove it, which Ray Train does not offer."""
+
+
 def run(name: str, args: list[str], out: str) -> dict:
     t0 = time.time()
     subprocess.run([sys.executable, os.path.join(HERE, f"{name}.py"), *args, "--out", out], check=True,
@@ -77,11 +96,13 @@ def markdown(results: dict, info: dict) -> str:
     for section, title in SECTIONS.items():
         rows = [x for x in every if x["section"] == section]
         if rows:
-            lines += [f"## {title}", "", "| what | sslscale | plain / baseline | unit | ratio | how |", "|---|---|---|---|---|---|"]
+            lines += [f"## {title}", "", "| what | sslscale | plain / baseline | unit | ratio | how |",
+                      "|---|---|---|---|---|---|"]
             lines += [f"| {x['what']} | {_cell(x['ours'], x['unit'])} | {_cell(x['plain'], x['unit'])} | {x['unit']} | "
                       f"{_ratio(x)} | "
                       f"{x['note']} |" for x in rows]
             lines.append("")
+    lines += [READING, ""]
     if "positions" in results:
         sys.path.insert(0, HERE)
         from positions import table
@@ -96,7 +117,14 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--only", default=",".join(SCRIPTS))
     p.add_argument("--out", help="folder for benchmarks.md and .json (default: docs/, or benchmarks/out/ with --quick)")
+    p.add_argument("--render", action="store_true", help="only rewrite benchmarks.md from benchmarks.json")
     args = p.parse_args()
+    if args.render:
+        with open(os.path.join(DOCS, "benchmarks.json")) as f:
+            saved = json.load(f)
+        with open(os.path.join(DOCS, "benchmarks.md"), "w") as f:
+            f.write(markdown({k: v for k, v in saved.items() if k in SCRIPTS}, saved["machine"]))
+        return
     target = args.out or (OUT if args.quick else DOCS)
     parts = os.path.join(target, "parts") if args.out else OUT
     os.makedirs(parts, exist_ok=True)

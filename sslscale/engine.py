@@ -190,9 +190,10 @@ class Engine:
         micro-batches, the global batch's loss), with `grad_norm` and a scheduled `weight_decay`. A step not
         logged reads nothing back from the device but the non-finite guard's one flag.
 
-        A non-finite gradient on any rank (a non-finite loss makes one) skips the step everywhere: weights, optimizer state, teachers and BatchNorm statistics stay as they were; the LR
-        schedule still advances (it follows the step count). `inject_nan` poisons this rank's input (fault
-        injection for tests, see faults.py)."""
+        A non-finite gradient on any rank (a non-finite loss makes one) skips the step everywhere: weights,
+        optimizer state, teachers and BatchNorm statistics stay as they were; the LR schedule still advances (it
+        follows the step count). `inject_nan` poisons this rank's input (fault injection for tests, see
+        faults.py)."""
         self.ds.train()
         lr, skipped = self.lr(), self._skipped()  # the rate this step uses; the scheduler moves on in ds.step()
         ds_skipped = self.ds.skipped_steps

@@ -76,9 +76,10 @@ def _input_spec(corpus_dir: str, cfg: Config) -> dict:
 
 
 # Keys a resumed run may change: how long and how it runs, never what it learns from or how it is built.
-RESUMABLE = ("train.steps", "train.checkpoint_every", "train.health_every", "train.keep_checkpoints",
-             "train.max_failures", "train.max_bad_steps", "train.cpus_per_worker", "train.threads_per_worker",
-             "optim.lr", "optim.clip", "data.cpus", "data.buffer_mb", "tracking.uri", "transfer.")
+RESUMABLE = ("train.steps", "train.checkpoint_every", "train.health_every", "train.log_every",
+             "train.keep_checkpoints", "train.max_failures", "train.max_bad_steps", "train.cpus_per_worker",
+             "train.threads_per_worker", "optim.lr", "optim.clip", "data.cpus", "data.buffer_mb", "tracking.uri",
+             "transfer.")
 
 
 def run_field(run_dir: str, key: str, default=""):
