@@ -49,7 +49,10 @@ def rgb_corpus(tmp_path_factory):
 
 def run_tiny(tmp_path: Path, corpus_dir: Path, blocked: list[str]) -> dict:
     (tmp_path / "sitecustomize.py").write_text(BLOCKER.format(names=tuple(blocked)))
-    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    # a fresh process group of its own: this pytest process may hold the port an earlier engine test put in
+    # MASTER_PORT (engine.init_distributed sets it when it is missing)
+    dist_env = {"OUT", "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE"}
+    env = {k: v for k, v in os.environ.items() if k not in dist_env}
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)])
     for name in blocked:
         probe = subprocess.run([sys.executable, "-c", f"import {name}"], env=env, capture_output=True)
