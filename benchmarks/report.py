@@ -44,8 +44,9 @@ READING = """## Where the gaps are (what measured them, what would remove them)
 - Training, fair: the DDP side runs its two loader processes beside two trainers; ours runs Ray Data's task, its
   SplitCoordinator actor, Ray Train's controller and the Ray daemons on the same two cores (py-spy and per-process
   CPU times, `benchmarks/train_throughput.py`). Ray Data's scheduling loop spun at ~0.5 CPU while waiting for
-  training (now paced: ~0.1) and a 256 MB run-ahead kept the stream working flat out for the first ~600 steps (now
-  four batches). What is left is the engine (next line) and Ray's processes; on a GPU node the CPUs are not shared
+  training (now paced: ~0.1), and a 256 MB run-ahead (still the default) keeps the stream working flat out for the
+  first ~600 steps: these lines run with `data.buffer_mb=0` (four batches), which stalled one resumed run in the
+  tests and is not the default until that is understood. What is left is the engine (next line) and Ray's processes; on a GPU node the CPUs are not shared
   with the model, so the gap there is the engine's alone (`benchmarks/gpu_check.py`).
 - Engine: DeepSpeed's step against torch's, same weights and memory format: its gradient hooks and flat buffers,
   its own clipping and our non-finite guard (one all-reduce and read back a step).
