@@ -1,7 +1,9 @@
 """Fault injection for reliability tests, driven by one environment variable; inert when it is unset.
 
 `SSLSCALE_FAULTS="nan_loss@5-7"` poisons rank 0's input (so its loss and gradients) at training steps 5 to 7 (a comma-separated list of
-`NAME@FIRST[-LAST]`). The driver reads the variable when it launches training and hands the spec to the workers
+`NAME@FIRST[-LAST]`). `slow_step@11-60` makes rank 0 sleep SLOW_STEP_S before each of those steps (the other ranks
+wait for it in the step's all-reduce): a test that kills a run after a checkpoint gets a window in which training is
+certainly still going, however fast the machine. The driver reads the variable when it launches training and hands the spec to the workers
 in their loop config (train.fit). Tests use it to prove that a fault is survived end to end, through the real
 components; nothing else reads it.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 
 ENV = "SSLSCALE_FAULTS"
+SLOW_STEP_S = 0.4
 
 
 def _parse(text: str) -> dict[str, tuple[int, int]]:

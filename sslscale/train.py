@@ -204,6 +204,8 @@ def train_loop(loop_config: dict) -> None:
     while step < cfg.train.steps and (group := next(groups, None)) is not None:
         marks.mark("first_batch")
         step += 1
+        if faults.hit("slow_step", step, rank, loop_config["faults"]):
+            time.sleep(faults.SLOW_STEP_S)
         log = step % cfg.train.log_every == 0 or step == cfg.train.steps
         out = engine.train_step(group, inject_nan=faults.hit("nan_loss", step, rank, loop_config["faults"]), log=log)
         rows += _record(fresh, group)  # a skipped step still consumed its samples

@@ -18,21 +18,22 @@ import pytest
 
 from mlflow_server import MlflowServer
 from ray_nodes import RayNodes
-from sslscale import checkpoint
+from sslscale import checkpoint, faults
 
 REPO = pathlib.Path(__file__).parents[1]
 SSLSCALE = os.path.join(os.path.dirname(sys.executable), "sslscale")
 
 
 @contextlib.contextmanager
-def _cluster(tmp_path, data_root, monkeypatch, head: str, workers: dict):
+def _cluster(tmp_path, data_root, monkeypatch, head: str, workers: dict, env: dict | None = None):
     """A real `mlflow server` and a `ray start` cluster: a CPU-0 head offering `head` resources and the worker
-    nodes {name: (CPUs, resources)}, all with what ray_cluster.yaml gives every node (the server, SSLSCALE_STORAGE).
+    nodes {name: (CPUs, resources)}, all with what ray_cluster.yaml gives every node (the server, SSLSCALE_STORAGE)
+    and `env`.
     This process (sslscale submit, the state API) gets the token. Yields (server, nodes, storage folder)."""
     (tmp_path / "mlflow").mkdir()
     server, storage = MlflowServer(tmp_path / "mlflow"), tmp_path / "storage"
     nodes = RayNodes(env={"MLFLOW_TRACKING_URI": server.uri, "SSLSCALE_STORAGE": str(storage),
-                          "SSLSCALE_DATA": data_root})
+                          "SSLSCALE_DATA": data_root, **(env or {})})
     try:
         server.start()
         nodes.start_head(num_cpus=0, resources=head)
@@ -128,8 +129,9 @@ def test_a_lost_node_costs_one_restart_from_the_last_checkpoint(tmp_path, data_r
     """The node holding the training workers dies after a checkpoint: the run goes on from it on the other node,
     at the same world size, and finishes in one MLflow run with every step logged once."""
     nodes_spec = {"a": (3, '{"node_a": 1}'), "b": (3, '{"node_b": 1}')}
-    with _cluster(tmp_path, data_root, monkeypatch, "{}", nodes_spec) as (server, nodes, storage):
-        steps = 60
+    steps = 60  # after the first checkpoint, slow steps: the node dies mid-training however fast the steps are
+    slow = {faults.ENV: f"slow_step@11-{steps}"}
+    with _cluster(tmp_path, data_root, monkeypatch, "{}", nodes_spec, env=slow) as (server, nodes, storage):
         started = _submit(dict(os.environ), "--no-wait", "--", "pretrain", "--recipe", "debug",
                           f"train.steps={steps}", "train.checkpoint_every=10", "train.max_failures=1",
                           "transfer.baseline=false", limit=120)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from sslscale import tracking
+from sslscale import faults, tracking
 
 pytestmark = pytest.mark.long
 SSLSCALE = os.path.join(os.path.dirname(sys.executable), "sslscale")
@@ -46,8 +46,10 @@ def test_killed_sweep_resumes_the_same_experiment_and_runs(data_root, tmp_path):
     args = ["sweep", "--recipe", "debug", "--space", "method.temperature=grid:0.1,0.2,0.3", "--samples", "1",
             "--scheduler", "fifo", "--name", "k", f"train.steps={STEPS}", "train.checkpoint_every=5",
             "train.health_every=5"]
+    # steps after the first ten are slow in the first driver: it is killed while the second trial still trains
+    slow = {**env, faults.ENV: f"slow_step@11-{STEPS}"}
     with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen([SSLSCALE, *args], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen([SSLSCALE, *args], cwd=tmp_path, env=slow, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
             interrupted = _wait_for_checkpointed_second_trial(uri, proc)
