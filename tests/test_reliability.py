@@ -67,8 +67,10 @@ def _kill_a_worker_after_first_checkpoint(runs: str, killed: dict, limit: float 
 
 
 def test_killed_worker_is_retried_from_the_checkpoint_in_the_same_run(debug_cfg, ray_local, data_root, capsys,
-                                                                     record):
+                                                                     record, monkeypatch):
     from sslscale import pretrain
+
+    monkeypatch.setenv(faults.ENV, "slow_step@6-20")  # the kill lands mid-epoch however fast the steps are
 
     steps = 60
     debug_cfg.train.steps, debug_cfg.train.checkpoint_every, debug_cfg.train.max_failures = steps, 5, 1
