@@ -1,5 +1,6 @@
-"""The plots of a Ray Tune sweep (logged as artifacts on its MLflow parent run), over plain Python data, and the
-class-coloured scatter of a 2-D embedding map (transfer.embedding_map).
+"""The plots of a Ray Tune sweep (logged as artifacts on its MLflow parent run), over plain Python data, the
+class-coloured scatter of a 2-D embedding map (transfer.embedding_map) and a run's stepwise spectrum
+(health.spectrum, drawn by `spectrum_plot` from the run's metric history, see tracking.plot_spectrum).
 
 A trial is a dict: `trial_id` (str), `params` (flat `a.b.c` key -> value, the searched keys among them), `score`
 (the objective, NaN when the trial has none, e.g. stopped early by ASHA), `status` ("finished" | "stopped" |
@@ -265,5 +266,43 @@ def class_scatter(xy: np.ndarray, y: np.ndarray, classes: int, names: list, titl
     ax.set_xlabel(f"{axis} 1")
     ax.set_ylabel(f"{axis} 2")
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, plt, out_png)
+
+
+def spectrum_plot(steps: list[int], eigs: list[list[float]], erank: list[float], out_png: str) -> str:
+    """Two panels: left, each rank-ordered eigenvalue (eigs[t][i]: the (i+1)-th largest at steps[t]) against the step
+    on a log y-axis, one line per index coloured from dark (index 1, the largest) to light (index k), a colorbar
+    naming them; right, the effective rank against the step. Eigenvalues of 0 (collapsed directions, padding) are
+    left out of the log axis."""
+    plt = _pyplot()
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    k = max((len(e) for e in eigs), default=0)
+    values = np.array([list(e) + [0.0] * (k - len(e)) for e in eigs], dtype=float).reshape(len(eigs), k)  # (T, k)
+    norm, cmap = Normalize(1, max(k, 2)), plt.get_cmap("viridis")
+    marker = "." if len(steps) < 30 else None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11.0, 4.0), gridspec_kw={"width_ratios": [1.4, 1.0]})
+    for i in range(k):
+        positive = values[:, i] > 0
+        left.plot(np.asarray(steps)[positive], values[positive, i], color=cmap(norm(i + 1)), linewidth=1.2,
+                  marker=marker)
+    if values.size and (values > 0).any():
+        left.set_yscale("log")
+    else:
+        left.text(0.5, 0.5, "no positive eigenvalue", ha="center", va="center", transform=left.transAxes,
+                  color="grey")
+    bar = fig.colorbar(ScalarMappable(norm, cmap), ax=left, pad=0.02)
+    bar.set_ticks([1, max(k, 1)], labels=["1 (largest)", f"{max(k, 1)}"])
+    bar.set_label("eigenvalue index")
+    bar.ax.invert_yaxis()  # index 1 on top, as its line is
+    left.set_title(f"top {k} eigenvalues of the embedding covariance", fontsize=10)
+    right.plot(steps, erank, color="C3", marker=marker)
+    right.set_title("effective rank", fontsize=10)
+    for ax, label in ((left, "eigenvalue"), (right, "effective rank")):
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both" if ax is left else "major")
     fig.tight_layout()
     return _save(fig, plt, out_png)

@@ -76,10 +76,10 @@ def _input_spec(corpus_dir: str, cfg: Config) -> dict:
 
 
 # Keys a resumed run may change: how long and how it runs, never what it learns from or how it is built.
-RESUMABLE = ("train.steps", "train.checkpoint_every", "train.health_every", "train.log_every",
-             "train.keep_checkpoints", "train.max_failures", "train.max_bad_steps", "train.cpus_per_worker",
-             "train.threads_per_worker", "optim.lr", "optim.clip", "data.cpus", "data.buffer_mb", "tracking.uri",
-             "transfer.")
+RESUMABLE = ("train.steps", "train.checkpoint_every", "train.health_every", "train.log_every", "train.spectrum_k",
+             "train.probe_samples", "train.keep_checkpoints", "train.max_failures", "train.max_bad_steps",
+             "train.cpus_per_worker", "train.threads_per_worker", "optim.lr", "optim.clip", "data.cpus",
+             "data.buffer_mb", "tracking.uri", "transfer.")
 
 
 def run_field(run_dir: str, key: str, default=""):
@@ -160,7 +160,7 @@ def _attempt(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, 
     marks["fit"] = time.time()  # the last attempt's: rank 0's marks come from its checkpoints
     train.fit(cfg, datasets={"train": dataset}, ingest=stream.ingest_options(cfg, corpus_dir), run_id=run_id, uri=uri,
               input_spec=input_spec, storage=run_dir, name=f"attempt-{attempt}", samples=samples, resume_from=last,
-              **fit_kw)
+              corpus_dir=corpus_dir, **fit_kw)
 
 
 def _done(run_dir: str, steps: int) -> str | None:
@@ -266,10 +266,11 @@ def _finish(cfg: Config, run_id: str, uri: str, run_dir: str, final: str) -> tup
         if scores:
             safe(tracking.log_metrics, uri, run_id, {f"transfer/{k}": v for k, v in scores.items()})
         with tempfile.TemporaryDirectory(prefix="sslscale-curves-") as tmp:  # made here, kept in the run folder
-            plot = safe(tracking.plot_curves, uri, run_id, os.path.join(tmp, "curves.png"))
-            if plot:
-                safe(tracking.log_artifact, uri, run_id, plot)
-                safe(storage.copy_file, plot, storage.join(run_dir, "curves.png"))
+            for name, make in (("curves.png", tracking.plot_curves), ("spectrum.png", tracking.plot_spectrum)):
+                plot = safe(make, uri, run_id, os.path.join(tmp, name))  # None: nothing to plot
+                if plot:
+                    safe(tracking.log_artifact, uri, run_id, plot)
+                    safe(storage.copy_file, plot, storage.join(run_dir, name))
         safe(tracking.end_run, uri, run_id)
     return encoder_path, scores
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -268,6 +269,21 @@ def plot_curves(uri: str, run_id: str, out_png: str) -> str:
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
+
+
+def plot_spectrum(uri: str, run_id: str, out_png: str) -> str | None:
+    """The run's stepwise spectrum (`spectrum/eig_<i>` and `spectrum/erank` against the step, plots.spectrum_plot)
+    as one PNG; None when the run logged none (train.spectrum_k=0)."""
+    from sslscale.plots import spectrum_plot
+
+    erank = history(uri, run_id, "spectrum/erank")
+    if not erank:
+        return None
+    keys = sorted((k for k in get_run(uri, run_id).data.metrics if re.fullmatch(r"spectrum/eig_\d+", k)),
+                  key=lambda k: int(k.rpartition("_")[2]))
+    curves = [dict(history(uri, run_id, k)) for k in keys]  # step -> value, one per rank-ordered eigenvalue
+    steps = [s for s, _ in erank if all(s in c for c in curves)]
+    return spectrum_plot(steps, [[c[s] for c in curves] for s in steps], [dict(erank)[s] for s in steps], out_png)
 
 
 # The MLflow UI (3.17) opens in its GenAI workspace (traces, judges, prompts; runs as "Evaluation runs") unless the

@@ -6,7 +6,8 @@ fetched on a thread while DeepSpeed initialises. Every `train.log_every` steps t
 ranks in one all-reduce (other steps read nothing back but the non-finite guard's flag). Every
 `train.checkpoint_every` steps the ids every rank consumed are gathered into rank 0's position (position.py), all
 workers save and `ray.train.report` the checkpoint; rank 0 then sends the metrics the checkpoint covers to MLflow
-(see tracking.MetricBuffer). Rank 0 prints a progress line and marks its start-up (timeline.py).
+(see tracking.MetricBuffer). Rank 0 prints a progress line and marks its start-up (timeline.py). On health steps
+rank 0 also measures the embedding spectrum of the run's fixed probe set (_Spectrum).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import threading
 import time
 import warnings
 
+import numpy as np
 import ray.train
 import torch
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -30,9 +32,10 @@ from sslscale.checkpoint import read_positions
 from sslscale.config import Config, resources
 from sslscale.engine import Engine
 from sslscale.errors import SslscaleError
-from sslscale.health import HEALTH_KEYS, health_metrics
+from sslscale.health import HEALTH_KEYS, health_metrics, spectrum, spectrum_metrics
 from sslscale.methods import build_method
 from sslscale.position import Position
+from sslscale.probe import probe_images
 from sslscale.progress import Progress
 from sslscale.timeline import IMPORTED_AT, Marks
 from sslscale.runtime import cluster_resources, placement_problem
@@ -107,15 +110,67 @@ def _restore(engine: Engine, loop_config: dict, rank: int, buffer) -> tuple[int,
     return state["step"], position, state.get("repeated_samples", 0)
 
 
-def _step_metrics(out: dict, cfg: Config, step: int, interval: dict) -> dict:
+def _step_metrics(out: dict, cfg: Config, step: int, interval: dict, spectrum_part: dict) -> dict:
     """What a step logs: on a logged step its finite scalars (a skipped step's NaN loss is left out; `skipped`
-    counts it) and `interval` (_Interval.tick); the health metrics on their steps; `lr` with anything logged, since
-    tracking.MetricBuffer learns from it which steps the store already holds."""
+    counts it) and `interval` (_Interval.tick); the health metrics on their steps, with `spectrum_part`
+    (_Spectrum.measure); `lr` with anything logged, since tracking.MetricBuffer learns from it which steps the store
+    already holds."""
     metrics = {k: v for k, v in out.items() if k not in ("embeddings", "skipped", "lr") and math.isfinite(v)}
     metrics.update(interval)
     if step % cfg.train.health_every == 0 and not out["skipped"]:
-        metrics.update(health_metrics(out["embeddings"]))
+        metrics.update(health_metrics(out["embeddings"]), **spectrum_part)
     return {**metrics, "lr": out["lr"]} if metrics else {}
+
+
+PROBE_CHUNK = 256  # probe images per encoder forward
+
+
+class _Spectrum:
+    """The stepwise spectrum (health.spectrum, train.spectrum_k eigenvalues) of the encoder's features of the run's
+    fixed probe set (probe.py, train.probe_samples images), measured on health steps that were not skipped. Rank 0
+    loads the set once and measures; under ZeRO-3, whose forward gathers the partitioned parameters in a
+    collective, every rank loads it and joins the forward. A probe set that cannot be read turns the spectrum off
+    with one line: it is a monitor, and the stream reports bad data its own way."""
+
+    def __init__(self, cfg: Config, where: dict | None, rank: int):
+        self.cfg, self.rank = cfg, rank
+        self.zero3 = cfg.engine.zero_stage == 3
+        wanted = bool(cfg.train.spectrum_k and where) and (rank == 0 or self.zero3)
+        self.images = _load_probe(cfg, where) if wanted else None  # uint8 (n, C, H, W)
+        if self.zero3 and wanted:  # every rank joins the forward, or none does
+            loaded = dist.all_reduce_sum(torch.tensor([float(self.images is not None)]))
+            self.images = self.images if int(loaded[0]) == dist.world_size() else None
+
+    def measure(self, engine: Engine, step: int, skipped: bool) -> dict:
+        """spectrum_metrics of this step's encoder on a health step (on rank 0), else {}."""
+        if self.images is None or skipped or step % self.cfg.train.health_every:
+            return {}
+        emb = _embed(engine, self.images)
+        return spectrum_metrics(spectrum(emb, self.cfg.train.spectrum_k)) if self.rank == 0 else {}
+
+
+def _load_probe(cfg: Config, where: dict) -> torch.Tensor | None:
+    """The probe set as uint8 (n, C, H, W), or None (said in one line) when it cannot be read."""
+    try:
+        images = probe_images(where["corpus"], where["split"], cfg.data.seed, cfg.train.probe_samples)
+    except SslscaleError as e:
+        print(f"the embedding spectrum is off for this run: its probe set cannot be read ({e})", flush=True)
+        return None
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
+
+@torch.no_grad()
+def _embed(engine: Engine, images: torch.Tensor) -> torch.Tensor:
+    """The encoder's features (n, D), float32, of uint8 images (n, C, H, W) converted as the engine converts views
+    (Engine.to_device), in eval mode and chunks of PROBE_CHUNK; the encoder's mode is restored after."""
+    encoder = engine.method.encoder
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        return torch.cat([encoder(engine.to_device({"view_0": images[i : i + PROBE_CHUNK]})["view_0"]).float()
+                          for i in range(0, len(images), PROBE_CHUNK)])
+    finally:
+        encoder.train(was_training)
 
 
 class _Prefetch:
@@ -191,6 +246,7 @@ def train_loop(loop_config: dict) -> None:
     engine = Engine(build_method(cfg, **input_spec), cfg)
     buffer = tracking.MetricBuffer(loop_config["uri"], run_id) if rank == 0 and run_id else None
     step, position, repeated = _restore(engine, loop_config, rank, buffer)
+    spectrum_probe = _Spectrum(cfg, loop_config.get("probe"), rank)
     marks.mark("engine")
     first = first.result()
     fresh, rows = Position(loop_config["samples"]), 0  # what this rank consumed since the last checkpoint
@@ -213,7 +269,8 @@ def train_loop(loop_config: dict) -> None:
         marks["last_step"] = time.time()
         bad_in_row = bad_in_row + 1 if out["skipped"] else 0
         _check_bad_steps(bad_in_row, cfg, step, last_saved)
-        metrics = _step_metrics(out, cfg, step, interval.tick(out["skipped"], log))
+        metrics = _step_metrics(out, cfg, step, interval.tick(out["skipped"], log),
+                                spectrum_probe.measure(engine, step, out["skipped"]))
         if buffer and metrics:
             buffer.add(step, metrics)
         shown.update(metrics)
@@ -244,12 +301,13 @@ def uses_gpu(cfg: Config) -> bool:
 
 def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spec: dict, storage: str, name: str,
         samples: int, resume_from: str | None = None, callbacks: tuple = (), report_extra: dict | None = None,
-        lease_info: dict | None = None):
+        lease_info: dict | None = None, corpus_dir: str = ""):
     """Launch the TorchTrainer; returns Ray's Result (its `.checkpoint` is the last one reported). `callbacks` go to
     the trainer's RunConfig (a sweep's TuneReportCallback), and then workers also report on health steps, not only
     at checkpoints; `report_extra` is added to every report (the keys a Tune searcher checks, NaN until the end);
     the workers watch the run's lease `lease_info` (lease.watch); `samples` is the size of the split the stream
-    reads (the ids it holds are 0..samples-1)."""
+    reads (the ids it holds are 0..samples-1); `corpus_dir` (the prepared corpus it reads) holds the probe set
+    of the embedding spectrum, which is off without it."""
     use_gpu = uses_gpu(cfg)
     bundle = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1.0} if use_gpu else {}),
               **resources(cfg.train.worker_resources)}
@@ -266,7 +324,8 @@ def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spe
         # storage every worker reads), and get_checkpoint() covers restarts within this fit.
         train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "uri": uri, "input": input_spec,
                            "resume_from": resume_from, "faults": faults.spec(), "report_extra": report_extra or {},
-                           "report_health": bool(callbacks), "lease": lease_info or {}, "samples": samples},
+                           "report_health": bool(callbacks), "lease": lease_info or {}, "samples": samples,
+                           "probe": {"corpus": corpus_dir, "split": cfg.data.split} if corpus_dir else None},
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu,
                                      resources_per_worker={k: v for k, v in bundle.items() if k != "GPU"}),
         run_config=RunConfig(name=name, storage_path=storage, callbacks=list(callbacks),

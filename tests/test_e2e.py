@@ -2,6 +2,7 @@
 
 Slow (tens of seconds each); `make test` runs them."""
 import math
+import os
 
 import pytest
 
@@ -22,13 +23,18 @@ def test_pretrain_function_logs_everything(debug_cfg, ray_local):
         assert [s for s, _ in tracking.history(uri, run_id, key)] == [4, 6], key
     assert [s for s, _ in tracking.history(uri, run_id, "lr")] == [2, 4, 6]  # with every step that logs anything
     assert [s for s, _ in tracking.history(uri, run_id, "health/rankme")] == [2, 4, 6]
+    for key in ("spectrum/eig_01", "spectrum/erank"):  # the fixed probe set's spectrum, on the health steps
+        assert [s for s, _ in tracking.history(uri, run_id, key)] == [2, 4, 6], key
+    assert 1 <= run.data.metrics["spectrum/erank"] <= 16  # the debug encoder's 16 features
+    assert run.data.metrics["spectrum/eig_32"] == 0.0  # train.spectrum_k=32 > 16 features: padded
     assert {"digits/knn_top1", "digits/linear_top1", "digits/random_init/knn_top1"} <= {
         k.removeprefix("transfer/") for k in run.data.metrics}
     # where the fixed time went, by phase, in the result and in the run (timeline.py)
     assert {"startup/worker_group_s", "startup/engine_init_s", "winddown/total_s"} <= set(result.timings)
     assert run.data.metrics.keys() >= result.timings.keys() and 0 < result.timings["startup/total_s"] < 600
     artifacts = {a.path for a in tracking.client(uri).list_artifacts(run_id)}
-    assert {"config.json", "curves.png", "encoder"} <= artifacts
+    assert {"config.json", "curves.png", "spectrum.png", "encoder"} <= artifacts
+    assert os.path.isfile(os.path.join(result.run_dir, "spectrum.png"))
     enc = load_encoder(result.encoder_path)
     assert (enc.in_channels, enc.image_size) == (1, 8)
 
