@@ -122,6 +122,8 @@ class TrainConfig:
                          metadata={"choices": ("auto", "true", "false")})
     checkpoint_every: int = 100  # steps; the last step always checkpoints
     health_every: int = 25  # steps between label-free health metrics (rank, std)
+    spectrum_k: int = 32  # top eigenvalues of the probe set's embedding covariance on health steps (0: off)
+    probe_samples: int = 1024  # training images in the fixed probe set the spectrum is measured on
     # steps between logged scalars (loss averaged over every rank, lr, grad norm, samples/s): each costs one
     # all-reduce and a read back from the device; the last step always logs
     log_every: int = 10
@@ -155,6 +157,10 @@ class TransferConfig:
     probe_iters: int = 100  # L-BFGS iterations of the linear probe
     batch_size: int = 512
     train_samples: int = 0  # kNN and probe fit on a seeded subset of this many train images (0: all); test stays whole
+    protocols: str = "knn,linear"  # comma-separated, from PROTOCOLS
+    # comma-separated fractions in (0, 1] of the train split's labels (after train_samples) each protocol is also fit
+    # on: a stratified, seeded subset; scores of a fraction f < 1 are named <protocol>_top1/frac<f>
+    label_fractions: str = "1.0"
 
 
 @dataclass
@@ -312,6 +318,32 @@ def driver_resource(spec: str) -> dict[str, float] | None:
     return found if found and len(found) == 1 else None
 
 
+PROTOCOLS = ("knn", "linear")  # what transfer.protocols may name; finetune and scratch join with fine-tuning
+
+
+def list_items(text: str) -> list[str]:
+    """The stripped, non-empty items of a comma-separated value."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _fraction(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 < value <= 1 else None
+
+
+def transfer_checks(tcfg) -> list[tuple[str, bool, str]]:
+    """(key, ok, allowed) for transfer.protocols and transfer.label_fractions, as config.validate lists its checks:
+    comma-separated, at least one, none repeated; protocols from PROTOCOLS, fractions numbers in (0, 1]."""
+    protocols, fractions = list_items(tcfg.protocols), [_fraction(f) for f in list_items(tcfg.label_fractions)]
+    return [("transfer.protocols", bool(protocols) and set(protocols) <= set(PROTOCOLS)
+             and len(set(protocols)) == len(protocols), f"a comma-separated list of {', '.join(PROTOCOLS)}"),
+            ("transfer.label_fractions", bool(fractions) and None not in fractions
+             and len(set(fractions)) == len(fractions), "comma-separated fractions in (0, 1], e.g. 0.01,0.1,1.0")]
+
+
 def validate(cfg: Config) -> Config:
     """Checks that span keys; raises one SslscaleError line naming the key. Returns cfg."""
     checks = [
@@ -322,6 +354,9 @@ def validate(cfg: Config) -> Config:
         ("data.buffer_mb", cfg.data.buffer_mb >= 0, "0 (four global batches' worth) or a number of MiB"),
         ("train.checkpoint_every", cfg.train.checkpoint_every > 0, "a positive number of steps"),
         ("train.health_every", cfg.train.health_every > 0, "a positive number of steps"),
+        ("train.spectrum_k", cfg.train.spectrum_k >= 0, "0 (off) or a number of eigenvalues"),
+        ("train.probe_samples", cfg.train.probe_samples > 0 or cfg.train.probe_samples == 0 == cfg.train.spectrum_k,
+         "a positive number of images (0 only with train.spectrum_k=0)"),
         ("train.log_every", cfg.train.log_every > 0, "a positive number of steps"),
         ("train.keep_checkpoints", cfg.train.keep_checkpoints > 0, "at least 1"),
         ("train.max_failures", cfg.train.max_failures >= 0, "0 or more"),
@@ -340,6 +375,7 @@ def validate(cfg: Config) -> Config:
         ("transfer.batch_size", cfg.transfer.batch_size > 0, "a positive number"),
         ("transfer.probe_iters", cfg.transfer.probe_iters > 0, "a positive number"),
         ("transfer.train_samples", cfg.transfer.train_samples >= 0, "0 (the whole train split) or more"),
+        *transfer_checks(cfg.transfer),  # transfer.protocols and transfer.label_fractions
         ("train.driver_resource", driver_resource(cfg.train.driver_resource) is not None,
          "NAME:AMOUNT with a positive amount, e.g. CPU:0.25 or sslscale_driver:1"),
         ("train.worker_resources", resources(cfg.train.worker_resources) is not None

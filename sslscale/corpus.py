@@ -1,11 +1,11 @@
 """Corpus preparation and reading: sources -> deterministic shards + manifest.json, and back.
 
 Writer: `prepare` turns a source (Fashion-MNIST IDX files, scikit-learn's digits, or a folder of
-images) into WebDataset tar shards (`{split}-{index:06d}.tar` holding `{id:08d}.image.png` and
-`{id:08d}.label.cls`) or Parquet shards (`{split}-{index:06d}.parquet`, columns id/image/label),
-plus a manifest.json with counts, fields and sha256 checksums. The corpus is built in `OUT.partial`
-and renamed into place with the manifest written last, so an interrupted run never leaves a
-complete-looking OUT; the same input gives byte-identical shards.
+images; one with class subfolders gets a seeded, stratified test split) into WebDataset tar shards
+(`{split}-{index:06d}.tar` holding `{id:08d}.image.png` and `{id:08d}.label.cls`) or Parquet shards
+(`{split}-{index:06d}.parquet`, columns id/image/label), plus a manifest.json with counts, fields and
+sha256 checksums. The corpus is built in `OUT.partial` and renamed into place with the manifest written
+last, so an interrupted run never leaves a complete-looking OUT; the same input gives byte-identical shards.
 
 Reader: `load_manifest`, `shard_paths`, `verify_shards`, `decode_image` and `read_split` (a whole
 split in memory, for transfer evaluation on small labelled sets and for tests); one shard is read by
@@ -34,6 +34,7 @@ from PIL import Image
 from sslscale import storage
 from sslscale.errors import SslscaleError
 from sslscale.shards import Row, read_shard
+from sslscale.splits import stratified_pick
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -110,7 +111,7 @@ def _digits() -> _Source:
     return _Source("digits", "sklearn.datasets.load_digits", (8, 8, 1), [str(i) for i in range(10)], splits)
 
 
-def _folder(root: Path, image_size: int, on_error: str) -> _Source:
+def _folder(root: Path, image_size: int, on_error: str, test_fraction: float, seed: int) -> _Source:
     files = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
                    key=lambda p: p.relative_to(root).as_posix())
     if not files:
@@ -127,9 +128,11 @@ def _folder(root: Path, image_size: int, on_error: str) -> _Source:
     mode = "L" if all(m in GRAY_MODES for m in modes.values()) else "RGB"
     classes, labels = _folder_labels(root, files)
     kept = [p for p in files if p in modes]
-    samples = _folder_samples(kept, labels, mode, image_size, on_error, skipped)
+    parts = _folder_splits(root, kept, classes, labels, test_fraction, seed)
     shape = (image_size, image_size, 1 if mode == "L" else 3)
-    return _Source("folder", str(root), shape, classes, {"train": (len(kept), samples)}, skipped)
+    return _Source("folder", str(root), shape, classes, {
+        split: (len(part), _folder_samples(part, labels, mode, image_size, on_error, skipped))
+        for split, part in parts.items()}, skipped)
 
 
 def _folder_labels(root: Path, files: list[Path]) -> tuple[Optional[list[str]], dict[Path, int]]:
@@ -140,6 +143,23 @@ def _folder_labels(root: Path, files: list[Path]) -> tuple[Optional[list[str]], 
     classes = sorted({q[0] for q in parts})
     index = {c: i for i, c in enumerate(classes)}
     return classes, {p: index[q[0]] for p, q in zip(files, parts)}
+
+
+def _folder_splits(root: Path, files: list[Path], classes: Optional[list[str]], labels: dict[Path, int],
+                   test_fraction: float, seed: int) -> dict[str, list[Path]]:
+    """{"train": files}, unless the folder is labelled and test_fraction > 0: then a seeded, stratified "test"
+    split of round(test_fraction x class size) images per class, at least 1 and leaving at least 1 to train."""
+    if classes is None or not test_fraction:
+        return {"train": files}
+    y = np.array([labels[p] for p in files], dtype=np.int64)
+    counts = np.bincount(y, minlength=len(classes))
+    if counts.min() < 2:
+        small = int(counts.argmin())
+        raise SslscaleError(f"class folder {root / classes[small]} has {counts[small]} readable image(s) but a test "
+                            "split needs at least 2 per class: add images to it, or pass --test-fraction 0")
+    test = stratified_pick(y, np.clip(np.round(test_fraction * counts), 1, counts - 1).astype(np.int64), seed)
+    chosen = set(test.tolist())
+    return {"train": [p for i, p in enumerate(files) if i not in chosen], "test": [files[i] for i in test]}
 
 
 def _folder_samples(files, labels, mode, size, on_error, skipped) -> Iterator[Sample]:
@@ -173,7 +193,7 @@ def _reason(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _resolve_source(source: str, path, image_size: int, on_error: str) -> _Source:
+def _resolve_source(source: str, path, image_size: int, on_error: str, test_fraction: float, seed: int) -> _Source:
     if source == "fmnist":
         return _fmnist(path)
     if path is not None:
@@ -184,19 +204,20 @@ def _resolve_source(source: str, path, image_size: int, on_error: str) -> _Sourc
     if not root.is_dir():
         raise SslscaleError(f"source {source!r} is neither a built-in ({', '.join(builtin_sources())}) "
                             "nor an existing folder: pass a built-in name or the path to a folder of images")
-    return _folder(root.absolute(), image_size, on_error)
+    return _folder(root.absolute(), image_size, on_error, test_fraction, seed)
 
 
 # ---------------------------------------------------------------- writer
 
 def prepare(source: str, out, *, fmt: str = "webdataset", path=None, shard_size: int = 5000,
             image_size: int = 32, on_error: str = "fail", overwrite: bool = False,
-            progress: bool = True) -> dict:
-    """Write SOURCE as shards + manifest.json into OUT (atomically) and return the manifest."""
-    _check_options(fmt, shard_size, image_size, on_error)
+            progress: bool = True, test_fraction: float = 0.2, seed: int = 0) -> dict:
+    """Write SOURCE as shards + manifest.json into OUT (atomically) and return the manifest. A folder of images in
+    class subfolders holds out `test_fraction` of each class (seeded by `seed`) as its test split."""
+    _check_options(fmt, shard_size, image_size, on_error, test_fraction)
     out = Path(out).absolute()
     _check_out(out, overwrite)
-    src = _resolve_source(source, path, image_size, on_error)
+    src = _resolve_source(source, path, image_size, on_error, test_fraction, seed)
     partial = out.with_name(out.name + ".partial")
     _remove(partial)
     partial.mkdir(parents=True)
@@ -209,13 +230,16 @@ def prepare(source: str, out, *, fmt: str = "webdataset", path=None, shard_size:
     return manifest
 
 
-def _check_options(fmt: str, shard_size: int, image_size: int, on_error: str) -> None:
+def _check_options(fmt: str, shard_size: int, image_size: int, on_error: str, test_fraction: float) -> None:
     if fmt not in FORMATS:
         raise SslscaleError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     if on_error not in ("fail", "skip"):
         raise SslscaleError(f"unknown on_error {on_error!r}: use fail or skip")
     if shard_size < 1 or image_size < 1:
         raise SslscaleError(f"shard size ({shard_size}) and image size ({image_size}) must be positive")
+    if not 0 <= test_fraction < 1:
+        raise SslscaleError(f"test fraction {test_fraction} is outside [0, 1): hold out e.g. 0.2 of each class "
+                            "(0: no test split)")
 
 
 def _check_out(out: Path, overwrite: bool) -> None:

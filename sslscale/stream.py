@@ -220,10 +220,11 @@ RUN_AHEAD_BATCHES = 4  # data.buffer_mb=0: the views of this many global batches
 
 def ingest_options(cfg, corpus_dir: str) -> ray.data.ExecutionOptions:
     """Bound what the view pipeline may use, so it runs just ahead of training instead of competing with it
-    for the same cores: `data.cpus` CPUs and `data.buffer_mb` of object store for views not yet consumed (0, the
-    default: RUN_AHEAD_BATCHES global batches of the method's views). A bigger run-ahead costs training time while
-    it fills (here 256 MB, ~160k views at 28 px, kept the stream working flat out through the first ~600 steps:
-    -20% samples/s) and leaves its last views unused.
+    for the same cores: `data.cpus` CPUs and `data.buffer_mb` of object store for views not yet consumed (0:
+    RUN_AHEAD_BATCHES global batches of the method's views). A big run-ahead costs training time while it fills
+    (the default 256 MB, ~160k views at 28 px, kept the stream working flat out through the first ~600 steps:
+    -20% samples/s on 2 shared cores) and leaves its last views unused; 0 is not the default because a resumed run
+    once stalled with it (docs/benchmarks.md).
     Order is preserved only with data.deterministic: then every block reaches the same worker in the same order
     on every run (Ray's split gives each block to the worker with the fewest rows so far), which makes a run
     repeatable; otherwise blocks in flight together may arrive out of order, which the per-epoch consumed ids

@@ -5,6 +5,11 @@ that are prepared on first use under $SSLSCALE_DATA (default ./data). Scores: kN
 similarity, votes weighted by exp(sim / 0.07) as in DINO/InstDisc) and a linear probe (softmax regression on
 standardised features, L-BFGS) — both fit on the train split and scored on the whole test split. Baselines through the
 same code: a randomly initialised encoder of the same architecture, and raw pixels.
+
+Label efficiency: each protocol is also fit on stratified, seeded label fractions of the train split (`label_subset`;
+the test split stays whole). Score names: `<target>/<protocol>_top1` on the whole train split (the caller adds the
+`transfer/` prefix), `<target>/<protocol>_top1/frac<f>` on a fraction f as written, baselines as
+`<target>/random_init/...` and `<target>/pixels/...`.
 """
 from __future__ import annotations
 
@@ -16,7 +21,10 @@ import torch.nn.functional as F
 
 from sslscale import corpus, plots, storage
 from sslscale.encoders import build_encoder
+from sslscale.config import PROTOCOLS, list_items, transfer_checks
 from sslscale.errors import SslscaleError
+from sslscale.splits import stratified_pick
+
 
 def _labelled(target: str) -> tuple[str, dict]:
     """(folder, manifest) of a target; one line when it has no labels or lacks a train or test split."""
@@ -29,9 +37,10 @@ def _labelled(target: str) -> tuple[str, dict]:
 
 def load_target(target: str, train_samples: int = 0, seed: int = 0) -> dict:
     """{"name", "classes", "train": (uint8 images, labels), "test": (...)}; with train_samples > 0 the train split is
-    a seeded random subset of that many images (sweeps fit kNN and the probe on it to stay fast), the test whole."""
+    a seeded random subset of that many images (sweeps fit kNN and the probe on it to stay fast), the test whole;
+    `seed` also draws the label fractions (`scores`) from that train split."""
     folder, manifest = _labelled(target)
-    data = {"name": storage.name(folder), "classes": len(manifest["fields"]["label"]["classes"])}
+    data = {"name": storage.name(folder), "classes": len(manifest["fields"]["label"]["classes"]), "seed": seed}
     for split in ("train", "test"):
         _, images, labels = corpus.read_split(folder, split)
         data[split] = (images, torch.as_tensor(labels))
@@ -40,6 +49,33 @@ def load_target(target: str, train_samples: int = 0, seed: int = 0) -> dict:
         keep = np.sort(np.random.default_rng(seed).choice(len(labels), train_samples, replace=False))
         data["train"] = (images[keep], labels[keep])
     return data
+
+
+def chosen(tcfg) -> tuple[list[str], list[str]]:
+    """(protocols, label fractions as written) of tcfg; one line naming the key when either is malformed."""
+    for key, ok, allowed in transfer_checks(tcfg):
+        if not ok:
+            raise SslscaleError(f"bad value for {key}: must be {allowed}")
+    return list_items(tcfg.protocols), list_items(tcfg.label_fractions)
+
+
+def label_subset(labels: np.ndarray, fraction: float, seed: int, *, classes: int = 0,
+                 target: str = "target") -> np.ndarray:
+    """Sorted indices of a stratified, seeded subset of `labels` (int, (N,)): round(fraction x class count) of
+    each class, at least 1; fraction 1.0 returns all of them. With one seed a smaller fraction's subset lies inside
+    a larger one's (splits.stratified_pick). Every class in range(classes) must be present unless fraction is 1."""
+    if not 0 < fraction <= 1:
+        raise SslscaleError(f"label fraction {fraction} for the {target} train split is outside (0, 1]: "
+                            "use fractions like 0.01,0.1,1.0 in transfer.label_fractions")
+    if fraction == 1:
+        return np.arange(len(labels))
+    counts = np.bincount(labels, minlength=classes)  # (C,)
+    if not len(counts) or counts.min() < 1:
+        missing = int(counts.argmin()) if len(counts) else 0
+        raise SslscaleError(f"label fraction {fraction} of the {target} train split ({len(labels)} samples) cannot "
+                            f"keep a sample of class {missing}: it has none; use a larger transfer.train_samples "
+                            "(or 0) or a target with every class in its train split")
+    return stratified_pick(labels, np.maximum(1, np.round(fraction * counts)).astype(np.int64), seed)
 
 
 @torch.no_grad()
@@ -65,6 +101,7 @@ def knn_accuracy(train_f, train_y, test_f, test_y, *, k: int = 20, classes: int,
                  chunk: int = 1024) -> float:
     """Weighted kNN: each test point votes over its k most cosine-similar train points, weight exp(sim/T)."""
     train_f, test_f = F.normalize(train_f, dim=1), F.normalize(test_f, dim=1)
+    k = min(k, len(train_f))  # a small label fraction may hold fewer than k train points
     correct = 0
     for i in range(0, len(test_f), chunk):
         sim, idx = (test_f[i:i + chunk] @ train_f.T).topk(k, dim=1)  # (c, k)
@@ -95,16 +132,33 @@ def linear_probe_accuracy(train_f, train_y, test_f, test_y, *, classes: int, ite
         return float((probe(test_f).argmax(1) == test_y).float().mean())
 
 
+def _top1(protocol: str, train_f, train_y, test_f, test_y, classes: int, tcfg) -> float:
+    if protocol == "knn":
+        return knn_accuracy(train_f, train_y, test_f, test_y, k=tcfg.knn_k, classes=classes)
+    return linear_probe_accuracy(train_f, train_y, test_f, test_y, iters=tcfg.probe_iters, classes=classes)
+
+
 def scores(train_f, test_f, data: dict, tcfg) -> dict[str, float]:
+    """Test accuracy of each of tcfg.protocols fit on each of tcfg.label_fractions of the train features
+    (label_subset, seeded by data["seed"]), keyed `<protocol>_top1` for fraction 1 and `<protocol>_top1/frac<f>`
+    (f as written) for the others; the test split is always whole."""
+    protocols, fractions = chosen(tcfg)
     (_, train_y), (_, test_y) = data["train"], data["test"]
-    kw = dict(classes=data["classes"])
-    return {"knn_top1": knn_accuracy(train_f, train_y, test_f, test_y, k=tcfg.knn_k, **kw),
-            "linear_top1": linear_probe_accuracy(train_f, train_y, test_f, test_y, iters=tcfg.probe_iters, **kw)}
+    result = {}
+    for text in fractions:
+        keep = torch.from_numpy(label_subset(train_y.numpy(), float(text), data["seed"],
+                                             classes=data["classes"], target=data["name"]))
+        suffix = "" if float(text) == 1 else f"/frac{text}"
+        for protocol in protocols:
+            result[f"{protocol}_top1{suffix}"] = _top1(protocol, train_f[keep], train_y[keep], test_f, test_y,
+                                                       data["classes"], tcfg)
+    return result
 
 
 def evaluate(encoder: torch.nn.Module, tcfg, *, baseline: bool | None = None) -> dict[str, float]:
-    """Scores of `encoder` on tcfg.target, keyed `<target>/<metric>`; with the baseline also
-    `<target>/random_init/<metric>` and `<target>/pixels/<metric>`."""
+    """Scores of `encoder` on tcfg.target, keyed `<target>/<metric>` with the metrics of `scores`; with the
+    baseline also `<target>/random_init/<metric>` and `<target>/pixels/<metric>`."""
+    chosen(tcfg)  # a malformed key fails before the features are computed
     data = load_target(tcfg.target, tcfg.train_samples)
     (train_x, _), (test_x, _) = data["train"], data["test"]
     name = data["name"]

@@ -103,7 +103,7 @@ def test_folder_with_class_subfolders_and_rgb(tmp_path):
     _png(src / "cats" / "b.PNG", "L", (40, 20), 50)
     _png(src / "dogs" / "c.png", "RGB", (16, 16), (10, 200, 30))
     (src / "dogs" / "notes.txt").write_text("not an image")
-    manifest = corpus.prepare(str(src), tmp_path / "out", image_size=16, progress=False)
+    manifest = corpus.prepare(str(src), tmp_path / "out", image_size=16, progress=False, test_fraction=0)
     assert manifest["source"] == {"kind": "folder", "path": str(src)}
     assert manifest["fields"]["image"]["shape"] == [16, 16, 3]
     assert manifest["fields"]["label"]["classes"] == ["cats", "dogs"]
