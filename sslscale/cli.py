@@ -58,11 +58,20 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--resume", metavar="NAME", help="continue a stopped sweep of this name")
     sw.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every trial")
 
-    ev = sub.add_parser("evaluate", help="score an encoder on a labelled target (kNN and linear probe)")
+    ev = sub.add_parser("evaluate", help="score an encoder on a labelled target (kNN, linear probe, fine-tuning)")
     _source_args(ev)
     ev.add_argument("--target", default="fmnist", help="fmnist | digits | a prepared labelled corpus folder")
     ev.add_argument("--no-baseline", action="store_true", help="skip the random-init and pixel baselines")
     ev.add_argument("--knn-k", type=int, default=20)
+    ev.add_argument("--protocol", "--protocols", dest="protocols", default="knn,linear",
+                    help="comma-separated: knn, linear, finetune (encoder + linear head, end to end), scratch (the "
+                         "same architecture trained from random init: the supervised baseline)")
+    ev.add_argument("--label-fractions", default="1.0",
+                    help="comma-separated fractions of the train labels each protocol is fit on (stratified, "
+                         "seeded; the test split stays whole), e.g. 0.01,0.1,1.0")
+    ev.add_argument("--out", default="evaluation", help="folder for the plots (default: ./evaluation)")
+    ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="transfer.* keys, e.g. transfer.finetune_steps=300 transfer.scratch_lrs=1e-3,3e-3")
 
     ex = sub.add_parser("export", help="write a run's encoder as a standalone safetensors file")
     _source_args(ex)
@@ -163,7 +172,15 @@ def _print_scores(scores: dict) -> None:
     if scores:
         print("transfer scores (test split accuracy):")
         for key, value in sorted(scores.items()):
-            print(f"  {key:<32} {value:.4f}")
+            if not key.endswith("/seconds"):
+                print(f"  {key:<32} {value:.4f}")
+        took = sum(v for k, v in scores.items() if k.endswith("/seconds"))
+        if took:
+            print(f"  (scored in {took:.0f} s)")
+        if any("/frac" in k or "finetune_" in k or "scratch_" in k for k in scores):
+            from sslscale.transfer import efficiency_table
+
+            print(efficiency_table(scores))
 
 
 def _sweep_config(args) -> tuple:
@@ -194,17 +211,28 @@ def _cmd_sweep(args) -> None:
 
 def _cmd_evaluate(args) -> None:
     from sslscale import tracking
-    from sslscale.config import TransferConfig
+    from sslscale.config import Config
     from sslscale.export import load_encoder
-    from sslscale.transfer import evaluate
+    from sslscale.transfer import efficiency_plot, timed_evaluate
 
     path, run_id = _encoder_source(args)
-    tcfg = TransferConfig(target=args.target, baseline=not args.no_baseline, knn_k=args.knn_k)
-    scores = evaluate(load_encoder(path), tcfg)
+    flags = [f"transfer.target={args.target}", f"transfer.baseline={not args.no_baseline}",
+             f"transfer.knn_k={args.knn_k}", f"transfer.protocols={args.protocols}",
+             f"transfer.label_fractions={args.label_fractions}"]
+    if any(not o.startswith("transfer.") for o in args.overrides):
+        raise SslscaleError("sslscale evaluate takes transfer.* overrides only, e.g. transfer.finetune_steps=300")
+    cfg = Config().override(flags + args.overrides)
+    scores = timed_evaluate(load_encoder(path), cfg.transfer, cfg)
     _print_scores(scores)
+    os.makedirs(args.out, exist_ok=True)
+    plot = efficiency_plot(scores, os.path.join(args.out, "label_efficiency.png"))
+    if plot:
+        print(f"label-efficiency plot: {plot}")
     if run_id:
         uri = tracking.resolve_uri(args.tracking_uri)
         tracking.log_metrics(uri, run_id, {f"transfer/{k}": v for k, v in scores.items()})
+        if plot:
+            tracking.log_artifact(uri, run_id, plot)
         print(f"logged to MLflow run {run_id} at {tracking.shown(uri)}")
 
 

@@ -161,6 +161,15 @@ class TransferConfig:
     # comma-separated fractions in (0, 1] of the train split's labels (after train_samples) each protocol is also fit
     # on: a stratified, seeded subset; scores of a fraction f < 1 are named <protocol>_top1/frac<f>
     label_fractions: str = "1.0"
+    # the finetune and scratch protocols (finetune.py): steps, batch and head LR; candidates (comma-separated) chosen
+    # on a seeded validation slice of val_fraction of the labelled train subset, never on the test split
+    finetune_steps: int = 200
+    finetune_batch_size: int = 128
+    finetune_lr: float = 3e-3  # the head's; the encoder's is this times a scale
+    finetune_encoder_lr_scales: str = "0.1,1.0"
+    finetune_layer_decays: str = "1.0"  # layer-wise LR decay, ViT encoders only, e.g. 0.65,0.75
+    scratch_lrs: str = "3e-3,1e-2"
+    val_fraction: float = 0.1
 
 
 @dataclass
@@ -318,7 +327,7 @@ def driver_resource(spec: str) -> dict[str, float] | None:
     return found if found and len(found) == 1 else None
 
 
-PROTOCOLS = ("knn", "linear")  # what transfer.protocols may name; finetune and scratch join with fine-tuning
+PROTOCOLS = ("knn", "linear", "finetune", "scratch")  # what transfer.protocols may name
 
 
 def list_items(text: str) -> list[str]:
@@ -335,13 +344,30 @@ def _fraction(text: str) -> float | None:
 
 
 def transfer_checks(tcfg) -> list[tuple[str, bool, str]]:
-    """(key, ok, allowed) for transfer.protocols and transfer.label_fractions, as config.validate lists its checks:
-    comma-separated, at least one, none repeated; protocols from PROTOCOLS, fractions numbers in (0, 1]."""
+    """(key, ok, allowed) for transfer.protocols, transfer.label_fractions and the fine-tuning keys, as
+    config.validate lists its checks: comma-separated, at least one, none repeated; protocols from PROTOCOLS,
+    fractions numbers in (0, 1]."""
     protocols, fractions = list_items(tcfg.protocols), [_fraction(f) for f in list_items(tcfg.label_fractions)]
     return [("transfer.protocols", bool(protocols) and set(protocols) <= set(PROTOCOLS)
              and len(set(protocols)) == len(protocols), f"a comma-separated list of {', '.join(PROTOCOLS)}"),
             ("transfer.label_fractions", bool(fractions) and None not in fractions
-             and len(set(fractions)) == len(fractions), "comma-separated fractions in (0, 1], e.g. 0.01,0.1,1.0")]
+             and len(set(fractions)) == len(fractions), "comma-separated fractions in (0, 1], e.g. 0.01,0.1,1.0"),
+            *[(f"transfer.{key}", _positive_floats(getattr(tcfg, key), upper), allowed)
+              for key, upper, allowed in (("finetune_encoder_lr_scales", None, "comma-separated positive scales"),
+                                          ("finetune_layer_decays", 1.0, "comma-separated decays in (0, 1]"),
+                                          ("scratch_lrs", None, "comma-separated positive learning rates"))],
+            ("transfer.finetune_steps", tcfg.finetune_steps > 0, "a positive number of steps"),
+            ("transfer.finetune_batch_size", tcfg.finetune_batch_size > 0, "a positive number"),
+            ("transfer.finetune_lr", tcfg.finetune_lr > 0, "a positive learning rate"),
+            ("transfer.val_fraction", 0 < tcfg.val_fraction < 1, "a fraction in (0, 1)")]
+
+
+def _positive_floats(text: str, upper: float | None) -> bool:
+    try:
+        values = [float(v) for v in list_items(text)]
+    except ValueError:
+        return False
+    return bool(values) and all(v > 0 and (upper is None or v <= upper) for v in values)
 
 
 def validate(cfg: Config) -> Config:

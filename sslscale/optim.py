@@ -37,12 +37,23 @@ class LARS(torch.optim.Optimizer):
                 p.add_(buf, alpha=-group["lr"])
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable weights (decay=True: their weight decay follows the schedule) and the 1-d rest (never decayed)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    plain = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay, "decay": True},
-            {"params": plain, "weight_decay": 0.0, "decay": False, "lars": False}]
+def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None) -> list[dict]:
+    """Trainable weights (decay=True: their weight decay follows the schedule) and the 1-d rest (never decayed).
+    A model with `lr_scale(name)` (finetune.Classifier) gets one such pair per scale, each group's `lr` being
+    `lr` times its scale (LR schedules then scale every group alike)."""
+    scale = getattr(model, "lr_scale", None)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if scale is None:
+        return _pair([p for _, p in named], weight_decay)
+    groups = []
+    for s in sorted({scale(n) for n, _ in named}, reverse=True):
+        groups += [{**g, "lr": lr * s} for g in _pair([p for n, p in named if scale(n) == s], weight_decay)]
+    return [g for g in groups if g["params"]]
+
+
+def _pair(params: list, weight_decay: float) -> list[dict]:
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, "decay": True},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "decay": False, "lars": False}]
 
 
 def set_weight_decay(optimizer: torch.optim.Optimizer, value: float) -> None:
@@ -83,7 +94,7 @@ def guard_nonfinite(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     """cfg: the optim config section (name, lr, weight_decay, momentum for LARS, beta1/beta2 for AdamW)."""
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.lr)
     if cfg.name == "lars":
         return guard_nonfinite(LARS(groups, lr=cfg.lr, momentum=cfg.momentum))
     for g in groups:

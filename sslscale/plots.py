@@ -1,6 +1,7 @@
 """The plots of a Ray Tune sweep (logged as artifacts on its MLflow parent run), over plain Python data, the
-class-coloured scatter of a 2-D embedding map (transfer.embedding_map) and a run's stepwise spectrum
-(health.spectrum, drawn by `spectrum_plot` from the run's metric history, see tracking.plot_spectrum).
+class-coloured scatter of a 2-D embedding map (transfer.embedding_map), a run's stepwise spectrum
+(health.spectrum, drawn by `spectrum_plot` from the run's metric history, see tracking.plot_spectrum) and a target's
+label-efficiency curves (`label_efficiency`, from transfer.efficiency).
 
 A trial is a dict: `trial_id` (str), `params` (flat `a.b.c` key -> value, the searched keys among them), `score`
 (the objective, NaN when the trial has none, e.g. stopped early by ASHA), `status` ("finished" | "stopped" |
@@ -304,5 +305,29 @@ def spectrum_plot(steps: list[int], eigs: list[list[float]], erank: list[float],
         ax.set_xlabel("step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both" if ax is left else "major")
+    fig.tight_layout()
+    return _save(fig, plt, out_png)
+
+
+LINES = {"finetune": ("C3", "-"), "linear": ("C0", "-"), "knn": ("C2", "-"), "scratch": ("k", "--"),
+         "random_init/linear": ("C0", ":"), "random_init/knn": ("C2", ":")}  # protocol -> (colour, line style)
+
+
+def label_efficiency(curves: dict[str, dict[float, float]], title: str, out_png: str) -> str:
+    """Test accuracy against the fraction of train labels used (log x), one line per protocol (`curves`:
+    protocol -> {fraction: top-1}): the pretrained encoder's protocols solid, the supervised from-scratch baseline
+    dashed, the random-init encoder dotted."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, points in curves.items():
+        colour, style = LINES.get(name, (None, "-"))
+        xs = sorted(points)
+        ax.plot(xs, [points[x] for x in xs], style, color=colour, marker="o", label=name)
+    _log_x(ax, [x for points in curves.values() for x in points])
+    ax.set_xlabel("fraction of train labels used")
+    ax.set_ylabel("test top-1")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8, frameon=False)
     fig.tight_layout()
     return _save(fig, plt, out_png)

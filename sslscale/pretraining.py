@@ -256,8 +256,9 @@ def _finish(cfg: Config, run_id: str, uri: str, run_dir: str, final: str) -> tup
     storage.copy_file(storage.join(final, checkpoint.ENCODER), encoder_path)
     scores = {}
     if cfg.transfer.enabled:
-        print(f"scoring the encoder on {cfg.transfer.target} (kNN k={cfg.transfer.knn_k}, linear probe)...", flush=True)
-        scores = transfer.evaluate(load_encoder(encoder_path), cfg.transfer)
+        print(f"scoring the encoder on {cfg.transfer.target} ({cfg.transfer.protocols}; kNN k={cfg.transfer.knn_k}, "
+              f"label fractions {cfg.transfer.label_fractions})...", flush=True)
+        scores = transfer.timed_evaluate(load_encoder(encoder_path), cfg.transfer, cfg)
     if run_id:
         _deliver_held_metrics(uri, run_id, final, cfg.train.steps)
         safe = tracking.best_effort
@@ -266,7 +267,9 @@ def _finish(cfg: Config, run_id: str, uri: str, run_dir: str, final: str) -> tup
         if scores:
             safe(tracking.log_metrics, uri, run_id, {f"transfer/{k}": v for k, v in scores.items()})
         with tempfile.TemporaryDirectory(prefix="sslscale-curves-") as tmp:  # made here, kept in the run folder
-            for name, make in (("curves.png", tracking.plot_curves), ("spectrum.png", tracking.plot_spectrum)):
+            plots = (("curves.png", tracking.plot_curves), ("spectrum.png", tracking.plot_spectrum),
+                     ("label_efficiency.png", lambda _uri, _run, out: transfer.efficiency_plot(scores, out)))
+            for name, make in plots:
                 plot = safe(make, uri, run_id, os.path.join(tmp, name))  # None: nothing to plot
                 if plot:
                     safe(tracking.log_artifact, uri, run_id, plot)

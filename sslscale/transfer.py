@@ -14,16 +14,20 @@ the test split stays whole). Score names: `<target>/<protocol>_top1` on the whol
 from __future__ import annotations
 
 import os
+import re
+import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from sslscale import corpus, plots, storage
+from sslscale.config import Config, list_items, transfer_checks
 from sslscale.encoders import build_encoder
-from sslscale.config import PROTOCOLS, list_items, transfer_checks
 from sslscale.errors import SslscaleError
 from sslscale.splits import stratified_pick
+
+FEATURE_PROTOCOLS = ("knn", "linear")  # fit on frozen features; finetune and scratch train (finetune.py)
 
 
 def _labelled(target: str) -> tuple[str, dict]:
@@ -78,12 +82,17 @@ def label_subset(labels: np.ndarray, fraction: float, seed: int, *, classes: int
     return stratified_pick(labels, np.maximum(1, np.round(fraction * counts)).astype(np.int64), seed)
 
 
-@torch.no_grad()
-def features(encoder: torch.nn.Module, images: np.ndarray, batch_size: int = 512) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float features (N, D), encoder in eval mode."""
+def check_images(encoder: torch.nn.Module, images: np.ndarray) -> None:
+    """One line when uint8 images (N, H, W, C) are not the size and channels the encoder takes."""
     if images.shape[3] != encoder.in_channels or images.shape[1] != encoder.image_size:
         raise SslscaleError(f"target images are {images.shape[1]}x{images.shape[2]}x{images.shape[3]} but the encoder "
                             f"takes {encoder.image_size}x{encoder.image_size}x{encoder.in_channels}; pick a matching target")
+
+
+@torch.no_grad()
+def features(encoder: torch.nn.Module, images: np.ndarray, batch_size: int = 512) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float features (N, D), encoder in eval mode."""
+    check_images(encoder, images)
     encoder.eval()
     out = []
     for i in range(0, len(images), batch_size):
@@ -149,19 +158,21 @@ def scores(train_f, test_f, data: dict, tcfg) -> dict[str, float]:
         keep = torch.from_numpy(label_subset(train_y.numpy(), float(text), data["seed"],
                                              classes=data["classes"], target=data["name"]))
         suffix = "" if float(text) == 1 else f"/frac{text}"
-        for protocol in protocols:
+        for protocol in (p for p in protocols if p in FEATURE_PROTOCOLS):
             result[f"{protocol}_top1{suffix}"] = _top1(protocol, train_f[keep], train_y[keep], test_f, test_y,
                                                        data["classes"], tcfg)
     return result
 
 
-def evaluate(encoder: torch.nn.Module, tcfg, *, baseline: bool | None = None) -> dict[str, float]:
-    """Scores of `encoder` on tcfg.target, keyed `<target>/<metric>` with the metrics of `scores`; with the
-    baseline also `<target>/random_init/<metric>` and `<target>/pixels/<metric>`."""
+def evaluate(encoder: torch.nn.Module, tcfg, *, baseline: bool | None = None, cfg=None) -> dict[str, float]:
+    """Scores of `encoder` on tcfg.target, keyed `<target>/<metric>` with the metrics of `scores` and `trained`;
+    with the baseline also `<target>/random_init/<metric>` and `<target>/pixels/<metric>` (kNN and linear only).
+    `cfg` gives fine-tuning its engine settings (default: Config())."""
     chosen(tcfg)  # a malformed key fails before the features are computed
     data = load_target(tcfg.target, tcfg.train_samples)
     (train_x, _), (test_x, _) = data["train"], data["test"]
     name = data["name"]
+    check_images(encoder, train_x)
     encoders = {"": encoder}
     if tcfg.baseline if baseline is None else baseline:
         torch.manual_seed(0)
@@ -175,7 +186,77 @@ def evaluate(encoder: torch.nn.Module, tcfg, *, baseline: bool | None = None) ->
     if len(encoders) > 1:
         got = scores(pixels(train_x), pixels(test_x), data, tcfg)
         result.update({f"{name}/pixels/{k}": v for k, v in got.items()})
+    result.update({f"{name}/{k}": v for k, v in trained(encoder, data, tcfg, cfg or Config()).items()})
     return result
+
+
+def timed_evaluate(encoder: torch.nn.Module, tcfg, cfg=None) -> dict[str, float]:
+    """evaluate's scores plus `<target>/seconds`, the time they took (a sweep budgets for it), for the run's log."""
+    started = time.time()
+    scores = evaluate(encoder, tcfg, cfg=cfg)
+    return {**scores, f"{storage.name(_labelled(tcfg.target)[0])}/seconds": time.time() - started}
+
+
+def trained(encoder: torch.nn.Module, data: dict, tcfg, cfg) -> dict[str, float]:
+    """The finetune and scratch protocols of tcfg.protocols (finetune.py) on each label fraction, named as in
+    `scores`; each prints the hyperparameters its validation slice chose."""
+    protocols, fractions = chosen(tcfg)
+    if not set(protocols) & {"finetune", "scratch"}:
+        return {}
+    from sslscale import finetune  # here, not at the top: it imports DeepSpeed (engine.py)
+
+    labels, result = data["train"][1].numpy(), {}
+    for text in fractions:
+        keep = label_subset(labels, float(text), data["seed"], classes=data["classes"], target=data["name"])
+        suffix = "" if float(text) == 1 else f"/frac{text}"
+        for protocol in (p for p in protocols if p in ("finetune", "scratch")):
+            top1, hp = finetune.top1(encoder if protocol == "finetune" else None, data, keep, cfg, tcfg,
+                                     encoder.spec())
+            print(f"{data['name']} {protocol}{suffix}: {top1:.4f} with {hp} (chosen on the validation slice)",
+                  flush=True)
+            result[f"{protocol}_top1{suffix}"] = top1
+    return result
+
+
+SCORE_NAME = re.compile(r"^(?P<target>[^/]+)/(?P<base>random_init/|pixels/)?(?P<protocol>[a-z]+)_top1"
+                        r"(?:/frac(?P<fraction>[0-9.e-]+))?$")
+
+
+def efficiency(scores: dict[str, float]) -> dict[str, dict[float, float]]:
+    """The label-efficiency curves in `scores` (evaluate's names): "<base><protocol>" -> {fraction: top-1}, the
+    pretrained encoder's protocols and the random-init ones ("random_init/knn"); raw pixels are left out."""
+    curves: dict[str, dict[float, float]] = {}
+    for key, value in scores.items():
+        m = SCORE_NAME.match(key)
+        if m and m["base"] != "pixels/":
+            curves.setdefault((m["base"] or "") + m["protocol"], {})[float(m["fraction"] or 1)] = value
+    return curves
+
+
+def efficiency_table(scores: dict[str, float]) -> str:
+    """The curves as a text table (a row per protocol, a column per fraction) and the headline: what fine-tuning
+    the pretrained encoder reaches at the smallest fraction against the from-scratch baseline."""
+    curves = efficiency(scores)
+    fractions = sorted({f for points in curves.values() for f in points})
+    lines = ["protocol".ljust(20) + "".join(f"{f'{f:g} labels':>14}" for f in fractions)]
+    lines += [name.ljust(20) + "".join(f"{points[f]:>14.4f}" if f in points else f"{'-':>14}" for f in fractions)
+              for name, points in curves.items()]
+    tuned, scratch = curves.get("finetune", {}), curves.get("scratch", {})
+    shared = sorted(set(tuned) & set(scratch))
+    if shared:
+        f = shared[0]
+        lines.append(f"with {f:.0%} of the labels, fine-tuning the pretrained encoder reaches {tuned[f]:.4f} where "
+                     f"training from scratch reaches {scratch[f]:.4f} ({tuned[f] - scratch[f]:+.4f})")
+    return "\n".join(lines)
+
+
+def efficiency_plot(scores: dict[str, float], out_png: str) -> str | None:
+    """plots.label_efficiency of `scores` when they hold more than one label fraction; None otherwise."""
+    curves = efficiency(scores)
+    if len({f for points in curves.values() for f in points}) < 2:
+        return None
+    target = next(m["target"] for k in scores if (m := SCORE_NAME.match(k)))
+    return plots.label_efficiency(curves, f"{target}: test accuracy against labels used", out_png)
 
 
 EMBEDDING_METHODS = {"pca": "PCA", "tsne": "t-SNE"}  # method -> its name on the plot

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 def test_pretrain_function_logs_everything(debug_cfg, ray_local):
     from sslscale import pretrain
 
-    result = pretrain(debug_cfg.override(["train.log_every=4"]))
+    result = pretrain(debug_cfg.override(["train.log_every=4", "transfer.protocols=knn,linear,finetune",
+                                          "transfer.finetune_steps=4", "transfer.finetune_encoder_lr_scales=1.0"]))
     uri, run_id = result.tracking_uri, result.run_id
     run = tracking.get_run(uri, run_id)
     assert run.info.status == "FINISHED" and run.data.params["train.workers"] == "2"
@@ -27,8 +28,8 @@ def test_pretrain_function_logs_everything(debug_cfg, ray_local):
         assert [s for s, _ in tracking.history(uri, run_id, key)] == [2, 4, 6], key
     assert 1 <= run.data.metrics["spectrum/erank"] <= 16  # the debug encoder's 16 features
     assert run.data.metrics["spectrum/eig_32"] == 0.0  # train.spectrum_k=32 > 16 features: padded
-    assert {"digits/knn_top1", "digits/linear_top1", "digits/random_init/knn_top1"} <= {
-        k.removeprefix("transfer/") for k in run.data.metrics}
+    assert {"digits/knn_top1", "digits/linear_top1", "digits/finetune_top1", "digits/random_init/knn_top1",
+            "digits/seconds"} <= {k.removeprefix("transfer/") for k in run.data.metrics}  # fine-tuned in the driver
     # where the fixed time went, by phase, in the result and in the run (timeline.py)
     assert {"startup/worker_group_s", "startup/engine_init_s", "winddown/total_s"} <= set(result.timings)
     assert run.data.metrics.keys() >= result.timings.keys() and 0 < result.timings["startup/total_s"] < 600

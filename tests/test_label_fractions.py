@@ -66,19 +66,19 @@ def test_class_missing_from_the_split_is_one_line():
 
 def test_config_keys_default_and_accept_lists():
     assert (TransferConfig().protocols, TransferConfig().label_fractions) == ("knn,linear", "1.0")
-    assert PROTOCOLS == ("knn", "linear")
+    assert PROTOCOLS == ("knn", "linear", "finetune", "scratch")
     cfg = Config().override(["transfer.label_fractions=0.01, 0.1,1.0", "transfer.protocols=linear"])
     assert validate(cfg).transfer.label_fractions == "0.01, 0.1,1.0"
 
 
 @pytest.mark.parametrize("key, value", [
     ("label_fractions", "0"), ("label_fractions", "1.5"), ("label_fractions", "0.1,abc"), ("label_fractions", ""),
-    ("label_fractions", "0.1,0.10"), ("label_fractions", "nan"), ("protocols", "knn,finetune"),
+    ("label_fractions", "0.1,0.10"), ("label_fractions", "nan"), ("protocols", "knn,probe"),
     ("protocols", ""), ("protocols", "knn,knn")])
 def test_bad_config_values_are_one_line(key, value):
     cfg = Config().override([f"transfer.{key}={value}"])
     allowed = {"label_fractions": r"comma-separated fractions in \(0, 1\], e.g. 0.01,0.1,1.0",
-               "protocols": "a comma-separated list of knn, linear"}[key]
+               "protocols": "a comma-separated list of knn, linear, finetune, scratch"}[key]
     with pytest.raises(SslscaleError, match=rf"^bad value for transfer.{key}: must be {allowed}$"):
         validate(cfg)
 

@@ -1,0 +1,146 @@
+"""The fine-tuning protocol and its supervised from-scratch baseline, through the training engine.
+
+`finetune`: a copy of the pretrained encoder plus a linear head, trained end to end with cross-entropy on a labelled
+train subset. `scratch`: the same architecture from random initialisation, with the same steps, batch and
+augmentations: the number pretraining must beat. Both run as an engine.Engine (DeepSpeed, the run's ZeRO stage and
+precision) in this process, on one view per image (views.py: a random resized crop and a flip, a pure function of
+(seed, epoch, sample id)), and are scored once on the whole test split.
+
+Hyperparameters are chosen on a seeded, stratified validation slice of the train subset (transfer.val_fraction),
+never on the test split: the encoder's learning rate as a multiple of the head's (transfer.finetune_encoder_lr_scales),
+layer-wise decay for ViT encoders (transfer.finetune_layer_decays, MAE's recipe: block i learns at decay^(depth-i)
+of the rate of the last layer) and the from-scratch learning rate (transfer.scratch_lrs). The candidate with the best
+validation accuracy is the model scored on the test split.
+"""
+from __future__ import annotations
+
+import copy
+import re
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslscale.config import Config, list_items
+from sslscale.encoders import build_encoder
+from sslscale.engine import Engine
+from sslscale.methods import Method
+from sslscale.splits import stratified_pick
+from sslscale.views import ViewSpec, batch_views
+
+VIEWS = {"crop_min_scale": 0.5, "flip": 0.5, "jitter": 0.0, "jitter_prob": 0.0, "grayscale": 0.0}  # crop + flip
+EVAL_BATCH = 512
+
+
+class Classifier(Method):
+    """An encoder and a linear head trained with cross-entropy; `lr_scale(name)` gives each parameter's learning rate
+    as a multiple of optim.lr (optim.param_groups reads it)."""
+
+    def __init__(self, encoder: nn.Module, classes: int, cfg, encoder_scale: float = 1.0, layer_decay: float = 1.0):
+        super().__init__(encoder, cfg)
+        self.head = nn.Linear(encoder.feature_dim, classes)
+        self.encoder_scale, self.layer_decay = encoder_scale, layer_decay
+
+    def lr_scale(self, name: str) -> float:
+        if not name.startswith("encoder."):
+            return 1.0
+        depth = getattr(self.encoder, "depth", None)  # ViTs have blocks to decay over; ResNets one encoder scale
+        if depth is None or self.layer_decay == 1.0:
+            return self.encoder_scale
+        block = re.match(r"encoder\.blocks\.(\d+)\.", name)
+        layer = int(block.group(1)) + 1 if block else (0 if re.match(r"encoder\.(patch_embed|cls_token|pos)", name)
+                                                       else depth + 1)
+        return self.encoder_scale * self.layer_decay ** (depth + 1 - layer)
+
+    def forward(self, batch: dict) -> dict:
+        h = self.encoder(batch["view_0"])
+        logits = self.head(h)
+        loss = F.cross_entropy(logits.float(), batch["label"].to(logits.device))
+        return {"loss": loss, "embeddings": h.detach()}
+
+
+def engine_config(base: Config, tcfg, lr: float) -> Config:
+    """The engine settings of `base` (ZeRO stage, precision, device) with the protocol's own optimisation."""
+    steps = tcfg.finetune_steps
+    return base.override([f"data.batch_size={tcfg.finetune_batch_size}", f"train.steps={steps}", "train.workers=1",
+                          "engine.grad_accum=1", "optim.name=adamw", f"optim.lr={lr}", "optim.weight_decay=0.05",
+                          "optim.weight_decay_end=-1", f"optim.warmup_steps={max(1, steps // 10)}"])
+
+
+def _batches(images: np.ndarray, labels: np.ndarray, idx: np.ndarray, batch: int, steps: int, seed: int):
+    """`steps` batches of `batch` samples of images[idx], in a seeded order that is reshuffled every epoch (a subset
+    smaller than a batch repeats within it): {"view_0": uint8 (B, C, S, S), "label": int64 (B,)}."""
+    spec = ViewSpec(size=images.shape[1], **VIEWS)
+    order, epoch = np.zeros(0, np.int64), -1
+    for _ in range(steps):
+        while len(order) < batch:
+            epoch += 1
+            order = np.concatenate([order, np.random.default_rng([seed, epoch]).permutation(idx)])
+        take, order = order[:batch], order[batch:]
+        views = batch_views(images[take], take, seed=seed, epoch=epoch, spec=spec, n_views=1)
+        yield {"view_0": views["view_0"], "label": torch.as_tensor(labels[take])}
+
+
+@torch.no_grad()
+def accuracy(engine: Engine, images: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 of the engine's classifier on whole, unaugmented images (eval mode)."""
+    model, correct = engine.method, 0
+    model.eval()
+    for i in range(0, len(images), EVAL_BATCH):
+        x = engine.to_device({"view_0": np.ascontiguousarray(images[i:i + EVAL_BATCH].transpose(0, 3, 1, 2))})
+        predicted = model.head(model.encoder(x["view_0"])).argmax(1).cpu().numpy()
+        correct += int((predicted == labels[i:i + EVAL_BATCH]).sum())
+    model.train()
+    return correct / len(images)
+
+
+def train(encoder: nn.Module, data: dict, idx: np.ndarray, base: Config, tcfg, *, lr: float,
+          encoder_scale: float = 1.0, layer_decay: float = 1.0) -> Engine:
+    """Train a Classifier on `encoder` (changed in place: pass a copy) over data's train images[idx]."""
+    images, labels = data["train"][0], np.asarray(data["train"][1])
+    cfg = engine_config(base, tcfg, lr)
+    torch.manual_seed(data["seed"])  # the head's initial weights
+    engine = Engine(Classifier(encoder, data["classes"], cfg, encoder_scale, layer_decay), cfg)
+    for batch in _batches(images, labels, idx, tcfg.finetune_batch_size, tcfg.finetune_steps, data["seed"]):
+        engine.train_step([batch], log=False)
+    return engine
+
+
+def _split(labels: np.ndarray, idx: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices: a seeded stratified validation slice of `fraction` of idx, at least one per
+    class that has two or more samples (a class with one sample stays in train)."""
+    sub = labels[idx]
+    counts = np.bincount(sub)
+    val_counts = np.where(counts >= 2, np.clip(np.round(fraction * counts), 1, counts - 1), 0).astype(np.int64)
+    val = idx[stratified_pick(sub, val_counts, seed + 1)]
+    return np.setdiff1d(idx, val), val
+
+
+def _candidates(tcfg, pretrained: bool) -> list[dict]:
+    """The hyperparameters tried: fine-tuning's encoder LR scales x layer decays, from scratch its LRs."""
+    floats = lambda text: [float(v) for v in list_items(text)]  # noqa: E731
+    if not pretrained:
+        return [{"lr": lr} for lr in floats(tcfg.scratch_lrs)]
+    return [{"lr": tcfg.finetune_lr, "encoder_scale": s, "layer_decay": d}
+            for s in floats(tcfg.finetune_encoder_lr_scales) for d in floats(tcfg.finetune_layer_decays)]
+
+
+def top1(encoder: nn.Module | None, data: dict, idx: np.ndarray, base: Config, tcfg, spec: dict) -> tuple[float, dict]:
+    """(test top-1, the chosen hyperparameters) of fine-tuning `encoder` (copied, not changed), or of training
+    `spec`'s architecture from scratch when encoder is None, on data's train images[idx]; hyperparameters chosen on
+    the validation slice, the test split scored once."""
+    labels = np.asarray(data["train"][1])
+    fit_idx, val_idx = _split(labels, idx, tcfg.val_fraction, data["seed"])
+    best = None
+    for hp in _candidates(tcfg, encoder is not None):
+        torch.manual_seed(data["seed"])
+        enc = copy.deepcopy(encoder) if encoder is not None else build_encoder(
+            spec["name"], in_channels=spec["in_channels"], image_size=spec["image_size"], **spec["kwargs"])
+        engine = train(enc, data, fit_idx, base, tcfg, **hp)
+        score = accuracy(engine, data["train"][0][val_idx], labels[val_idx]) if len(val_idx) else 0.0
+        if best is None or score > best[0]:
+            best = (score, hp, engine)
+    _, hp, engine = best
+    test_x, test_y = data["test"]
+    return accuracy(engine, test_x, np.asarray(test_y)), hp

@@ -1,0 +1,123 @@
+"""The fine-tuning protocol and the from-scratch baseline (finetune.py): per-parameter learning rates (the encoder's
+scale, ViT layer-wise decay), the validation slice, the seeded batches, and a real run through `sslscale evaluate`
+(the DeepSpeed engine, real digits shards) with every score name and a one-line error."""
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from sslscale.config import Config, validate
+from sslscale.encoders import build_encoder
+from sslscale.errors import SslscaleError
+from sslscale.export import save_encoder
+from sslscale.finetune import Classifier, _batches, _candidates, _split
+from sslscale.optim import param_groups
+
+SSLSCALE = os.path.join(os.path.dirname(sys.executable), "sslscale")
+
+
+def _vit(depth=3):
+    return build_encoder("vit", in_channels=1, image_size=8, patch_size=2, dim=8, depth=depth, heads=2)
+
+
+def test_encoder_scale_and_vit_layer_decay_give_each_parameter_its_rate():
+    model = Classifier(_vit(), 10, Config(), encoder_scale=0.1, layer_decay=0.5)
+    assert model.lr_scale("head.weight") == 1.0
+    assert model.lr_scale("encoder.norm.weight") == pytest.approx(0.1)  # the last layer: no decay
+    assert model.lr_scale("encoder.blocks.2.qkv.weight") == pytest.approx(0.1 * 0.5)
+    assert model.lr_scale("encoder.blocks.0.qkv.weight") == pytest.approx(0.1 * 0.5**3)
+    assert model.lr_scale("encoder.patch_embed.weight") == pytest.approx(0.1 * 0.5**4)
+    groups = param_groups(model, 0.05, lr=1e-3)
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in model.parameters())
+    head = next(g for g in groups if any(p is model.head.weight for p in g["params"]))
+    assert head["lr"] == pytest.approx(1e-3) and head["decay"]
+    resnet = Classifier(build_encoder("resnet", in_channels=1, image_size=8, widths=(4, 8), depths=(1, 1)), 10,
+                        Config(), encoder_scale=0.1, layer_decay=0.5)  # no blocks to decay over: one scale
+    assert {round(g["lr"], 8) for g in param_groups(resnet, 0.05, lr=1e-3)} == {1e-3, 1e-4}
+
+
+def test_a_model_without_scales_keeps_the_two_groups_checkpoints_hold():
+    enc = build_encoder("resnet", in_channels=1, image_size=8, widths=(4, 8), depths=(1, 1))
+    groups = param_groups(enc, 0.05)
+    assert [g["decay"] for g in groups] == [True, False] and all("lr" not in g for g in groups)
+
+
+def test_validation_slice_is_stratified_disjoint_and_seeded():
+    labels = np.repeat(np.arange(4), [30, 20, 10, 1])
+    idx = np.arange(len(labels))
+    fit, val = _split(labels, idx, 0.1, seed=0)
+    assert np.intersect1d(fit, val).size == 0 and np.union1d(fit, val).size == len(idx)
+    assert np.bincount(labels[val], minlength=4).tolist() == [3, 2, 1, 0]  # a class of one stays in training
+    assert np.array_equal(val, _split(labels, idx, 0.1, seed=0)[1])
+    assert not np.array_equal(val, _split(labels, idx, 0.1, seed=1)[1])
+
+
+def test_batches_are_full_seeded_and_cover_a_subset_smaller_than_a_batch():
+    images = np.random.default_rng(0).integers(0, 256, (50, 8, 8, 1), dtype=np.uint8)
+    labels = np.arange(50) % 5
+    idx = np.arange(0, 50, 10)  # 5 samples, batch 8: each batch repeats some
+    one, two = list(_batches(images, labels, idx, 8, 3, seed=0)), list(_batches(images, labels, idx, 8, 3, seed=0))
+    assert [b["view_0"].shape for b in one] == [(8, 1, 8, 8)] * 3
+    assert all(np.array_equal(a["view_0"], b["view_0"]) and torch.equal(a["label"], b["label"])
+               for a, b in zip(one, two))
+    assert set(torch.cat([b["label"] for b in one]).tolist()) == {0}  # only idx's labels (all class 0)
+
+
+def test_candidates_and_bad_values_are_one_line():
+    cfg = validate(Config().override(["transfer.finetune_encoder_lr_scales=0.1,1", "transfer.finetune_layer_decays=0.75",
+                                      "transfer.scratch_lrs=1e-3"]))
+    assert [c["encoder_scale"] for c in _candidates(cfg.transfer, True)] == [0.1, 1.0]
+    assert _candidates(cfg.transfer, False) == [{"lr": 1e-3}]
+    for item, allowed in [("transfer.finetune_layer_decays=1.5", "comma-separated decays in"),
+                          ("transfer.scratch_lrs=fast", "comma-separated positive learning rates"),
+                          ("transfer.val_fraction=1", "a fraction in"), ("transfer.protocols=finetune,probe", "knn")]:
+        with pytest.raises(SslscaleError, match=rf"^bad value for {item.partition('=')[0]}: must be .*{allowed}"):
+            validate(Config().override([item]))
+
+
+def test_finetune_and_scratch_score_digits_through_the_cli(tmp_path, data_root):
+    torch.manual_seed(0)
+    enc = build_encoder("resnet", in_channels=1, image_size=8, widths=(8, 16), depths=(1, 1))
+    path = save_encoder(enc, str(tmp_path / "demo.encoder.safetensors"))
+    env = {**os.environ, "SSLSCALE_DATA": data_root}
+    args = ["evaluate", "--checkpoint", path, "--target", "digits", "--no-baseline", "--protocol",
+            "knn,finetune,scratch", "--label-fractions", "0.2,1.0", "transfer.finetune_steps=60",
+            "transfer.finetune_batch_size=64", "transfer.finetune_lr=1e-2", "transfer.finetune_encoder_lr_scales=1.0",
+            "transfer.scratch_lrs=1e-2",
+            "--out", str(tmp_path / "ev")]
+    done = subprocess.run([SSLSCALE, *args], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    scores = dict(re.findall(r"^  (digits/\S+)\s+([\d.]+)$", done.stdout, re.M))
+    assert set(scores) == {f"digits/{p}_top1{s}" for p in ("knn", "finetune", "scratch") for s in ("", "/frac0.2")}
+    assert all(0 <= float(v) <= 1 for v in scores.values())
+    assert float(scores["digits/finetune_top1"]) > 0.4 and float(scores["digits/scratch_top1"]) > 0.4  # chance 0.1
+    assert "chosen on the validation slice" in done.stdout and re.search(r"scored in \d+ s", done.stdout)
+    assert re.search(r"with 20% of the labels, fine-tuning the pretrained encoder reaches 0\.\d+ where training "
+                     r"from scratch reaches 0\.\d+", done.stdout)
+    assert f"label-efficiency plot: {tmp_path / 'ev' / 'label_efficiency.png'}" in done.stdout
+    assert os.path.getsize(tmp_path / "ev" / "label_efficiency.png") > 10_000
+
+    bad = subprocess.run([SSLSCALE, "evaluate", "--checkpoint", path, "--target", "digits", "--protocol", "finetune",
+                          "train.steps=5"], env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].endswith(
+        "takes transfer.* overrides only, e.g. transfer.finetune_steps=300")
+
+
+def test_efficiency_curves_table_and_headline_from_score_names(tmp_path):
+    from sslscale.transfer import efficiency, efficiency_plot, efficiency_table
+
+    scores = {"fmnist/knn_top1": 0.83, "fmnist/knn_top1/frac0.01": 0.70, "fmnist/finetune_top1": 0.90,
+              "fmnist/finetune_top1/frac0.01": 0.75, "fmnist/scratch_top1/frac0.01": 0.60, "fmnist/scratch_top1": 0.91,
+              "fmnist/random_init/knn_top1/frac0.01": 0.5, "fmnist/pixels/knn_top1": 0.84, "fmnist/seconds": 3.0}
+    assert efficiency(scores) == {"knn": {1.0: 0.83, 0.01: 0.70}, "finetune": {1.0: 0.90, 0.01: 0.75},
+                                  "scratch": {0.01: 0.60, 1.0: 0.91}, "random_init/knn": {0.01: 0.5}}
+    table = efficiency_table(scores)
+    assert table.splitlines()[0].split() == ["protocol", "0.01", "labels", "1", "labels"]
+    assert table.splitlines()[-1] == ("with 1% of the labels, fine-tuning the pretrained encoder reaches 0.7500 where "
+                                      "training from scratch reaches 0.6000 (+0.1500)")
+    assert efficiency_plot(scores, str(tmp_path / "le.png")) == str(tmp_path / "le.png")
+    assert efficiency_plot({"fmnist/knn_top1": 0.8}, str(tmp_path / "one.png")) is None  # one fraction: no curve
