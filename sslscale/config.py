@@ -163,7 +163,7 @@ class TransferConfig:
     label_fractions: str = "1.0"
     # the finetune and scratch protocols (finetune.py): steps, batch and head LR; candidates (comma-separated) chosen
     # on a seeded validation slice of val_fraction of the labelled train subset, never on the test split
-    finetune_steps: int = 200
+    finetune_steps: int = 500
     finetune_batch_size: int = 128
     finetune_lr: float = 3e-3  # the head's; the encoder's is this times a scale
     finetune_encoder_lr_scales: str = "0.1,1.0"
@@ -360,6 +360,19 @@ def transfer_checks(tcfg) -> list[tuple[str, bool, str]]:
             ("transfer.finetune_batch_size", tcfg.finetune_batch_size > 0, "a positive number"),
             ("transfer.finetune_lr", tcfg.finetune_lr > 0, "a positive learning rate"),
             ("transfer.val_fraction", 0 < tcfg.val_fraction < 1, "a fraction in (0, 1)")]
+
+
+def score_name(protocol: str, fraction: str) -> str:
+    """A transfer score's name under its target (DESIGN.md): `<protocol>_top1`, plus `/frac<f>` (f as written) for
+    a label fraction below 1."""
+    return f"{protocol}_top1" + ("" if float(fraction) == 1 else f"/frac{fraction}")
+
+
+def score_names(tcfg) -> list[str]:
+    """The names of the scores tcfg makes for the evaluated encoder, fraction 1 first when it is chosen."""
+    protocols, fractions = list_items(tcfg.protocols), list_items(tcfg.label_fractions)
+    fractions = sorted(fractions, key=lambda f: float(f) != 1)
+    return [score_name(p, f) for f in fractions for p in protocols]
 
 
 def _positive_floats(text: str, upper: float | None) -> bool:

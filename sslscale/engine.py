@@ -63,13 +63,21 @@ def _free_port() -> int:
 
 
 def init_distributed(device: torch.device) -> None:
-    """Reuse an existing process group (Ray Train's), else start a one-process group for plain use."""
+    """Reuse an existing process group (Ray Train's), else start a one-process group for plain use. The rendezvous
+    address it sets is removed again once the group exists, so that processes this one starts later (a local Ray
+    instance, subprocesses) do not inherit a port it holds; RANK, LOCAL_RANK and WORLD_SIZE stay (DeepSpeed reads
+    them after start-up)."""
+    rendezvous = []
     if not dist.is_initialized():
         for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                            "MASTER_PORT": str(_free_port())}.items():
-            os.environ.setdefault(key, value)
+            if key not in os.environ:
+                os.environ[key] = value
+                rendezvous += [key] if key.startswith("MASTER_") else []
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",
                                auto_mpi_discovery=False, verbose=False)
+    for key in rendezvous:
+        os.environ.pop(key, None)
 
 
 def ds_config(cfg, precision: str, world: int) -> dict:

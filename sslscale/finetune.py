@@ -70,15 +70,17 @@ def engine_config(base: Config, tcfg, lr: float) -> Config:
 
 def _batches(images: np.ndarray, labels: np.ndarray, idx: np.ndarray, batch: int, steps: int, seed: int):
     """`steps` batches of `batch` samples of images[idx], in a seeded order that is reshuffled every epoch (a subset
-    smaller than a batch repeats within it): {"view_0": uint8 (B, C, S, S), "label": int64 (B,)}."""
+    smaller than a batch repeats within it): {"view_0": uint8 (B, C, S, S), "label": int64 (B,)}. Each sample's
+    view is drawn for its own epoch (its view id is epoch x N + sample id), so repeats in a batch differ."""
     spec = ViewSpec(size=images.shape[1], **VIEWS)
-    order, epoch = np.zeros(0, np.int64), -1
+    order, epochs, epoch = np.zeros(0, np.int64), np.zeros(0, np.int64), -1
     for _ in range(steps):
         while len(order) < batch:
             epoch += 1
             order = np.concatenate([order, np.random.default_rng([seed, epoch]).permutation(idx)])
-        take, order = order[:batch], order[batch:]
-        views = batch_views(images[take], take, seed=seed, epoch=epoch, spec=spec, n_views=1)
+            epochs = np.concatenate([epochs, np.full(len(idx), epoch)])
+        take, order, drawn, epochs = order[:batch], order[batch:], epochs[:batch], epochs[batch:]
+        views = batch_views(images[take], drawn * len(images) + take, seed=seed, epoch=0, spec=spec, n_views=1)
         yield {"view_0": views["view_0"], "label": torch.as_tensor(labels[take])}
 
 
@@ -117,30 +119,41 @@ def _split(labels: np.ndarray, idx: np.ndarray, fraction: float, seed: int) -> t
     return np.setdiff1d(idx, val), val
 
 
-def _candidates(tcfg, pretrained: bool) -> list[dict]:
-    """The hyperparameters tried: fine-tuning's encoder LR scales x layer decays, from scratch its LRs."""
+def _candidates(tcfg, encoder: nn.Module | None) -> list[dict]:
+    """The hyperparameters tried: fine-tuning's encoder LR scales x layer decays (ViTs only: a ResNet has no blocks
+    to decay over), from scratch (encoder None) its LRs."""
     floats = lambda text: [float(v) for v in list_items(text)]  # noqa: E731
-    if not pretrained:
+    if encoder is None:
         return [{"lr": lr} for lr in floats(tcfg.scratch_lrs)]
+    decays = floats(tcfg.finetune_layer_decays) if hasattr(encoder, "depth") else [1.0]
     return [{"lr": tcfg.finetune_lr, "encoder_scale": s, "layer_decay": d}
-            for s in floats(tcfg.finetune_encoder_lr_scales) for d in floats(tcfg.finetune_layer_decays)]
+            for s in floats(tcfg.finetune_encoder_lr_scales) for d in decays]
 
 
 def top1(encoder: nn.Module | None, data: dict, idx: np.ndarray, base: Config, tcfg, spec: dict) -> tuple[float, dict]:
     """(test top-1, the chosen hyperparameters) of fine-tuning `encoder` (copied, not changed), or of training
-    `spec`'s architecture from scratch when encoder is None, on data's train images[idx]; hyperparameters chosen on
-    the validation slice, the test split scored once."""
+    `spec`'s architecture from scratch when encoder is None, on data's train images[idx]. With more than one
+    candidate, each trains on idx less the validation slice and the best on it is the model scored (so it saw
+    1 - transfer.val_fraction of the labels); with one, it trains on all of idx. The test split is scored once."""
     labels = np.asarray(data["train"][1])
-    fit_idx, val_idx = _split(labels, idx, tcfg.val_fraction, data["seed"])
+    candidates = _candidates(tcfg, encoder)
+    fit_idx, val_idx = _split(labels, idx, tcfg.val_fraction, data["seed"]) if len(candidates) > 1 else (idx, idx[:0])
+    if len(candidates) > 1 and not len(val_idx):
+        print(f"no validation slice: every class of this subset has one sample; taking the first of "
+              f"{len(candidates)} candidates", flush=True)
+        candidates = candidates[:1]
     best = None
-    for hp in _candidates(tcfg, encoder is not None):
-        torch.manual_seed(data["seed"])
-        enc = copy.deepcopy(encoder) if encoder is not None else build_encoder(
-            spec["name"], in_channels=spec["in_channels"], image_size=spec["image_size"], **spec["kwargs"])
-        engine = train(enc, data, fit_idx, base, tcfg, **hp)
+    for hp in candidates:
+        with torch.random.fork_rng():  # the caller's random state stays as it was
+            torch.manual_seed(data["seed"])
+            enc = copy.deepcopy(encoder) if encoder is not None else build_encoder(
+                spec["name"], in_channels=spec["in_channels"], image_size=spec["image_size"], **spec["kwargs"])
+            engine = train(enc, data, fit_idx, base, tcfg, **hp)
         score = accuracy(engine, data["train"][0][val_idx], labels[val_idx]) if len(val_idx) else 0.0
         if best is None or score > best[0]:
             best = (score, hp, engine)
-    _, hp, engine = best
+        del engine
+    score, hp, engine = best
     test_x, test_y = data["test"]
-    return accuracy(engine, test_x, np.asarray(test_y)), hp
+    chosen = {**hp, "val_top1": round(score, 4), "trained_on": len(fit_idx)} if len(val_idx) else hp
+    return accuracy(engine, test_x, np.asarray(test_y)), chosen

@@ -76,10 +76,10 @@ def _input_spec(corpus_dir: str, cfg: Config) -> dict:
 
 
 # Keys a resumed run may change: how long and how it runs, never what it learns from or how it is built.
-RESUMABLE = ("train.steps", "train.checkpoint_every", "train.health_every", "train.log_every", "train.spectrum_k",
-             "train.probe_samples", "train.keep_checkpoints", "train.max_failures", "train.max_bad_steps",
-             "train.cpus_per_worker", "train.threads_per_worker", "optim.lr", "optim.clip", "data.cpus",
-             "data.buffer_mb", "tracking.uri", "transfer.")
+RESUMABLE = ("train.steps", "train.checkpoint_every", "train.health_every", "train.log_every",
+             "train.keep_checkpoints", "train.max_failures", "train.max_bad_steps", "train.cpus_per_worker",
+             "train.threads_per_worker", "optim.lr", "optim.clip", "data.cpus", "data.buffer_mb", "tracking.uri",
+             "transfer.")
 
 
 def run_field(run_dir: str, key: str, default=""):
@@ -254,28 +254,41 @@ def _finish(cfg: Config, run_id: str, uri: str, run_dir: str, final: str) -> tup
     """The encoder into the run folder, its transfer scores, the held metrics, artifacts and the run's end."""
     encoder_path = storage.join(run_dir, checkpoint.ENCODER)
     storage.copy_file(storage.join(final, checkpoint.ENCODER), encoder_path)
-    scores = {}
-    if cfg.transfer.enabled:
-        print(f"scoring the encoder on {cfg.transfer.target} ({cfg.transfer.protocols}; kNN k={cfg.transfer.knn_k}, "
-              f"label fractions {cfg.transfer.label_fractions})...", flush=True)
-        scores = transfer.timed_evaluate(load_encoder(encoder_path), cfg.transfer, cfg)
-    if run_id:
+    safe = tracking.best_effort
+    if run_id:  # what training made reaches the run before scoring, which may fail (a bad target, memory)
         _deliver_held_metrics(uri, run_id, final, cfg.train.steps)
-        safe = tracking.best_effort
         with storage.local(encoder_path) as local:
             safe(tracking.log_artifact, uri, run_id, local, "encoder")
+        _log_plots(uri, run_id, run_dir, {"curves.png": tracking.plot_curves, "spectrum.png": tracking.plot_spectrum})
+    scores = {}
+    try:
+        if cfg.transfer.enabled:
+            print(f"scoring the encoder on {cfg.transfer.target} ({cfg.transfer.protocols}; kNN "
+                  f"k={cfg.transfer.knn_k}, label fractions {cfg.transfer.label_fractions})...", flush=True)
+            scores = transfer.timed_evaluate(load_encoder(encoder_path), cfg.transfer, cfg)
+    except Exception:  # a stop (KeyboardInterrupt) ends the run KILLED in pretrain()
+        if run_id:
+            safe(tracking.end_run, uri, run_id, "FAILED")
+        raise
+    if run_id:
         if scores:
             safe(tracking.log_metrics, uri, run_id, {f"transfer/{k}": v for k, v in scores.items()})
-        with tempfile.TemporaryDirectory(prefix="sslscale-curves-") as tmp:  # made here, kept in the run folder
-            plots = (("curves.png", tracking.plot_curves), ("spectrum.png", tracking.plot_spectrum),
-                     ("label_efficiency.png", lambda _uri, _run, out: transfer.efficiency_plot(scores, out)))
-            for name, make in plots:
-                plot = safe(make, uri, run_id, os.path.join(tmp, name))  # None: nothing to plot
-                if plot:
-                    safe(tracking.log_artifact, uri, run_id, plot)
-                    safe(storage.copy_file, plot, storage.join(run_dir, name))
+        _log_plots(uri, run_id, run_dir, {"label_efficiency.png": lambda _u, _r, out: transfer.efficiency_plot(
+            scores, out)})
         safe(tracking.end_run, uri, run_id)
     return encoder_path, scores
+
+
+def _log_plots(uri: str, run_id: str, run_dir: str, makers: dict) -> None:
+    """Each plot of `makers` (file name -> make(uri, run_id, out_png), None when there is nothing to plot) as an
+    artifact of the run and a copy in its folder; best effort."""
+    safe = tracking.best_effort
+    with tempfile.TemporaryDirectory(prefix="sslscale-plots-") as tmp:
+        for name, make in makers.items():
+            plot = safe(make, uri, run_id, os.path.join(tmp, name))
+            if plot:
+                safe(tracking.log_artifact, uri, run_id, plot)
+                safe(storage.copy_file, plot, storage.join(run_dir, name))
 
 
 @contextmanager

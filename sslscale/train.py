@@ -153,7 +153,7 @@ def _load_probe(cfg: Config, where: dict) -> torch.Tensor | None:
     """The probe set as uint8 (n, C, H, W), or None (said in one line) when it cannot be read."""
     try:
         images = probe_images(where["corpus"], where["split"], cfg.data.seed, cfg.train.probe_samples)
-    except SslscaleError as e:
+    except Exception as e:  # noqa: BLE001 - a monitor: storage errors too must not stop the training
         print(f"the embedding spectrum is off for this run: its probe set cannot be read ({e})", flush=True)
         return None
     return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from sslscale import corpus, plots, storage
-from sslscale.config import Config, list_items, transfer_checks
+from sslscale.config import Config, list_items, score_name, transfer_checks
 from sslscale.encoders import build_encoder
 from sslscale.errors import SslscaleError
 from sslscale.splits import stratified_pick
@@ -157,9 +157,8 @@ def scores(train_f, test_f, data: dict, tcfg) -> dict[str, float]:
     for text in fractions:
         keep = torch.from_numpy(label_subset(train_y.numpy(), float(text), data["seed"],
                                              classes=data["classes"], target=data["name"]))
-        suffix = "" if float(text) == 1 else f"/frac{text}"
         for protocol in (p for p in protocols if p in FEATURE_PROTOCOLS):
-            result[f"{protocol}_top1{suffix}"] = _top1(protocol, train_f[keep], train_y[keep], test_f, test_y,
+            result[score_name(protocol, text)] = _top1(protocol, train_f[keep], train_y[keep], test_f, test_y,
                                                        data["classes"], tcfg)
     return result
 
@@ -180,6 +179,8 @@ def evaluate(encoder: torch.nn.Module, tcfg, *, baseline: bool | None = None, cf
         encoders["random_init/"] = build_encoder(spec["name"], in_channels=spec["in_channels"],
                                                  image_size=spec["image_size"], **spec["kwargs"])
     result = {}
+    if not set(chosen(tcfg)[0]) & set(FEATURE_PROTOCOLS):
+        encoders = {}  # fine-tuning only: no frozen features, no kNN/linear baselines
     for prefix, enc in encoders.items():
         got = scores(features(enc, train_x, tcfg.batch_size), features(enc, test_x, tcfg.batch_size), data, tcfg)
         result.update({f"{name}/{prefix}{k}": v for k, v in got.items()})
@@ -208,13 +209,11 @@ def trained(encoder: torch.nn.Module, data: dict, tcfg, cfg) -> dict[str, float]
     labels, result = data["train"][1].numpy(), {}
     for text in fractions:
         keep = label_subset(labels, float(text), data["seed"], classes=data["classes"], target=data["name"])
-        suffix = "" if float(text) == 1 else f"/frac{text}"
         for protocol in (p for p in protocols if p in ("finetune", "scratch")):
             top1, hp = finetune.top1(encoder if protocol == "finetune" else None, data, keep, cfg, tcfg,
                                      encoder.spec())
-            print(f"{data['name']} {protocol}{suffix}: {top1:.4f} with {hp} (chosen on the validation slice)",
-                  flush=True)
-            result[f"{protocol}_top1{suffix}"] = top1
+            print(f"{data['name']} {score_name(protocol, text)}: {top1:.4f} with {hp}", flush=True)
+            result[score_name(protocol, text)] = top1
     return result
 
 

@@ -26,7 +26,7 @@ from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from sslscale import corpus, space as spaces, storage, sweep_artifacts, sweep_report, tracking
-from sslscale.config import Config, driver_resource, validate
+from sslscale.config import Config, driver_resource, score_names, validate
 from sslscale.errors import SslscaleError
 from sslscale.health import HEALTH_KEYS
 from sslscale.runtime import cluster_resources, ensure_ray
@@ -61,8 +61,13 @@ def _target(cfg: Config) -> str:
     return storage.name(cfg.transfer.target)
 
 
-def default_metric(cfg: Config, protocol: str = "knn") -> str:
-    return f"transfer/{_target(cfg)}/{protocol}_top1"
+def metrics(cfg: Config) -> list[str]:
+    """The transfer scores a trial of cfg logs, any of which can rank a sweep; the first is the default."""
+    return [f"transfer/{_target(cfg)}/{name}" for name in score_names(cfg.transfer)]
+
+
+def default_metric(cfg: Config) -> str:
+    return metrics(cfg)[0]
 
 
 def concurrency(cfg: Config, requested: int, uri: str, total_cpus: float) -> int:
@@ -205,12 +210,13 @@ def _grace(cfg: Config, rf: int) -> int:
 def _check_options(cfg: Config, samples: int, scheduler: str, search: str, metric: str, mode: str,
                    max_concurrent: int) -> None:
     """One line on an option or base config a sweep cannot run with, before Ray starts."""
-    pattern = rf"transfer/{re.escape(_target(cfg))}/(knn|linear)_top1"
+    allowed = metrics(cfg)
     checks = [("--samples", samples >= 1, "at least 1"), ("--scheduler", scheduler in ("asha", "fifo"), "asha or fifo"),
               ("--search", search in ("random", "optuna"), "random or optuna"),
               ("--mode", mode in ("max", "min"), "max or min"), ("--max-concurrent", max_concurrent >= 0, "0 or more"),
-              ("--metric", not metric or re.fullmatch(pattern, metric),
-               f"{default_metric(cfg)} or {default_metric(cfg, 'linear')} (a score the trials log)"),
+              ("--metric", not metric or metric in allowed,
+               f"a score the trials log: {', '.join(allowed[:4])}{', ...' if len(allowed) > 4 else ''} (see "
+               f"transfer.protocols and transfer.label_fractions)"),
               ("tracking.enabled", cfg.tracking.enabled, "true: a sweep is a parent run with a child per trial"),
               ("transfer.enabled", cfg.transfer.enabled, "true: trials are ranked by their transfer score")]
     for what, ok, allowed in checks:

@@ -65,13 +65,17 @@ def test_batches_are_full_seeded_and_cover_a_subset_smaller_than_a_batch():
     assert all(np.array_equal(a["view_0"], b["view_0"]) and torch.equal(a["label"], b["label"])
                for a, b in zip(one, two))
     assert set(torch.cat([b["label"] for b in one]).tolist()) == {0}  # only idx's labels (all class 0)
+    views = one[0]["view_0"]  # 8 views of 5 samples: the repeats come from another epoch, so they differ
+    assert len({v.tobytes() for v in views}) == 8
 
 
 def test_candidates_and_bad_values_are_one_line():
     cfg = validate(Config().override(["transfer.finetune_encoder_lr_scales=0.1,1", "transfer.finetune_layer_decays=0.75",
                                       "transfer.scratch_lrs=1e-3"]))
-    assert [c["encoder_scale"] for c in _candidates(cfg.transfer, True)] == [0.1, 1.0]
-    assert _candidates(cfg.transfer, False) == [{"lr": 1e-3}]
+    resnet = build_encoder("resnet", in_channels=1, image_size=8, widths=(4, 8), depths=(1, 1))
+    assert [(c["encoder_scale"], c["layer_decay"]) for c in _candidates(cfg.transfer, resnet)] == [(0.1, 1.0), (1.0, 1.0)]
+    assert [c["layer_decay"] for c in _candidates(cfg.transfer, _vit())] == [0.75, 0.75]  # decay: ViTs only
+    assert _candidates(cfg.transfer, None) == [{"lr": 1e-3}]
     for item, allowed in [("transfer.finetune_layer_decays=1.5", "comma-separated decays in"),
                           ("transfer.scratch_lrs=fast", "comma-separated positive learning rates"),
                           ("transfer.val_fraction=1", "a fraction in"), ("transfer.protocols=finetune,probe", "knn")]:
@@ -95,7 +99,8 @@ def test_finetune_and_scratch_score_digits_through_the_cli(tmp_path, data_root):
     assert set(scores) == {f"digits/{p}_top1{s}" for p in ("knn", "finetune", "scratch") for s in ("", "/frac0.2")}
     assert all(0 <= float(v) <= 1 for v in scores.values())
     assert float(scores["digits/finetune_top1"]) > 0.4 and float(scores["digits/scratch_top1"]) > 0.4  # chance 0.1
-    assert "chosen on the validation slice" in done.stdout and re.search(r"scored in \d+ s", done.stdout)
+    assert re.search(r"^digits finetune_top1/frac0\.2: 0\.\d+ with \{'lr': 0\.01, 'encoder_scale': 1\.0", done.stdout,
+                     re.M) and re.search(r"scored in \d+ s", done.stdout)  # one candidate: no validation slice
     assert re.search(r"with 20% of the labels, fine-tuning the pretrained encoder reaches 0\.\d+ where training "
                      r"from scratch reaches 0\.\d+", done.stdout)
     assert f"label-efficiency plot: {tmp_path / 'ev' / 'label_efficiency.png'}" in done.stdout

@@ -122,7 +122,9 @@ def test_cli_errors_before_any_trial_starts(tmp_path, args, words):
     (["optim.lr=grid:1e-3,2e-3"], {"max_concurrent": 2}, [], "needs an MLflow server"),
     (["optim.lr=grid:1e-3,2e-3"], {}, ["transfer.enabled=false"], "transfer.enabled"),
     (["optim.lr=grid:1e-3,2e-3"], {"metric": "transfer/fmnist/knn_top1"}, [],
-     "transfer/digits/knn_top1 or transfer/digits/linear_top1"),
+     "a score the trials log: transfer/digits/knn_top1, transfer/digits/linear_top1 "),
+    (["optim.lr=grid:1e-3,2e-3"], {"metric": "transfer/digits/finetune_top1"}, ["transfer.label_fractions=0.1,1"],
+     "transfer/digits/knn_top1, transfer/digits/linear_top1, transfer/digits/knn_top1/frac0.1, "),
     (["optim.lr=grid:1e-3,2e-3"], {"name": "../x"}, [], "sweep name '../x'"),
 ])
 def test_sweep_refuses_before_ray_starts(tmp_path, monkeypatch, space_items, kwargs, overrides, words):
