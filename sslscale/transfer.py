@@ -244,7 +244,7 @@ def efficiency_table(scores: dict[str, float]) -> str:
     shared = sorted(set(tuned) & set(scratch))
     if shared:
         f = shared[0]
-        lines.append(f"with {f:.0%} of the labels, fine-tuning the pretrained encoder reaches {tuned[f]:.4f} where "
+        lines.append(f"with {f * 100:g}% of the labels, fine-tuning the pretrained encoder reaches {tuned[f]:.4f} where "
                      f"training from scratch reaches {scratch[f]:.4f} ({tuned[f] - scratch[f]:+.4f})")
     return "\n".join(lines)
 
