@@ -27,7 +27,8 @@ from sslscale.encoders import build_encoder
 from sslscale.errors import SslscaleError
 from sslscale.splits import stratified_pick
 
-FEATURE_PROTOCOLS = ("knn", "linear")  # fit on frozen features; finetune and scratch train (finetune.py)
+FEATURE_PROTOCOLS = ("knn", "linear")  # fit on frozen features
+TRAINED_PROTOCOLS = ("finetune", "scratch")  # train the network (finetune.py)
 
 
 def _labelled(target: str) -> tuple[str, dict]:
@@ -172,15 +173,14 @@ def evaluate(encoder: torch.nn.Module, tcfg, *, baseline: bool | None = None, cf
     (train_x, _), (test_x, _) = data["train"], data["test"]
     name = data["name"]
     check_images(encoder, train_x)
-    encoders = {"": encoder}
-    if tcfg.baseline if baseline is None else baseline:
+    frozen = bool(set(chosen(tcfg)[0]) & set(FEATURE_PROTOCOLS))  # fine-tuning only: no features, no baselines
+    encoders = {"": encoder} if frozen else {}
+    if frozen and (tcfg.baseline if baseline is None else baseline):
         torch.manual_seed(0)
         spec = encoder.spec()
         encoders["random_init/"] = build_encoder(spec["name"], in_channels=spec["in_channels"],
                                                  image_size=spec["image_size"], **spec["kwargs"])
     result = {}
-    if not set(chosen(tcfg)[0]) & set(FEATURE_PROTOCOLS):
-        encoders = {}  # fine-tuning only: no frozen features, no kNN/linear baselines
     for prefix, enc in encoders.items():
         got = scores(features(enc, train_x, tcfg.batch_size), features(enc, test_x, tcfg.batch_size), data, tcfg)
         result.update({f"{name}/{prefix}{k}": v for k, v in got.items()})
@@ -202,14 +202,14 @@ def trained(encoder: torch.nn.Module, data: dict, tcfg, cfg) -> dict[str, float]
     """The finetune and scratch protocols of tcfg.protocols (finetune.py) on each label fraction, named as in
     `scores`; each prints the hyperparameters its validation slice chose."""
     protocols, fractions = chosen(tcfg)
-    if not set(protocols) & {"finetune", "scratch"}:
+    if not set(protocols) & set(TRAINED_PROTOCOLS):
         return {}
     from sslscale import finetune  # here, not at the top: it imports DeepSpeed (engine.py)
 
     labels, result = data["train"][1].numpy(), {}
     for text in fractions:
         keep = label_subset(labels, float(text), data["seed"], classes=data["classes"], target=data["name"])
-        for protocol in (p for p in protocols if p in ("finetune", "scratch")):
+        for protocol in (p for p in protocols if p in TRAINED_PROTOCOLS):
             top1, hp = finetune.top1(encoder if protocol == "finetune" else None, data, keep, cfg, tcfg,
                                      encoder.spec())
             print(f"{data['name']} {score_name(protocol, text)}: {top1:.4f} with {hp}", flush=True)
