@@ -110,8 +110,8 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db")
 
 
-def _encoder_source(args) -> tuple[str, str]:
-    """(path holding an encoder, MLflow run id or '') for --run / --checkpoint."""
+def _encoder_source(args) -> tuple[str, str, dict]:
+    """(path holding an encoder, MLflow run id or '', the run's config as a dict or {}) for --run / --checkpoint."""
     from sslscale import checkpoint, storage, tracking
     from sslscale.pretraining import find_run_dir, run_field
 
@@ -120,14 +120,12 @@ def _encoder_source(args) -> tuple[str, str]:
         path = run_dir if storage.isfile(storage.join(run_dir, checkpoint.ENCODER)) else checkpoint.latest(run_dir)
         if path is None:
             raise SslscaleError(f"run {args.run} has no checkpoint yet: resume it with `sslscale pretrain --resume`")
-        return path, run_field(run_dir, "run_id")
+        return path, run_field(run_dir, "run_id"), run_field(run_dir, "config", {})
     path = args.checkpoint
     if not storage.exists(path):
         raise SslscaleError(f"checkpoint {path} does not exist: pass a checkpoint folder or *encoder.safetensors file")
-    run_id = ""
-    if storage.isfile(storage.join(path, checkpoint.STATE)):
-        run_id = checkpoint.verify(path).get("run_id", "")
-    return path, run_id
+    state = checkpoint.verify(path) if storage.isfile(storage.join(path, checkpoint.STATE)) else {}
+    return path, state.get("run_id", ""), state.get("config", {})
 
 
 def _cmd_prepare(args) -> None:
@@ -213,25 +211,27 @@ def _cmd_evaluate(args) -> None:
     from sslscale import tracking
     from sslscale.config import Config
     from sslscale.export import load_encoder
-    from sslscale.transfer import efficiency_plot, timed_evaluate
+    from sslscale.transfer import timed_evaluate
 
-    path, run_id = _encoder_source(args)
+    path, run_id, trained_with = _encoder_source(args)
+    # fine-tuning runs on the engine and workers the run trained with (ZeRO stage, precision, devices, CPUs); the
+    # transfer section is this command's, not the run's (a sweep trial's may score on a subset)
+    base = Config.from_dict({k: trained_with[k] for k in ("engine", "train") if k in trained_with})
     flags = [f"transfer.target={args.target}", f"transfer.baseline={not args.no_baseline}",
              f"transfer.knn_k={args.knn_k}", f"transfer.protocols={args.protocols}",
              f"transfer.label_fractions={args.label_fractions}"]
     if any(not o.startswith("transfer.") for o in args.overrides):
         raise SslscaleError("sslscale evaluate takes transfer.* overrides only, e.g. transfer.finetune_steps=300")
-    cfg = Config().override(flags + args.overrides)
-    scores = timed_evaluate(load_encoder(path), cfg.transfer, cfg)
+    cfg = base.override(flags + args.overrides)
+    os.makedirs(args.out, exist_ok=True)  # an unwritable folder fails before the scoring, not after
+    scores, plots = timed_evaluate(load_encoder(path), cfg.transfer, cfg, args.out)
     _print_scores(scores)
-    os.makedirs(args.out, exist_ok=True)
-    plot = efficiency_plot(scores, os.path.join(args.out, "label_efficiency.png"))
-    if plot:
-        print(f"label-efficiency plot: {plot}")
+    if plots:
+        print("plots:\n" + "\n".join(f"  {p}" for p in plots))
     if run_id:
         uri = tracking.resolve_uri(args.tracking_uri)
         tracking.log_metrics(uri, run_id, {f"transfer/{k}": v for k, v in scores.items()})
-        if plot:
+        for plot in plots:
             tracking.log_artifact(uri, run_id, plot)
         print(f"logged to MLflow run {run_id} at {tracking.shown(uri)}")
 
@@ -239,7 +239,7 @@ def _cmd_evaluate(args) -> None:
 def _cmd_export(args) -> None:
     from sslscale.export import load_encoder, save_encoder
 
-    path, _ = _encoder_source(args)
+    path, _, _ = _encoder_source(args)
     print(f"wrote {save_encoder(load_encoder(path), args.out)}")
 
 

@@ -170,6 +170,11 @@ class TransferConfig:
     finetune_layer_decays: str = "1.0"  # layer-wise LR decay, ViT encoders only, e.g. 0.65,0.75
     scratch_lrs: str = "3e-3,1e-2"
     val_fraction: float = 0.1
+    # pictures of the scored encoder (MLflow artifacts of the run; `sslscale evaluate --out`): the linear probe's
+    # confusion matrix and a 2-D map of map_samples test embeddings (seeded subsample), by tsne | pca | none
+    embedding_map: str = "tsne"
+    map_samples: int = 2000
+    finetune_workers: int = 1  # > 1: finetune and scratch train under Ray Train on that many workers
 
 
 @dataclass
@@ -328,6 +333,7 @@ def driver_resource(spec: str) -> dict[str, float] | None:
 
 
 PROTOCOLS = ("knn", "linear", "finetune", "scratch")  # what transfer.protocols may name
+EMBEDDING_MAPS = ("tsne", "pca", "none")  # what transfer.embedding_map may name
 
 
 def list_items(text: str) -> list[str]:
@@ -359,7 +365,13 @@ def transfer_checks(tcfg) -> list[tuple[str, bool, str]]:
             ("transfer.finetune_steps", tcfg.finetune_steps > 0, "a positive number of steps"),
             ("transfer.finetune_batch_size", tcfg.finetune_batch_size > 0, "a positive number"),
             ("transfer.finetune_lr", tcfg.finetune_lr > 0, "a positive learning rate"),
-            ("transfer.val_fraction", 0 < tcfg.val_fraction < 1, "a fraction in (0, 1)")]
+            ("transfer.val_fraction", 0 < tcfg.val_fraction < 1, "a fraction in (0, 1)"),
+            ("transfer.embedding_map", tcfg.embedding_map in EMBEDDING_MAPS, f"one of {', '.join(EMBEDDING_MAPS)}"),
+            ("transfer.map_samples", tcfg.map_samples >= 2, "at least 2"),
+            ("transfer.finetune_workers", tcfg.finetune_workers >= 1, "at least 1"),
+            ("transfer.finetune_batch_size", tcfg.finetune_batch_size % max(1, tcfg.finetune_workers) == 0
+             and tcfg.finetune_batch_size // max(1, tcfg.finetune_workers) >= 2,
+             f"a multiple of transfer.finetune_workers={tcfg.finetune_workers} with at least 2 per worker")]
 
 
 def score_name(protocol: str, fraction: str) -> str:

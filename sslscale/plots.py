@@ -1,7 +1,7 @@
 """The plots of a Ray Tune sweep (logged as artifacts on its MLflow parent run), over plain Python data, the
 class-coloured scatter of a 2-D embedding map (transfer.embedding_map), a run's stepwise spectrum
-(health.spectrum, drawn by `spectrum_plot` from the run's metric history, see tracking.plot_spectrum) and a target's
-label-efficiency curves (`label_efficiency`, from transfer.efficiency).
+(health.spectrum, drawn by `spectrum_plot` from the run's metric history, see tracking.plot_spectrum), a target's
+label-efficiency curves (`label_efficiency`, from transfer.efficiency) and the linear probe's `confusion_matrix`.
 
 A trial is a dict: `trial_id` (str), `params` (flat `a.b.c` key -> value, the searched keys among them), `score`
 (the objective, NaN when the trial has none, e.g. stopped early by ASHA), `status` ("finished" | "stopped" |
@@ -329,5 +329,30 @@ def label_efficiency(curves: dict[str, dict[float, float]], title: str, out_png:
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8, frameon=False)
+    fig.tight_layout()
+    return _save(fig, plt, out_png)
+
+
+def confusion_matrix(counts: np.ndarray, names: list, title: str, out_png: str) -> str:
+    """A confusion matrix (counts[true, predicted], (C, C)) as row shares: each row is one true class, so the
+    diagonal is each class's recall; cells are written in when there are at most 20 classes."""
+    plt = _pyplot()
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)  # (C, C)
+    classes = len(counts)
+    side = min(12.0, 3.0 + 0.45 * classes)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    labels = [str(names[c]) if c < len(names) else str(c) for c in range(classes)]
+    ax.set_xticks(range(classes), labels, rotation=45 if max(map(len, labels)) > 2 else 0, ha="right", fontsize=8)
+    ax.set_yticks(range(classes), labels, fontsize=8)
+    if classes <= 20:
+        for t in range(classes):
+            for p in range(classes):
+                ax.text(p, t, f"{shares[t, p]:.2f}".lstrip("0") if shares[t, p] < 1 else "1", ha="center",
+                        va="center", fontsize=7, color="white" if shares[t, p] > 0.5 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, plt, out_png)

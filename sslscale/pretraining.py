@@ -260,35 +260,38 @@ def _finish(cfg: Config, run_id: str, uri: str, run_dir: str, final: str) -> tup
         with storage.local(encoder_path) as local:
             safe(tracking.log_artifact, uri, run_id, local, "encoder")
         _log_plots(uri, run_id, run_dir, {"curves.png": tracking.plot_curves, "spectrum.png": tracking.plot_spectrum})
-    scores = {}
-    try:
-        if cfg.transfer.enabled:
-            print(f"scoring the encoder on {cfg.transfer.target} ({cfg.transfer.protocols}; kNN "
-                  f"k={cfg.transfer.knn_k}, label fractions {cfg.transfer.label_fractions})...", flush=True)
-            scores = transfer.timed_evaluate(load_encoder(encoder_path), cfg.transfer, cfg)
-    except Exception:  # a stop (KeyboardInterrupt) ends the run KILLED in pretrain()
+    scores, made = {}, []
+    with tempfile.TemporaryDirectory(prefix="sslscale-pictures-") as pictures:
+        try:
+            if cfg.transfer.enabled:
+                print(f"scoring the encoder on {cfg.transfer.target} ({cfg.transfer.protocols}; kNN "
+                      f"k={cfg.transfer.knn_k}, label fractions {cfg.transfer.label_fractions})...", flush=True)
+                scores, made = transfer.timed_evaluate(load_encoder(encoder_path), cfg.transfer, cfg, pictures)
+        except Exception:  # a stop (KeyboardInterrupt) ends the run KILLED in pretrain()
+            if run_id:
+                safe(tracking.end_run, uri, run_id, "FAILED")
+            raise
         if run_id:
-            safe(tracking.end_run, uri, run_id, "FAILED")
-        raise
-    if run_id:
-        if scores:
-            safe(tracking.log_metrics, uri, run_id, {f"transfer/{k}": v for k, v in scores.items()})
-        _log_plots(uri, run_id, run_dir, {"label_efficiency.png": lambda _u, _r, out: transfer.efficiency_plot(
-            scores, out)})
-        safe(tracking.end_run, uri, run_id)
+            if scores:
+                safe(tracking.log_metrics, uri, run_id, {f"transfer/{k}": v for k, v in scores.items()})
+            _log_files(uri, run_id, run_dir, made)
+            safe(tracking.end_run, uri, run_id)
     return encoder_path, scores
 
 
 def _log_plots(uri: str, run_id: str, run_dir: str, makers: dict) -> None:
     """Each plot of `makers` (file name -> make(uri, run_id, out_png), None when there is nothing to plot) as an
     artifact of the run and a copy in its folder; best effort."""
-    safe = tracking.best_effort
     with tempfile.TemporaryDirectory(prefix="sslscale-plots-") as tmp:
-        for name, make in makers.items():
-            plot = safe(make, uri, run_id, os.path.join(tmp, name))
-            if plot:
-                safe(tracking.log_artifact, uri, run_id, plot)
-                safe(storage.copy_file, plot, storage.join(run_dir, name))
+        made = [tracking.best_effort(make, uri, run_id, os.path.join(tmp, name)) for name, make in makers.items()]
+        _log_files(uri, run_id, run_dir, [plot for plot in made if plot])
+
+
+def _log_files(uri: str, run_id: str, run_dir: str, paths: list[str]) -> None:
+    """Local files as artifacts of the run and copies in its folder; best effort."""
+    for path in paths:
+        tracking.best_effort(tracking.log_artifact, uri, run_id, path)
+        tracking.best_effort(storage.copy_file, path, storage.join(run_dir, os.path.basename(path)))
 
 
 @contextmanager

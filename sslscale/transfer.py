@@ -45,7 +45,8 @@ def load_target(target: str, train_samples: int = 0, seed: int = 0) -> dict:
     a seeded random subset of that many images (sweeps fit kNN and the probe on it to stay fast), the test whole;
     `seed` also draws the label fractions (`scores`) from that train split."""
     folder, manifest = _labelled(target)
-    data = {"name": storage.name(folder), "classes": len(manifest["fields"]["label"]["classes"]), "seed": seed}
+    names = manifest["fields"]["label"]["classes"]
+    data = {"name": storage.name(folder), "classes": len(names), "names": names, "seed": seed}
     for split in ("train", "test"):
         _, images, labels = corpus.read_split(folder, split)
         data[split] = (images, torch.as_tensor(labels))
@@ -107,23 +108,32 @@ def pixels(images: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def knn_accuracy(train_f, train_y, test_f, test_y, *, k: int = 20, classes: int, temperature: float = 0.07,
-                 chunk: int = 1024) -> float:
-    """Weighted kNN: each test point votes over its k most cosine-similar train points, weight exp(sim/T)."""
+def knn_predictions(train_f, train_y, test_f, *, k: int = 20, classes: int, temperature: float = 0.07,
+                    chunk: int = 1024) -> torch.Tensor:
+    """Weighted kNN: each test point votes over its k most cosine-similar train points, weight exp(sim/T);
+    returns the predicted classes (N_test,)."""
     train_f, test_f = F.normalize(train_f, dim=1), F.normalize(test_f, dim=1)
     k = min(k, len(train_f))  # a small label fraction may hold fewer than k train points
-    correct = 0
+    predicted = []
     for i in range(0, len(test_f), chunk):
         sim, idx = (test_f[i:i + chunk] @ train_f.T).topk(k, dim=1)  # (c, k)
         votes = torch.zeros(len(sim), classes).scatter_add_(1, train_y[idx], (sim / temperature).exp())
-        correct += int((votes.argmax(1) == test_y[i:i + chunk]).sum())
-    return correct / len(test_f)
+        predicted.append(votes.argmax(1))
+    return torch.cat(predicted)
 
 
-def linear_probe_accuracy(train_f, train_y, test_f, test_y, *, classes: int, iters: int = 100,
-                          l2: float = 1e-4) -> float:
+def knn_accuracy(train_f, train_y, test_f, test_y, **kw) -> float:
+    return float((knn_predictions(train_f, train_y, test_f, **kw) == test_y).float().mean())
+
+
+def linear_probe_accuracy(train_f, train_y, test_f, test_y, **kw) -> float:
+    return float((linear_probe_predictions(train_f, train_y, test_f, **kw) == test_y).float().mean())
+
+
+def linear_probe_predictions(train_f, train_y, test_f, *, classes: int, iters: int = 100,
+                             l2: float = 1e-4) -> torch.Tensor:
     """Softmax regression on standardised features, fit full-batch with L-BFGS (deterministic, no batch-size
-    or learning-rate to tune) and an L2 penalty; returns test accuracy."""
+    or learning-rate to tune) and an L2 penalty; returns the predicted test classes (N_test,)."""
     mean, std = train_f.mean(0), train_f.std(0) + 1e-6
     train_f, test_f = (train_f - mean) / std, (test_f - mean) / std
     probe = torch.nn.Linear(train_f.shape[1], classes)
@@ -139,19 +149,20 @@ def linear_probe_accuracy(train_f, train_y, test_f, test_y, *, classes: int, ite
 
     opt.step(closure)
     with torch.no_grad():
-        return float((probe(test_f).argmax(1) == test_y).float().mean())
+        return probe(test_f).argmax(1)
 
 
-def _top1(protocol: str, train_f, train_y, test_f, test_y, classes: int, tcfg) -> float:
+def _predict(protocol: str, train_f, train_y, test_f, classes: int, tcfg) -> torch.Tensor:
     if protocol == "knn":
-        return knn_accuracy(train_f, train_y, test_f, test_y, k=tcfg.knn_k, classes=classes)
-    return linear_probe_accuracy(train_f, train_y, test_f, test_y, iters=tcfg.probe_iters, classes=classes)
+        return knn_predictions(train_f, train_y, test_f, k=tcfg.knn_k, classes=classes)
+    return linear_probe_predictions(train_f, train_y, test_f, iters=tcfg.probe_iters, classes=classes)
 
 
-def scores(train_f, test_f, data: dict, tcfg) -> dict[str, float]:
+def scores(train_f, test_f, data: dict, tcfg, predicted: dict | None = None) -> dict[str, float]:
     """Test accuracy of each of tcfg.protocols fit on each of tcfg.label_fractions of the train features
     (label_subset, seeded by data["seed"]), keyed `<protocol>_top1` for fraction 1 and `<protocol>_top1/frac<f>`
-    (f as written) for the others; the test split is always whole."""
+    (f as written) for the others; the test split is always whole. `predicted`, when given, receives each
+    score's predicted test classes under the same key."""
     protocols, fractions = chosen(tcfg)
     (_, train_y), (_, test_y) = data["train"], data["test"]
     result = {}
@@ -159,8 +170,10 @@ def scores(train_f, test_f, data: dict, tcfg) -> dict[str, float]:
         keep = torch.from_numpy(label_subset(train_y.numpy(), float(text), data["seed"],
                                              classes=data["classes"], target=data["name"]))
         for protocol in (p for p in protocols if p in FEATURE_PROTOCOLS):
-            result[score_name(protocol, text)] = _top1(protocol, train_f[keep], train_y[keep], test_f, test_y,
-                                                       data["classes"], tcfg)
+            guess = _predict(protocol, train_f[keep], train_y[keep], test_f, data["classes"], tcfg)
+            result[score_name(protocol, text)] = float((guess == test_y).float().mean())
+            if predicted is not None:
+                predicted[score_name(protocol, text)] = guess
     return result
 
 
@@ -168,6 +181,12 @@ def evaluate(encoder: torch.nn.Module, tcfg, *, baseline: bool | None = None, cf
     """Scores of `encoder` on tcfg.target, keyed `<target>/<metric>` with the metrics of `scores` and `trained`;
     with the baseline also `<target>/random_init/<metric>` and `<target>/pixels/<metric>` (kNN and linear only).
     `cfg` gives fine-tuning its engine settings (default: Config())."""
+    return _evaluate(encoder, tcfg, baseline=baseline, cfg=cfg)[0]
+
+
+def _evaluate(encoder: torch.nn.Module, tcfg, *, baseline: bool | None = None, cfg=None,
+              out_dir: str | None = None) -> tuple[dict[str, float], list[str]]:
+    """(evaluate's scores, the `pictures` written to out_dir: none without it)."""
     chosen(tcfg)  # a malformed key fails before the features are computed
     data = load_target(tcfg.target, tcfg.train_samples)
     (train_x, _), (test_x, _) = data["train"], data["test"]
@@ -180,22 +199,25 @@ def evaluate(encoder: torch.nn.Module, tcfg, *, baseline: bool | None = None, cf
         spec = encoder.spec()
         encoders["random_init/"] = build_encoder(spec["name"], in_channels=spec["in_channels"],
                                                  image_size=spec["image_size"], **spec["kwargs"])
-    result = {}
+    result, predicted, test_f = {}, {}, None
     for prefix, enc in encoders.items():
-        got = scores(features(enc, train_x, tcfg.batch_size), features(enc, test_x, tcfg.batch_size), data, tcfg)
+        got_test = features(enc, test_x, tcfg.batch_size)
+        got = scores(features(enc, train_x, tcfg.batch_size), got_test, data, tcfg, None if prefix else predicted)
+        test_f = got_test if not prefix else test_f
         result.update({f"{name}/{prefix}{k}": v for k, v in got.items()})
     if len(encoders) > 1:
         got = scores(pixels(train_x), pixels(test_x), data, tcfg)
         result.update({f"{name}/pixels/{k}": v for k, v in got.items()})
     result.update({f"{name}/{k}": v for k, v in trained(encoder, data, tcfg, cfg or Config()).items()})
-    return result
+    return result, pictures(out_dir, encoder, data, tcfg, result, predicted, test_f) if out_dir else []
 
 
-def timed_evaluate(encoder: torch.nn.Module, tcfg, cfg=None) -> dict[str, float]:
-    """evaluate's scores plus `<target>/seconds`, the time they took (a sweep budgets for it), for the run's log."""
+def timed_evaluate(encoder: torch.nn.Module, tcfg, cfg, out_dir: str) -> tuple[dict[str, float], list[str]]:
+    """(evaluate's scores plus `<target>/seconds`, the time they took with the pictures (a sweep budgets for it),
+    the paths of the `pictures` written to out_dir): what a run logs."""
     started = time.time()
-    scores = evaluate(encoder, tcfg, cfg=cfg)
-    return {**scores, f"{storage.name(_labelled(tcfg.target)[0])}/seconds": time.time() - started}
+    scores, made = _evaluate(encoder, tcfg, cfg=cfg, out_dir=out_dir)
+    return {**scores, f"{storage.name(_labelled(tcfg.target)[0])}/seconds": time.time() - started}, made
 
 
 def trained(encoder: torch.nn.Module, data: dict, tcfg, cfg) -> dict[str, float]:
@@ -259,6 +281,7 @@ def efficiency_plot(scores: dict[str, float], out_png: str) -> str | None:
 
 
 EMBEDDING_METHODS = {"pca": "PCA", "tsne": "t-SNE"}  # method -> its name on the plot
+PICTURES = ("confusion_matrix.png", "embedding_map.png", "label_efficiency.png")  # what `pictures` may write
 
 
 def _embedding_method(method: str) -> str:
@@ -283,18 +306,62 @@ def _project(feats: torch.Tensor, method: str, seed: int = 0) -> np.ndarray:
     return out
 
 
+def _map(encoder: torch.nn.Module, images: np.ndarray, labels: np.ndarray, names: list, target: str,
+         out_png: str, *, samples: int, seed: int, method: str, feats: torch.Tensor | None = None) -> str:
+    """The embedding map of a seeded subsample of `samples` of the test images (their features `feats` when
+    already computed, else the encoder's), coloured by class."""
+    shown = _embedding_method(method)
+    if samples < 2:
+        raise SslscaleError(f"an embedding map needs samples >= 2, got {samples}")
+    keep = np.sort(np.random.default_rng(seed).permutation(len(images))[:samples])
+    chosen_f = feats[torch.from_numpy(keep)] if feats is not None else features(encoder, images[keep])
+    xy = _project(F.normalize(chosen_f, dim=1), method, seed)  # (n, 2)
+    title = f"{target} test split: {shown} of {encoder.spec()['name']} embeddings ({len(keep)} images)"
+    return plots.class_scatter(xy, np.asarray(labels)[keep], len(names), names, title, shown, out_png)
+
+
 def embedding_map(encoder: torch.nn.Module, target: str, out_png: str, *, samples: int = 2000, seed: int = 0,
                   method: str = "pca") -> str:
     """A 2-D map (method "pca" or "tsne") of the L2-normalised features of `samples` test images of `target`
     (a seeded random subsample; all of them when fewer), coloured by class, written to `out_png`; returns its path."""
-    shown = _embedding_method(method)
-    if samples < 2:
-        raise SslscaleError(f"an embedding map needs samples >= 2, got {samples}")
+    _embedding_method(method)
     folder, manifest = _labelled(target)
     _, images, labels = corpus.read_split(folder, "test")
-    keep = np.sort(np.random.default_rng(seed).permutation(len(images))[:samples])
-    xy = _project(F.normalize(features(encoder, images[keep]), dim=1), method, seed)  # (n, 2)
-    names = manifest["fields"]["label"]["classes"]
-    title = (f"{storage.name(folder)} test split: {shown} of {encoder.spec()['name']} embeddings "
-             f"({len(keep)} images)")
-    return plots.class_scatter(xy, np.asarray(labels)[keep], len(names), names, title, shown, out_png)
+    return _map(encoder, images, labels, manifest["fields"]["label"]["classes"], storage.name(folder), out_png,
+                samples=samples, seed=seed, method=method)
+
+
+def confusion_counts(truth: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
+    """counts[t, p]: how many samples of true class t were predicted as p, (classes, classes) int64."""
+    counts = np.zeros((classes, classes), np.int64)
+    np.add.at(counts, (truth, predicted), 1)
+    return counts
+
+
+def _confusion(predicted: torch.Tensor, data: dict, key: str, out_png: str) -> str:
+    counts = confusion_counts(data["test"][1].numpy(), predicted.numpy(), data["classes"])
+    used = key.partition("/frac")[2] or "all"
+    title = (f"{data['name']}: linear probe on {used} of the train labels, test split "
+             f"(top-1 {np.trace(counts) / counts.sum():.4f})")
+    return plots.confusion_matrix(counts, data["names"], title, out_png)
+
+
+def pictures(out_dir: str, encoder: torch.nn.Module, data: dict, tcfg, result: dict, predicted: dict,
+             test_f: torch.Tensor | None) -> list[str]:
+    """The scored encoder's pictures in out_dir (names from PICTURES): the confusion matrix of the linear probe
+    fit on the largest label fraction (when the linear protocol ran), the 2-D map of tcfg.map_samples test
+    embeddings (transfer.embedding_map; `test_f`, the test features, when already computed) and the
+    label-efficiency curves (when there is more than one fraction). Returns the paths written."""
+    os.makedirs(out_dir, exist_ok=True)
+    made = []
+    fractions = sorted(chosen(tcfg)[1], key=float)
+    if score_name("linear", fractions[-1]) in predicted:
+        made.append(_confusion(predicted[score_name("linear", fractions[-1])], data, score_name("linear",
+                               fractions[-1]), os.path.join(out_dir, PICTURES[0])))
+    if tcfg.embedding_map != "none":
+        test_x, test_y = data["test"]
+        made.append(_map(encoder, test_x, test_y.numpy(), data["names"], data["name"],
+                         os.path.join(out_dir, PICTURES[1]), samples=tcfg.map_samples, seed=data["seed"],
+                         method=tcfg.embedding_map, feats=test_f))
+    made.append(efficiency_plot(result, os.path.join(out_dir, PICTURES[2])))
+    return [path for path in made if path]

@@ -16,7 +16,8 @@ def test_pretrain_function_logs_everything(debug_cfg, ray_local):
     from sslscale import pretrain
 
     result = pretrain(debug_cfg.override(["train.log_every=4", "transfer.protocols=knn,linear,finetune",
-                                          "transfer.finetune_steps=4", "transfer.finetune_encoder_lr_scales=1.0"]))
+                                          "transfer.finetune_steps=4", "transfer.finetune_encoder_lr_scales=1.0",
+                                          "transfer.embedding_map=tsne"]))
     uri, run_id = result.tracking_uri, result.run_id
     run = tracking.get_run(uri, run_id)
     assert run.info.status == "FINISHED" and run.data.params["train.workers"] == "2"
@@ -34,10 +35,22 @@ def test_pretrain_function_logs_everything(debug_cfg, ray_local):
     assert {"startup/worker_group_s", "startup/engine_init_s", "winddown/total_s"} <= set(result.timings)
     assert run.data.metrics.keys() >= result.timings.keys() and 0 < result.timings["startup/total_s"] < 600
     artifacts = {a.path for a in tracking.client(uri).list_artifacts(run_id)}
-    assert {"config.json", "curves.png", "spectrum.png", "encoder"} <= artifacts
-    assert os.path.isfile(os.path.join(result.run_dir, "spectrum.png"))
+    assert {"config.json", "curves.png", "spectrum.png", "encoder", "confusion_matrix.png",
+            "embedding_map.png"} <= artifacts  # one label fraction: no label-efficiency curve
+    assert all(os.path.isfile(os.path.join(result.run_dir, f)) for f in ("spectrum.png", "embedding_map.png"))
     enc = load_encoder(result.encoder_path)
     assert (enc.in_channels, enc.image_size) == (1, 8)
+
+    # scored again later by run id: the scores and pictures reach the same run
+    from sslscale.cli import main
+
+    out = os.path.join(result.run_dir, "evaluation")
+    assert main(["evaluate", "--run", run_id, "--tracking-uri", uri, "--target", "digits", "--no-baseline",
+                 "--protocol", "linear", "--label-fractions", "0.5,1.0", "--out", out]) == 0
+    run = tracking.get_run(uri, run_id)
+    assert run.data.metrics["transfer/digits/linear_top1/frac0.5"] > 0.1  # chance
+    artifacts = {a.path for a in tracking.client(uri).list_artifacts(run_id)}
+    assert "label_efficiency.png" in artifacts and os.path.isfile(os.path.join(out, "label_efficiency.png"))
 
 
 # what each method needs beyond the debug recipe: DINO's local crops, MAE's ViT (8x8 digits, 2x2 patches)

@@ -16,6 +16,7 @@ from sslscale.errors import SslscaleError
 from sslscale.export import save_encoder
 from sslscale.finetune import Classifier, _batches, _candidates, _split
 from sslscale.optim import param_groups
+from sslscale.transfer import PICTURES
 
 SSLSCALE = os.path.join(os.path.dirname(sys.executable), "sslscale")
 
@@ -89,22 +90,24 @@ def test_finetune_and_scratch_score_digits_through_the_cli(tmp_path, data_root):
     path = save_encoder(enc, str(tmp_path / "demo.encoder.safetensors"))
     env = {**os.environ, "SSLSCALE_DATA": data_root}
     args = ["evaluate", "--checkpoint", path, "--target", "digits", "--no-baseline", "--protocol",
-            "knn,finetune,scratch", "--label-fractions", "0.2,1.0", "transfer.finetune_steps=60",
+            "knn,linear,finetune,scratch", "--label-fractions", "0.2,1.0", "transfer.finetune_steps=60",
             "transfer.finetune_batch_size=64", "transfer.finetune_lr=1e-2", "transfer.finetune_encoder_lr_scales=1.0",
             "transfer.scratch_lrs=1e-2",
             "--out", str(tmp_path / "ev")]
     done = subprocess.run([SSLSCALE, *args], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     scores = dict(re.findall(r"^  (digits/\S+)\s+([\d.]+)$", done.stdout, re.M))
-    assert set(scores) == {f"digits/{p}_top1{s}" for p in ("knn", "finetune", "scratch") for s in ("", "/frac0.2")}
+    assert set(scores) == {f"digits/{p}_top1{s}" for p in ("knn", "linear", "finetune", "scratch")
+                           for s in ("", "/frac0.2")}
     assert all(0 <= float(v) <= 1 for v in scores.values())
     assert float(scores["digits/finetune_top1"]) > 0.4 and float(scores["digits/scratch_top1"]) > 0.4  # chance 0.1
     assert re.search(r"^digits finetune_top1/frac0\.2: 0\.\d+ with \{'lr': 0\.01, 'encoder_scale': 1\.0", done.stdout,
                      re.M) and re.search(r"scored in \d+ s", done.stdout)  # one candidate: no validation slice
     assert re.search(r"with 20% of the labels, fine-tuning the pretrained encoder reaches 0\.\d+ where training "
                      r"from scratch reaches 0\.\d+", done.stdout)
-    assert f"label-efficiency plot: {tmp_path / 'ev' / 'label_efficiency.png'}" in done.stdout
-    assert os.path.getsize(tmp_path / "ev" / "label_efficiency.png") > 10_000
+    pictures = [str(tmp_path / "ev" / name) for name in PICTURES]  # confusion matrix, embedding map, label efficiency
+    assert done.stdout.endswith("plots:\n" + "".join(f"  {p}\n" for p in pictures))
+    assert all(os.path.getsize(p) > 10_000 for p in pictures)
 
     bad = subprocess.run([SSLSCALE, "evaluate", "--checkpoint", path, "--target", "digits", "--protocol", "finetune",
                           "train.steps=5"], env=env, capture_output=True, text=True, timeout=120)

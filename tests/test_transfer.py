@@ -54,3 +54,26 @@ def test_shape_mismatch_is_one_line():
     enc = build_encoder("resnet", in_channels=3, image_size=8, widths=(4,), depths=(1,))
     with pytest.raises(SslscaleError, match="takes 8x8x3"):
         features(enc, np.zeros((2, 8, 8, 1), np.uint8))
+
+
+def test_confusion_counts_rows_are_true_classes():
+    from sslscale.transfer import confusion_counts
+
+    counts = confusion_counts(np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 0, 2]), 4)
+    assert counts.tolist() == [[1, 1, 0, 0], [0, 1, 0, 0], [1, 0, 2, 0], [0, 0, 0, 0]]
+
+
+def test_pictures_of_a_scored_encoder(data_root, monkeypatch, tmp_path):
+    """The linear probe's confusion matrix and the embedding map as files; one fraction: no efficiency curve."""
+    from sslscale.transfer import PICTURES, _evaluate
+
+    monkeypatch.setenv("SSLSCALE_DATA", data_root)
+    torch.manual_seed(0)
+    enc = build_encoder("resnet", in_channels=1, image_size=8, widths=(4, 8), depths=(1, 1))
+    tcfg = TransferConfig(target="digits", baseline=False, embedding_map="pca", map_samples=50)
+    scores, made = _evaluate(enc, tcfg, out_dir=str(tmp_path))
+    assert made == [str(tmp_path / PICTURES[0]), str(tmp_path / PICTURES[1])]
+    assert all((tmp_path / p).stat().st_size > 5_000 for p in PICTURES[:2])
+    none = TransferConfig(target="digits", baseline=False, embedding_map="none", protocols="knn")
+    assert _evaluate(enc, none, out_dir=str(tmp_path / "none"))[1] == []  # no linear probe, no map
+    assert scores == evaluate(enc, tcfg)  # the pictures change no score
