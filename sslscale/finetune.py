@@ -15,6 +15,7 @@ validation accuracy is the model scored on the test split.
 from __future__ import annotations
 
 import copy
+import json
 import re
 
 import numpy as np
@@ -63,24 +64,33 @@ class Classifier(Method):
 def engine_config(base: Config, tcfg, lr: float) -> Config:
     """The engine settings of `base` (ZeRO stage, precision, device) with the protocol's own optimisation."""
     steps = tcfg.finetune_steps
-    return base.override([f"data.batch_size={tcfg.finetune_batch_size}", f"train.steps={steps}", "train.workers=1",
+    return base.override([f"data.batch_size={tcfg.finetune_batch_size}", f"train.steps={steps}",
+                          f"train.workers={tcfg.finetune_workers}",
                           "engine.grad_accum=1", "optim.name=adamw", f"optim.lr={lr}", "optim.weight_decay=0.05",
                           "optim.weight_decay_end=-1", f"optim.warmup_steps={max(1, steps // 10)}"])
 
 
+def _order(idx: np.ndarray, images: int, batch: int, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the steps x batch sample ids training reads, in order; each one's view id): idx in a seeded order that is
+    reshuffled every epoch (a subset smaller than a batch repeats within it). A sample's view is drawn for its own
+    epoch (view id epoch x images + sample id), so repeats in a batch differ."""
+    epochs = -(-steps * batch // len(idx))
+    order = np.concatenate([np.random.default_rng([seed, e]).permutation(idx) for e in range(epochs)])
+    epoch = np.repeat(np.arange(epochs), len(idx))
+    return order[:steps * batch], (epoch * images + order)[:steps * batch]
+
+
+def _spec(images: np.ndarray) -> ViewSpec:
+    return ViewSpec(size=images.shape[1], **VIEWS)
+
+
 def _batches(images: np.ndarray, labels: np.ndarray, idx: np.ndarray, batch: int, steps: int, seed: int):
-    """`steps` batches of `batch` samples of images[idx], in a seeded order that is reshuffled every epoch (a subset
-    smaller than a batch repeats within it): {"view_0": uint8 (B, C, S, S), "label": int64 (B,)}. Each sample's
-    view is drawn for its own epoch (its view id is epoch x N + sample id), so repeats in a batch differ."""
-    spec = ViewSpec(size=images.shape[1], **VIEWS)
-    order, epochs, epoch = np.zeros(0, np.int64), np.zeros(0, np.int64), -1
-    for _ in range(steps):
-        while len(order) < batch:
-            epoch += 1
-            order = np.concatenate([order, np.random.default_rng([seed, epoch]).permutation(idx)])
-            epochs = np.concatenate([epochs, np.full(len(idx), epoch)])
-        take, order, drawn, epochs = order[:batch], order[batch:], epochs[:batch], epochs[batch:]
-        views = batch_views(images[take], drawn * len(images) + take, seed=seed, epoch=0, spec=spec, n_views=1)
+    """`steps` batches of `batch` views of images[idx] in _order: {"view_0": uint8 (B, C, S, S), "label": int64
+    (B,)}."""
+    order, view_ids = _order(idx, len(images), batch, steps, seed)
+    for i in range(0, len(order), batch):
+        take = order[i:i + batch]
+        views = batch_views(images[take], view_ids[i:i + batch], seed=seed, epoch=0, spec=_spec(images), n_views=1)
         yield {"view_0": views["view_0"], "label": torch.as_tensor(labels[take])}
 
 
@@ -97,14 +107,13 @@ def accuracy(engine: Engine, images: np.ndarray, labels: np.ndarray) -> float:
     return correct / len(images)
 
 
-def train(encoder: nn.Module, data: dict, idx: np.ndarray, base: Config, tcfg, *, lr: float,
+def train(encoder: nn.Module, classes: int, seed: int, batches, base: Config, tcfg, *, lr: float,
           encoder_scale: float = 1.0, layer_decay: float = 1.0) -> Engine:
-    """Train a Classifier on `encoder` (changed in place: pass a copy) over data's train images[idx]."""
-    images, labels = data["train"][0], np.asarray(data["train"][1])
+    """Train a Classifier on `encoder` (changed in place: pass a copy) over `batches` (_batches' kind)."""
     cfg = engine_config(base, tcfg, lr)
-    torch.manual_seed(data["seed"])  # the head's initial weights
-    engine = Engine(Classifier(encoder, data["classes"], cfg, encoder_scale, layer_decay), cfg)
-    for batch in _batches(images, labels, idx, tcfg.finetune_batch_size, tcfg.finetune_steps, data["seed"]):
+    torch.manual_seed(seed)  # the head's initial weights
+    engine = Engine(Classifier(encoder, classes, cfg, encoder_scale, layer_decay), cfg)
+    for batch in batches:
         engine.train_step([batch], log=False)
     return engine
 
@@ -134,26 +143,73 @@ def top1(encoder: nn.Module | None, data: dict, idx: np.ndarray, base: Config, t
     """(test top-1, the chosen hyperparameters) of fine-tuning `encoder` (copied, not changed), or of training
     `spec`'s architecture from scratch when encoder is None, on data's train images[idx]. With more than one
     candidate, each trains on idx less the validation slice and the best on it is the model scored (so it saw
-    1 - transfer.val_fraction of the labels); with one, it trains on all of idx. The test split is scored once."""
-    labels = np.asarray(data["train"][1])
+    1 - transfer.val_fraction of the labels); with one, it trains on all of idx. The test split is scored once.
+    In this process, or with transfer.finetune_workers > 1 on that many Ray Train workers (_on_workers)."""
+    (images, labels), seed = data["train"], data["seed"]
+    labels = np.asarray(labels)
     candidates = _candidates(tcfg, encoder)
-    fit_idx, val_idx = _split(labels, idx, tcfg.val_fraction, data["seed"]) if len(candidates) > 1 else (idx, idx[:0])
+    fit_idx, val_idx = _split(labels, idx, tcfg.val_fraction, seed) if len(candidates) > 1 else (idx, idx[:0])
     if len(candidates) > 1 and not len(val_idx):
         print(f"no validation slice: every class of this subset has one sample; taking the first of "
               f"{len(candidates)} candidates", flush=True)
         candidates = candidates[:1]
+    job = {"encoder": encoder, "spec": spec, "classes": data["classes"], "seed": seed, "candidates": candidates,
+           "tcfg": tcfg, "val": (images[val_idx], labels[val_idx]), "test": (data["test"][0],
+                                                                          np.asarray(data["test"][1]))}
+    if tcfg.finetune_workers > 1:
+        top, chosen = _on_workers(job, images, labels, fit_idx, base)
+    else:
+        batches = lambda: _batches(images, labels, fit_idx, tcfg.finetune_batch_size, tcfg.finetune_steps, seed)  # noqa: E731
+        top, chosen = _select(job, base, batches)
+    return top, ({**chosen, "trained_on": len(fit_idx)} if len(val_idx) else chosen)
+
+
+def _select(job: dict, base: Config, batches) -> tuple[float, dict]:
+    """Train each candidate of `job` on batches() (a fresh pass each), keep the best on the validation slice
+    and score it on the test split: (test top-1, its hyperparameters, with val_top1 when there was a slice)."""
+    val_x, val_y = job["val"]
     best = None
-    for hp in candidates:
+    for hp in job["candidates"]:
         with torch.random.fork_rng():  # the caller's random state stays as it was
-            torch.manual_seed(data["seed"])
-            enc = copy.deepcopy(encoder) if encoder is not None else build_encoder(
+            torch.manual_seed(job["seed"])
+            spec = job["spec"]
+            enc = copy.deepcopy(job["encoder"]) if job["encoder"] is not None else build_encoder(
                 spec["name"], in_channels=spec["in_channels"], image_size=spec["image_size"], **spec["kwargs"])
-            engine = train(enc, data, fit_idx, base, tcfg, **hp)
-        score = accuracy(engine, data["train"][0][val_idx], labels[val_idx]) if len(val_idx) else 0.0
+            engine = train(enc, job["classes"], job["seed"], batches(), base, job["tcfg"], **hp)
+        score = accuracy(engine, val_x, val_y) if len(val_y) else 0.0
         if best is None or score > best[0]:
             best = (score, hp, engine)
         del engine
     score, hp, engine = best
-    test_x, test_y = data["test"]
-    chosen = {**hp, "val_top1": round(score, 4), "trained_on": len(fit_idx)} if len(val_idx) else hp
-    return accuracy(engine, test_x, np.asarray(test_y)), chosen
+    return accuracy(engine, *job["test"]), ({**hp, "val_top1": round(score, 4)} if len(val_y) else hp)
+
+
+def _on_workers(job: dict, images: np.ndarray, labels: np.ndarray, fit_idx: np.ndarray, base: Config):
+    """_select on transfer.finetune_workers Ray Train workers under one DeepSpeed engine: the training views come
+    from evaluation's labelled Ray Data stream (stream.labelled_views, in _order and kept in order, each global
+    batch split across the workers), the rest of `job` travels with the loop's config."""
+    from sslscale import stream
+    from sslscale import train as ray_train
+    from sslscale.runtime import ensure_ray
+
+    tcfg, workers = job["tcfg"], job["tcfg"].finetune_workers
+    ensure_ray()
+    stream.quiet()
+    order, view_ids = _order(fit_idx, len(images), tcfg.finetune_batch_size, tcfg.finetune_steps, job["seed"])
+    views = stream.labelled_views(images, labels, order, view_ids, _spec(images), job["seed"],
+                                  tcfg.finetune_batch_size // workers)
+    got = ray_train.run_workers(_worker_loop, {"job": job}, base, workers=workers, key="transfer.finetune_workers",
+                                datasets={"train": views}, ingest=stream.in_order(), name="fine-tuning")
+    return got["top1"], json.loads(got["chosen"])
+
+
+def _worker_loop(loop_config: dict) -> None:
+    """On each Ray Train worker of _on_workers: _select on its share of the stream; every rank scores the whole
+    validation and test sets (under ZeRO-3 a forward is a collective all ranks join), rank 0 reports."""
+    from sslscale import train as ray_train
+
+    cfg, job = Config.from_dict(loop_config["config"]), loop_config["job"]
+    rank = ray_train.worker_setup(cfg)
+    per_worker = job["tcfg"].finetune_batch_size // job["tcfg"].finetune_workers
+    top, chosen = _select(job, cfg, lambda: ray_train.worker_batches("train", per_worker))
+    ray_train.report_result({"top1": top, "chosen": json.dumps(chosen)}, rank)

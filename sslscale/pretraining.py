@@ -14,7 +14,6 @@ workers watch the driver's lease and exit within a second (lease.watch). The run
 from __future__ import annotations
 
 import os
-import re
 import signal
 import tempfile
 import threading
@@ -25,7 +24,7 @@ from dataclasses import dataclass, field
 
 from sslscale import checkpoint, corpus, lease, storage, stream, timeline, tracking, train, transfer
 from sslscale.config import Config, validate
-from sslscale.errors import SslscaleError
+from sslscale.errors import SslscaleError, root_cause
 from sslscale.export import load_encoder
 from sslscale.runtime import ensure_ray, in_job, shutdown
 
@@ -184,7 +183,7 @@ def _train(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, in
             if held.lost:  # its workers stopped because another process took the run over: not a failure to retry
                 raise SslscaleError(f"run {run_id or run_dir} was taken over by {held.holder()}; this process "
                                     f"stops") from None
-            cause, ours = _root_cause(e)
+            cause, ours = root_cause(e)
             if retry == cfg.train.max_failures or ours:  # bad input or bad numbers: a retry cannot help
                 if run_id:
                     tracking.best_effort(tracking.end_run, uri, run_id, "FAILED")
@@ -195,24 +194,6 @@ def _train(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, in
     if final is None:
         raise SslscaleError(f"training ended without a final checkpoint in {run_dir}; see the worker log above")
     return final
-
-
-def _root_cause(e: BaseException) -> tuple[str, bool]:
-    """(one line for the user, whether it is our own error): our SslscaleError's message wherever Ray's wrappers
-    put it (causes, contexts, Ray Train's per-worker failures), else the last line of the innermost exception."""
-    seen, todo, lines = [], [e], []
-    while todo and len(seen) < 50:
-        x = todo.pop(0)
-        if x is None or any(x is y for y in seen):
-            continue
-        seen.append(x)
-        lines += str(x).strip().splitlines()
-        todo += [x.__cause__, x.__context__, *getattr(x, "worker_failures", {}).values()]
-    ours = [m.group(1) for line in lines if (m := re.search(r"\b(?:SslscaleError|ShardError): (.*)", line))]
-    if ours:
-        return ours[-1], True
-    text = str(seen[-1]).strip().splitlines()
-    return (text[-1] if text else type(seen[-1]).__name__), False
 
 
 def _report_skipped(run_dir: str, uri: str, run_id: str) -> None:

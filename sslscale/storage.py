@@ -146,6 +146,13 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def remove_tree(path: str) -> None:
+    """Delete a folder and what it holds; nothing when it does not exist."""
+    fs, p = _fs(path)
+    if fs.get_file_info(p).type != pafs.FileType.NotFound:
+        fs.delete_dir(p)
+
+
 def copy_file(src: str, dst: str) -> None:
     """Copy one file between any two places (local, shared or object store)."""
     sfs, sp = _fs(src)

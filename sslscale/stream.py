@@ -237,3 +237,28 @@ def ingest_options(cfg, corpus_dir: str) -> ray.data.ExecutionOptions:
         buffer = RUN_AHEAD_BATCHES * max(cfg.data.batch_size, BLOCK_ROWS) * row_bytes(view_layout(cfg, h), h, c)
     limits = ray.data.ExecutionResources(cpu=cfg.data.cpus, object_store_memory=buffer)
     return ray.data.ExecutionOptions(resource_limits=limits, preserve_order=cfg.data.deterministic)
+
+
+def labelled_views(images: np.ndarray, labels: np.ndarray, samples: np.ndarray, view_ids: np.ndarray,
+                   spec: ViewSpec, seed: int, block_rows: int) -> ray.data.Dataset:
+    """Evaluation's labelled stream (fine-tuning on Ray Train workers; pretraining never builds it): row i is one
+    view of images[samples[i]] (views.batch_views, view id view_ids[i]) and its label, in that order, made by Ray
+    Data tasks `block_rows` rows at a time from one copy of the arrays in the object store: {"view_0": uint8
+    (C, S, S), "label": int64}."""
+    arrays = ray.put({"images": images, "labels": np.asarray(labels, np.int64), "samples": samples,
+                      "views": view_ids})
+
+    def make(batch: dict) -> dict:
+        got = ray.get(arrays)  # zero-copy views of the object store's copy
+        rows = batch["id"]
+        take = got["samples"][rows]
+        views = batch_views(got["images"][take], got["views"][rows], seed=seed, epoch=0, spec=spec, n_views=1)
+        return {"view_0": views["view_0"], "label": got["labels"][take]}
+
+    blocks = max(1, math.ceil(len(samples) / block_rows))
+    return ray.data.range(len(samples), override_num_blocks=blocks).map_batches(make, batch_size=block_rows)
+
+
+def in_order() -> ray.data.ExecutionOptions:
+    """Ingest options that keep a stream's row order (labelled_views: the same seed gives the same batches)."""
+    return ray.data.ExecutionOptions(preserve_order=True)

@@ -12,6 +12,7 @@ rank 0 also measures the embedding spectrum of the run's fixed probe set (_Spect
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import os
@@ -31,7 +32,7 @@ from sslscale import dist, faults, lease, storage, tracking
 from sslscale.checkpoint import read_positions
 from sslscale.config import Config, resources
 from sslscale.engine import Engine
-from sslscale.errors import SslscaleError
+from sslscale.errors import SslscaleError, root_cause
 from sslscale.health import HEALTH_KEYS, health_metrics, spectrum, spectrum_metrics
 from sslscale.methods import build_method
 from sslscale.position import Position
@@ -232,14 +233,7 @@ def train_loop(loop_config: dict) -> None:
     marks.mark("loop")
     cfg, run_id, input_spec = Config.from_dict(loop_config["config"]), loop_config["run_id"], loop_config["input"]
     lease.watch(loop_config["lease"])  # exit, writing nothing more, once the driver died or stopped the run
-    torch.set_num_threads(cfg.train.threads_per_worker)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
-    # Ray Train's INFO lines (a report, a checkpoint written) would reach the console several times a run. Its
-    # LoggingConfig(log_level=...) quiets the controller only: in a worker, "ray.train" logs on its own handlers and
-    # the report line goes through a logger named by a file path, i.e. to the root logger, which Train sets to INFO
-    for name in ("ray.train", ""):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    rank = ray.train.get_context().get_world_rank()
+    rank = worker_setup(cfg)
     groups = _batches(ray.train.get_dataset_shard("train"), cfg, rank)
     first = _Prefetch(groups)  # Ray Data starts and makes views while DeepSpeed initialises
     torch.manual_seed(cfg.data.seed)  # the same initial weights on every worker
@@ -299,6 +293,23 @@ def uses_gpu(cfg: Config) -> bool:
     return cfg.train.use_gpu == "true" or (cfg.train.use_gpu == "auto" and cluster_resources().get("GPU", 0) > 0)
 
 
+def _scaling(cfg: Config, workers: int, key: str) -> tuple[Config, ScalingConfig]:
+    """(cfg with train.use_gpu decided, so the workers' engines follow the driver; Ray Train's ScalingConfig for
+    `workers` workers of cfg.train's size), or one line when they can never be placed (`key` sets their number)."""
+    use_gpu = uses_gpu(cfg)
+    bundle = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1.0} if use_gpu else {}),
+              **resources(cfg.train.worker_resources)}
+    problem = placement_problem(bundle, workers)
+    if problem:
+        raise SslscaleError(f"{key}={workers} workers of {bundle} each can never be placed: {problem}; lower "
+                            f"{key} or what each asks for (train.cpus_per_worker, train.worker_resources, "
+                            f"train.use_gpu), or add nodes that offer it")
+    cfg = Config.from_dict(cfg.to_dict())
+    cfg.train.use_gpu = str(use_gpu).lower()
+    return cfg, ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                              resources_per_worker={k: v for k, v in bundle.items() if k != "GPU"})
+
+
 def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spec: dict, storage: str, name: str,
         samples: int, resume_from: str | None = None, callbacks: tuple = (), report_extra: dict | None = None,
         lease_info: dict | None = None, corpus_dir: str = ""):
@@ -308,16 +319,7 @@ def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spe
     the workers watch the run's lease `lease_info` (lease.watch); `samples` is the size of the split the stream
     reads (the ids it holds are 0..samples-1); `corpus_dir` (the prepared corpus it reads) holds the probe set
     of the embedding spectrum, which is off without it."""
-    use_gpu = uses_gpu(cfg)
-    bundle = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1.0} if use_gpu else {}),
-              **resources(cfg.train.worker_resources)}
-    problem = placement_problem(bundle, cfg.train.workers)
-    if problem:
-        raise SslscaleError(f"train.workers={cfg.train.workers} workers of {bundle} each can never be placed: "
-                            f"{problem}; lower train.workers or what each asks for (train.cpus_per_worker, "
-                            f"train.worker_resources, train.use_gpu), or add nodes that offer it")
-    cfg = Config.from_dict(cfg.to_dict())
-    cfg.train.use_gpu = str(use_gpu).lower()  # the workers' engines follow the driver's decision
+    cfg, scaling = _scaling(cfg, cfg.train.workers, "train.workers")
     trainer = TorchTrainer(
         train_loop,
         # Ray Train V2 has no resume_from_checkpoint: the folder travels in the loop config (a path on the
@@ -326,8 +328,7 @@ def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spe
                            "resume_from": resume_from, "faults": faults.spec(), "report_extra": report_extra or {},
                            "report_health": bool(callbacks), "lease": lease_info or {}, "samples": samples,
                            "probe": {"corpus": corpus_dir, "split": cfg.data.split} if corpus_dir else None},
-        scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu,
-                                     resources_per_worker={k: v for k, v in bundle.items() if k != "GPU"}),
+        scaling_config=scaling,
         run_config=RunConfig(name=name, storage_path=storage, callbacks=list(callbacks),
                              logging_config=LoggingConfig(log_level="WARNING"),  # not a line per report/checkpoint
                              # retries happen in pretraining._train, which can rebuild the stream past what was consumed
@@ -340,3 +341,59 @@ def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spe
     # fit; pretraining handles SIGINT and SIGTERM itself (the run ends KILLED, with a line on how to resume)
     trainer._register_sigint_handler = lambda controller: None
     return trainer.fit()
+
+
+def run_workers(loop, loop_config: dict, cfg: Config, *, workers: int, key: str, datasets: dict, ingest,
+                name: str) -> dict:
+    """Run `loop(loop_config)` once (no retries) on `workers` Ray Train workers of cfg.train's size (`key` names the
+    setting that asked for them); loop_config["config"] is cfg with train.use_gpu decided. Returns the metrics of
+    the last `report_result` (rank 0's). Ray Train's files go to a folder under train.storage (shared by every
+    node on a cluster) that is removed afterwards. A failure is one line: the workers' own error when it is ours."""
+    cfg, scaling = _scaling(cfg, workers, key)
+    folder = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    trainer = TorchTrainer(loop, train_loop_config={**loop_config, "config": cfg.to_dict()}, scaling_config=scaling,
+                           run_config=RunConfig(name=folder, storage_path=storage.absolute(cfg.train.storage),
+                                                logging_config=LoggingConfig(log_level="WARNING"),
+                                                failure_config=FailureConfig(max_failures=0)),
+                           datasets=datasets, dataset_config=ray.train.DataConfig(execution_options=ingest))
+    trainer._register_sigint_handler = lambda controller: None  # as in fit: the caller handles SIGINT
+    try:
+        result = trainer.fit()
+    except Exception as e:  # noqa: BLE001 - Ray wraps the workers' errors
+        raise SslscaleError(f"{name} on {workers} Ray Train workers failed: {root_cause(e)[0]}") from e
+    finally:
+        storage.remove_tree(storage.join(storage.absolute(cfg.train.storage), folder))
+    return dict(result.metrics or {})
+
+
+def worker_setup(cfg: Config) -> int:
+    """In a Ray Train worker (train_loop's, run_workers'): its threads and quiet logs; returns its rank."""
+    torch.set_num_threads(cfg.train.threads_per_worker)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    # Ray Train's INFO lines (a report, a checkpoint written) would reach the console several times a run. Its
+    # LoggingConfig(log_level=...) quiets the controller only: in a worker, "ray.train" logs on its own handlers and
+    # the report line goes through a logger named by a file path, i.e. to the root logger, which Train sets to INFO
+    for name in ("ray.train", ""):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return ray.train.get_context().get_world_rank()
+
+
+def worker_batches(name: str, batch_size: int):
+    """In a worker of run_workers: its share of dataset `name` as torch batches of batch_size rows; each call
+    reads the dataset once more (all workers together)."""
+    return ray.train.get_dataset_shard(name).iter_torch_batches(batch_size=batch_size, drop_last=True, device="cpu")
+
+
+def report_result(metrics: dict, rank: int) -> None:
+    """In a worker of run_workers: every rank reports, rank 0 with `metrics` in a small checkpoint (Ray Train V2
+    hands back only what a checkpoint carries)."""
+    if rank:
+        ray.train.report({})
+        return
+    folder = tempfile.mkdtemp(prefix="sslscale-result-")
+    try:
+        with open(os.path.join(folder, "result.json"), "w") as f:
+            f.write(json.dumps(metrics))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -16,8 +16,9 @@ def test_pretrain_function_logs_everything(debug_cfg, ray_local):
     from sslscale import pretrain
 
     result = pretrain(debug_cfg.override(["train.log_every=4", "transfer.protocols=knn,linear,finetune",
-                                          "transfer.finetune_steps=4", "transfer.finetune_encoder_lr_scales=1.0",
-                                          "transfer.embedding_map=tsne"]))
+                                          "transfer.finetune_steps=30", "transfer.finetune_encoder_lr_scales=0.1,1",
+                                          "transfer.finetune_lr=1e-2",
+                                          "transfer.finetune_workers=2", "transfer.embedding_map=tsne"]))
     uri, run_id = result.tracking_uri, result.run_id
     run = tracking.get_run(uri, run_id)
     assert run.info.status == "FINISHED" and run.data.params["train.workers"] == "2"
@@ -30,7 +31,8 @@ def test_pretrain_function_logs_everything(debug_cfg, ray_local):
     assert 1 <= run.data.metrics["spectrum/erank"] <= 16  # the debug encoder's 16 features
     assert run.data.metrics["spectrum/eig_32"] == 0.0  # train.spectrum_k=32 > 16 features: padded
     assert {"digits/knn_top1", "digits/linear_top1", "digits/finetune_top1", "digits/random_init/knn_top1",
-            "digits/seconds"} <= {k.removeprefix("transfer/") for k in run.data.metrics}  # fine-tuned in the driver
+            "digits/seconds"} <= {k.removeprefix("transfer/") for k in run.data.metrics}  # fine-tuned on 2 workers
+    assert 0.2 < run.data.metrics["transfer/digits/finetune_top1"] <= 1  # chance: 0.1
     # where the fixed time went, by phase, in the result and in the run (timeline.py)
     assert {"startup/worker_group_s", "startup/engine_init_s", "winddown/total_s"} <= set(result.timings)
     assert run.data.metrics.keys() >= result.timings.keys() and 0 < result.timings["startup/total_s"] < 600
@@ -51,6 +53,29 @@ def test_pretrain_function_logs_everything(debug_cfg, ray_local):
     assert run.data.metrics["transfer/digits/linear_top1/frac0.5"] > 0.1  # chance
     artifacts = {a.path for a in tracking.client(uri).list_artifacts(run_id)}
     assert "label_efficiency.png" in artifacts and os.path.isfile(os.path.join(out, "label_efficiency.png"))
+
+
+def test_labelled_stream_is_the_in_process_batches(data_root, monkeypatch, ray_local):
+    """Fine-tuning on Ray Train workers reads evaluation's labelled Ray Data stream: the same views and labels,
+    in the same order, as the in-process batches."""
+    import numpy as np
+
+    from sslscale.finetune import _batches, _order, _spec
+    from sslscale.stream import in_order, labelled_views
+    from sslscale.transfer import load_target
+
+    monkeypatch.setenv("SSLSCALE_DATA", data_root)
+    import ray.data
+
+    options = ray.data.DataContext.get_current().execution_options
+    monkeypatch.setattr(options, "preserve_order", in_order().preserve_order)  # as fine-tuning's ingest does
+    (images, labels) = load_target("digits")["train"]
+    idx = np.arange(3, 40)
+    order, view_ids = _order(idx, len(images), 16, 5, seed=7)
+    rows = labelled_views(images, labels.numpy(), order, view_ids, _spec(images), 7, 16).take_batch(80)
+    local = list(_batches(images, labels.numpy(), idx, 16, 5, seed=7))
+    assert (rows["view_0"] == np.concatenate([b["view_0"] for b in local])).all()
+    assert (rows["label"] == np.concatenate([b["label"].numpy() for b in local])).all()
 
 
 # what each method needs beyond the debug recipe: DINO's local crops, MAE's ViT (8x8 digits, 2x2 patches)

@@ -79,8 +79,11 @@ def test_candidates_and_bad_values_are_one_line():
     assert _candidates(cfg.transfer, None) == [{"lr": 1e-3}]
     for item, allowed in [("transfer.finetune_layer_decays=1.5", "comma-separated decays in"),
                           ("transfer.scratch_lrs=fast", "comma-separated positive learning rates"),
-                          ("transfer.val_fraction=1", "a fraction in"), ("transfer.protocols=finetune,probe", "knn")]:
-        with pytest.raises(SslscaleError, match=rf"^bad value for {item.partition('=')[0]}: must be .*{allowed}"):
+                          ("transfer.val_fraction=1", "a fraction in"), ("transfer.protocols=finetune,probe", "knn"),
+                          ("transfer.embedding_map=umap", "one of tsne, pca, none"),
+                          ("transfer.finetune_workers=3", "a multiple of transfer.finetune_workers=3")]:
+        key = "transfer.finetune_batch_size" if "workers" in item else item.partition("=")[0]
+        with pytest.raises(SslscaleError, match=rf"^bad value for {key}: must be .*{allowed}"):
             validate(Config().override([item]))
 
 
