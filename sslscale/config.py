@@ -161,6 +161,7 @@ class TransferConfig:
     # comma-separated fractions in (0, 1] of the train split's labels (after train_samples) each protocol is also fit
     # on: a stratified, seeded subset; scores of a fraction f < 1 are named <protocol>_top1/frac<f>
     label_fractions: str = "1.0"
+    seed: int = 0  # draws train_samples' subset, the label fractions, validation slices, fine-tuning order and views
     # the finetune and scratch protocols (finetune.py): steps, batch and head LR; candidates (comma-separated) chosen
     # on a seeded validation slice of val_fraction of the labelled train subset, never on the test split
     finetune_steps: int = 500

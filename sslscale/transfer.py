@@ -188,14 +188,14 @@ def _evaluate(encoder: torch.nn.Module, tcfg, *, baseline: bool | None = None, c
               out_dir: str | None = None) -> tuple[dict[str, float], list[str]]:
     """(evaluate's scores, the `pictures` written to out_dir: none without it)."""
     chosen(tcfg)  # a malformed key fails before the features are computed
-    data = load_target(tcfg.target, tcfg.train_samples)
+    data = load_target(tcfg.target, tcfg.train_samples, tcfg.seed)
     (train_x, _), (test_x, _) = data["train"], data["test"]
     name = data["name"]
     check_images(encoder, train_x)
     frozen = bool(set(chosen(tcfg)[0]) & set(FEATURE_PROTOCOLS))  # fine-tuning only: no features, no baselines
     encoders = {"": encoder} if frozen else {}
     if frozen and (tcfg.baseline if baseline is None else baseline):
-        torch.manual_seed(0)
+        torch.manual_seed(tcfg.seed)
         spec = encoder.spec()
         encoders["random_init/"] = build_encoder(spec["name"], in_channels=spec["in_channels"],
                                                  image_size=spec["image_size"], **spec["kwargs"])
