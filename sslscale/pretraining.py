@@ -330,6 +330,8 @@ def pretrain(cfg: Config, *, resume: str | None = None, tags: dict | None = None
     uri = tracking.resolve_uri(cfg.tracking.uri)
     corpus_dir = corpus.resolve(cfg.data.corpus)
     input_spec = _input_spec(corpus_dir, cfg)
+    if cfg.transfer.enabled:  # a target that cannot score this encoder fails now, not after the last step
+        transfer.check_target(cfg.transfer, input_spec)
     run_id, run_dir, held = _open_run(cfg, uri, resume, tags)
     print(f"run {run_id or '(tracking off)'}: {cfg.method.name} on {corpus_dir}, {cfg.train.steps} steps, "
           f"{cfg.train.workers} workers, files in {run_dir}", flush=True)

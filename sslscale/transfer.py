@@ -40,6 +40,18 @@ def _labelled(target: str) -> tuple[str, dict]:
     return folder, manifest
 
 
+def check_target(tcfg, input_spec: dict) -> None:
+    """Before training: one line when tcfg.target cannot score an encoder of input_spec ({"image_size",
+    "in_channels"}, the corpus'): it is missing, has no labels or splits, or has images of another size."""
+    chosen(tcfg)
+    folder, manifest = _labelled(tcfg.target)
+    h, w, c = manifest["fields"]["image"]["shape"]
+    side, channels = input_spec["image_size"], input_spec["in_channels"]
+    if (h, w, c) != (side, side, channels):
+        raise SslscaleError(f"transfer.target {tcfg.target} has {h}x{w}x{c} images but the encoder takes the "
+                            f"corpus' {side}x{side}x{channels}: pick a target of that size (or transfer.enabled=false)")
+
+
 def load_target(target: str, train_samples: int = 0, seed: int = 0) -> dict:
     """{"name", "classes", "train": (uint8 images, labels), "test": (...)}; with train_samples > 0 the train split is
     a seeded random subset of that many images (sweeps fit kNN and the probe on it to stay fast), the test whole;

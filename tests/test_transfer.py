@@ -77,3 +77,26 @@ def test_pictures_of_a_scored_encoder(data_root, monkeypatch, tmp_path):
     none = TransferConfig(target="digits", baseline=False, embedding_map="none", protocols="knn")
     assert _evaluate(enc, none, out_dir=str(tmp_path / "none"))[1] == []  # no linear probe, no map
     assert scores == evaluate(enc, tcfg)  # the pictures change no score
+
+
+def test_a_target_that_cannot_score_the_encoder_fails_before_training(debug_cfg, tmp_path):
+    from sslscale import pretrain
+    from sslscale.transfer import check_target
+
+    check_target(TransferConfig(target="digits"), {"image_size": 8, "in_channels": 1})  # the debug corpus' own size
+    with pytest.raises(SslscaleError, match=r"^transfer.target digits has 8x8x1 images but the encoder takes the "
+                                            r"corpus' 28x28x1: pick a target of that size"):
+        check_target(TransferConfig(target="digits"), {"image_size": 28, "in_channels": 1})
+    with pytest.raises(SslscaleError, match="neither a built-in name"):  # before a run, a Ray instance, a step
+        pretrain(debug_cfg.override([f"transfer.target={tmp_path / 'missing'}"]))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_transfer_seed_draws_other_label_fractions(data_root, monkeypatch):
+    monkeypatch.setenv("SSLSCALE_DATA", data_root)
+    torch.manual_seed(0)
+    enc = build_encoder("resnet", in_channels=1, image_size=8, widths=(4, 8), depths=(1, 1))
+    tcfg = TransferConfig(target="digits", baseline=False, protocols="knn", label_fractions="0.05,1.0")
+    zero, one = evaluate(enc, tcfg), evaluate(enc, TransferConfig(**{**tcfg.__dict__, "seed": 1}))
+    assert zero["digits/knn_top1"] == one["digits/knn_top1"]  # all labels: the seed draws nothing
+    assert zero["digits/knn_top1/frac0.05"] != one["digits/knn_top1/frac0.05"]
