@@ -30,6 +30,7 @@ from sslscale.position import Position  # noqa: E402
 from sslscale.schedules import cosine_weight_decay, warmup_cosine  # noqa: E402
 
 DS_TAG = "ds"
+STREAM_FIELDS = ("id", "epoch")  # what the stream adds to every row for positions (position.py), never moved
 # The only non-tensor types DeepSpeed's checkpoint files hold (ZeRO optimizer state); nothing else is unpickled.
 SAFE_GLOBALS = [LossScaler, ZeroStageEnum, fragment_address]
 
@@ -105,6 +106,7 @@ class Engine:
         self.precision = pick_precision(cfg.engine.precision, self.device)
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         self._check_zero3(method)
+        self.inputs = type(method).inputs(cfg, method.encoder.image_size)  # field -> kind, what to_device moves
         init_distributed(self.device)
         self.optimizer = optimizer = build_optimizer(method, cfg.optim)
         o = cfg.optim
@@ -162,15 +164,17 @@ class Engine:
         return {"weight_decay": wd}
 
     def to_device(self, batch: dict) -> dict:
-        """uint8 views (N, C, H, W) (`view_*`, `local_*`) -> floats in [0, 1] in the engine's dtype, and MAE's
-        visible patch ids (`keep`, int64) -> a tensor, on its device; other fields (id, epoch) as-is."""
+        """The fields the method declares (Method.inputs) on the engine's device: "pixels" (uint8 (N, C, H, W)) as
+        floats in [0, 1] in its dtype, "ids" as they are; the stream's bookkeeping (STREAM_FIELDS) stays on the
+        CPU. A field the method does not declare is one line naming both."""
         out = {}
         for key, value in batch.items():
-            if key.startswith(("view_", "local_")):
-                value = torch.as_tensor(value).to(self.device, non_blocking=True).to(self.dtype).div_(255)
-            elif key == "keep":
-                value = torch.as_tensor(value).to(self.device, non_blocking=True)
-            out[key] = value
+            kind = self.inputs.get(key)
+            if kind is None and key not in STREAM_FIELDS:
+                raise SslscaleError(f"{type(self.method).__name__} got batch field {key!r}, which it does not "
+                                    f"declare (it takes {', '.join(self.inputs)}): add it to its `inputs`")
+            value = value if kind is None else torch.as_tensor(value).to(self.device, non_blocking=True)
+            out[key] = value.to(self.dtype).div_(255) if kind == "pixels" else value
         return out
 
     def _skipped(self) -> int:

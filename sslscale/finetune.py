@@ -54,6 +54,10 @@ class Classifier(Method):
                                                        else depth + 1)
         return self.encoder_scale * self.layer_decay ** (depth + 1 - layer)
 
+    @classmethod
+    def inputs(cls, cfg, image_size: int) -> dict[str, str]:
+        return {"view_0": "pixels", "label": "ids"}  # one view per image, and its class
+
     def forward(self, batch: dict) -> dict:
         h = self.encoder(batch["view_0"])
         logits = self.head(h)

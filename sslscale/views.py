@@ -221,6 +221,16 @@ def patch_masks(u: np.ndarray, ratio: float) -> np.ndarray:
     return np.sort(np.argsort(u, axis=1, kind="stable")[:, :n_keep], axis=1).astype(np.int64)
 
 
+KINDS = ("pixels", "ids")  # a batch field: uint8 images (N, C, H, W), or integer ids (patch, token, class)
+
+
+def layout_fields(n_views: int = 2, n_local: int = 0, mask_ratio: float = 0.0, num_patches: int = 0,
+                  **_) -> dict[str, str]:
+    """The fields batch_views makes for a layout (its keyword arguments), in order, each with its kind (KINDS)."""
+    fields = {**{f"view_{v}": "pixels" for v in range(n_views)}, **{f"local_{v}": "pixels" for v in range(n_local)}}
+    return {**fields, **({"keep": "ids"} if mask_ratio > 0 and num_patches > 0 else {})}
+
+
 def batch_views(images: np.ndarray, ids: np.ndarray, *, seed: int, epoch: int, spec: ViewSpec,
                 n_views: int = 2, n_local: int = 0, local_size: int | None = None,
                 local_scale: tuple[float, float] = (0.05, 0.3), mask_ratio: float = 0.0,
@@ -229,9 +239,9 @@ def batch_views(images: np.ndarray, ids: np.ndarray, *, seed: int, epoch: int, s
     "local_0": (N, C, s, s) uint8, ...} (local views: see local_spec), plus "keep": (N, L') int64 visible patch
     indices (see patch_masks; view index n_views + n_local) when mask_ratio > 0 and num_patches > 0."""
     out = {}
-    for v in range(n_views + n_local):
+    names = [k for k, kind in layout_fields(n_views, n_local).items() if kind == "pixels"]
+    for v, name in enumerate(names):
         spec_v = spec if v < n_views else local_spec(spec, local_size, local_scale)
-        name = f"view_{v}" if v < n_views else f"local_{v - n_views}"
         out[name] = augment(images, uniforms(seed, epoch, ids, v, SLOTS), spec_v)
     if mask_ratio > 0 and num_patches > 0:
         out["keep"] = patch_masks(uniforms(seed, epoch, ids, n_views + n_local, num_patches), mask_ratio)

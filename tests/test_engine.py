@@ -222,3 +222,30 @@ def test_a_logged_loss_is_the_mean_over_ranks_and_a_quiet_step_reads_nothing_bac
     assert a["local"] != pytest.approx(b["local"], rel=1e-3)
     assert a["logged"] == pytest.approx((a["local"] + b["local"]) / 2, rel=1e-5) == b["logged"]
     assert a["lr"] == b["lr"]
+
+
+def test_to_device_moves_what_the_method_declares_and_refuses_the_rest(fp32_engine):
+    e = fp32_engine
+    assert e.inputs == {"view_0": "pixels", "view_1": "pixels"}  # SimCLR's two views
+    ids = np.arange(16)
+    out = e.to_device({**_batch(), "id": ids, "epoch": ids})
+    assert out["view_0"].dtype == torch.float32 and float(out["view_0"].max()) <= 1.0
+    assert out["id"] is ids  # the stream's bookkeeping stays as it came
+    with pytest.raises(SslscaleError, match=r"^SimCLR got batch field 'keep', which it does not declare \(it takes "
+                                            r"view_0, view_1\): add it to its `inputs`$"):
+        e.to_device({**_batch(), "keep": torch.zeros(16, 4, dtype=torch.long)})
+
+
+def test_every_method_declares_exactly_what_its_stream_makes():
+    """Method.inputs and the Ray Data stream's rows (stream.make_views, on one blank image) cannot drift apart."""
+    from sslscale.methods import METHODS
+    from sslscale.stream import _one_row
+    from sslscale.views import ViewSpec
+
+    for name, cls in METHODS.items():
+        cfg = Config().override([f"method.name={name}", "data.n_local=2", "data.local_size=4",
+                                 *(["model.encoder=vit", "model.patch_size=2"] if name == "mae" else [])])
+        made = _one_row(ViewSpec(size=8), 1, cls.views(cfg, 8))
+        assert list(made) == list(cls.inputs(cfg, 8)), name
+        assert all(made[k].dtype == (np.uint8 if kind == "pixels" else np.int64)
+                   for k, kind in cls.inputs(cfg, 8).items()), name

@@ -1,7 +1,8 @@
 """Pretext methods: each one file with its heads, its loss and how a batch of views becomes a loss.
 
-The interface every method follows (see `Method`): `forward(batch)` receives a dict of float view tensors
-(`view_0`, `view_1`, later local crops and masks) and returns a dict with `loss` (scalar), `embeddings`
+The interface every method follows (see `Method`): `views` says what the Ray Data stream makes for it, `inputs` the
+batch fields `forward` then receives and their kinds (float views, integer ids), which is what the engine moves to
+the device. `forward(batch)` receives those fields and returns a dict with `loss` (scalar), `embeddings`
 (the encoder's features of the first view, detached, for the label-free health metrics) and any scalar logs.
 `after_step(step)` runs after each applied optimizer step (EMA teachers). `METHODS` maps a config name to a class.
 Shared pieces: `projector` (the Linear-BN-ReLU MLP heads), `encode_pair` (both views in one encoder pass),
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from sslscale.schedules import cosine_momentum
+from sslscale.views import layout_fields
 
 
 class Method(nn.Module):
@@ -34,6 +36,13 @@ class Method(nn.Module):
         views by default two; DINO adds local views, MAE one view and the visible patch ids). Static, so the driver
         plans the stream from the config alone."""
         return {"n_views": 2}
+
+    @classmethod
+    def inputs(cls, cfg, image_size: int) -> dict[str, str]:
+        """The batch fields forward receives, each with its kind (views.KINDS): "pixels" are uint8 (N, C, H, W)
+        that the engine makes floats in [0, 1] in its dtype, "ids" integers it moves as they are. By default the
+        fields the stream makes for `views`; the engine refuses a field not listed here."""
+        return layout_fields(**cls.views(cfg, image_size))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
