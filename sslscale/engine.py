@@ -25,7 +25,7 @@ from deepspeed.utils.tensor_fragment import fragment_address  # noqa: E402
 
 from sslscale.errors import SslscaleError  # noqa: E402
 from sslscale.methods import Method  # noqa: E402
-from sslscale.optim import build_optimizer, set_weight_decay  # noqa: E402
+from sslscale.optim import build_optimizer, set_learning_rates, set_weight_decay  # noqa: E402
 from sslscale.position import Position  # noqa: E402
 from sslscale.schedules import cosine_weight_decay, warmup_cosine  # noqa: E402
 
@@ -109,12 +109,9 @@ class Engine:
         self.inputs = type(method).inputs(cfg, method.encoder.image_size)  # field -> kind, what to_device moves
         init_distributed(self.device)
         self.optimizer = optimizer = build_optimizer(method, cfg.optim)
-        o = cfg.optim
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(
-            s + 1, total=cfg.train.steps, warmup=o.warmup_steps, peak=o.lr, floor_ratio=o.min_lr_ratio) / o.lr)
         config = ds_config(cfg, self.precision, dist.get_world_size())
-        self.ds, _, _, self.scheduler = deepspeed.initialize(model=method, optimizer=optimizer,
-                                                             lr_scheduler=schedule, config=config)
+        # no LR scheduler object: train_step sets every schedule from the step (_apply_schedules)
+        self.ds, _, _, _ = deepspeed.initialize(model=method, optimizer=optimizer, config=config)
         weights_only_loads(self.ds.checkpoint_engine)
         for buf in self.method.buffers():  # DeepSpeed casts parameters only; CPU BatchNorm wants one dtype
             if buf.is_floating_point():
@@ -150,16 +147,27 @@ class Engine:
     def method(self) -> torch.nn.Module:
         return self.ds.module
 
-    def lr(self) -> float:
-        return self.scheduler.get_last_lr()[0]
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken so far, skipped ones included (DeepSpeed's count, restored from a checkpoint): the
+        0-based index of the next step, from which every schedule is computed."""
+        return self.ds.global_steps
 
-    def _schedule_weight_decay(self) -> dict:
-        """Set this step's weight decay when optim.weight_decay_end asks for a schedule (a pure function of the
-        step, so a resumed run recomputes it); returns it for the logs."""
+    def lr(self) -> float:
+        """The peak-group learning rate of the next step (warmup then cosine, schedules.warmup_cosine)."""
         o = self.cfg.optim
+        return warmup_cosine(self.step + 1, total=self.cfg.train.steps, warmup=o.warmup_steps, peak=o.lr,
+                             floor_ratio=o.min_lr_ratio)
+
+    def _apply_schedules(self) -> dict:
+        """Set this step's learning rate on every param group (times its lr_scale; 0 while the step is below its
+        frozen_steps) and, when optim.weight_decay_end asks for one, its weight decay: pure functions of the step,
+        so a resumed run recomputes them. Returns the weight decay for the logs when scheduled."""
+        lr, o = self.lr(), self.cfg.optim
+        set_learning_rates(self.optimizer, lr, self.step)
         if o.weight_decay_end < 0:
             return {}
-        wd = cosine_weight_decay(self.ds.global_steps, self.cfg.train.steps, o.weight_decay, o.weight_decay_end)
+        wd = cosine_weight_decay(self.step, self.cfg.train.steps, o.weight_decay, o.weight_decay_end)
         set_weight_decay(self.optimizer, wd)
         return {"weight_decay": wd}
 
@@ -189,7 +197,7 @@ class Engine:
             inputs = self.to_device(batch)
             if inject_nan and i == 0:  # a non-finite input, as bad data or an overflow would make
                 inputs["view_0"] = inputs["view_0"] * float("nan")
-            out = self.ds(inputs)
+            out = self.ds(inputs, self.step)
             self.ds.backward(out["loss"])
             self.ds.step()
             losses.append(out["loss"].detach().float())
@@ -207,13 +215,10 @@ class Engine:
         follows the step count). `inject_nan` poisons this rank's input (fault injection for tests, see
         faults.py)."""
         self.ds.train()
-        lr, skipped = self.lr(), self._skipped()  # the rate this step uses; the scheduler moves on in ds.step()
-        ds_skipped = self.ds.skipped_steps
+        lr, skipped = self.lr(), self._skipped()  # the rate this step uses
         buffers = [b.detach().clone() for b in self.method.buffers()]  # BatchNorm statistics move in forward
-        weight_decay = self._schedule_weight_decay()
+        weight_decay = self._apply_schedules()
         out, loss = self._forward_backward(micro_batches, inject_nan)
-        if self.ds.skipped_steps > ds_skipped:
-            self.scheduler.step()  # DeepSpeed holds the schedule back on a skipped step; we do not
         result = {"skipped": self._skipped() > skipped, "lr": lr, "embeddings": out["embeddings"]}
         if result["skipped"]:
             for buf, saved in zip(self.method.buffers(), buffers):

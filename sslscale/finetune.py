@@ -58,7 +58,7 @@ class Classifier(Method):
     def inputs(cls, cfg, image_size: int) -> dict[str, str]:
         return {"view_0": "pixels", "label": "ids"}  # one view per image, and its class
 
-    def forward(self, batch: dict) -> dict:
+    def forward(self, batch: dict, step: int = 0) -> dict:
         h = self.encoder(batch["view_0"])
         logits = self.head(h)
         loss = F.cross_entropy(logits.float(), batch["label"].to(logits.device))

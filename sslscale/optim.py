@@ -39,16 +39,27 @@ class LARS(torch.optim.Optimizer):
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None) -> list[dict]:
     """Trainable weights (decay=True: their weight decay follows the schedule) and the 1-d rest (never decayed).
-    A model with `lr_scale(name)` (finetune.Classifier) gets one such pair per scale, each group's `lr` being
-    `lr` times its scale (LR schedules then scale every group alike)."""
-    scale = getattr(model, "lr_scale", None)
+    A model may say, per parameter name, `lr_scale(name)` (finetune.Classifier: its rate as a multiple of the
+    schedule's) and `frozen_steps(name)` (DINO's prototypes: steps at the start with rate 0); it then gets one
+    such pair per (scale, frozen steps), with those keys on the groups (set_learning_rates reads them)."""
+    scale = getattr(model, "lr_scale", lambda name: 1.0)
+    frozen = getattr(model, "frozen_steps", lambda name: 0)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if scale is None:
+    keys = {n: (scale(n), frozen(n)) for n, _ in named}
+    if set(keys.values()) <= {(1.0, 0)}:
         return _pair([p for _, p in named], weight_decay)
     groups = []
-    for s in sorted({scale(n) for n, _ in named}, reverse=True):
-        groups += [{**g, "lr": lr * s} for g in _pair([p for n, p in named if scale(n) == s], weight_decay)]
+    for s, f in sorted(set(keys.values()), key=lambda k: (-k[0], k[1])):
+        pair = _pair([p for n, p in named if keys[n] == (s, f)], weight_decay)
+        groups += [{**g, "lr": (lr or 0.0) * s, "lr_scale": s, "frozen_steps": f} for g in pair]
     return [g for g in groups if g["params"]]
+
+
+def set_learning_rates(optimizer: torch.optim.Optimizer, lr: float, step: int) -> None:
+    """Every param group's rate for the step with 0-based index `step`: lr times its lr_scale, or 0 while step is
+    below its frozen_steps. Like set_weight_decay, this reaches the step DeepSpeed takes under any ZeRO stage."""
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0 if step < group.get("frozen_steps", 0) else lr * group.get("lr_scale", 1.0)
 
 
 def _pair(params: list, weight_decay: float) -> list[dict]:

@@ -44,12 +44,21 @@ class Method(nn.Module):
         fields the stream makes for `views`; the engine refuses a field not listed here."""
         return layout_fields(**cls.views(cfg, image_size))
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
+        """The loss of a batch of `inputs` at `step`, the 0-based index of the optimizer step it is for (skipped
+        steps counted): the training loop owns every schedule, and a method that follows one (DINO's teacher
+        temperature) computes it from this step as a pure function."""
         raise NotImplementedError
 
     def after_step(self, step: int) -> None:
         """Called after every applied optimizer step with DeepSpeed's global step (which also counts skipped
         steps, like the LR schedule); teachers update here. Not called for a skipped step."""
+
+
+def drop_legacy_step_buffer(state_dict: dict, prefix: str, *args) -> None:
+    """A load_state_dict pre-hook: checkpoints written before the loop owned the schedules carry a `steps_done`
+    buffer (DINO, the denoising autoencoder) that the step forward receives replaced; it is dropped on load."""
+    state_dict.pop(prefix + "steps_done", None)
 
 
 def projector(dim_in: int, hidden: int, dim_out: int, hidden_layers: int = 1, last_bn: bool = False) -> nn.Sequential:

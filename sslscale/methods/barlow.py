@@ -48,7 +48,7 @@ class BarlowTwins(Method):
         super().__init__(encoder, cfg)
         self.head = projector(encoder.feature_dim, cfg.proj_hidden, cfg.proj_dim, hidden_layers=2)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
         h0, z0, z1 = encode_pair(self.encoder, self.head, batch)
         loss, on_diag, off_diag = barlow_twins_loss(z0, z1, self.cfg.barlow_lambda)
         return {"loss": loss, "on_diag": on_diag.detach(), "off_diag": off_diag.detach(), "embeddings": h0.detach()}

@@ -37,7 +37,7 @@ class BYOL(MomentumMethod):
         predictor = projector(cfg.proj_dim, cfg.proj_hidden, cfg.proj_dim)
         super().__init__(encoder, cfg, head, predictor, total_steps=total_steps)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
         h0, p0, p1, t0, t1 = self.pair(batch)
         loss = byol_loss(p0, t1) + byol_loss(p1, t0)
         return {"loss": loss, "embeddings": h0.detach()}

@@ -10,9 +10,9 @@ error is the variant of Vincent et al. 2010 ("Stacked Denoising Autoencoders"), 
 pixel units, on any sslscale encoder, trained end to end. The decoder is small: Linear to 128 x s x s (s =
 ceil(S / 4)), two stride-2 transposed convolutions (64, 32 channels), a 3x3 conv to C channels, cropped to S x S.
 
-The noise is drawn on the trainer from a CPU generator seeded by (steps_done, rank, micro-batch index), never from
-the global RNG: views are deterministic functions of (seed, epoch, id) elsewhere, and a run resumed from a
-checkpoint (which carries the `steps_done` buffer) must corrupt exactly as the uninterrupted run did.
+The noise is drawn on the trainer from a CPU generator seeded by (step, rank, micro-batch index), never from the
+global RNG: views are deterministic functions of (seed, epoch, id) elsewhere, and a run resumed from a checkpoint
+(whose step forward receives again) must corrupt exactly as the uninterrupted run did.
 `embeddings` are the encoder's features of the noisy input, the ones the loss trains, from the same pass (no
 second clean pass; with noise_std=0 they are the clean features). The loss is a mean of per-image terms: with
 equal per-worker batches DeepSpeed's gradient average equals the single-process gradient, no gather needed.
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from sslscale import dist
-from sslscale.methods import Method
+from sslscale.methods import Method, drop_legacy_step_buffer
 
 
 def denoising_loss(recon: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
@@ -60,25 +60,25 @@ class DenoisingAE(Method):
     def __init__(self, encoder: nn.Module, cfg):
         super().__init__(encoder, cfg)
         self.decoder = ConvDecoder(encoder.feature_dim, encoder.in_channels, encoder.image_size)
-        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))  # checkpointed with the module
-        self.micro = 0  # forward passes since the last applied step (grad_accum micro-batches differ)
+        self.micro, self.micro_step = 0, -1  # forward passes within step micro_step (grad_accum micro-batches differ)
+        self._register_load_state_dict_pre_hook(drop_legacy_step_buffer)
 
     @staticmethod
     def views(cfg, image_size: int) -> dict:
         return {"n_views": 1}  # the corruption is made on the trainer
 
-    def noise_seed(self) -> int:
-        """Seed of the next forward's noise: a function of (steps_done, rank, micro) only (int hashes are stable)."""
-        return hash((int(self.steps_done), dist.rank(), self.micro)) & (2**63 - 1)
+    def noise_seed(self, step: int) -> int:
+        """Seed of a forward's noise: a function of (step, rank, micro-batch within the step) only (int hashes are
+        stable)."""
+        if step != self.micro_step:
+            self.micro, self.micro_step = 0, step
+        return hash((step, dist.rank(), self.micro)) & (2**63 - 1)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
         clean = batch["view_0"]  # (N, C, S, S)
-        noisy = corrupt(clean, self.cfg.noise_std, self.noise_seed())
+        noisy = corrupt(clean, self.cfg.noise_std, self.noise_seed(step))
         self.micro += 1
         h = self.encoder(noisy)  # (N, D)
         loss = denoising_loss(self.decoder(h), clean)
         return {"loss": loss, "embeddings": h.detach()}
 
-    def after_step(self, step: int) -> None:
-        self.steps_done.fill_(step)
-        self.micro = 0

@@ -16,8 +16,10 @@ cfg.out_dim prototypes (paper 65536, hidden 2048 = cfg.proj_hidden).
 
 Distributed: the loss is a mean of per-image terms, so the mean of the workers' losses equals the single-process
 loss; only the centre needs the global batch (an all-reduce of the teacher's summed outputs, no gradient).
-The paper's other two stabilisers are config keys: cfg.freeze_last_layer zeroes the prototypes' gradient for the
-first steps (paper: 1 epoch), and optim.weight_decay_end gives the weight decay its cosine (paper 0.04 -> 0.4).
+The paper's other two stabilisers are config keys: cfg.freeze_last_layer keeps the prototypes still for the first
+steps (paper: 1 epoch; here, as in DINOv2, their param group's learning rate is 0, see `frozen_steps`), and
+optim.weight_decay_end gives the weight decay its cosine (paper 0.04 -> 0.4). The teacher temperature is a pure
+function of the step forward receives.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslscale import dist
-from sslscale.methods import MomentumMethod
+from sslscale.methods import MomentumMethod, drop_legacy_step_buffer
 from sslscale.schedules import teacher_temperature
 
 
@@ -62,17 +64,13 @@ class DINO(MomentumMethod):
         head = DINOHead(encoder.feature_dim, cfg.proj_hidden, cfg.proj_dim, cfg.out_dim)
         super().__init__(encoder, cfg, head, nn.Identity(), total_steps=total_steps)
         self.register_buffer("center", torch.zeros(1, cfg.out_dim))  # restored with the skipped-step buffers
-        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))  # checkpointed: tau_t on resume
-        self.head.prototypes.register_hook(self._freeze_last_layer)
+        self._register_load_state_dict_pre_hook(drop_legacy_step_buffer)
 
-    def _freeze_last_layer(self, grad: torch.Tensor) -> torch.Tensor:
-        """The prototypes' gradient, zeroed during the first cfg.freeze_last_layer steps (DINO's
-        cancel_gradients_last_layer). A tensor hook, so it acts before DeepSpeed's own gradient hooks under any
-        ZeRO stage; AdamW then leaves the prototypes alone but for weight decay, which their normalisation ignores.
-        Unlike the paper (no gradient at all: Adam skips the tensor), Adam's step count runs on while the
-        prototypes' moments stay zero, so after a long freeze their first updates are up to ~3x the rate until the
-        second moment fills (~1 / (1 - beta2) steps); the recipes' 1% freeze is too short to show it."""
-        return torch.zeros_like(grad) if int(self.steps_done) < self.cfg.freeze_last_layer else grad
+    def frozen_steps(self, name: str) -> int:
+        """Steps at the start during which a parameter keeps still (optim.param_groups): the prototypes for
+        cfg.freeze_last_layer steps. Their group's learning rate is 0 then, as in DINOv2; AdamW's moments still
+        follow their gradient, so they start moving at the scheduled rate."""
+        return self.cfg.freeze_last_layer if name == "head.prototypes" else 0
 
     @staticmethod
     def views(cfg, image_size: int) -> dict:
@@ -80,7 +78,7 @@ class DINO(MomentumMethod):
         return {"n_views": 2, "n_local": d.n_local, "local_size": d.local_size or None,
                 "local_scale": (d.local_min_scale, d.local_max_scale)}
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
         glob = torch.cat([batch["view_0"], batch["view_1"]])  # (2n, C, H, W)
         local = sorted(k for k in batch if k.startswith("local_"))
         h = self.encoder(glob)  # one pass per resolution, as DINO's MultiCropWrapper
@@ -88,8 +86,7 @@ class DINO(MomentumMethod):
         if local:
             student += list(self.head(self.encoder(torch.cat([batch[k] for k in local]))).chunk(len(local)))
         t = self.targets(glob).float()  # (2n, K)
-        tau = teacher_temperature(int(self.steps_done), self.cfg.teacher_temp_warmup, self.cfg.teacher_temp_start,
-                                  self.cfg.teacher_temp)
+        tau = teacher_temperature(step, self.cfg.teacher_temp_warmup, self.cfg.teacher_temp_start, self.cfg.teacher_temp)
         loss = dino_loss(student, list(t.chunk(2)), self.center, self.cfg.student_temp, tau)
         self._update_center(t)
         return {"loss": loss, "embeddings": h[: len(batch["view_0"])].detach(), "teacher_temp": torch.tensor(tau)}
@@ -101,6 +98,3 @@ class DINO(MomentumMethod):
         total = dist.all_reduce_sum(total)
         self.center.mul_(self.cfg.center_momentum).add_(total[:-1] / total[-1], alpha=1 - self.cfg.center_momentum)
 
-    def after_step(self, step: int) -> None:
-        super().after_step(step)
-        self.steps_done.fill_(step)

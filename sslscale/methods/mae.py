@@ -88,7 +88,7 @@ class MAE(Method):
             x = block(x)
         return self.pred(self.norm(x))[:, 1:]  # drop the CLS token
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
         x, keep = batch["view_0"], batch["keep"]
         tokens = self.encoder.forward_tokens(x, keep)  # (N, 1 + L', D): visible patches only
         loss = mae_loss(self.decode(tokens, keep), patchify(x, self.encoder.patch_size), keep)

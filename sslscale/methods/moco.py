@@ -51,7 +51,7 @@ class MoCoV3(MomentumMethod):
         predictor = projector(cfg.proj_dim, cfg.proj_hidden, cfg.proj_dim)
         super().__init__(encoder, cfg, head, predictor, total_steps=total_steps)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
         h0, q0, q1, k0, k1 = self.pair(batch)
         loss01, acc01 = moco_v3_loss(q0, k1, self.cfg.temperature)
         loss10, acc10 = moco_v3_loss(q1, k0, self.cfg.temperature)

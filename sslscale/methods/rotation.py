@@ -49,7 +49,7 @@ class Rotation(Method):
     def views(cfg, image_size: int) -> dict:
         return {"n_views": 1}  # the rotations are made on the trainer
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
         x = batch["view_0"]  # (N, C, S, S)
         x4, labels = rotate_all(x)  # (4N, C, S, S), (4N,)
         h = self.encoder(x4)  # (4N, D), one pass so BatchNorm sees every rotation

@@ -43,7 +43,7 @@ class SimCLR(Method):
         super().__init__(encoder, cfg)
         self.head = projector(encoder.feature_dim, cfg.proj_hidden, cfg.proj_dim)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
         h0, z0, z1 = encode_pair(self.encoder, self.head, batch)
         loss, acc = nt_xent(z0, z1, self.cfg.temperature)
         return {"loss": loss, "contrastive_acc": acc.detach(), "embeddings": h0.detach()}

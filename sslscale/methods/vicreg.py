@@ -55,7 +55,7 @@ class VICReg(Method):
         super().__init__(encoder, cfg)
         self.head = projector(encoder.feature_dim, cfg.proj_hidden, cfg.proj_dim, hidden_layers=2)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
         h0, z0, z1 = encode_pair(self.encoder, self.head, batch)
         cfg = self.cfg
         loss, inv, var, cov = vicreg_loss(z0, z1, cfg.vicreg_sim, cfg.vicreg_std, cfg.vicreg_cov)
