@@ -129,6 +129,10 @@ def _folder(root: Path, image_size: int, on_error: str, test_fraction: float, se
     classes, labels = _folder_labels(root, files)
     kept = [p for p in files if p in modes]
     parts = _folder_splits(root, kept, classes, labels, test_fraction, seed)
+    # a seeded order within each split: in path order a class folder would fill whole shards, and the stream's
+    # batches (a few shards in flight, a local shuffle buffer) would hold one or two classes at a time
+    parts = {split: [part[i] for i in np.random.default_rng([seed, n]).permutation(len(part))]
+             for n, (split, part) in enumerate(parts.items())}
     shape = (image_size, image_size, 1 if mode == "L" else 3)
     return _Source("folder", str(root), shape, classes, {
         split: (len(part), _folder_samples(part, labels, mode, image_size, on_error, skipped))

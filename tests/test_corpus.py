@@ -109,9 +109,21 @@ def test_folder_with_class_subfolders_and_rgb(tmp_path):
     assert manifest["fields"]["label"]["classes"] == ["cats", "dogs"]
     assert list(manifest["splits"]) == ["train"] and manifest["splits"]["train"]["samples"] == 3
     ids, images, labels = corpus.read_split(tmp_path / "out", "train")
-    assert images.shape == (3, 16, 16, 3) and list(labels) == [0, 0, 1]
-    assert (images[0] == 100).all() and (images[1] == 50).all()
-    assert (images[2] == [10, 200, 30]).all()
+    assert images.shape == (3, 16, 16, 3) and sorted(labels) == [0, 0, 1]
+    pictures = {int(images[i, 0, 0, 1]): int(labels[i]) for i in range(3)}  # grey value (green channel) -> class
+    assert pictures == {100: 0, 50: 0, 200: 1} and all((images[i] == images[i, 0, 0]).all() for i in range(3))
+
+
+def test_folder_classes_are_mixed_across_shards(tmp_path):
+    """Samples are written in a seeded order, not class by class: a shard (and a batch) holds several classes."""
+    src = tmp_path / "imgs"
+    for c in ("a", "b"):
+        for i in range(10):
+            _png(src / c / f"{i}.png", "L", (8, 8), 10 * i)
+    corpus.prepare(str(src), tmp_path / "out", image_size=8, shard_size=5, progress=False, test_fraction=0)
+    _, _, labels = corpus.read_split(tmp_path / "out", "train")
+    assert sorted(labels) == [0] * 10 + [1] * 10 and list(labels) != sorted(labels)
+    assert any(len(set(labels[i:i + 5])) == 2 for i in range(0, 20, 5))
 
 
 def test_folder_grayscale_unlabelled(tmp_path):
