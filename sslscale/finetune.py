@@ -158,13 +158,13 @@ def top1(encoder: nn.Module | None, data: dict, idx: np.ndarray, base: Config, t
               f"{len(candidates)} candidates", flush=True)
         candidates = candidates[:1]
     job = {"encoder": encoder, "spec": spec, "classes": data["classes"], "seed": seed, "candidates": candidates,
-           "tcfg": tcfg, "val": (images[val_idx], labels[val_idx]), "test": (data["test"][0],
-                                                                          np.asarray(data["test"][1]))}
+           "tcfg": tcfg, "val": (images[val_idx], labels[val_idx]),
+           "test": (data["test"][0], np.asarray(data["test"][1]))}
     if tcfg.finetune_workers > 1:
         top, chosen = _on_workers(job, images, labels, fit_idx, base)
     else:
-        batches = lambda: _batches(images, labels, fit_idx, tcfg.finetune_batch_size, tcfg.finetune_steps, seed)  # noqa: E731
-        top, chosen = _select(job, base, batches)
+        top, chosen = _select(job, base, lambda: _batches(images, labels, fit_idx, tcfg.finetune_batch_size,
+                                                          tcfg.finetune_steps, seed))
     return top, ({**chosen, "trained_on": len(fit_idx)} if len(val_idx) else chosen)
 
 
