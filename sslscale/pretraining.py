@@ -318,6 +318,18 @@ def _stopped(signum: int, cfg: Config, run_id: str, uri: str, run_dir: str, held
     return RunStopped(f"stopped by {signal.Signals(signum).name}; {saved}; {killed}go on with: {command}", signum)
 
 
+def preflight(cfg: Config) -> tuple[str, dict]:
+    """(corpus folder, the encoder's input spec) after what a run checks before it opens anything: the config, the
+    corpus and its images against the model, and the transfer target against them (a target that cannot score the
+    encoder fails now, not after the last step). A sweep checks its base config the same way."""
+    validate(cfg)
+    corpus_dir = corpus.resolve(cfg.data.corpus)
+    input_spec = _input_spec(corpus_dir, cfg)
+    if cfg.transfer.enabled:
+        transfer.check_target(cfg.transfer, input_spec)
+    return corpus_dir, input_spec
+
+
 def pretrain(cfg: Config, *, resume: str | None = None, tags: dict | None = None, callbacks: tuple = (),
              report_extra: dict | None = None) -> PretrainResult:
     """Train cfg's method on cfg's corpus under Ray Train + DeepSpeed, log to MLflow, score the transfer target.
@@ -326,12 +338,8 @@ def pretrain(cfg: Config, *, resume: str | None = None, tags: dict | None = None
     SIGINT or SIGTERM (in the main thread) raise RunStopped after ending the run as KILLED."""
     marks = timeline.Marks()
     marks.mark("start")
-    validate(cfg)
+    corpus_dir, input_spec = preflight(cfg)
     uri = tracking.resolve_uri(cfg.tracking.uri)
-    corpus_dir = corpus.resolve(cfg.data.corpus)
-    input_spec = _input_spec(corpus_dir, cfg)
-    if cfg.transfer.enabled:  # a target that cannot score this encoder fails now, not after the last step
-        transfer.check_target(cfg.transfer, input_spec)
     run_id, run_dir, held = _open_run(cfg, uri, resume, tags)
     print(f"run {run_id or '(tracking off)'}: {cfg.method.name} on {corpus_dir}, {cfg.train.steps} steps, "
           f"{cfg.train.workers} workers, files in {run_dir}", flush=True)

@@ -26,7 +26,7 @@ from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from sslscale import corpus, space as spaces, storage, sweep_artifacts, sweep_report, tracking
-from sslscale.config import Config, driver_resource, score_names, validate
+from sslscale.config import Config, driver_resource, score_names
 from sslscale.errors import SslscaleError
 from sslscale.health import HEALTH_KEYS
 from sslscale.runtime import cluster_resources, ensure_ray
@@ -243,7 +243,9 @@ def sweep(cfg: Config, space_items: list[str], *, samples: int = 8, scheduler: s
     space = spaces.parse(space_items)
     _check_options(cfg, samples, scheduler, search, metric, mode, max_concurrent)
     spaces.check(space, cfg, search, list(retrain_overrides))
-    validate(cfg)
+    from sslscale.pretraining import preflight  # here, as in a trial: it imports Ray Train and DeepSpeed
+
+    preflight(cfg)
     name = name or f"{recipe or cfg.recipe or cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = _folder(cfg.train.storage, name)
     if storage.exists(folder):

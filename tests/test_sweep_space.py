@@ -126,11 +126,13 @@ def test_cli_errors_before_any_trial_starts(tmp_path, args, words):
     (["optim.lr=grid:1e-3,2e-3"], {"metric": "transfer/digits/finetune_top1"}, ["transfer.label_fractions=0.1,1"],
      "transfer/digits/knn_top1, transfer/digits/linear_top1, transfer/digits/knn_top1/frac0.1, "),
     (["optim.lr=grid:1e-3,2e-3"], {"name": "../x"}, [], "sweep name '../x'"),
+    (["optim.lr=grid:1e-3,2e-3"], {}, ["transfer.target=/no/such/target"], "corpus '/no/such/target' is neither"),
 ])
-def test_sweep_refuses_before_ray_starts(tmp_path, monkeypatch, space_items, kwargs, overrides, words):
+def test_sweep_refuses_before_ray_starts(tmp_path, monkeypatch, data_root, space_items, kwargs, overrides, words):
     from sslscale import tune
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SSLSCALE_DATA", data_root)
     with pytest.raises(SslscaleError, match=words):
         tune.sweep(load_recipe("debug").override(overrides), space_items, **kwargs)
     with pytest.raises(SslscaleError, match="no sweep 'gone'"):
