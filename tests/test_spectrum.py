@@ -78,7 +78,8 @@ def test_probe_forward_is_eval_chunked_and_restores_train_mode():
 
     torch.manual_seed(0)
     encoder = build_encoder("resnet", in_channels=1, image_size=8, widths=(8, 16), depths=(1, 1))
-    engine = SimpleNamespace(method=SimpleNamespace(encoder=encoder), device=torch.device("cpu"), dtype=torch.float32)
+    engine = SimpleNamespace(method=SimpleNamespace(encoder=encoder), device=torch.device("cpu"), dtype=torch.float32,
+                             inputs={"view_0": "pixels"})
     engine.to_device = lambda batch: Engine.to_device(engine, batch)
     images = torch.randint(0, 256, (300, 1, 8, 8), dtype=torch.uint8)  # more than one chunk of 256
     emb = _embed(engine, images)
