@@ -26,6 +26,7 @@ from torch import nn
 from sslscale.config import Config, list_items
 from sslscale.encoders import build_encoder
 from sslscale.engine import Engine
+from sslscale.errors import SslscaleError
 from sslscale.methods import Method
 from sslscale.splits import stratified_pick
 from sslscale.views import ViewSpec, batch_views
@@ -117,8 +118,13 @@ def train(encoder: nn.Module, classes: int, seed: int, batches, base: Config, tc
     cfg = engine_config(base, tcfg, lr)
     torch.manual_seed(seed)  # the head's initial weights
     engine = Engine(Classifier(encoder, classes, cfg, encoder_scale, layer_decay), cfg)
+    done = 0
     for batch in batches:
         engine.train_step([batch], log=False)
+        done += 1
+    if done != tcfg.finetune_steps:  # a stream that ran dry (or over) must not pass for a trained model
+        raise SslscaleError(f"fine-tuning got {done} batches for transfer.finetune_steps={tcfg.finetune_steps}: "
+                            "its labelled stream is broken; run with --debug and report it")
     return engine
 
 

@@ -16,9 +16,8 @@ def test_pretrain_function_logs_everything(debug_cfg, ray_local):
     from sslscale import pretrain
 
     result = pretrain(debug_cfg.override(["train.log_every=4", "transfer.protocols=knn,linear,finetune",
-                                          "transfer.finetune_steps=30", "transfer.finetune_encoder_lr_scales=0.1,1",
-                                          "transfer.finetune_lr=1e-2",
-                                          "transfer.finetune_workers=2", "transfer.embedding_map=tsne"]))
+                                          "transfer.finetune_steps=30", "transfer.finetune_encoder_lr_scales=1",
+                                          "transfer.finetune_lr=1e-2", "transfer.finetune_workers=2"]))
     uri, run_id = result.tracking_uri, result.run_id
     run = tracking.get_run(uri, run_id)
     assert run.info.status == "FINISHED" and run.data.params["train.workers"] == "2"

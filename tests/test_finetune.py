@@ -132,3 +132,15 @@ def test_efficiency_curves_table_and_headline_from_score_names(tmp_path):
                                       "training from scratch reaches 0.6000 (+0.1500)")
     assert efficiency_plot(scores, str(tmp_path / "le.png")) == str(tmp_path / "le.png")
     assert efficiency_plot({"fmnist/knn_top1": 0.8}, str(tmp_path / "one.png")) is None  # one fraction: no curve
+
+
+def test_a_stream_that_runs_dry_is_an_error_not_a_less_trained_model():
+    from sslscale.config import TransferConfig
+    from sslscale.finetune import train
+
+    torch.manual_seed(0)
+    enc = build_encoder("resnet", in_channels=1, image_size=8, widths=(4, 8), depths=(1, 1))
+    batch = {"view_0": torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8), "label": torch.arange(8) % 3}
+    tcfg = TransferConfig(finetune_steps=3, finetune_batch_size=8)
+    with pytest.raises(SslscaleError, match="got 1 batches for transfer.finetune_steps=3: its labelled stream"):
+        train(enc, 3, 0, iter([batch]), Config(), tcfg, lr=1e-2)
