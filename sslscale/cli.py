@@ -69,9 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--label-fractions", default="1.0",
                     help="comma-separated fractions of the train labels each protocol is fit on (stratified, "
                          "seeded; the test split stays whole), e.g. 0.01,0.1,1.0")
-    ev.add_argument("--out", default="evaluation", help="folder for the plots (default: ./evaluation)")
+    ev.add_argument("--out", default="evaluation", help="folder for the pictures: confusion_matrix.png, "
+                    "embedding_map.png, label_efficiency.png (default: ./evaluation)")
     ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                    help="transfer.* keys, e.g. transfer.finetune_steps=300 transfer.scratch_lrs=1e-3,3e-3")
+                    help="transfer.* keys, e.g. transfer.finetune_steps=300 transfer.scratch_lrs=1e-3,3e-3 "
+                         "transfer.finetune_workers=2 (on Ray Train) transfer.seed=1 transfer.embedding_map=pca")
 
     ex = sub.add_parser("export", help="write a run's encoder as a standalone safetensors file")
     _source_args(ex)
@@ -110,22 +112,43 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db")
 
 
-def _encoder_source(args) -> tuple[str, str, dict]:
-    """(path holding an encoder, MLflow run id or '', the run's config as a dict or {}) for --run / --checkpoint."""
+def _encoder_source(args) -> tuple[str, str, dict, str]:
+    """(path holding an encoder, MLflow run id or '', the run's config as a dict or {}, the run folder or '') for
+    --run / --checkpoint (a run folder given as --checkpoint counts as --run)."""
     from sslscale import checkpoint, storage, tracking
-    from sslscale.pretraining import find_run_dir, run_field
+    from sslscale.pretraining import RUN_FILE, find_run_dir, run_field
 
-    if args.run:
-        run_dir = find_run_dir(args.run, tracking.resolve_uri(args.tracking_uri))
+    if args.run or storage.isfile(storage.join(args.checkpoint, RUN_FILE)):
+        run_dir = find_run_dir(args.run or args.checkpoint, tracking.resolve_uri(args.tracking_uri))
         path = run_dir if storage.isfile(storage.join(run_dir, checkpoint.ENCODER)) else checkpoint.latest(run_dir)
         if path is None:
-            raise SslscaleError(f"run {args.run} has no checkpoint yet: resume it with `sslscale pretrain --resume`")
-        return path, run_field(run_dir, "run_id"), run_field(run_dir, "config", {})
+            raise SslscaleError(f"run {run_dir} has no checkpoint yet: resume it with `sslscale pretrain --resume`")
+        return path, run_field(run_dir, "run_id"), run_field(run_dir, "config", {}), run_dir
     path = args.checkpoint
     if not storage.exists(path):
         raise SslscaleError(f"checkpoint {path} does not exist: pass a checkpoint folder or *encoder.safetensors file")
     state = checkpoint.verify(path) if storage.isfile(storage.join(path, checkpoint.STATE)) else {}
-    return path, state.get("run_id", ""), state.get("config", {})
+    return path, state.get("run_id", ""), state.get("config", {}), ""
+
+
+# what `evaluate` may override besides transfer.*: where fine-tuning's workers run (the run's own may not fit here)
+EVALUATE_KEYS = ("train.use_gpu", "train.cpus_per_worker", "train.threads_per_worker", "train.worker_resources",
+                 "train.storage")
+
+
+def evaluate_config(trained_with: dict, flags: list[str], overrides: list[str]):
+    """The config `evaluate` scores with: the run's engine (ZeRO stage, precision: fine-tuning trains as the run
+    did), this machine's defaults for where workers run, and the command's flags and overrides (transfer.* and
+    EVALUATE_KEYS; the run's transfer section is not used: a sweep trial's may score on a subset)."""
+    from sslscale.config import Config
+
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if not (key.startswith("transfer.") or key in EVALUATE_KEYS):
+            raise SslscaleError(f"sslscale evaluate takes transfer.* overrides and {', '.join(EVALUATE_KEYS)}, not "
+                                f"{key}: e.g. transfer.finetune_steps=300")
+    base = Config.from_dict({"engine": trained_with["engine"]}) if "engine" in trained_with else Config()
+    return base.override(flags + overrides)
 
 
 def _cmd_prepare(args) -> None:
@@ -208,21 +231,16 @@ def _cmd_sweep(args) -> None:
 
 
 def _cmd_evaluate(args) -> None:
-    from sslscale import tracking
-    from sslscale.config import Config
+    from sslscale import storage, tracking
     from sslscale.export import load_encoder
-    from sslscale.transfer import timed_evaluate
+    from sslscale.transfer import chosen, timed_evaluate
 
-    path, run_id, trained_with = _encoder_source(args)
-    # fine-tuning runs on the engine and workers the run trained with (ZeRO stage, precision, devices, CPUs); the
-    # transfer section is this command's, not the run's (a sweep trial's may score on a subset)
-    base = Config.from_dict({k: trained_with[k] for k in ("engine", "train") if k in trained_with})
     flags = [f"transfer.target={args.target}", f"transfer.baseline={not args.no_baseline}",
              f"transfer.knn_k={args.knn_k}", f"transfer.protocols={args.protocols}",
              f"transfer.label_fractions={args.label_fractions}"]
-    if any(not o.startswith("transfer.") for o in args.overrides):
-        raise SslscaleError("sslscale evaluate takes transfer.* overrides only, e.g. transfer.finetune_steps=300")
-    cfg = base.override(flags + args.overrides)
+    chosen(evaluate_config({}, flags, args.overrides).transfer)  # a bad key or value fails before any file is read
+    path, run_id, trained_with, run_dir = _encoder_source(args)
+    cfg = evaluate_config(trained_with, flags, args.overrides)
     os.makedirs(args.out, exist_ok=True)  # an unwritable folder fails before the scoring, not after
     scores, plots = timed_evaluate(load_encoder(path), cfg.transfer, cfg, args.out)
     _print_scores(scores)
@@ -234,12 +252,14 @@ def _cmd_evaluate(args) -> None:
         for plot in plots:
             tracking.log_artifact(uri, run_id, plot)
         print(f"logged to MLflow run {run_id} at {tracking.shown(uri)}")
+    for plot in plots if run_dir else ():  # beside the run's other plots, as pretraining leaves them
+        storage.copy_file(plot, storage.join(run_dir, os.path.basename(plot)))
 
 
 def _cmd_export(args) -> None:
     from sslscale.export import load_encoder, save_encoder
 
-    path, _, _ = _encoder_source(args)
+    path = _encoder_source(args)[0]
     print(f"wrote {save_encoder(load_encoder(path), args.out)}")
 
 

@@ -82,7 +82,7 @@ class MethodConfig:
     decoder_dim: int = 128  # MAE: decoder token width
     decoder_depth: int = 2  # MAE: decoder transformer blocks
     noise_std: float = 0.3  # denoising autoencoder: std of the Gaussian noise added to the input (in [0, 1] units)
-    freeze_last_layer: int = 0  # DINO: steps at the start whose prototype-layer gradients are zeroed (paper: 1 epoch)
+    freeze_last_layer: int = 0  # DINO: steps at the start during which the prototypes' learning rate is 0 (paper: 1 epoch)
 
 
 @dataclass
@@ -355,6 +355,7 @@ def transfer_checks(tcfg) -> list[tuple[str, bool, str]]:
     config.validate lists its checks: comma-separated, at least one, none repeated; protocols from PROTOCOLS,
     fractions numbers in (0, 1]."""
     protocols, fractions = list_items(tcfg.protocols), [_fraction(f) for f in list_items(tcfg.label_fractions)]
+    workers, batch = max(1, tcfg.finetune_workers), tcfg.finetune_batch_size
     return [("transfer.protocols", bool(protocols) and set(protocols) <= set(PROTOCOLS)
              and len(set(protocols)) == len(protocols), f"a comma-separated list of {', '.join(PROTOCOLS)}"),
             ("transfer.label_fractions", bool(fractions) and None not in fractions
@@ -370,9 +371,9 @@ def transfer_checks(tcfg) -> list[tuple[str, bool, str]]:
             ("transfer.embedding_map", tcfg.embedding_map in EMBEDDING_MAPS, f"one of {', '.join(EMBEDDING_MAPS)}"),
             ("transfer.map_samples", tcfg.map_samples >= 2, "at least 2"),
             ("transfer.finetune_workers", tcfg.finetune_workers >= 1, "at least 1"),
-            ("transfer.finetune_batch_size", tcfg.finetune_batch_size % max(1, tcfg.finetune_workers) == 0
-             and tcfg.finetune_batch_size // max(1, tcfg.finetune_workers) >= 2,
-             f"a multiple of transfer.finetune_workers={tcfg.finetune_workers} with at least 2 per worker")]
+            ("transfer.finetune_batch_size", batch % workers == 0 and batch // workers >= 2,
+             f"a multiple of transfer.finetune_workers={workers} with at least 2 per worker, e.g. "
+             f"transfer.finetune_batch_size={max(2 * workers, batch - batch % workers)}")]
 
 
 def score_name(protocol: str, fraction: str) -> str:

@@ -255,13 +255,21 @@ class Engine:
         checkpoint.write_rank_files(folder, rank, position, state)
 
     def load(self, folder: str) -> dict:
-        """Verify the folder's checksums, then restore weights, optimizer and LR schedule. Returns state.json."""
+        """Verify the folder's checksums, then restore weights, optimizer state and DeepSpeed's step count (every
+        schedule follows from it). Returns state.json."""
         from sslscale import checkpoint
 
         state = checkpoint.verify(folder)
         try:
-            self.ds.load_checkpoint(folder, tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=True)
+            self.ds.load_checkpoint(folder, tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False)
         except pickle.UnpicklingError as e:
             raise SslscaleError(f"checkpoint {folder} holds objects other than tensors ({str(e).splitlines()[0]}); "
                                 f"refusing to unpickle them: resume from a checkpoint sslscale wrote") from None
+        except (ValueError, RuntimeError) as e:  # torch's words (ZeRO-0) and DeepSpeed's (ZeRO 1-2)
+            if not any(words in str(e) for words in ("parameter group", "layout does not match")):
+                raise
+            raise SslscaleError(f"checkpoint {folder} has another optimizer layout than this run "
+                                f"({str(e).splitlines()[0][:120]}); a DINO run "
+                                "with method.freeze_last_layer > 0 checkpointed before sslscale froze the prototypes "
+                                "by param group cannot resume: start it again") from None
         return state

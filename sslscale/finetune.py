@@ -195,7 +195,8 @@ def _select(job: dict, base: Config, batches) -> tuple[float, dict]:
 
 
 def _on_workers(job: dict, images: np.ndarray, labels: np.ndarray, fit_idx: np.ndarray, base: Config):
-    """_select on transfer.finetune_workers Ray Train workers under one DeepSpeed engine: the training views come
+    """_select on transfer.finetune_workers Ray Train workers (each candidate one DeepSpeed engine across them, in
+    one worker group): the training views come
     from evaluation's labelled Ray Data stream (stream.labelled_views, in _order and kept in order, each global
     batch split across the workers), the rest of `job` travels with the loop's config."""
     from sslscale import stream

@@ -162,6 +162,20 @@ def _attempt(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, 
               corpus_dir=corpus_dir, **fit_kw)
 
 
+def _check_finetune_workers(cfg: Config, run_id: str, uri: str) -> None:
+    """Fine-tuning's Ray Train workers (transfer.finetune_workers > 1) fit the cluster: one line and the run FAILED
+    now, not after its last step."""
+    t = cfg.transfer
+    if not (t.enabled and t.finetune_workers > 1 and set(transfer.chosen(t)[0]) & set(transfer.TRAINED_PROTOCOLS)):
+        return
+    try:
+        train.check_workers(cfg, t.finetune_workers, "transfer.finetune_workers")
+    except SslscaleError:
+        if run_id:
+            tracking.best_effort(tracking.end_run, uri, run_id, "FAILED")
+        raise
+
+
 def _done(run_dir: str, steps: int) -> str | None:
     last = checkpoint.latest(run_dir)
     return last if last and checkpoint.read_state(last)["step"] >= steps else None
@@ -347,6 +361,7 @@ def pretrain(cfg: Config, *, resume: str | None = None, tags: dict | None = None
         marks.mark("ray_start")
         ensure_ray()
         marks.mark("ray_ready")
+        _check_finetune_workers(cfg, run_id, uri)
         with _signals_stop_the_run():
             try:
                 final = _train(cfg, run_id, uri, run_dir, corpus_dir, input_spec, held, marks, callbacks=callbacks,

@@ -343,6 +343,12 @@ def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spe
     return trainer.fit()
 
 
+def check_workers(cfg: Config, workers: int, key: str) -> None:
+    """One line now, not at the end of a run, when `workers` Ray Train workers of cfg.train's size can never be
+    placed on this cluster (`key` sets their number)."""
+    _scaling(cfg, workers, key)
+
+
 def run_workers(loop, loop_config: dict, cfg: Config, *, workers: int, key: str, datasets: dict, ingest,
                 name: str) -> dict:
     """Run `loop(loop_config)` once (no retries) on `workers` Ray Train workers of cfg.train's size (`key` names the

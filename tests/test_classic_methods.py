@@ -1,6 +1,6 @@
 """Rotation prediction and the denoising autoencoder: rotations against numpy's rot90, the rotation loss against a
 float64 cross-entropy written here, batch order, the denoising loss against numpy, the corruption's determinism
-(a function of (steps_done, rank, micro-batch) only, carried by the state dict), the decoder's output shape, a
+(a function of (step, rank, micro-batch) only), the decoder's output shape, a
 forward and backward on both encoders, and a few optimizer steps lowering each loss."""
 import numpy as np
 import pytest

@@ -152,3 +152,18 @@ def test_last_layer_stays_frozen_for_the_first_steps_under_deepspeed():
     for before, after in zip(history[:2], history[1:3]):  # steps 1 and 2: frozen prototypes, a training MLP
         assert torch.allclose(before[0], after[0], atol=1e-6) and not torch.equal(before[1], after[1])
     assert not torch.allclose(history[2][0], history[3][0], atol=1e-6)  # step 3: the prototypes train
+
+    # a checkpoint of the older layout (no prototype group: what freeze_last_layer=0 still builds) cannot resume it
+    import os
+    import tempfile
+
+    from sslscale.errors import SslscaleError
+
+    old_cfg = cfg.override(["method.freeze_last_layer=0"])
+    old = Engine(build_method(old_cfg, in_channels=1, image_size=8), old_cfg)
+    with tempfile.TemporaryDirectory() as folder:
+        old.save(folder, rank=0, position=None, state={"step": 0, "world_size": 1})
+        with pytest.raises(SslscaleError, match=r"another optimizer layout than this run .* cannot resume: start it "
+                                                r"again$"):
+            engine.load(folder)
+        assert os.path.isdir(folder)

@@ -115,7 +115,8 @@ def test_finetune_and_scratch_score_digits_through_the_cli(tmp_path, data_root):
     bad = subprocess.run([SSLSCALE, "evaluate", "--checkpoint", path, "--target", "digits", "--protocol", "finetune",
                           "train.steps=5"], env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].endswith(
-        "takes transfer.* overrides only, e.g. transfer.finetune_steps=300")
+        "takes transfer.* overrides and train.use_gpu, train.cpus_per_worker, train.threads_per_worker, "
+        "train.worker_resources, train.storage, not train.steps: e.g. transfer.finetune_steps=300")
 
 
 def test_efficiency_curves_table_and_headline_from_score_names(tmp_path):
@@ -144,3 +145,26 @@ def test_a_stream_that_runs_dry_is_an_error_not_a_less_trained_model():
     tcfg = TransferConfig(finetune_steps=3, finetune_batch_size=8)
     with pytest.raises(SslscaleError, match="got 1 batches for transfer.finetune_steps=3: its labelled stream"):
         train(enc, 3, 0, iter([batch]), Config(), tcfg, lr=1e-2)
+
+
+def test_evaluate_fine_tunes_on_the_runs_engine_and_this_machines_workers():
+    from sslscale.cli import evaluate_config
+
+    run = Config().override(["engine.zero_stage=3", "engine.precision=fp32", "train.use_gpu=true",
+                             "train.cpus_per_worker=8"]).to_dict()
+    cfg = evaluate_config(run, ["transfer.protocols=finetune"], ["transfer.finetune_workers=2", "train.use_gpu=false"])
+    assert (cfg.engine.zero_stage, cfg.engine.precision) == (3, "fp32")  # trains as the run did
+    assert (cfg.train.use_gpu, cfg.train.cpus_per_worker) == ("false", Config().train.cpus_per_worker)  # here
+    assert cfg.transfer.protocols == "finetune" and cfg.transfer.finetune_workers == 2
+    assert evaluate_config({}, [], []).engine == Config().engine  # a bare encoder file: the defaults
+
+
+def test_learning_rates_follow_scale_and_freeze_per_group():
+    from sslscale.optim import set_learning_rates
+
+    opt = torch.optim.SGD([{"params": [torch.zeros(1)]}, {"params": [torch.zeros(1)], "lr_scale": 0.1},
+                           {"params": [torch.zeros(1)], "frozen_steps": 3}], lr=1.0)
+    set_learning_rates(opt, 0.5, step=2)
+    assert [g["lr"] for g in opt.param_groups] == [0.5, 0.05, 0.0]
+    set_learning_rates(opt, 0.5, step=3)  # the 4th step: the frozen group learns
+    assert [g["lr"] for g in opt.param_groups] == [0.5, 0.05, 0.5]
