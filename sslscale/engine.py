@@ -159,11 +159,11 @@ class Engine:
         return warmup_cosine(self.step + 1, total=self.cfg.train.steps, warmup=o.warmup_steps, peak=o.lr,
                              floor_ratio=o.min_lr_ratio)
 
-    def _apply_schedules(self) -> dict:
-        """Set this step's learning rate on every param group (times its lr_scale; 0 while the step is below its
-        frozen_steps) and, when optim.weight_decay_end asks for one, its weight decay: pure functions of the step,
-        so a resumed run recomputes them. Returns the weight decay for the logs when scheduled."""
-        lr, o = self.lr(), self.cfg.optim
+    def _apply_schedules(self, lr: float) -> dict:
+        """Set this step's learning rate `lr` (self.lr()) on every param group (times its lr_scale; 0 while the step
+        is below its frozen_steps) and, when optim.weight_decay_end asks for one, its weight decay: pure functions of
+        the step, so a resumed run recomputes them. Returns the weight decay for the logs when scheduled."""
+        o = self.cfg.optim
         set_learning_rates(self.optimizer, lr, self.step)
         if o.weight_decay_end < 0:
             return {}
@@ -217,7 +217,7 @@ class Engine:
         self.ds.train()
         lr, skipped = self.lr(), self._skipped()  # the rate this step uses
         buffers = [b.detach().clone() for b in self.method.buffers()]  # BatchNorm statistics move in forward
-        weight_decay = self._apply_schedules()
+        weight_decay = self._apply_schedules(lr)
         out, loss = self._forward_backward(micro_batches, inject_nan)
         result = {"skipped": self._skipped() > skipped, "lr": lr, "embeddings": out["embeddings"]}
         if result["skipped"]:

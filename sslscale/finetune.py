@@ -93,9 +93,10 @@ def _batches(images: np.ndarray, labels: np.ndarray, idx: np.ndarray, batch: int
     """`steps` batches of `batch` views of images[idx] in _order: {"view_0": uint8 (B, C, S, S), "label": int64
     (B,)}."""
     order, view_ids = _order(idx, len(images), batch, steps, seed)
+    spec = _spec(images)
     for i in range(0, len(order), batch):
         take = order[i:i + batch]
-        views = batch_views(images[take], view_ids[i:i + batch], seed=seed, epoch=0, spec=_spec(images), n_views=1)
+        views = batch_views(images[take], view_ids[i:i + batch], seed=seed, epoch=0, spec=spec, n_views=1)
         yield {"view_0": views["view_0"], "label": torch.as_tensor(labels[take])}
 
 
@@ -196,9 +197,9 @@ def _select(job: dict, base: Config, batches) -> tuple[float, dict]:
 
 def _on_workers(job: dict, images: np.ndarray, labels: np.ndarray, fit_idx: np.ndarray, base: Config):
     """_select on transfer.finetune_workers Ray Train workers (each candidate one DeepSpeed engine across them, in
-    one worker group): the training views come
-    from evaluation's labelled Ray Data stream (stream.labelled_views, in _order and kept in order, each global
-    batch split across the workers), the rest of `job` travels with the loop's config."""
+    one worker group): the training views come from evaluation's labelled Ray Data stream (stream.labelled_views,
+    in _order and kept in order, each global batch split across the workers), the rest of `job` travels with the
+    loop's config."""
     from sslscale import stream
     from sslscale import train as ray_train
     from sslscale.runtime import ensure_ray

@@ -215,7 +215,8 @@ def _evaluate(encoder: torch.nn.Module, tcfg, *, baseline: bool | None = None, c
     for prefix, enc in encoders.items():
         got_test = features(enc, test_x, tcfg.batch_size)
         got = scores(features(enc, train_x, tcfg.batch_size), got_test, data, tcfg, None if prefix else predicted)
-        test_f = got_test if not prefix else test_f
+        if not prefix:  # the pretrained encoder's: its test features also draw the embedding map
+            test_f = got_test
         result.update({f"{name}/{prefix}{k}": v for k, v in got.items()})
     if len(encoders) > 1:
         got = scores(pixels(train_x), pixels(test_x), data, tcfg)
@@ -366,10 +367,9 @@ def pictures(out_dir: str, encoder: torch.nn.Module, data: dict, tcfg, result: d
     label-efficiency curves (when there is more than one fraction). Returns the paths written."""
     os.makedirs(out_dir, exist_ok=True)
     made = []
-    fractions = sorted(chosen(tcfg)[1], key=float)
-    if score_name("linear", fractions[-1]) in predicted:
-        made.append(_confusion(predicted[score_name("linear", fractions[-1])], data, score_name("linear",
-                               fractions[-1]), os.path.join(out_dir, PICTURES[0])))
+    linear = score_name("linear", max(chosen(tcfg)[1], key=float))  # the probe fit on the most labels
+    if linear in predicted:
+        made.append(_confusion(predicted[linear], data, linear, os.path.join(out_dir, PICTURES[0])))
     if tcfg.embedding_map != "none":
         test_x, test_y = data["test"]
         made.append(_map(encoder, test_x, test_y.numpy(), data["names"], data["name"],
