@@ -107,7 +107,8 @@ def make_method(cfg, s: dict) -> torch.nn.Module:
     """methods.build_method, except that --tiny narrows the ResNet-50 (no config key sets its width)."""
     if cfg.model.encoder != "resnet50" or s["r50_width"] == 64:
         return build_method(cfg, in_channels=3, image_size=s["size"])
-    return METHODS[cfg.method.name](ResNet50(in_channels=3, image_size=s["size"], width=s["r50_width"]), cfg.method)
+    return METHODS[cfg.method.name](ResNet50(in_channels=3, image_size=s["size"], width=s["r50_width"]),
+                                    cfg.method.chosen)
 
 
 def device_of(cfg) -> torch.device:
@@ -127,18 +128,18 @@ def common(s: dict, batch: int, zero: int, tiny: bool) -> list[str]:
 
 
 def mae_config(s: dict, tiny: bool):
-    model = (["model.patch_size=8", "model.dim=32", "model.vit_depth=2", "model.heads=2", "method.decoder_dim=32",
-              "method.decoder_depth=1"] if tiny else
+    model = (["model.patch_size=8", "model.dim=32", "model.vit_depth=2", "model.heads=2", "method.mae.decoder_dim=32",
+              "method.mae.decoder_depth=1"] if tiny else
              ["model.patch_size=16", "model.dim=768", "model.vit_depth=12", "model.heads=12",
-              "method.decoder_dim=512", "method.decoder_depth=8"])
+              "method.mae.decoder_dim=512", "method.mae.decoder_depth=8"])
     return validate(load_recipe("mae_fmnist").override([*model, *common(s, s["mae_batch"], 1, tiny)]))
 
 
 def simclr_config(s: dict, zero: int, tiny: bool):
     """SimCLR as on ImageNet: 2048-wide projector, crops from 8% of the area, grayscale 0.2, blur 0.5."""
     cfg = load_recipe("simclr_fmnist").override([
-        "method.proj_hidden=2048", "method.proj_dim=128", "data.crop_min_scale=0.08", "data.grayscale=0.2",
-        "data.blur=0.5", "model.encoder=resnet50", *common(s, s["batch"], zero, tiny)])
+        "method.simclr.proj_hidden=2048", "method.simclr.proj_dim=128", "data.crop_min_scale=0.08",
+        "data.grayscale=0.2", "data.blur=0.5", "model.encoder=resnet50", *common(s, s["batch"], zero, tiny)])
     return validate(cfg)
 
 

@@ -44,7 +44,7 @@ def budget_overrides(cfg, steps: int) -> list[str]:
     items = [f"train.steps={steps}", f"train.checkpoint_every={max(1, steps // 4)}",
              f"train.health_every={max(1, steps // 16)}", f"optim.warmup_steps={max(1, steps // 16)}"]
     if cfg.method.name == "dino":
-        items += [f"method.teacher_temp_warmup={steps // 4}", f"method.freeze_last_layer={steps // 100}"]
+        items += [f"method.dino.teacher_temp_warmup={steps // 4}", f"method.dino.freeze_last_layer={steps // 100}"]
     return items
 
 

@@ -54,8 +54,9 @@ def measure(n: int, tmp: str, cfg) -> dict:
     from sslscale import sweep
 
     t0 = time.time()
-    result = sweep(cfg.override([f"tracking.uri=sqlite:///{tmp}/sweeps.db"]), ["method.temperature=uniform:0.1:0.3"],
-                   samples=n, scheduler="fifo", name=f"overhead-{n}", recipe="debug")
+    result = sweep(cfg.override([f"tracking.uri=sqlite:///{tmp}/sweeps.db"]),
+                   ["method.simclr.temperature=uniform:0.1:0.3"], samples=n, scheduler="fifo", name=f"overhead-{n}",
+                   recipe="debug")
     t1 = time.time()
     uri = f"sqlite:///{tmp}/sweeps.db"
     runs = sorted(tracking.child_runs(uri, result.parent_run_id), key=lambda r: r.info.start_time)

@@ -13,6 +13,7 @@ from sslscale.config import Config
 def config() -> Config:
     cfg = simclr_fmnist.config()
     cfg.method.name = "barlow_twins"
-    cfg.method.proj_hidden, cfg.method.proj_dim = 512, 512
-    cfg.method.barlow_lambda = 0.0051
+    barlow = cfg.method.barlow_twins
+    barlow.proj_hidden, barlow.proj_dim = 512, 512
+    barlow.lambd = 0.0051
     return cfg

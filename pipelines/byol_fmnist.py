@@ -14,6 +14,7 @@ from sslscale.config import Config
 def config() -> Config:
     cfg = simclr_fmnist.config()
     cfg.method.name = "byol"
-    cfg.method.proj_hidden, cfg.method.proj_dim = 512, 128
-    cfg.method.momentum, cfg.method.momentum_final = 0.99, 1.0
+    byol = cfg.method.byol
+    byol.proj_hidden, byol.proj_dim = 512, 128
+    byol.momentum, byol.momentum_final = 0.99, 1.0
     return cfg

@@ -9,7 +9,7 @@ def config() -> Config:
     cfg.data.corpus = "digits"
     cfg.data.batch_size, cfg.data.shuffle_buffer = 64, 256
     cfg.model.widths, cfg.model.depths = (8, 16), (1, 1)
-    cfg.method.proj_hidden, cfg.method.proj_dim = 32, 16
+    cfg.set_for_methods(proj_hidden=32, proj_dim=16)  # small heads whichever method.name a test picks
     cfg.optim.warmup_steps = 2
     cfg.train.steps, cfg.train.checkpoint_every, cfg.train.health_every = 6, 3, 2
     cfg.train.log_every = 1  # tests check every step's loss

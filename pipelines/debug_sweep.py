@@ -3,5 +3,5 @@ rate; 2 trials, ASHA. Finishes in about a minute."""
 
 RECIPE = "debug"
 SIZING = ["transfer.baseline=false"]
-SPACE = ["method.temperature=loguniform:0.05:0.5", "optim.lr=loguniform:1e-3:1e-2"]
+SPACE = ["method.simclr.temperature=loguniform:0.05:0.5", "optim.lr=loguniform:1e-3:1e-2"]
 SAMPLES, SCHEDULER, SEARCH = 2, "asha", "random"

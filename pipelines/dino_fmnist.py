@@ -20,11 +20,12 @@ def config() -> Config:
     cfg.data.crop_min_scale = 0.4
     cfg.data.n_local, cfg.data.local_size = 4, 14
     cfg.data.local_min_scale, cfg.data.local_max_scale = 0.05, 0.4
-    cfg.method.proj_hidden, cfg.method.proj_dim, cfg.method.out_dim = 512, 128, 1024
-    cfg.method.student_temp, cfg.method.center_momentum = 0.1, 0.9
-    cfg.method.teacher_temp_start, cfg.method.teacher_temp = 0.04, 0.07
-    cfg.method.teacher_temp_warmup = cfg.train.steps // 4
-    cfg.method.freeze_last_layer = cfg.train.steps // 100
-    cfg.method.momentum, cfg.method.momentum_final = 0.99, 1.0
+    dino = cfg.method.dino
+    dino.proj_hidden, dino.proj_dim, dino.out_dim = 512, 128, 1024
+    dino.student_temp, dino.center_momentum = 0.1, 0.9
+    dino.teacher_temp_start, dino.teacher_temp = 0.04, 0.07
+    dino.teacher_temp_warmup = cfg.train.steps // 4
+    dino.freeze_last_layer = cfg.train.steps // 100
+    dino.momentum, dino.momentum_final = 0.99, 1.0
     cfg.optim.weight_decay, cfg.optim.weight_decay_end = 0.04, 0.4
     return cfg

@@ -13,7 +13,8 @@ from sslscale.config import Config
 def config() -> Config:
     cfg = simclr_fmnist.config()
     cfg.method.name = "moco_v3"
-    cfg.method.proj_hidden, cfg.method.proj_dim = 512, 128
-    cfg.method.temperature = 0.2
-    cfg.method.momentum, cfg.method.momentum_final = 0.99, 1.0
+    moco = cfg.method.moco_v3
+    moco.proj_hidden, moco.proj_dim = 512, 128
+    moco.temperature = 0.2
+    moco.momentum, moco.momentum_final = 0.99, 1.0
     return cfg

@@ -11,6 +11,6 @@ RECIPE = "simclr_fmnist"
 SIZING = ["train.steps=270", "train.checkpoint_every=90", "train.health_every=10",
           "transfer.train_samples=10000", "transfer.baseline=false",
           "transfer.embedding_map=none"]  # ~8 s of t-SNE a trial; the sweep maps its best trial's embeddings itself
-SPACE = ["method.temperature=loguniform:0.05:0.5", "data.crop_min_scale=uniform:0.08:0.6",
+SPACE = ["method.simclr.temperature=loguniform:0.05:0.5", "data.crop_min_scale=uniform:0.08:0.6",
          "optim.lr=loguniform:5e-4:8e-3"]
 SAMPLES, SCHEDULER, SEARCH = 8, "asha", "random"

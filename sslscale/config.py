@@ -7,6 +7,7 @@ Every problem is reported as one `SslscaleError` line naming the key and what is
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -59,30 +60,26 @@ class ModelConfig:
     vit_preset: str = _choice("none", "none", "tiny", "small")  # vit: tiny or small set dim, vit_depth and heads
 
 
-@dataclass
-class MethodConfig:
-    name: str = _choice("simclr", "simclr", "barlow_twins", "vicreg", "byol", "moco_v3", "dino", "mae", "rotation",
-                        "denoising_ae")
-    proj_hidden: int = 512  # projector (and BYOL / MoCo v3 predictor) hidden width
-    proj_dim: int = 128
-    temperature: float = 0.2  # SimCLR and MoCo v3
-    momentum: float = 0.996  # BYOL / MoCo v3: EMA teacher momentum at step 0 ...
-    momentum_final: float = 1.0  # ... rising on a cosine to this at train.steps
-    barlow_lambda: float = 0.0051  # Barlow Twins: weight of the off-diagonal (redundancy) term
-    vicreg_sim: float = 25.0  # VICReg: weight of the invariance (MSE) term
-    vicreg_std: float = 25.0  # VICReg: weight of the variance (std hinge) term
-    vicreg_cov: float = 1.0  # VICReg: weight of the covariance term
-    out_dim: int = 4096  # DINO: prototypes (output width of the head; paper 65536)
-    student_temp: float = 0.1  # DINO: student softmax temperature
-    teacher_temp: float = 0.04  # DINO: teacher temperature after warmup (paper 0.04 - 0.07) ...
-    teacher_temp_start: float = 0.04  # ... starting here ...
-    teacher_temp_warmup: int = 0  # ... and rising linearly over these steps
-    center_momentum: float = 0.9  # DINO: EMA of the teacher's mean output that centres it
-    mask_ratio: float = 0.75  # MAE: fraction of patches hidden from the encoder
-    decoder_dim: int = 128  # MAE: decoder token width
-    decoder_depth: int = 2  # MAE: decoder transformer blocks
-    noise_std: float = 0.3  # denoising autoencoder: std of the Gaussian noise added to the input (in [0, 1] units)
-    freeze_last_layer: int = 0  # DINO: steps at the start during which the prototypes' learning rate is 0 (paper: 1 epoch)
+@functools.cache
+def method_config() -> type:
+    """The `method` section's dataclass: `name` picks the method, and every registered method (methods.METHODS) has
+    its own section of keys, `method.<name>.<key>` (its Section dataclass, declared and checked in its own file).
+    Built on first use, as the method modules import torch; only the chosen method's section is validated and
+    logged."""
+    from sslscale.methods import METHODS
+
+    fields = [("name", str, _choice("simclr", *METHODS))]
+    fields += [(name, cls.section, field(default_factory=cls.section)) for name, cls in METHODS.items()]
+    chosen = property(lambda self: getattr(self, self.name), doc="the chosen method's section")
+    cls = dataclasses.make_dataclass("MethodConfig", fields, namespace={"chosen": chosen})
+    cls.__module__ = __name__
+    return cls
+
+
+def __getattr__(name: str):
+    if name == "MethodConfig":  # pickle finds the built class by name
+        return method_config()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -183,21 +180,26 @@ class Config:
     recipe: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: typing.Any = field(default_factory=lambda: method_config()())  # method_config(): name + sections
     optim: OptimConfig = field(default_factory=OptimConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def to_dict(self, chosen_method_only: bool = False) -> dict:
+        """The whole config as nested dicts; with chosen_method_only, other methods' sections are left out (what
+        MLflow shows: they do not act on the run)."""
+        data = dataclasses.asdict(self)
+        if chosen_method_only:
+            data["method"] = {k: v for k, v in data["method"].items() if k in ("name", self.method.name)}
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "Config":
         cfg = cls()
         for key, value in flatten(data).items():
-            set_key(cfg, key, value)
+            set_key(cfg, key, value, note=False)  # a config saved before a rename reads silently
         return cfg
 
     def to_json(self) -> str:
@@ -212,6 +214,14 @@ class Config:
                 raise SslscaleError(f"override {item!r} is not key=value: write it like train.steps=100")
             set_key(cfg, key.strip(), raw.strip())
         return cfg
+
+    def set_for_methods(self, **values) -> "Config":
+        """Set each key in every method's section that has it: for a recipe whose method the user may switch
+        (debug: small heads whichever method runs). Returns self."""
+        for key, value in values.items():
+            for each in method_keys(self, key):
+                set_key(self, each, value)
+        return self
 
     def micro_batch(self) -> int:
         """Samples per worker per forward pass."""
@@ -244,10 +254,18 @@ def _field(cfg: Config, key: str):
             break
     fields = {f.name: f for f in dataclasses.fields(obj)} if obj is not None else {}
     if parts[-1] not in fields or dataclasses.is_dataclass(getattr(obj, parts[-1])):
-        section = parts[0] if parts[0] in flatten_sections() else None
-        allowed = [k for k in _all_keys() if section is None or k.startswith(section + ".")]
-        raise SslscaleError(f"unknown config key {key!r}; known keys: {', '.join(allowed)}")
+        raise SslscaleError(f"unknown config key {key!r}; known keys: {', '.join(_known(cfg, parts))}")
     return obj, fields[parts[-1]]
+
+
+def _known(cfg: Config, parts: list[str]) -> list[str]:
+    """The keys to list after an unknown one: its section's; for method keys, method.name and the named (else the
+    chosen) method's section, with a pointer to the others."""
+    if parts[0] != "method":
+        return [k for k in _all_keys() if parts[0] not in flatten_sections() or k.startswith(parts[0] + ".")]
+    name = parts[1] if len(parts) > 2 and hasattr(cfg.method, parts[1]) else cfg.method.name
+    own = flatten({"method": {name: dataclasses.asdict(getattr(cfg.method, name))}})
+    return ["method.name", *own, "(other methods: method.<name>.<key>)"]
 
 
 def flatten_sections() -> set[str]:
@@ -283,22 +301,54 @@ def _coerce(key: str, kind, value):
 
 def key_type(key: str) -> str:
     """The type name of a config key (int, float, str, bool, tuple); one line naming an unknown key."""
-    obj, fld = _field(Config(), key)
+    obj, fld = _field(Config(), ALIASES.get(key, key))
     hint = typing.get_type_hints(type(obj))[fld.name]
     return getattr(hint, "__name__", str(hint))
 
 
 # old name -> new name; the old one keeps working for one release, with a one-line note
 ALIASES = {"train.output_dir": "train.storage"}
+# the flat method keys before each method had its own section (method.<old> -> <new> in the sections that have it)
+RENAMED_METHOD_KEYS = {"barlow_lambda": "lambd", "vicreg_sim": "sim_coeff", "vicreg_std": "std_coeff",
+                       "vicreg_cov": "cov_coeff"}
 _noted: set[str] = set()
 
 
-def set_key(cfg: Config, key: str, value) -> None:
+def method_keys(cfg: Config, key: str) -> list[str]:
+    """method.<name>.<key> for every method whose section has `key`."""
+    return [f"method.{f.name}.{key}" for f in dataclasses.fields(cfg.method)
+            if f.name != "name" and key in {g.name for g in dataclasses.fields(getattr(cfg.method, f.name))}]
+
+
+def flat_method_key(cfg: Config, key: str) -> list[str]:
+    """The keys an old flat method key (method.temperature) stands for: the same key in every method's section that
+    has it, as the flat key acted on whichever method ran; [] for any other key."""
+    parts = key.split(".")
+    if len(parts) != 2 or parts[0] != "method" or parts[1] == "name":
+        return []
+    return method_keys(cfg, RENAMED_METHOD_KEYS.get(parts[1], parts[1]))
+
+
+def note_renamed(key: str, text: str) -> None:
+    """One line on stderr, once per process and key, that an old key name is now `text`."""
+    if key not in _noted:
+        _noted.add(key)
+        print(f"sslscale: note: {key} is now {text}; the old name goes in the next release", file=sys.stderr)
+
+
+def set_key(cfg: Config, key: str, value, note: bool = True) -> None:
+    """Set one `a.b=value` key, coerced to its type and checked against its choices; one line for a bad one. An old
+    name sets its new key(s), with a one-line note unless note=False."""
+    if flat_method_key(cfg, key):
+        new = flat_method_key(cfg, key)
+        if note:
+            note_renamed(key, f"method.<name>.{new[0].rpartition('.')[2]} ({', '.join(k.split('.')[1] for k in new)})")
+        for each in new:
+            set_key(cfg, each, value)
+        return
     if key in ALIASES:
-        if key not in _noted:
-            _noted.add(key)
-            print(f"sslscale: note: {key} is now {ALIASES[key]}; the old name goes in the next release",
-                  file=sys.stderr)
+        if note:
+            note_renamed(key, ALIASES[key])
         key = ALIASES[key]
     if key == "recipe":
         cfg.recipe = str(value)
@@ -397,6 +447,12 @@ def _positive_floats(text: str, upper: float | None) -> bool:
     return bool(values) and all(v > 0 and (upper is None or v <= upper) for v in values)
 
 
+def method_checks(cfg: Config) -> list[tuple[str, bool, str]]:
+    """The chosen method's own checks of its section (methods.Section.checks), keys made whole."""
+    return [(key if "." in key else f"method.{cfg.method.name}.{key}", ok, allowed)
+            for key, ok, allowed in cfg.method.chosen.checks(cfg)]
+
+
 def validate(cfg: Config) -> Config:
     """Checks that span keys; raises one SslscaleError line naming the key. Returns cfg."""
     checks = [
@@ -418,10 +474,6 @@ def validate(cfg: Config) -> Config:
         ("optim.lr", cfg.optim.lr > 0, "a positive number"),
         ("optim.warmup_steps", cfg.optim.warmup_steps >= 0, "0 or more"),
         ("optim.min_lr_ratio", 0 <= cfg.optim.min_lr_ratio <= 1, "between 0 and 1"),
-        ("method.temperature", cfg.method.temperature > 0, "a positive number"),
-        ("method.barlow_lambda", cfg.method.barlow_lambda >= 0, "0 or more"),
-        ("method.momentum", 0 <= cfg.method.momentum <= 1, "in [0, 1]"),
-        ("method.momentum_final", cfg.method.momentum <= cfg.method.momentum_final <= 1, "in [method.momentum, 1]"),
         ("data.crop_min_scale", 0 < cfg.data.crop_min_scale <= 1, "in (0, 1]"),
         ("model.widths", len(cfg.model.widths) == len(cfg.model.depths) > 0, "as many entries as model.depths"),
         ("transfer.knn_k", cfg.transfer.knn_k > 0, "a positive number"),
@@ -447,7 +499,6 @@ def validate(cfg: Config) -> Config:
         ("optim.beta2", 0 <= cfg.optim.beta2 < 1, "in [0, 1)"),
         ("engine.zero3_persist", cfg.engine.zero3_persist >= 0, "0 (partition every tensor) or more elements"),
         ("optim.lr", math.isfinite(cfg.optim.lr), "a finite number"),
-        ("method.proj_dim", cfg.method.proj_dim > 0 and cfg.method.proj_hidden > 0, "positive (and proj_hidden)"),
         ("model.widths", all(w > 0 for w in cfg.model.widths) and all(d > 0 for d in cfg.model.depths),
          "positive channel counts (and model.depths positive block counts)"),
         ("model.patch_size", cfg.model.patch_size > 0, "a positive number of pixels"),
@@ -461,20 +512,6 @@ def validate(cfg: Config) -> Config:
         ("data.local_size", cfg.data.local_size >= 0, "0 (half the image side) or a positive number of pixels"),
         ("data.local_min_scale", 0 < cfg.data.local_min_scale <= cfg.data.local_max_scale <= 1,
          "in (0, data.local_max_scale], and data.local_max_scale at most 1"),
-        ("method.out_dim", cfg.method.out_dim > 0, "a positive number"),
-        ("method.student_temp", cfg.method.student_temp > 0, "a positive number"),
-        ("method.teacher_temp", cfg.method.teacher_temp > 0 and cfg.method.teacher_temp_start > 0,
-         "positive (and method.teacher_temp_start)"),
-        ("method.teacher_temp_warmup", cfg.method.teacher_temp_warmup >= 0, "0 or more steps"),
-        ("method.center_momentum", 0 <= cfg.method.center_momentum < 1, "in [0, 1)"),
-        ("method.mask_ratio", 0 < cfg.method.mask_ratio < 1, "in (0, 1)"),
-        ("method.decoder_dim", cfg.method.decoder_dim > 0 and cfg.method.decoder_dim % 4 == 0,
-         "a positive multiple of 4"),
-        ("method.decoder_depth", cfg.method.decoder_depth > 0, "at least 1"),
-        ("method.noise_std", cfg.method.noise_std >= 0, "0 or more"),
-        ("method.freeze_last_layer", cfg.method.freeze_last_layer >= 0, "0 or more steps"),
-        ("model.encoder", cfg.method.name != "mae" or cfg.model.encoder == "vit",
-         "vit for method.name=mae (MAE encodes the visible patches only)"),
     ]
     if cfg.model.vit_preset == "none":  # a preset sets these three itself
         checks += [
@@ -483,10 +520,9 @@ def validate(cfg: Config) -> Config:
             ("model.heads", cfg.model.heads > 0 and cfg.model.dim % cfg.model.heads == 0,
              "a positive divisor of model.dim"),
         ]
-    for key in ("vicreg_sim", "vicreg_std", "vicreg_cov"):
-        checks.append((f"method.{key}", getattr(cfg.method, key) >= 0, "0 or more"))
     for key in ("flip", "jitter_prob", "grayscale", "blur", "solarize"):
         checks.append((f"data.{key}", 0 <= getattr(cfg.data, key) <= 1, "a probability in [0, 1]"))
+    checks += method_checks(cfg)
     for key, ok, allowed in checks:
         if not ok:
             raise SslscaleError(f"bad value for {key}: must be {allowed}")

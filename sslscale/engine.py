@@ -270,6 +270,6 @@ class Engine:
                 raise
             raise SslscaleError(f"checkpoint {folder} has another optimizer layout than this run "
                                 f"({str(e).splitlines()[0][:120]}); a DINO run "
-                                "with method.freeze_last_layer > 0 checkpointed before sslscale froze the prototypes "
+                                "with method.dino.freeze_last_layer > 0 checkpointed before sslscale froze the prototypes "
                                 "by param group cannot resume: start it again") from None
         return state

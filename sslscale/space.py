@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sslscale.config import Config, flatten, key_type, validate
+from sslscale.config import Config, flat_method_key, flatten, key_type, note_renamed, validate
 from sslscale.errors import SslscaleError
 
 KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
@@ -73,6 +73,20 @@ def parse(items: list[str]) -> Space:
             raise SslscaleError(f"--space {dist.key} is given twice; give each key one distribution")
         space[dist.key] = dist
     return space
+
+
+def renamed(items: list[str], base: Config) -> list[str]:
+    """Space items with an old flat method key (method.temperature) written as the base's chosen method's key
+    (method.simclr.temperature), with a one-line note; the old names go in the next release."""
+    out = []
+    for item in items:
+        key, sep, spec = item.partition("=")
+        new = [k for k in flat_method_key(base, key.strip()) if k.startswith(f"method.{base.method.name}.")]
+        if new:
+            note_renamed(key.strip(), new[0])
+            item = f"{new[0]}{sep}{spec}"
+        out.append(item)
+    return out
 
 
 def _candidates(dist: Dist) -> list:

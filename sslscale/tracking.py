@@ -113,8 +113,9 @@ def start_run(uri: str, cfg, tags: dict | None = None) -> str:
         raise SslscaleError(f"cannot create an MLflow run at {shown(uri)} ({type(e).__name__}: {str(e)[:200]}); "
                             f"check tracking.uri or MLFLOW_TRACKING_URI, or set tracking.enabled=false") from None
     run_id = run.info.run_id
-    log_params(uri, run_id, flatten(cfg.to_dict()))
-    c.log_text(run_id, json.dumps(redact.nested(cfg.to_dict()), indent=2, sort_keys=True), "config.json")
+    shown_cfg = cfg.to_dict(chosen_method_only=True)  # other methods' sections do not act on the run
+    log_params(uri, run_id, flatten(shown_cfg))
+    c.log_text(run_id, json.dumps(redact.nested(shown_cfg), indent=2, sort_keys=True), "config.json")
     return run_id
 
 

@@ -240,6 +240,7 @@ def sweep(cfg: Config, space_items: list[str], *, samples: int = 8, scheduler: s
           seed: int = 0) -> SweepResult:
     """Run a Tune sweep of `pretrain` over `space_items` (KEY=DIST strings, see space.py) on top of cfg;
     `retrain_overrides` are the user's fixed key=value overrides (kept in the command that retrains the winner)."""
+    space_items = spaces.renamed(space_items, cfg)
     space = spaces.parse(space_items)
     _check_options(cfg, samples, scheduler, search, metric, mode, max_concurrent)
     spaces.check(space, cfg, search, list(retrain_overrides))

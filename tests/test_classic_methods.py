@@ -23,8 +23,8 @@ def _encoder(name, image_size=8, seed=0):
     return build_encoder(name, in_channels=1, image_size=image_size, **ENCODERS[name])
 
 
-def _cfg(*items):
-    return Config().override(["method.proj_hidden=16", *items]).method
+def _cfg(name="rotation", *items):
+    return getattr(Config().override([f"method.name={name}", *items]).set_for_methods(proj_hidden=16).method, name)
 
 
 def _images(n=6, size=8, seed=0, channels=1):
@@ -131,7 +131,7 @@ def _encoder_inputs(method, x, step=0):
 
 def test_noise_depends_only_on_the_step_rank_and_micro_batch(monkeypatch):
     x = _images()
-    a, b = DenoisingAE(_encoder("resnet", seed=0), _cfg()), DenoisingAE(_encoder("resnet", seed=1), _cfg())
+    a, b = (DenoisingAE(_encoder("resnet", seed=seed), _cfg("denoising_ae")) for seed in (0, 1))
     torch.manual_seed(123)
     noisy = _encoder_inputs(a, x, 5)
     torch.manual_seed(456)  # the global RNG plays no part
@@ -146,16 +146,16 @@ def test_noise_depends_only_on_the_step_rank_and_micro_batch(monkeypatch):
 
 
 def test_a_checkpoint_from_before_the_loop_owned_the_step_still_loads():
-    a = DenoisingAE(_encoder("vit"), _cfg())
+    a = DenoisingAE(_encoder("vit"), _cfg("denoising_ae"))
     state = {**a.state_dict(), "steps_done": torch.tensor(41)}  # what older checkpoints carry
-    resumed = DenoisingAE(_encoder("vit", seed=7), _cfg())
+    resumed = DenoisingAE(_encoder("vit", seed=7), _cfg("denoising_ae"))
     resumed.load_state_dict(state)  # strict, as DeepSpeed loads
     assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in a.state_dict().items())
 
 
 def test_zero_noise_feeds_the_clean_view():
     x = _images()
-    method = DenoisingAE(_encoder("resnet"), _cfg("method.noise_std=0"))
+    method = DenoisingAE(_encoder("resnet"), _cfg("denoising_ae", "method.denoising_ae.noise_std=0"))
     torch.testing.assert_close(_encoder_inputs(method, x), x, rtol=0, atol=0)
     assert DenoisingAE.views(None, 8) == {"n_views": 1}
 
@@ -170,7 +170,7 @@ def test_decoder_output_has_the_image_shape(size, channels):
 
 @pytest.mark.parametrize("encoder,size", [("resnet", 8), ("vit", 8), ("resnet", 28), ("vit", 28)])
 def test_denoising_forward_backward(encoder, size):
-    method = DenoisingAE(_encoder(encoder, image_size=size), _cfg()).train()
+    method = DenoisingAE(_encoder(encoder, image_size=size), _cfg("denoising_ae")).train()
     x = _images(size=size)
     out = _assert_trains(method, x)
     assert out["embeddings"].shape == (6, method.encoder.feature_dim) and not out["embeddings"].requires_grad
@@ -180,9 +180,9 @@ def test_denoising_forward_backward(encoder, size):
 
 # --- a few optimizer steps ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cls", [Rotation, DenoisingAE])
-def test_a_few_adam_steps_lower_the_loss(cls):
-    method = cls(_encoder("resnet"), _cfg()).train()
+@pytest.mark.parametrize("name, cls", [("rotation", Rotation), ("denoising_ae", DenoisingAE)])
+def test_a_few_adam_steps_lower_the_loss(name, cls):
+    method = cls(_encoder("resnet"), _cfg(name)).train()
     x = _images(n=8, seed=4)
     optimizer = torch.optim.Adam(method.parameters(), lr=3e-3)
     losses = []

@@ -66,9 +66,9 @@ def test_loss_is_invariant_to_batch_order():
 def _cfg(encoder="vit", n_local=2):
     cfg = Config().override(["method.name=dino", f"model.encoder={encoder}", "model.patch_size=2", "model.dim=16",
                              "model.vit_depth=1", "model.heads=2", "model.widths=8,16", "model.depths=1,1",
-                             "method.proj_hidden=32", "method.proj_dim=8", "method.out_dim=12",
-                             f"data.n_local={n_local}", "data.local_size=4", "method.teacher_temp_start=0.04",
-                             "method.teacher_temp=0.07", "method.teacher_temp_warmup=10", "train.steps=20"])
+                             "method.dino.proj_hidden=32", "method.dino.proj_dim=8", "method.dino.out_dim=12",
+                             f"data.n_local={n_local}", "data.local_size=4", "method.dino.teacher_temp_start=0.04",
+                             "method.dino.teacher_temp=0.07", "method.dino.teacher_temp_warmup=10", "train.steps=20"])
     return cfg
 
 
@@ -131,11 +131,11 @@ def test_teacher_temperature_warms_up_and_teacher_follows_the_student():
 
 
 def test_last_layer_stays_frozen_for_the_first_steps_under_deepspeed():
-    """method.freeze_last_layer=2: the prototypes (as the head uses them, row-normalised) do not move in steps 1-2
+    """method.dino.freeze_last_layer=2: the prototypes (as the head uses them, row-normalised) do not move in steps 1-2
     while the rest of the student trains, and move from step 3 on (ZeRO-1, weight decay on)."""
     from sslscale.engine import Engine
 
-    cfg = _cfg().override(["method.freeze_last_layer=2", "optim.weight_decay=0.05", "data.batch_size=4",
+    cfg = _cfg().override(["method.dino.freeze_last_layer=2", "optim.weight_decay=0.05", "data.batch_size=4",
                            "train.workers=1", "optim.warmup_steps=0"])
     torch.manual_seed(0)
     engine = Engine(build_method(cfg, in_channels=1, image_size=8), cfg)
@@ -159,7 +159,7 @@ def test_last_layer_stays_frozen_for_the_first_steps_under_deepspeed():
 
     from sslscale.errors import SslscaleError
 
-    old_cfg = cfg.override(["method.freeze_last_layer=0"])
+    old_cfg = cfg.override(["method.dino.freeze_last_layer=0"])
     old = Engine(build_method(old_cfg, in_channels=1, image_size=8), old_cfg)
     with tempfile.TemporaryDirectory() as folder:
         old.save(folder, rank=0, position=None, state={"step": 0, "world_size": 1})

@@ -79,9 +79,9 @@ def test_labelled_stream_is_the_in_process_batches(data_root, monkeypatch, ray_l
 
 # what each method needs beyond the debug recipe: DINO's local crops, MAE's ViT (8x8 digits, 2x2 patches)
 METHOD_OVERRIDES = {"dino": ["data.n_local=2", "data.local_size=4", "engine.zero_stage=3",  # EMA under ZeRO-3
-                             "method.freeze_last_layer=1", "optim.weight_decay_end=0.4"],
+                             "method.dino.freeze_last_layer=1", "optim.weight_decay_end=0.4"],
                     "mae": ["model.encoder=vit", "model.patch_size=2", "model.dim=16", "model.vit_depth=1",
-                            "model.heads=2", "method.decoder_dim=16", "method.decoder_depth=1"]}
+                            "model.heads=2", "method.mae.decoder_dim=16", "method.mae.decoder_depth=1"]}
 
 
 def test_every_method_trains_on_two_workers(debug_cfg, ray_local):

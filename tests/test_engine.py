@@ -21,9 +21,9 @@ from distributed import spawn_gloo
 
 
 def _cfg(*extra):
-    return Config().override(["data.batch_size=16", "train.workers=1", "model.widths=4,8", "model.depths=1,1",
-                              "method.proj_hidden=16", "method.proj_dim=8", "train.steps=4", "optim.warmup_steps=2",
-                              *extra])
+    cfg = Config().override(["data.batch_size=16", "train.workers=1", "model.widths=4,8", "model.depths=1,1",
+                             "train.steps=4", "optim.warmup_steps=2", *extra])
+    return cfg.set_for_methods(proj_hidden=16, proj_dim=8)
 
 
 def _batch(seed=0):

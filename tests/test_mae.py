@@ -43,15 +43,15 @@ def _inputs(seed, n=6, length=16, p=12, ratio=0.75):
 
 def _cfg(patch=2, **method):
     items = ["model.encoder=vit", f"model.patch_size={patch}", "model.dim=16", "model.vit_depth=1", "model.heads=2",
-             "method.name=mae", "method.decoder_dim=16", "method.decoder_depth=1"]
-    return Config().override(items + [f"method.{k}={v}" for k, v in method.items()])
+             "method.name=mae", "method.mae.decoder_dim=16", "method.mae.decoder_depth=1"]
+    return Config().override(items + [f"method.mae.{k}={v}" for k, v in method.items()])
 
 
 def _mae(cfg, channels=1):
     m = cfg.model
     encoder = ViT(in_channels=channels, image_size=8, patch_size=m.patch_size, dim=m.dim, depth=m.vit_depth,
                   heads=m.heads)
-    return MAE(encoder, cfg.method)
+    return MAE(encoder, cfg.method.mae)
 
 
 def _batch(cfg, n=4, channels=1, seed=0):
@@ -140,7 +140,7 @@ def test_views_layout_feeds_the_stream(patch, expected):
 def test_rejects_a_non_vit_encoder_and_picks_dividing_heads():
     cfg = _cfg()
     with pytest.raises(SslscaleError, match="MAE needs model.encoder=vit"):
-        MAE(ResNet(in_channels=1, image_size=8, widths=(8,), depths=(1,)), cfg.method)
+        MAE(ResNet(in_channels=1, image_size=8, widths=(8,), depths=(1,)), cfg.method.mae)
     assert [decoder_heads(d) for d in (512, 128, 100, 16)] == [16, 4, 2, 1]
 
 

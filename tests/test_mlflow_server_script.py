@@ -137,11 +137,11 @@ def test_pretraining_and_a_two_wide_sweep_on_postgres(tmp_path, monkeypatch, deb
 
         # one worker and half a CPU each for training and data: two trials fit this 2-core machine at once
         small = debug_cfg.override(["train.workers=1", "train.cpus_per_worker=0.5", "data.cpus=0.5"])
-        swept = sweep(small, ["method.temperature=grid:0.1,0.5"], samples=1, scheduler="fifo", search="random",
+        swept = sweep(small, ["method.simclr.temperature=grid:0.1,0.5"], samples=1, scheduler="fifo", search="random",
                       max_concurrent=2, name="pg")
         children = [r for r in mlflow.MlflowClient(uri).search_runs(
             [run.info.experiment_id], f"tags.mlflow.parentRunId = '{swept.parent_run_id}'")]
-        assert sorted(r.data.params["method.temperature"] for r in children) == ["0.1", "0.5"]
+        assert sorted(r.data.params["method.simclr.temperature"] for r in children) == ["0.1", "0.5"]
         assert all(r.info.status == "FINISHED" for r in children)
         first, second = sorted(children, key=lambda r: r.info.start_time)
         assert second.info.start_time < first.info.end_time, "the two trials did not run side by side"

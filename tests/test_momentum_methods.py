@@ -103,8 +103,8 @@ BASE, STEPS, K = 0.5, 4, 3
 
 def _cfg(*extra):
     return Config().override(["method.name=byol", "data.batch_size=16", "train.workers=2", "model.widths=4,8",
-                              "model.depths=1,1", "method.proj_hidden=16", "method.proj_dim=8", "optim.warmup_steps=0",
-                              f"train.steps={STEPS}", f"method.momentum={BASE}", *extra])
+                              "model.depths=1,1", "method.byol.proj_hidden=16", "method.byol.proj_dim=8",
+                              "optim.warmup_steps=0", f"train.steps={STEPS}", f"method.byol.momentum={BASE}", *extra])
 
 
 def _batch(seed):
@@ -182,7 +182,7 @@ def test_ema_teacher_under_zero_follows_the_update_rule_and_is_checkpointed(stag
 @pytest.mark.parametrize("name, logs", [("byol", set()), ("moco_v3", {"contrastive_acc"})])
 def test_method_runs_forward_and_backward_on_a_tiny_resnet(name, logs):
     torch.manual_seed(0)
-    cfg = Config().override([f"method.name={name}", "method.proj_hidden=32", "method.proj_dim=16",
+    cfg = Config().override([f"method.name={name}", f"method.{name}.proj_hidden=32", f"method.{name}.proj_dim=16",
                              "model.widths=8,16", "model.depths=1,1"])
     method = build_method(cfg, in_channels=1, image_size=8)
     assert method.total_steps == cfg.train.steps
@@ -199,15 +199,15 @@ def test_method_runs_forward_and_backward_on_a_tiny_resnet(name, logs):
     assert trained.isdisjoint(map(id, teacher)) and len(trained) == sum(p.requires_grad for p in method.parameters())
 
 
-@pytest.mark.parametrize("items, key", [(["method.momentum=1.5"], "method.momentum"),
-                                        (["method.momentum=-0.1"], "method.momentum"),
-                                        (["method.momentum=0.99", "method.momentum_final=0.9"],
-                                         "method.momentum_final"),
-                                        (["method.momentum_final=1.01"], "method.momentum_final")])
-def test_validate_rejects_bad_momentum(items, key):
-    with pytest.raises(SslscaleError, match=f"{key}: must be in"):
-        validate(Config().override(items))
-    validate(Config().override(["method.name=moco_v3", "method.momentum=0.99", "method.momentum_final=0.99"]))
+@pytest.mark.parametrize("name", ["byol", "moco_v3", "dino"])
+@pytest.mark.parametrize("items, key", [(["momentum=1.5"], "momentum"), (["momentum=-0.1"], "momentum"),
+                                        (["momentum=0.99", "momentum_final=0.9"], "momentum_final"),
+                                        (["momentum_final=1.01"], "momentum_final")])
+def test_validate_rejects_bad_momentum(name, items, key):
+    with pytest.raises(SslscaleError, match=f"method.{name}.{key}: must be in"):
+        validate(Config().override([f"method.name={name}", *(f"method.{name}.{i}" for i in items)]))
+    validate(Config().override(["method.name=moco_v3", "method.moco_v3.momentum=0.99",
+                                "method.moco_v3.momentum_final=0.99"]))
 
 
 def test_bf16_zero3_with_a_teacher_is_refused_in_one_line():

@@ -10,21 +10,22 @@ from sslscale.errors import SslscaleError
 from sslscale.plots import _normalise, health_overlay, parallel_coordinates, score_vs_params
 from sslscale.transfer import _project, embedding_map
 
-KEYS, LOG_KEYS, METRIC = ["optim.lr", "method.temperature", "method.name"], ("optim.lr",), "transfer/digits/knn_top1"
+KEYS, LOG_KEYS = ["optim.lr", "method.simclr.temperature", "method.name"], ("optim.lr",)
+METRIC = "transfer/digits/knn_top1"
 
 
 def _trial(i, lr, temperature, name, score, status="finished", steps=40, curve=True):
     curve = [(s, 2.0 + 6.0 * (1 - math.exp(-s / (10 + 5 * i)))) for s in range(0, steps + 1, 5)] if curve else []
     params = {"optim.lr": lr, "method.name": name, "data.batch_size": 64}
     if temperature is not None:
-        params["method.temperature"] = temperature
+        params["method.simclr.temperature"] = temperature
     return {"trial_id": f"train_fn_9f3a1_{i:05d}", "params": params, "score": score, "status": status,
             "curve": curve, "last_step": steps}
 
 
 def sweep():
     """Six trials: numeric and categorical keys, one stopped by ASHA and one failed (neither has a score), one with
-    an empty curve, one without method.temperature (a method that has none)."""
+    an empty curve, one without method.simclr.temperature (a method that has none)."""
     return [_trial(0, 3e-3, 0.1, "simclr", 0.81), _trial(1, 1e-3, 0.2, "simclr", 0.74),
             _trial(2, 3e-4, 0.5, "simclr", math.nan, status="stopped", steps=10),
             _trial(3, 1e-2, None, "byol", 0.86), _trial(4, 2e-3, 0.07, "moco", 0.78, curve=False),

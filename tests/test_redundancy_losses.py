@@ -134,9 +134,9 @@ def test_two_workers_equal_single_process_loss_and_gradients():
                                         ("vicreg", {"invariance", "variance", "covariance"})])
 def test_method_runs_forward_and_backward_on_a_tiny_resnet(name, logs):
     torch.manual_seed(0)
-    cfg = Config().override([f"method.name={name}", "method.proj_hidden=32", "method.proj_dim=16"])
+    cfg = Config().override([f"method.name={name}", f"method.{name}.proj_hidden=32", f"method.{name}.proj_dim=16"])
     encoder = ResNet(in_channels=1, image_size=8, widths=(8, 16), depths=(1, 1))
-    method = METHODS[cfg.method.name](encoder, cfg.method)
+    method = METHODS[cfg.method.name](encoder, getattr(cfg.method, name))
     out = method({"view_0": torch.rand(8, 1, 8, 8), "view_1": torch.rand(8, 1, 8, 8)})
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and logs <= set(out)
@@ -145,9 +145,10 @@ def test_method_runs_forward_and_backward_on_a_tiny_resnet(name, logs):
     assert encoder.stem[0].weight.grad is not None and torch.isfinite(encoder.stem[0].weight.grad).all()
 
 
-@pytest.mark.parametrize("item", ["method.barlow_lambda=-1", "method.vicreg_sim=-1", "method.vicreg_std=-0.5",
-                                  "method.vicreg_cov=-2"])
+@pytest.mark.parametrize("item", ["method.barlow_twins.lambd=-1", "method.vicreg.sim_coeff=-1",
+                                  "method.vicreg.std_coeff=-0.5", "method.vicreg.cov_coeff=-2"])
 def test_validate_rejects_negative_weights(item):
+    name = item.split(".")[1]
     with pytest.raises(SslscaleError, match=item.split("=")[0] + ": must be 0 or more"):
-        validate(Config().override([item]))
-    validate(Config().override(["method.name=vicreg", "method.barlow_lambda=0"]))
+        validate(Config().override([f"method.name={name}", item]))
+    validate(Config().override(["method.name=vicreg", "method.barlow_twins.lambd=-1"]))  # not vicreg's section

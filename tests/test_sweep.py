@@ -26,16 +26,16 @@ def _steps(uri, run_id, key):
 def test_one_trial_sweep_end_to_end(debug_cfg, ray_local):
     from sslscale import sweep
 
-    result = sweep(debug_cfg, ["method.temperature=choice:0.3"], samples=1, scheduler="fifo", search="optuna",
+    result = sweep(debug_cfg, ["method.simclr.temperature=choice:0.3"], samples=1, scheduler="fifo", search="optuna",
                    name="one", recipe="debug", retrain_overrides=["train.steps=6", "data.cpus=1"])
     uri = tracking.resolve_uri("")
     parent, children = _runs(uri, result.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.info.run_name == "one"
-    assert parent.data.params["sweep.space.method.temperature"] == "choice:0.3"
+    assert parent.data.params["sweep.space.method.simclr.temperature"] == "choice:0.3"
     assert parent.data.params["sweep.scheduler"] == "fifo" and parent.data.params["sweep.search"] == "optuna"
     assert parent.data.params["train.steps"] == "6"
     [(trial_id, child)] = children.items()
-    assert child.info.status == "FINISHED" and child.data.params["method.temperature"] == "0.3"
+    assert child.info.status == "FINISHED" and child.data.params["method.simclr.temperature"] == "0.3"
     assert _steps(uri, child.info.run_id, "loss") == [1, 2, 3, 4, 5, 6]
     assert _steps(uri, child.info.run_id, "health/rankme") == [2, 4, 6]
     [best] = result.trials
@@ -46,8 +46,8 @@ def test_one_trial_sweep_end_to_end(debug_cfg, ray_local):
     # what Tune saw on health steps (a checkpoint's report at step 3 carries step 2's values), the last in the
     # trial's own final report with the score
     assert [s for s, _ in best["curve"]] == [2, 4, 6]
-    assert result.best_config.method.temperature == 0.3 and result.best_run_id == child.info.run_id
-    assert result.command == "sslscale pretrain --recipe debug data.cpus=1 method.temperature=0.3"
+    assert result.best_config.method.simclr.temperature == 0.3 and result.best_run_id == child.info.run_id
+    assert result.command == "sslscale pretrain --recipe debug data.cpus=1 method.simclr.temperature=0.3"
     artifacts = {a.path for a in tracking.client(uri).list_artifacts(result.parent_run_id)}
     assert {"trials.md", "trials.csv", "score_vs_params.png", "parallel_coordinates.png", "health_curves.png",
             "best_embeddings.png"} <= artifacts

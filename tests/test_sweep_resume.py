@@ -43,7 +43,7 @@ def test_killed_sweep_resumes_the_same_experiment_and_runs(data_root, tmp_path):
     env = {**os.environ, "SSLSCALE_DATA": data_root, "RAY_ADDRESS": ""}
     env.pop("MLFLOW_TRACKING_URI", None)
     uri = f"sqlite:///{tmp_path}/mlruns.db"
-    args = ["sweep", "--recipe", "debug", "--space", "method.temperature=grid:0.1,0.2,0.3", "--samples", "1",
+    args = ["sweep", "--recipe", "debug", "--space", "method.simclr.temperature=grid:0.1,0.2,0.3", "--samples", "1",
             "--scheduler", "fifo", "--name", "k", f"train.steps={STEPS}", "train.checkpoint_every=5",
             "train.health_every=5"]
     # steps after the first ten are slow in the first driver: it is killed while the second trial still trains

@@ -11,10 +11,10 @@ from test_cli import one_line_error, run
 
 
 def test_parse_every_kind():
-    s = space.parse(["method.temperature=loguniform:0.05:0.5", "optim.lr=grid:1e-3,2e-3",
+    s = space.parse(["method.simclr.temperature=loguniform:0.05:0.5", "optim.lr=grid:1e-3,2e-3",
                      "model.widths=choice:8,16|16,32", "optim.warmup_steps=randint:0:10",
                      "data.crop_min_scale=uniform:0.1:0.5"])
-    assert s["method.temperature"].values == (0.05, 0.5) and s["method.temperature"].log
+    assert s["method.simclr.temperature"].values == (0.05, 0.5) and s["method.simclr.temperature"].log
     assert s["optim.lr"].values == ("1e-3", "2e-3")
     assert s["model.widths"].values == ("8,16", "16,32")  # `|` separates values that hold commas
     assert s["optim.warmup_steps"].values == (0, 10)
@@ -61,7 +61,8 @@ def test_grid_with_optuna_and_searched_key_also_fixed():
 def test_default_point_is_the_recipes_own_values():
     base = load_recipe("simclr_fmnist")
     s = space.parse(load_sweep("simclr_fmnist_sweep")["space"])
-    assert space.default_point(s, base) == {"method.temperature": 0.2, "data.crop_min_scale": 0.3, "optim.lr": 2e-3}
+    assert space.default_point(s, base) == {"method.simclr.temperature": 0.2, "data.crop_min_scale": 0.3,
+                                            "optim.lr": 2e-3}
     assert space.default_point(space.parse(["optim.lr=uniform:0.1:0.2"]), base) is None  # outside: no default trial
     assert space.default_point(space.parse(["method.name=choice:vicreg,simclr"]), base) == {"method.name": "simclr"}
     applied = space.apply(base, {"model.widths": "8,16,32", "optim.lr": 0.01})
@@ -87,8 +88,8 @@ def test_rank_puts_scored_trials_first_then_stopped_by_signal():
 
 def test_retrain_command_runs_the_winner_at_the_recipes_length():
     cmd = sweep_report.retrain_command("simclr_fmnist", ["train.steps=150", "data.cpus=2"],
-                                       {"method.temperature": 0.1, "model.widths": "8,16"})
-    assert cmd == "sslscale pretrain --recipe simclr_fmnist data.cpus=2 method.temperature=0.1 model.widths=8,16"
+                                       {"method.simclr.temperature": 0.1, "model.widths": "8,16"})
+    assert cmd == "sslscale pretrain --recipe simclr_fmnist data.cpus=2 method.simclr.temperature=0.1 model.widths=8,16"
     assert space.typed({"model.widths": "8,16", "optim.lr": "2e-3"}) == {"model.widths": "8,16", "optim.lr": 0.002}
 
 

@@ -5,12 +5,15 @@ batch fields `forward` then receives and their kinds (float views, integer ids),
 the device. `forward(batch)` receives those fields and returns a dict with `loss` (scalar), `embeddings`
 (the encoder's features of the first view, detached, for the label-free health metrics) and any scalar logs.
 `after_step(step)` runs after each applied optimizer step (EMA teachers). `METHODS` maps a config name to a class.
+A method's own config keys are a `Section` dataclass, `method.<name>.<key>`, that checks its own values; keys several
+methods use are declared once (`HeadSection`, `MomentumSection`) and repeated in each section that inherits them.
 Shared pieces: `projector` (the Linear-BN-ReLU MLP heads), `encode_pair` (both views in one encoder pass),
 `ema_copy` / `ema_update` (momentum teachers) and `MomentumMethod` (online network + EMA teacher: BYOL, MoCo v3).
 """
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -19,10 +22,47 @@ from sslscale.schedules import cosine_momentum
 from sslscale.views import layout_fields
 
 
-class Method(nn.Module):
-    """Base class: an encoder plus whatever heads and teachers the pretext task needs. `FP32_MODULES` names the
-    submodules the engine keeps in fp32 under bf16 training (EMA teachers: a 1e-3 step vanishes in bf16)."""
+@dataclass
+class Section:
+    """A method's config section, `method.<name>.<key>` (config.py gives every registered method one). A subclass
+    declares the method's keys with their defaults and a comment each, and `checks` its own values."""
 
+    def checks(self, cfg) -> list[tuple[str, bool, str]]:
+        """(key, ok, allowed) for config.validate, which reports the first that fails; a key without a dot is one of
+        this section's, one with a dot is the whole config's (cfg: the Config, for checks across sections)."""
+        return []
+
+
+@dataclass
+class HeadSection(Section):
+    """An MLP head's widths (methods.projector): SimCLR, Barlow Twins, VICReg, BYOL, MoCo v3, DINO."""
+
+    proj_hidden: int = 512  # hidden width of the projector (and predictor; DINO: of its head's MLP)
+    proj_dim: int = 128  # output width of the projector (DINO: the bottleneck before the prototypes)
+
+    def checks(self, cfg) -> list[tuple[str, bool, str]]:
+        return [("proj_hidden", self.proj_hidden > 0, "a positive width"),
+                ("proj_dim", self.proj_dim > 0, "a positive width")]
+
+
+@dataclass
+class MomentumSection(HeadSection):
+    """A momentum teacher's EMA schedule (MomentumMethod): BYOL, MoCo v3, DINO."""
+
+    momentum: float = 0.996  # EMA teacher momentum at step 0 ...
+    momentum_final: float = 1.0  # ... rising on a cosine to this at train.steps
+
+    def checks(self, cfg) -> list[tuple[str, bool, str]]:
+        return [*super().checks(cfg), ("momentum", 0 <= self.momentum <= 1, "in [0, 1]"),
+                ("momentum_final", self.momentum <= self.momentum_final <= 1, "in [momentum, 1]")]
+
+
+class Method(nn.Module):
+    """Base class: an encoder plus whatever heads and teachers the pretext task needs. `section` is the dataclass
+    of its config keys (an instance arrives as `cfg` in __init__). `FP32_MODULES` names the submodules the engine
+    keeps in fp32 under bf16 training (EMA teachers: a 1e-3 step vanishes in bf16)."""
+
+    section: type[Section] = Section
     FP32_MODULES: tuple[str, ...] = ()
 
     def __init__(self, encoder: nn.Module, cfg):
@@ -108,8 +148,9 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
 class MomentumMethod(Method):
     """An online network (encoder -> head -> predictor, trained) and a momentum teacher (an EMA of encoder -> head,
     never trained) that provides the targets: BYOL and MoCo v3. Subclasses build `head` and `predictor` and turn
-    `pair(batch)` into a loss. After step k the teacher moves towards the online network with momentum
-    cosine_momentum(k, total_steps, cfg.momentum, cfg.momentum_final); total_steps is the run's train.steps."""
+    `pair(batch)` into a loss; their section extends MomentumSection. After step k the teacher moves towards the
+    online network with momentum cosine_momentum(k, total_steps, cfg.momentum, cfg.momentum_final); total_steps is
+    the run's train.steps."""
 
     FP32_MODULES = ("teacher",)
 
@@ -156,14 +197,14 @@ METHODS = _registry()
 
 
 def build_method(cfg, *, in_channels: int, image_size: int) -> Method:
-    """The method named by cfg.method.name around the encoder cfg.model describes."""
+    """The method named by cfg.method.name, with its section of cfg.method, around the encoder cfg.model describes."""
     from sslscale.encoders import build_encoder, encoder_kwargs
 
     encoder = build_encoder(cfg.model.encoder, in_channels=in_channels, image_size=image_size,
                             **encoder_kwargs(cfg.model))
     cls = METHODS[cfg.method.name]
     schedule = {"total_steps": cfg.train.steps} if issubclass(cls, MomentumMethod) else {}
-    return cls(encoder, cfg.method, **schedule)
+    return cls(encoder, cfg.method.chosen, **schedule)
 
 
 def view_layout(cfg, image_size: int) -> dict:

@@ -12,11 +12,23 @@ gradients is then the single-process gradient (each worker's embeddings get `wor
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from sslscale import dist
-from sslscale.methods import Method, encode_pair, projector
+from sslscale.methods import HeadSection, Method, encode_pair, projector
+
+
+@dataclass
+class BarlowTwinsSection(HeadSection):
+    """method.barlow_twins.* (paper: projector 8192-8192-8192, lambda 0.0051)."""
+
+    lambd: float = 0.0051  # weight of the off-diagonal (redundancy reduction) term, the paper's lambda
+
+    def checks(self, cfg) -> list[tuple[str, bool, str]]:
+        return [*super().checks(cfg), ("lambd", self.lambd >= 0, "0 or more")]
 
 
 def standardize(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -44,11 +56,13 @@ def barlow_twins_loss(z0: torch.Tensor, z1: torch.Tensor, lambd: float) -> tuple
 
 
 class BarlowTwins(Method):
+    section = BarlowTwinsSection
+
     def __init__(self, encoder: nn.Module, cfg):
         super().__init__(encoder, cfg)
         self.head = projector(encoder.feature_dim, cfg.proj_hidden, cfg.proj_dim, hidden_layers=2)
 
     def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
         h0, z0, z1 = encode_pair(self.encoder, self.head, batch)
-        loss, on_diag, off_diag = barlow_twins_loss(z0, z1, self.cfg.barlow_lambda)
+        loss, on_diag, off_diag = barlow_twins_loss(z0, z1, self.cfg.lambd)
         return {"loss": loss, "on_diag": on_diag.detach(), "off_diag": off_diag.detach(), "embeddings": h0.detach()}

@@ -15,11 +15,18 @@ per worker and over both views together (the paper syncs BatchNorm across its 51
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslscale.methods import MomentumMethod, projector
+from sslscale.methods import MomentumMethod, MomentumSection, projector
+
+
+@dataclass
+class BYOLSection(MomentumSection):
+    """method.byol.*: projector and predictor widths and the target momentum (paper: 4096-256, 0.996 -> 1)."""
 
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -32,6 +39,8 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 class BYOL(MomentumMethod):
+    section = BYOLSection
+
     def __init__(self, encoder: nn.Module, cfg, *, total_steps: int):
         head = projector(encoder.feature_dim, cfg.proj_hidden, cfg.proj_dim)
         predictor = projector(cfg.proj_dim, cfg.proj_hidden, cfg.proj_dim)

@@ -19,11 +19,23 @@ equal per-worker batches DeepSpeed's gradient average equals the single-process 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from sslscale import dist
-from sslscale.methods import Method, drop_legacy_step_buffer
+from sslscale.methods import Method, Section, drop_legacy_step_buffer
+
+
+@dataclass
+class DenoisingAESection(Section):
+    """method.denoising_ae.*: the corruption (Vincent et al. 2010: Gaussian noise of std 0.3 to 0.5 in [0, 1])."""
+
+    noise_std: float = 0.3  # std of the Gaussian noise added to the input, in [0, 1] pixel units
+
+    def checks(self, cfg) -> list[tuple[str, bool, str]]:
+        return [("noise_std", self.noise_std >= 0, "0 or more")]
 
 
 def denoising_loss(recon: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
@@ -57,6 +69,8 @@ class ConvDecoder(nn.Module):
 
 
 class DenoisingAE(Method):
+    section = DenoisingAESection
+
     def __init__(self, encoder: nn.Module, cfg):
         super().__init__(encoder, cfg)
         self.decoder = ConvDecoder(encoder.feature_dim, encoder.in_channels, encoder.image_size)

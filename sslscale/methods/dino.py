@@ -23,13 +23,37 @@ function of the step forward receives.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sslscale import dist
-from sslscale.methods import MomentumMethod, drop_legacy_step_buffer
+from sslscale.methods import MomentumMethod, MomentumSection, drop_legacy_step_buffer
 from sslscale.schedules import teacher_temperature
+
+
+@dataclass
+class DINOSection(MomentumSection):
+    """method.dino.* (paper values in the module docstring); the multi-crop views are data.n_local and data.local_*."""
+
+    out_dim: int = 4096  # prototypes: the head's output width (paper 65536)
+    student_temp: float = 0.1  # student softmax temperature
+    teacher_temp: float = 0.04  # teacher temperature after warmup (paper 0.04 - 0.07) ...
+    teacher_temp_start: float = 0.04  # ... starting here ...
+    teacher_temp_warmup: int = 0  # ... and rising linearly over these steps
+    center_momentum: float = 0.9  # EMA of the teacher's mean output that centres it
+    freeze_last_layer: int = 0  # steps at the start during which the prototypes' learning rate is 0 (paper: 1 epoch)
+
+    def checks(self, cfg) -> list[tuple[str, bool, str]]:
+        return [*super().checks(cfg), ("out_dim", self.out_dim > 0, "a positive number"),
+                ("student_temp", self.student_temp > 0, "a positive number"),
+                ("teacher_temp", self.teacher_temp > 0 and self.teacher_temp_start > 0,
+                 "positive (and teacher_temp_start)"),
+                ("teacher_temp_warmup", self.teacher_temp_warmup >= 0, "0 or more steps"),
+                ("center_momentum", 0 <= self.center_momentum < 1, "in [0, 1)"),
+                ("freeze_last_layer", self.freeze_last_layer >= 0, "0 or more steps")]
 
 
 class DINOHead(nn.Module):
@@ -60,6 +84,8 @@ def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: 
 
 
 class DINO(MomentumMethod):
+    section = DINOSection
+
     def __init__(self, encoder: nn.Module, cfg, *, total_steps: int):
         head = DINOHead(encoder.feature_dim, cfg.proj_hidden, cfg.proj_dim, cfg.out_dim)
         super().__init__(encoder, cfg, head, nn.Identity(), total_steps=total_steps)

@@ -21,12 +21,30 @@ loss on the concatenated batch. The loss is computed in float32 whatever the eng
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from sslscale.encoders.vit import Block, ViT, patchify, sincos_2d
 from sslscale.errors import SslscaleError
-from sslscale.methods import Method
+from sslscale.methods import Method, Section
+
+
+@dataclass
+class MAESection(Section):
+    """method.mae.* (paper: mask 0.75, decoder 512 wide with 8 blocks)."""
+
+    mask_ratio: float = 0.75  # fraction of patches hidden from the encoder
+    decoder_dim: int = 128  # decoder token width
+    decoder_depth: int = 2  # decoder transformer blocks
+
+    def checks(self, cfg) -> list[tuple[str, bool, str]]:
+        return [("mask_ratio", 0 < self.mask_ratio < 1, "in (0, 1)"),
+                ("decoder_dim", self.decoder_dim > 0 and self.decoder_dim % 4 == 0, "a positive multiple of 4"),
+                ("decoder_depth", self.decoder_depth > 0, "at least 1"),
+                ("model.encoder", cfg.model.encoder == "vit",
+                 "vit for method.name=mae (MAE encodes the visible patches only)")]
 
 
 def hidden_mask(keep: torch.Tensor, num_patches: int) -> torch.Tensor:
@@ -53,6 +71,8 @@ def decoder_heads(dim: int) -> int:
 
 
 class MAE(Method):
+    section = MAESection
+
     def __init__(self, encoder: nn.Module, cfg):
         if not isinstance(encoder, ViT):
             raise SslscaleError(f"MAE needs model.encoder=vit (it encodes the visible patches only), got "
@@ -74,7 +94,7 @@ class MAE(Method):
     @staticmethod
     def views(cfg, image_size: int) -> dict:
         """One view and its visible patch ids (`keep`)."""
-        return {"n_views": 1, "mask_ratio": cfg.method.mask_ratio,
+        return {"n_views": 1, "mask_ratio": cfg.method.mae.mask_ratio,
                 "num_patches": (image_size // cfg.model.patch_size) ** 2}
 
     def decode(self, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

@@ -13,19 +13,31 @@ on the concatenated batch, and so do the gradients DeepSpeed averages.
 
 Heads (ResNet variant of the paper's code): projector Linear-BN-ReLU-Linear-BN (last BatchNorm without affine
 parameters), predictor Linear-BN-ReLU-Linear (paper: 4096 hidden, 256 out; here cfg.proj_hidden, cfg.proj_dim).
-Temperature: cfg.temperature, shared with SimCLR (default 0.2). The paper uses T = 0.2 for ViT and its code 1.0 for
+Temperature: cfg.temperature (default 0.2, as SimCLR's). The paper uses T = 0.2 for ViT and its code 1.0 for
 ResNet-50 (batch 4096); the recipes keep 0.2 so the contrastive methods compare at one T (method.temperature=1.0
 gives the paper's ResNet setting).
 Key momentum: cfg.momentum to cfg.momentum_final on a cosine (paper: 0.99 to 1).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sslscale import dist
-from sslscale.methods import MomentumMethod, projector
+from sslscale.methods import MomentumMethod, MomentumSection, projector
+
+
+@dataclass
+class MoCoV3Section(MomentumSection):
+    """method.moco_v3.* (paper: heads 4096-256, T 0.2 for ViT and 1.0 in its ResNet code, momentum 0.99 -> 1)."""
+
+    temperature: float = 0.2  # InfoNCE softmax temperature
+
+    def checks(self, cfg) -> list[tuple[str, bool, str]]:
+        return [*super().checks(cfg), ("temperature", self.temperature > 0, "a positive number")]
 
 
 def moco_v3_loss(q: torch.Tensor, k: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,6 +58,8 @@ def moco_v3_loss(q: torch.Tensor, k: torch.Tensor, temperature: float) -> tuple[
 
 
 class MoCoV3(MomentumMethod):
+    section = MoCoV3Section
+
     def __init__(self, encoder: nn.Module, cfg, *, total_steps: int):
         head = projector(encoder.feature_dim, cfg.proj_hidden, cfg.proj_dim, last_bn=True)
         predictor = projector(cfg.proj_dim, cfg.proj_hidden, cfg.proj_dim)

@@ -16,11 +16,23 @@ BatchNorm statistics are per worker, over all four rotations together.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslscale.methods import Method, projector
+from sslscale.methods import Method, Section, projector
+
+
+@dataclass
+class RotationSection(Section):
+    """method.rotation.*: the classifier's hidden width (the paper's is conv layers of the network itself)."""
+
+    proj_hidden: int = 512  # hidden width of the rotation classifier
+
+    def checks(self, cfg) -> list[tuple[str, bool, str]]:
+        return [("proj_hidden", self.proj_hidden > 0, "a positive width")]
 
 ROTATIONS = 4
 
@@ -41,6 +53,8 @@ def rotation_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
 
 
 class Rotation(Method):
+    section = RotationSection
+
     def __init__(self, encoder: nn.Module, cfg):
         super().__init__(encoder, cfg)
         self.head = projector(encoder.feature_dim, cfg.proj_hidden, ROTATIONS)

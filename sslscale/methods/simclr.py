@@ -7,12 +7,24 @@ single-process loss on the concatenated batch, gradients included.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sslscale import dist
-from sslscale.methods import Method, encode_pair, projector
+from sslscale.methods import HeadSection, Method, encode_pair, projector
+
+
+@dataclass
+class SimCLRSection(HeadSection):
+    """method.simclr.* (paper: ResNet-50, projector 2048-128, T 0.1 at batch 4096, 0.5 in its CIFAR runs)."""
+
+    temperature: float = 0.2  # NT-Xent softmax temperature
+
+    def checks(self, cfg) -> list[tuple[str, bool, str]]:
+        return [*super().checks(cfg), ("temperature", self.temperature > 0, "a positive number")]
 
 
 def nt_xent(z0: torch.Tensor, z1: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,6 +51,8 @@ def nt_xent(z0: torch.Tensor, z1: torch.Tensor, temperature: float) -> tuple[tor
 
 
 class SimCLR(Method):
+    section = SimCLRSection
+
     def __init__(self, encoder: nn.Module, cfg):
         super().__init__(encoder, cfg)
         self.head = projector(encoder.feature_dim, cfg.proj_hidden, cfg.proj_dim)

@@ -7,7 +7,7 @@ uses 8192-8192-8192, here cfg.proj_hidden / cfg.proj_dim). With Z0, Z1 the (N, d
     invariance  s = mean_{b,k} (Z0_bk - Z1_bk)^2                                   (MSE)
     variance    v = mean_k relu(1 - sqrt(Var(Z_k) + 1e-4)), averaged over the two views (gamma = 1)
     covariance  c = sum_{i != j} Cov(Z)_ij^2 / d, summed over the two views
-    loss = 25 s + 25 v + 1 c                                                   (paper defaults, cfg.vicreg_*)
+    loss = 25 s + 25 v + 1 c                                                   (paper defaults, cfg.*_coeff)
 
 Var and Cov use N - 1 like the official code. The expansions are gathered from every worker with gradients
 (dist.gather_with_grad), so every worker computes the same loss, equal to the single-process loss on the
@@ -15,12 +15,27 @@ concatenated batch; DeepSpeed's average of the workers' gradients is then the si
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sslscale import dist
-from sslscale.methods import Method, encode_pair, projector
+from sslscale.methods import HeadSection, Method, encode_pair, projector
+
+
+@dataclass
+class VICRegSection(HeadSection):
+    """method.vicreg.* (paper: projector 8192-8192-8192; coefficients 25, 25, 1, named as in its code)."""
+
+    sim_coeff: float = 25.0  # weight of the invariance (MSE) term
+    std_coeff: float = 25.0  # weight of the variance (std hinge) term
+    cov_coeff: float = 1.0  # weight of the covariance term
+
+    def checks(self, cfg) -> list[tuple[str, bool, str]]:
+        return [*super().checks(cfg), *[(key, getattr(self, key) >= 0, "0 or more")
+                                        for key in ("sim_coeff", "std_coeff", "cov_coeff")]]
 
 
 def _variance(z: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
@@ -51,6 +66,8 @@ def vicreg_loss(z0: torch.Tensor, z1: torch.Tensor, sim: float = 25.0, std: floa
 
 
 class VICReg(Method):
+    section = VICRegSection
+
     def __init__(self, encoder: nn.Module, cfg):
         super().__init__(encoder, cfg)
         self.head = projector(encoder.feature_dim, cfg.proj_hidden, cfg.proj_dim, hidden_layers=2)
@@ -58,6 +75,6 @@ class VICReg(Method):
     def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
         h0, z0, z1 = encode_pair(self.encoder, self.head, batch)
         cfg = self.cfg
-        loss, inv, var, cov = vicreg_loss(z0, z1, cfg.vicreg_sim, cfg.vicreg_std, cfg.vicreg_cov)
+        loss, inv, var, cov = vicreg_loss(z0, z1, cfg.sim_coeff, cfg.std_coeff, cfg.cov_coeff)
         return {"loss": loss, "invariance": inv.detach(), "variance": var.detach(), "covariance": cov.detach(),
                 "embeddings": h0.detach()}
