@@ -89,7 +89,7 @@ def test_only_the_chosen_methods_section_is_checked_and_shown():
         validate(cfg.override(["method.name=dino"]))
     shown = cfg.to_dict(chosen_method_only=True)["method"]
     assert shown == {"name": "byol", "byol": {"proj_hidden": 512, "proj_dim": 128, "momentum": 0.9,
-                                              "momentum_final": 1.0}}
+                                              "momentum_final": 1.0, "view_blur": "", "view_solarize": ""}}
     assert Config.from_dict(cfg.to_dict(chosen_method_only=True)).method.byol.momentum == 0.9
 
 

@@ -77,8 +77,10 @@ def test_labelled_stream_is_the_in_process_batches(data_root, monkeypatch, ray_l
     assert (rows["label"] == np.concatenate([b["label"].numpy() for b in local])).all()
 
 
-# what each method needs beyond the debug recipe: DINO's local crops, MAE's ViT (8x8 digits, 2x2 patches)
-METHOD_OVERRIDES = {"dino": ["data.n_local=2", "data.local_size=4", "engine.zero_stage=3",  # EMA under ZeRO-3
+# what each method needs beyond the debug recipe: DINO's local crops, MAE's ViT (8x8 digits, 2x2 patches); BYOL
+# with its paper's asymmetric views (each view its own blur and solarisation)
+METHOD_OVERRIDES = {"byol": ["method.byol.view_blur=1.0,0.1", "method.byol.view_solarize=0,0.2"],
+                    "dino": ["data.n_local=2", "data.local_size=4", "engine.zero_stage=3",  # EMA under ZeRO-3
                              "method.dino.freeze_last_layer=1", "optim.weight_decay_end=0.4"],
                     "mae": ["model.encoder=vit", "model.patch_size=2", "model.dim=16", "model.vit_depth=1",
                             "model.heads=2", "method.mae.decoder_dim=16", "method.mae.decoder_depth=1"]}

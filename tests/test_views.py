@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 
 from sslscale.views import SLOTS, ViewSpec, batch_views, patch_masks, uniforms
@@ -93,6 +95,21 @@ def test_grayscale_jitter_and_solarize():
     sol = batch_views(ramp, np.arange(1), seed=0, epoch=0,
                       spec=ViewSpec(size=16, **{**PLAIN, "solarize": 1.0}))["view_0"].ravel()
     assert np.array_equal(sol, np.where(ramp.ravel() >= 128, 255 - ramp.ravel(), ramp.ravel()))
+
+
+def test_each_view_may_have_its_own_strengths():
+    """per_view: BYOL's asymmetric views. Each view is the view its own spec gives, drawn from the same uniforms
+    (a function of its index), so a view without overrides is unchanged; a local view takes its overrides too."""
+    imgs, ids = _images(6, side=16), np.arange(6)
+    spec = ViewSpec(size=16, **PLAIN)
+    plain = batch_views(imgs, ids, seed=2, epoch=0, spec=spec, n_local=1, local_size=8)
+    own = batch_views(imgs, ids, seed=2, epoch=0, spec=spec, n_local=1, local_size=8,
+                      per_view=({}, {"solarize": 1.0}, {"grayscale": 1.0}))
+    solar = batch_views(imgs, ids, seed=2, epoch=0, spec=replace(spec, solarize=1.0))
+    assert np.array_equal(own["view_0"], plain["view_0"]) and np.array_equal(own["view_1"], solar["view_1"])
+    assert not np.array_equal(own["view_1"], plain["view_1"])
+    assert np.array_equal(own["local_0"][:, 0], own["local_0"][:, 2]) and not np.array_equal(own["local_0"],
+                                                                                             plain["local_0"])
 
 
 def test_blur_sigma_is_at_most_two_pixels_at_224():

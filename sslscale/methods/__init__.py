@@ -47,14 +47,39 @@ class HeadSection(Section):
 
 @dataclass
 class MomentumSection(HeadSection):
-    """A momentum teacher's EMA schedule (MomentumMethod): BYOL, MoCo v3, DINO."""
+    """A momentum teacher's EMA schedule (MomentumMethod), and BYOL's asymmetric views, which MoCo v3 and DINO
+    use too: BYOL, MoCo v3, DINO."""
 
     momentum: float = 0.996  # EMA teacher momentum at step 0 ...
     momentum_final: float = 1.0  # ... rising on a cosine to this at train.steps
+    # blur and solarisation probabilities of the two global views, each view its own: "view 0,view 1" (BYOL's paper:
+    # blur 1.0,0.1 and solarize 0,0.2); empty: data.blur and data.solarize for both
+    view_blur: str = ""
+    view_solarize: str = ""
 
     def checks(self, cfg) -> list[tuple[str, bool, str]]:
         return [*super().checks(cfg), ("momentum", 0 <= self.momentum <= 1, "in [0, 1]"),
-                ("momentum_final", self.momentum <= self.momentum_final <= 1, "in [momentum, 1]")]
+                ("momentum_final", self.momentum <= self.momentum_final <= 1, "in [momentum, 1]"),
+                *[(key, _two_probabilities(getattr(self, key)) is not None,
+                   "empty, or two probabilities in [0, 1] for the two global views, e.g. 1.0,0.1")
+                  for key in ("view_blur", "view_solarize")]]
+
+    def per_view(self) -> tuple[dict, ...]:
+        """views.batch_views' per_view: ViewSpec fields the two global views override ((): none)."""
+        blur, solarize = _two_probabilities(self.view_blur), _two_probabilities(self.view_solarize)
+        if not (blur or solarize):
+            return ()
+        return tuple({**({"blur": blur[v]} if blur else {}), **({"solarize": solarize[v]} if solarize else {})}
+                     for v in range(2))
+
+
+def _two_probabilities(text: str) -> tuple[float, ...] | None:
+    """"" -> (); "1.0,0.1" -> (1.0, 0.1); None unless empty or two numbers in [0, 1]."""
+    try:
+        values = tuple(float(v) for v in text.split(",")) if text.strip() else ()
+    except ValueError:
+        return None
+    return values if len(values) in (0, 2) and all(0 <= v <= 1 for v in values) else None
 
 
 class Method(nn.Module):
@@ -159,6 +184,11 @@ class MomentumMethod(Method):
         self.head, self.predictor = head, predictor
         self.teacher = ema_copy(nn.Sequential(encoder, head))
         self.total_steps = total_steps
+
+    @staticmethod
+    def views(cfg, image_size: int) -> dict:
+        """Two global views, each with its own blur and solarisation where the section says (view_blur, ...)."""
+        return {"n_views": 2, "per_view": cfg.method.chosen.per_view()}
 
     def pair(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """(h0, p0, p1, t0, t1): online encoder features of view 0 (n, D), online predictions of view 0 and view 1
