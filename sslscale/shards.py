@@ -2,9 +2,10 @@
 tar member names are validated, and every failure is one line that names the shard.
 
 A shard is read whole into memory (shards are written a few thousand samples each, see corpus.prepare), hashed,
-then parsed: a WebDataset tar of `{id:08d}.image.png` / `{id:08d}.label.cls` members, or a parquet table with
-`id`, `image` (and `label`) columns. Tar members with an absolute path, `..`, a folder or a non-file type are
-rejected: nothing in a shard can name a place outside it. Used by the training stream (stream.py, per epoch and
+then parsed: a WebDataset tar of `{id:08d}.image.png` (or another data member, such as text's `text.ids`) /
+`{id:08d}.label.cls` members, or a parquet table with `id`, `image` (or `text`) (and `label`) columns. Tar
+members with an absolute path, `..`, a folder or a non-file type are rejected: nothing in a shard can name a place
+outside it. Used by the training stream (stream.py, per epoch and
 shard on Ray Data tasks) and by `corpus.read_split` (transfer evaluation).
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pyarrow.parquet as pq
 from sslscale import storage
 from sslscale.errors import SslscaleError
 
-Row = tuple[int, bytes, Optional[int]]  # (sample id, image bytes, label or None)
+Row = tuple[int, bytes, Optional[int]]  # (sample id, the data member's bytes (an image, token ids), label or None)
 REPAIR = "re-run `sslscale data prepare` for this corpus (or set data.on_error=skip to train without it)"
 
 
@@ -26,25 +27,35 @@ class ShardError(SslscaleError):
     """A shard that cannot be used: missing, modified, truncated or unsafe."""
 
 
-def read_shard(path: str, fmt: str, *, sha256: str = "", labelled: bool = False) -> list[Row]:
-    """All rows of one shard; raises ShardError naming the shard when it cannot be trusted or read."""
+def data_member(fields: dict) -> str:
+    """The member (FIELD.ENCODING) that holds a corpus's data, from its manifest's fields: image.png, text.ids."""
+    name = next(k for k in fields if k != "label")
+    return f"{name}.{fields[name].get('encoding', 'png')}"
+
+
+def read_shard(path: str, fmt: str, *, sha256: str = "", labelled: bool = False,
+               member: str = "image.png") -> list[Row]:
+    """All rows of one shard (its `member`'s bytes: see data_member); raises ShardError naming the shard when it
+    cannot be trusted or read."""
     try:
         data = storage.read_bytes(path)  # a local, shared or object-store path
     except OSError as e:
         raise ShardError(f"shard {path} cannot be read ({e.strerror or str(e).strip()[:200]}): {REPAIR}") from None
     if sha256 and hashlib.sha256(data).hexdigest() != sha256:
         try:
-            _parse(data, path, fmt, labelled, verified=False)
+            _parse(data, path, fmt, labelled, False, member)
         except ShardError as e:
             raise ShardError(f"{e} (its sha256 no longer matches manifest.json)") from None
         raise ShardError(f"shard {path} was modified after it was prepared (its sha256 no longer matches "
                          f"manifest.json): {REPAIR}")
-    return _parse(data, path, fmt, labelled, verified=bool(sha256))
+    return _parse(data, path, fmt, labelled, bool(sha256), member)
 
 
-def _parse(data: bytes, path: str, fmt: str, labelled: bool, verified: bool) -> list[Row]:
+def _parse(data: bytes, path: str, fmt: str, labelled: bool, verified: bool, member: str) -> list[Row]:
     try:
-        return _tar_rows(data, path, labelled, verified) if fmt == "webdataset" else _parquet_rows(data, labelled)
+        if fmt == "webdataset":
+            return _tar_rows(data, path, labelled, verified, member)
+        return _parquet_rows(data, labelled, member.partition(".")[0])
     except ShardError:
         raise
     except (OSError, ValueError, KeyError) as e:
@@ -102,15 +113,15 @@ def _checksum(header: bytes) -> int:
     return int(header[148:156].strip(b" \0") or b"-1", 8)
 
 
-def _tar_rows(data: bytes, path: str, labelled: bool, verified: bool) -> list[Row]:
+def _tar_rows(data: bytes, path: str, labelled: bool, verified: bool, member: str) -> list[Row]:
     files: dict[int, dict[str, bytes]] = {}
     for name, plain_file, content in _tar_members(data, verified):
         sid, field = _member_key(name, plain_file, path)
         files.setdefault(sid, {})[field] = content
-    return [(sid, f["image.png"], int(f["label.cls"]) if labelled else None) for sid, f in files.items()]
+    return [(sid, f[member], int(f["label.cls"]) if labelled else None) for sid, f in files.items()]
 
 
-def _parquet_rows(data: bytes, labelled: bool) -> list[Row]:
-    table = pq.read_table(io.BytesIO(data), columns=["id", "image"] + (["label"] if labelled else []))
+def _parquet_rows(data: bytes, labelled: bool, column: str) -> list[Row]:
+    table = pq.read_table(io.BytesIO(data), columns=["id", column] + (["label"] if labelled else []))
     cols = table.to_pydict()
-    return list(zip(cols["id"], cols["image"], cols.get("label", [None] * table.num_rows)))
+    return list(zip(cols["id"], cols[column], cols.get("label", [None] * table.num_rows)))

