@@ -221,6 +221,26 @@ def patch_masks(u: np.ndarray, ratio: float) -> np.ndarray:
     return np.sort(np.argsort(u, axis=1, kind="stable")[:, :n_keep], axis=1).astype(np.int64)
 
 
+def mask_tokens(tokens: np.ndarray, ids: np.ndarray, *, seed: int, epoch: int, ratio: float = 0.15,
+                vocab_size: int, first_plain: int = 5, view: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """BERT's masked-LM input (Devlin et al. 2019, sec. 3.1 and appendix A.1): in each row of `tokens` (N, L) int,
+    round(ratio x its plain tokens) of them (at least 1; ids below `first_plain` are [PAD], [CLS], [SEP], ... and
+    never chosen) are predicted; each chosen one becomes [MASK] (id 4) with probability 0.8, a random plain id with
+    0.1, and stays with 0.1. Returns (inputs (N, L) int64, targets (N, L) int64: the original id where chosen, -100
+    elsewhere). A function of (seed, epoch, sample id, view) through `uniforms`, as the image views are."""
+    n, length = tokens.shape
+    u = uniforms(seed, epoch, ids, view, 3 * length).reshape(n, 3, length)  # choice order, replacement, random id
+    plain = tokens >= first_plain
+    count = np.maximum(1, np.rint(ratio * plain.sum(axis=1))).astype(np.int64) * plain.any(axis=1)  # (N,)
+    order = np.where(plain, u[:, 0], 2.0)  # plain tokens sorted first, by their uniform
+    rank = np.argsort(np.argsort(order, axis=1, kind="stable"), axis=1, kind="stable")
+    chosen = rank < count[:, None]  # (N, L)
+    targets = np.where(chosen, tokens, -100).astype(np.int64)
+    random_ids = first_plain + np.floor(u[:, 2] * (vocab_size - first_plain)).astype(np.int64)
+    inputs = np.where(chosen & (u[:, 1] < 0.8), 4, np.where(chosen & (u[:, 1] < 0.9), random_ids, tokens))
+    return inputs.astype(np.int64), targets
+
+
 KINDS = ("pixels", "ids")  # a batch field: uint8 images (N, C, H, W), or integer ids (patch, token, class)
 
 
