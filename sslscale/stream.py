@@ -3,8 +3,8 @@
 The run's stream is a plan of (epoch, shard) items, epochs in order and shards in a seeded order per epoch, less
 the shards a checkpoint consumed whole (manifest: a shard holds ids first_id..first_id+samples-1); a Ray Data task
 reads one item (shards.read_shard: sha256 and member names checked), drops the ids a checkpoint already consumed in
-that epoch (a position.Position), decodes and builds views (views.batch_views, vectorised per block) with
-randomness fixed by (seed, epoch, sample id), and hands them out in blocks of BLOCK_ROWS as it makes them: one
+that epoch (a position.Position), decodes and builds views (views.batch_views, vectorised per block; for a text
+corpus a text method's token fields, views.text_views) with randomness fixed by (seed, epoch, sample id), and hands them out in blocks of BLOCK_ROWS as it makes them: one
 operator, no raw bytes through the object store. It runs at most `ingest_options`' budget ahead of training, and
 Ray Data's scheduling loop is paced so that waiting for training costs no CPU (_pace_scheduling). Rows
 carry `id` and `epoch`, so a worker records what its completed steps consumed and a resume continues each epoch
@@ -27,8 +27,8 @@ import ray.data
 from sslscale import corpus, storage
 from sslscale.errors import SslscaleError
 from sslscale.position import Position
-from sslscale.shards import ShardError, read_shard
-from sslscale.views import ViewSpec, batch_views
+from sslscale.shards import ShardError, data_member, read_shard
+from sslscale.views import ViewSpec, batch_views, text_views
 
 
 BLOCK_ROWS = 256  # views per block handed to a training worker
@@ -85,23 +85,23 @@ def skipped(skip_dir: str) -> dict[str, dict[str, str]]:
 
 
 def read_rows(batch: dict, *, corpus_dir: str, fmt: str, consumed: Position, on_error: str,
-              skip_dir: str | None) -> dict:
+              skip_dir: str | None, member: str = "image.png") -> dict:
     """One plan item {epoch, shard, sha256} (shard_views' input): the shard's rows not yet consumed in that epoch,
-    as {id, epoch, image bytes, shard name}."""
+    as {id, epoch, raw: the data member's bytes (an image, token ids), shard name}."""
     epoch, name = int(batch["epoch"][0]), str(batch["shard"][0])
     try:
-        rows = read_shard(storage.join(corpus_dir, name), fmt, sha256=str(batch["sha256"][0]))
+        rows = read_shard(storage.join(corpus_dir, name), fmt, sha256=str(batch["sha256"][0]), member=member)
     except ShardError as e:
         if on_error == "fail":
             raise
         _log_skip(skip_dir, "shard", name, str(e), epoch)
         rows = []
     used = consumed.contains(epoch, np.asarray([r[0] for r in rows], np.int64))
-    rows = [(sid, image) for (sid, image, _), seen in zip(rows, used.tolist()) if not seen]
-    image = np.empty(len(rows), dtype=object)
-    image[:] = [r[1] for r in rows]
+    rows = [(sid, data) for (sid, data, _), seen in zip(rows, used.tolist()) if not seen]
+    raw = np.empty(len(rows), dtype=object)
+    raw[:] = [r[1] for r in rows]
     return {"id": np.asarray([r[0] for r in rows], np.int64), "epoch": np.full(len(rows), epoch, np.int64),
-            "image": image, "shard": np.full(len(rows), name, dtype=object)}
+            "raw": raw, "shard": np.full(len(rows), name, dtype=object)}
 
 
 def _decode(data: bytes, channels: int) -> np.ndarray | None:
@@ -112,28 +112,46 @@ def _decode(data: bytes, channels: int) -> np.ndarray | None:
     return img if img.shape[2] == channels else None
 
 
-def make_views(batch: dict, *, seed: int, spec: ViewSpec, channels: int, on_error: str,
-               skip_dir: str | None = None, layout: dict | None = None) -> dict:
-    """Rows of one epoch {id, epoch, image bytes, shard} (a block of shard_views) -> {"id", "epoch", "view_0", ...}
+def _decode_ids(data: bytes, text: dict) -> np.ndarray | None:
+    """A sample's token ids padded with 0 to text["max_length"], or None when its bytes are not such ids."""
+    dtype = np.dtype(text["dtype"]).newbyteorder("<")
+    if len(data) % dtype.itemsize or not 0 < len(data) // dtype.itemsize <= text["max_length"]:
+        return None
+    ids = np.frombuffer(data, dtype)
+    if ids.max() >= text["vocab_size"]:
+        return None
+    return np.pad(ids.astype(np.int64), (0, text["max_length"] - len(ids)))
+
+
+def make_views(batch: dict, *, seed: int, on_error: str, skip_dir: str | None = None, layout: dict | None = None,
+               spec: ViewSpec | None = None, channels: int = 0, text: dict | None = None) -> dict:
+    """Rows of one epoch {id, epoch, raw bytes, shard} (a block of shard_views) -> {"id", "epoch", "view_0", ...}
     with the fields views.batch_views makes for `layout` (the method's, see methods.Method.views; default two
-    views); undecodable images are skipped (recorded) or stop the run, per on_error."""
-    images, kept, epochs = [], [], []
-    for sid, epoch, raw, shard in zip(batch["id"].tolist(), batch["epoch"].tolist(), batch["image"], batch["shard"]):
-        img = _decode(raw, channels)
-        if img is None:
-            reason = f"sample {sid} in shard {shard} cannot be decoded as a {channels}-channel image"
+    views) from `channels`-channel images, or, for a text corpus (`text`: its manifest's dtype, max_length and
+    vocab_size), views.text_views' from token ids; undecodable samples are skipped (recorded) or stop the run, per
+    on_error."""
+    what = "token ids" if text else f"a {channels}-channel image"
+    samples, kept, epochs = [], [], []
+    for sid, epoch, raw, shard in zip(batch["id"].tolist(), batch["epoch"].tolist(), batch["raw"], batch["shard"]):
+        sample = _decode_ids(raw, text) if text else _decode(raw, channels)
+        if sample is None:
+            reason = f"sample {sid} in shard {shard} cannot be decoded as {what}"
             if on_error == "fail":
                 raise SslscaleError(f"{reason}; re-prepare the corpus or set data.on_error=skip")
             _log_skip(skip_dir, "sample", str(sid), reason, epoch)
             continue
-        images.append(img)
+        samples.append(sample)
         kept.append(sid)
         epochs.append(epoch)
     ids, epochs = np.asarray(kept, np.int64), np.asarray(epochs, np.int64)
     layout = layout or {"n_views": 2}
-    if not len(ids):  # every image of the block was skipped: empty fields of the right shapes
-        return {"id": ids, "epoch": epochs, **{k: v[:0] for k, v in _one_row(spec, channels, layout).items()}}
-    views = batch_views(np.stack(images), ids, seed=seed, epoch=int(epochs[0]), spec=spec, **layout)
+    if not len(ids):  # every sample of the block was skipped: empty fields of the right shapes
+        return {"id": ids, "epoch": epochs, **{k: v[:0] for k, v in _one_row(spec, channels, layout, text).items()}}
+    if text:
+        views = text_views(np.stack(samples), ids, seed=seed, epoch=int(epochs[0]), vocab_size=text["vocab_size"],
+                           **layout)
+    else:
+        views = batch_views(np.stack(samples), ids, seed=seed, epoch=int(epochs[0]), spec=spec, **layout)
     return {"id": ids, "epoch": epochs, **views}
 
 
@@ -145,16 +163,30 @@ def shard_views(item: dict, *, read: dict, views: dict):
         yield make_views({k: v[start : start + BLOCK_ROWS] for k, v in rows.items()}, **views)
 
 
-def _one_row(spec: ViewSpec, channels: int, layout: dict) -> dict:
-    """The fields batch_views makes for one blank image: their shapes and dtypes, from the one place that knows."""
+def _one_row(spec: ViewSpec | None, channels: int, layout: dict, text: dict | None = None) -> dict:
+    """The fields batch_views (text_views) makes for one blank image (passage): their shapes and dtypes, from the one
+    place that knows."""
+    if text:
+        blank = np.zeros((1, text["max_length"]), np.int64)
+        return text_views(blank, np.zeros(1, np.int64), seed=0, epoch=0, vocab_size=text["vocab_size"], **layout)
     blank = np.zeros((1, spec.size, spec.size, channels), np.uint8)
     return batch_views(blank, np.zeros(1, np.int64), seed=0, epoch=0, spec=spec, **layout)
 
 
-def row_bytes(layout: dict, size: int, channels: int) -> int:
-    """Bytes of one row of the view stream (its views, local views and patch ids, plus id and epoch) for a square
-    image side `size`."""
-    return sum(v.nbytes for v in _one_row(ViewSpec(size=size), channels, layout).values()) + 16
+def row_bytes(layout: dict, size: int, channels: int, text: dict | None = None) -> int:
+    """Bytes of one row of the view stream (its views, local views and patch ids, or token fields, plus id and
+    epoch) for a square image side `size` (text: the passages' `text` entry)."""
+    return sum(v.nbytes for v in _one_row(ViewSpec(size=size), channels, layout, text).values()) + 16
+
+
+def data_spec(manifest: dict) -> tuple[int, int, dict | None]:
+    """(size, channels, text) of a corpus: an image's side and channels and None, or for text the passages'
+    max_length, 0 and {dtype, max_length, vocab_size} (make_views' `text`)."""
+    if data_member(manifest["fields"]) == "text.ids":
+        entry = manifest["fields"]["text"]
+        return entry["max_length"], 0, {k: entry[k] for k in ("dtype", "max_length", "vocab_size")}
+    h, _, c = manifest["fields"]["image"]["shape"]
+    return h, c, None
 
 
 def epochs_needed(steps: int, batch_size: int, samples: int) -> int:
@@ -183,7 +215,7 @@ def pretrain_dataset(cfg, corpus_dir: str, *, consumed: Position | None = None,
     manifest = corpus.load_manifest(corpus_dir)
     corpus.shard_paths(manifest, corpus_dir, cfg.data.split)  # one-line error for a missing split
     split = manifest["splits"][cfg.data.split]
-    h, w, c = manifest["fields"]["image"]["shape"]
+    h, c, text = data_spec(manifest)
     epochs = epochs_needed(cfg.train.steps, cfg.data.batch_size, split["samples"])
     if cfg.data.on_error == "skip":  # up to half the corpus may turn out bad; unread epochs cost nothing
         epochs = 2 * epochs
@@ -193,18 +225,18 @@ def pretrain_dataset(cfg, corpus_dir: str, *, consumed: Position | None = None,
         raise SslscaleError(f"the checkpoint already consumed all {epochs} epochs this run's train.steps need of "
                             f"{corpus_dir}: nothing is left to stream (raise train.steps)")
     read = dict(corpus_dir=corpus_dir, fmt=manifest["format"], consumed=consumed, on_error=cfg.data.on_error,
-                skip_dir=skip_dir)
+                skip_dir=skip_dir, member=data_member(manifest["fields"]))
     from sslscale.methods import view_layout  # here, not at the top: Ray Data's tasks import this module, not torch
 
     layout = view_layout(cfg, h)
-    views = dict(seed=cfg.data.seed, spec=ViewSpec.from_config(cfg, h), channels=c, on_error=cfg.data.on_error,
-                 skip_dir=skip_dir, layout=layout)
+    views = dict(seed=cfg.data.seed, on_error=cfg.data.on_error, skip_dir=skip_dir, layout=layout,
+                 **({"text": text} if text else {"spec": ViewSpec.from_config(cfg, h), "channels": c}))
     # one task per plan item reads its shard and makes its views, in blocks of BLOCK_ROWS rows handed out as
     # they are made: no second operator, no raw bytes through the object store, and the split hands workers
     # small pieces of the same epoch, not an epoch each
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         shard_views, fn_kwargs={"read": read, "views": views}, batch_size=1, batch_format="numpy")
-    dataset.context.target_max_block_size = BLOCK_ROWS * row_bytes(layout, h, c)
+    dataset.context.target_max_block_size = BLOCK_ROWS * row_bytes(layout, h, c, text)
     return dataset
 
 
@@ -233,8 +265,9 @@ def ingest_options(cfg, corpus_dir: str) -> ray.data.ExecutionOptions:
     if not buffer:
         from sslscale.methods import view_layout  # here, not at the top: Ray Data's tasks import this module
 
-        h, _, c = corpus.load_manifest(corpus_dir)["fields"]["image"]["shape"]
-        buffer = RUN_AHEAD_BATCHES * max(cfg.data.batch_size, BLOCK_ROWS) * row_bytes(view_layout(cfg, h), h, c)
+        h, c, text = data_spec(corpus.load_manifest(corpus_dir))
+        rows = RUN_AHEAD_BATCHES * max(cfg.data.batch_size, BLOCK_ROWS)
+        buffer = rows * row_bytes(view_layout(cfg, h), h, c, text)
     limits = ray.data.ExecutionResources(cpu=cfg.data.cpus, object_store_memory=buffer)
     return ray.data.ExecutionOptions(resource_limits=limits, preserve_order=cfg.data.deterministic)
 

@@ -244,9 +244,22 @@ def mask_tokens(tokens: np.ndarray, ids: np.ndarray, *, seed: int, epoch: int, r
 KINDS = ("pixels", "ids")  # a batch field: uint8 images (N, C, H, W), or integer ids (patch, token, class)
 
 
+def text_views(tokens: np.ndarray, ids: np.ndarray, *, seed: int, epoch: int, vocab_size: int,
+               text: bool = True, mask_ratio: float = 0.0) -> dict[str, np.ndarray]:
+    """A text method's fields from passages' token ids (N, L), padded with 0: "tokens" (N, L) int64, and with
+    mask_ratio > 0 BERT's masking (mask_tokens): "tokens" corrupted and "targets". `text` marks a text layout."""
+    if mask_ratio > 0:
+        inputs, targets = mask_tokens(tokens, ids, seed=seed, epoch=epoch, ratio=mask_ratio, vocab_size=vocab_size)
+        return {"tokens": inputs, "targets": targets}
+    return {"tokens": np.asarray(tokens, np.int64)}
+
+
 def layout_fields(n_views: int = 2, n_local: int = 0, mask_ratio: float = 0.0, num_patches: int = 0,
-                  **_) -> dict[str, str]:
-    """The fields batch_views makes for a layout (its keyword arguments), in order, each with its kind (KINDS)."""
+                  text: bool = False, **_) -> dict[str, str]:
+    """The fields batch_views (text_views for a `text` layout) makes for a layout (its keyword arguments), in order,
+    each with its kind (KINDS)."""
+    if text:
+        return {"tokens": "ids", **({"targets": "ids"} if mask_ratio > 0 else {})}
     fields = {**{f"view_{v}": "pixels" for v in range(n_views)}, **{f"local_{v}": "pixels" for v in range(n_local)}}
     return {**fields, **({"keep": "ids"} if mask_ratio > 0 and num_patches > 0 else {})}
 

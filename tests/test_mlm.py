@@ -2,6 +2,7 @@
 over 2 gloo workers with unequal masked counts, the text encoder's padding and causal masks, and a tiny model that
 learns."""
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -120,4 +121,6 @@ def test_a_tiny_model_learns_to_fill_in_masked_tokens():
     assert np.mean(losses[-10:]) < 0.5 * math.log(VOCAB) < losses[0] and out["masked_acc"].item() > 0.3
     assert out["perplexity"].item() == pytest.approx(math.exp(out["loss"].item()), rel=1e-5)
     assert out["embeddings"].shape == (32, 32) and not out["embeddings"].requires_grad
-    assert MLM.inputs(None, 0) == {"tokens": "ids", "targets": "ids"}
+    cfg = SimpleNamespace(method=SimpleNamespace(chosen=MLMSection(mask_ratio=0.2)))  # until mlm is registered
+    assert MLM.views(cfg, 16) == {"text": True, "mask_ratio": 0.2}
+    assert MLM.inputs(cfg, 16) == {"tokens": "ids", "targets": "ids"}

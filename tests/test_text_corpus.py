@@ -151,3 +151,34 @@ def test_an_image_run_refuses_a_text_corpus_or_target_in_one_line(tmp_path):
         preflight(cfg.override([f"transfer.target={tmp_path / 't'}"]))
     with pytest.raises(SslscaleError, match=r"corpus .*/t holds text, label, not images"):
         preflight(cfg.override([f"data.corpus={tmp_path / 't'}"]))
+
+
+def test_the_stream_makes_a_text_methods_fields_from_real_shards(tmp_path):
+    """stream.shard_views on a real text shard (what each Ray Data task runs): padded token ids, BERT's masking from
+    (seed, epoch, sample id), the fields the layout declares; a damaged sample is skipped and recorded, or one line."""
+    from sslscale import stream
+    from sslscale.position import Position
+    from sslscale.views import layout_fields, text_views
+
+    m = corpus.prepare(str(_pydocs(tmp_path)), tmp_path / "c", seq_len=32, vocab_size=500, progress=False)
+    shard = m["splits"]["train"]["shards"][0]
+    size, channels, text_spec = stream.data_spec(m)
+    assert (size, channels, text_spec) == (32, 0, {"dtype": "uint16", "max_length": 32, "vocab_size": 500})
+    layout = {"text": True, "mask_ratio": 0.15}
+    read = dict(corpus_dir=str(tmp_path / "c"), fmt="webdataset", consumed=Position(), on_error="skip",
+                skip_dir=str(tmp_path / "skips"), member=data_member(m["fields"]))
+    views = dict(seed=4, on_error="skip", skip_dir=str(tmp_path / "skips"), layout=layout, text=text_spec)
+    item = {"epoch": np.array([2]), "shard": np.array([shard["name"]]), "sha256": np.array([shard["sha256"]])}
+    rows = stream.read_rows(item, **read)
+    rows["raw"][5] = rows["raw"][5] + b"\x01"  # an odd number of bytes: not uint16 ids
+    out = stream.make_views(rows, **views)
+    ids, all_ids, tokens = out["id"], rows["id"], corpus.read_split(tmp_path / "c", "train")[1]
+    assert 5 not in ids.tolist() and len(ids) == len(all_ids) - 1
+    assert set(out) == {"id", "epoch", *layout_fields(**layout)} and out["tokens"].dtype == np.int64
+    expected = text_views(tokens[ids], ids, seed=4, epoch=2, vocab_size=500, mask_ratio=0.15)
+    assert all(np.array_equal(out[k], expected[k]) for k in expected)
+    assert list(stream.skipped(str(tmp_path / "skips"))["sample"]) == ["5"]
+    assert sum(len(b["id"]) for b in stream.shard_views(item, read=read, views=views)) == len(all_ids)
+    with pytest.raises(SslscaleError, match="sample 5 in shard train-000000.tar cannot be decoded as token ids"):
+        stream.make_views(rows, **{**views, "on_error": "fail"})
+    assert stream.row_bytes(layout, 32, 0, text_spec) == 2 * 32 * 8 + 16

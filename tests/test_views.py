@@ -149,12 +149,12 @@ def test_patch_masks_keep_exactly_the_right_count():
     a = patch_masks(uniforms(0, 0, np.arange(2), 3, 49), 0.75)
     assert np.array_equal(a, patch_masks(uniforms(0, 0, np.arange(2), 3, 49), 0.75)) and not np.array_equal(a[0], a[1])
 def _rows(images, epochs, corrupt=()):
-    """make_views' input: {id, epoch, image (PNG bytes), shard}, with the rows in `corrupt` not decodable."""
+    """make_views' input: {id, epoch, raw (PNG bytes), shard}, with the rows in `corrupt` not decodable."""
     from sslscale.corpus import _encode_png as encode_image
 
     raw = np.empty(len(images), dtype=object)
     raw[:] = [b"not a png" if i in corrupt else encode_image(img) for i, img in enumerate(images)]
-    return {"id": np.arange(len(images), dtype=np.int64), "epoch": np.asarray(epochs, np.int64), "image": raw,
+    return {"id": np.arange(len(images), dtype=np.int64), "epoch": np.asarray(epochs, np.int64), "raw": raw,
             "shard": np.full(len(images), "train-000000.tar", dtype=object)}
 
 

@@ -64,9 +64,10 @@ class MLM(Method):
         self.head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim),
                                   nn.Linear(dim, encoder.vocab_size))  # (N, L, D) -> (N, L, V)
 
-    @classmethod
-    def inputs(cls, cfg, image_size: int) -> dict[str, str]:
-        return {"tokens": "ids", "targets": "ids"}  # the corrupted passage and views.mask_tokens' targets
+    @staticmethod
+    def views(cfg, size: int) -> dict:
+        """The corrupted passage ("tokens") and the ids to predict ("targets"): views.text_views with masking."""
+        return {"text": True, "mask_ratio": cfg.method.chosen.mask_ratio}
 
     def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
         tokens, targets = batch["tokens"], batch["targets"]
