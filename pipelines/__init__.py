@@ -5,13 +5,13 @@ Sweep recipes are data: a base recipe (RECIPE), the overrides that size its tria
 from __future__ import annotations
 
 from pipelines import (barlow_fmnist, byol_fmnist, debug, debug_sweep, denoising_ae_fmnist, dino_fmnist, mae_fmnist,
-                       moco_fmnist, rotation_fmnist, simclr_fmnist, simclr_fmnist_sweep, vicreg_fmnist)
+                       mlm_text, moco_fmnist, rotation_fmnist, simclr_fmnist, simclr_fmnist_sweep, vicreg_fmnist)
 
 RECIPES = {"simclr_fmnist": simclr_fmnist.config, "barlow_fmnist": barlow_fmnist.config,
            "vicreg_fmnist": vicreg_fmnist.config, "byol_fmnist": byol_fmnist.config,
            "moco_fmnist": moco_fmnist.config, "dino_fmnist": dino_fmnist.config, "mae_fmnist": mae_fmnist.config,
            "rotation_fmnist": rotation_fmnist.config, "denoising_ae_fmnist": denoising_ae_fmnist.config,
-           "debug": debug.config}
+           "mlm_text": mlm_text.config, "debug": debug.config}
 SWEEPS = {"simclr_fmnist_sweep": simclr_fmnist_sweep, "debug_sweep": debug_sweep}
 
 

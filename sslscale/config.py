@@ -50,13 +50,14 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    encoder: str = _choice("resnet", "resnet", "resnet50", "vit")  # resnet50: the bottleneck ImageNet ResNet-50
+    # resnet50: the bottleneck ImageNet ResNet-50; text: a transformer on token ids (dim, vit_depth, heads as vit)
+    encoder: str = _choice("resnet", "resnet", "resnet50", "vit", "text")
     widths: tuple = (32, 64, 128)  # resnet: channels per stage
     depths: tuple = (1, 1, 1)  # resnet: residual blocks per stage
     patch_size: int = 4  # vit: side of a square patch in pixels; must divide the image size
-    dim: int = 192  # vit: token width (192 tiny, 384 small)
-    vit_depth: int = 12  # vit: transformer blocks
-    heads: int = 3  # vit: attention heads; must divide model.dim
+    dim: int = 192  # vit and text: token width (192 tiny, 384 small)
+    vit_depth: int = 12  # vit and text: transformer blocks
+    heads: int = 3  # vit and text: attention heads; must divide model.dim
     vit_preset: str = _choice("none", "none", "tiny", "small")  # vit: tiny or small set dim, vit_depth and heads
 
 
@@ -247,8 +248,8 @@ def _all_keys() -> list[str]:
 def _field(cfg: Config, key: str):
     parts = key.split(".")
     obj = cfg
-    for part in parts[:-1]:
-        obj = getattr(obj, part, None)
+    for part in parts[:-1]:  # through dataclass fields only (not methods or properties such as method.chosen)
+        obj = getattr(obj, part) if part in {f.name for f in dataclasses.fields(obj)} else None
         if not dataclasses.is_dataclass(obj):
             obj = None
             break
@@ -263,7 +264,8 @@ def _known(cfg: Config, parts: list[str]) -> list[str]:
     chosen) method's section, with a pointer to the others."""
     if parts[0] != "method":
         return [k for k in _all_keys() if parts[0] not in flatten_sections() or k.startswith(parts[0] + ".")]
-    name = parts[1] if len(parts) > 2 and hasattr(cfg.method, parts[1]) else cfg.method.name
+    sections = {f.name for f in dataclasses.fields(cfg.method)} - {"name"}
+    name = parts[1] if len(parts) > 2 and parts[1] in sections else cfg.method.name
     own = flatten({"method": {name: dataclasses.asdict(getattr(cfg.method, name))}})
     return ["method.name", *own, "(other methods: method.<name>.<key>)"]
 
@@ -301,7 +303,8 @@ def _coerce(key: str, kind, value):
 
 def key_type(key: str) -> str:
     """The type name of a config key (int, float, str, bool, tuple); one line naming an unknown key."""
-    obj, fld = _field(Config(), ALIASES.get(key, key))
+    cfg = Config()
+    obj, fld = _field(cfg, (flat_method_key(cfg, key) or [ALIASES.get(key, key)])[0])
     hint = typing.get_type_hints(type(obj))[fld.name]
     return getattr(hint, "__name__", str(hint))
 
@@ -339,8 +342,8 @@ def note_renamed(key: str, text: str) -> None:
 def set_key(cfg: Config, key: str, value, note: bool = True) -> None:
     """Set one `a.b=value` key, coerced to its type and checked against its choices; one line for a bad one. An old
     name sets its new key(s), with a one-line note unless note=False."""
-    if flat_method_key(cfg, key):
-        new = flat_method_key(cfg, key)
+    new = flat_method_key(cfg, key)
+    if new:
         if note:
             note_renamed(key, f"method.<name>.{new[0].rpartition('.')[2]} ({', '.join(k.split('.')[1] for k in new)})")
         for each in new:

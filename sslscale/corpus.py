@@ -66,8 +66,8 @@ class _Source:
 
 
 def builtin_sources() -> tuple[str, ...]:
-    """Source names that are not folders."""
-    return ("fmnist", "digits")
+    """Source names that are not folders (text.py's text corpora among them)."""
+    return ("fmnist", "digits", *text.builtin_sources())
 
 
 # ---------------------------------------------------------------- sources
@@ -194,6 +194,8 @@ def _resolve_source(source: str, path, image_size: int, on_error: str, test_frac
     if source == "digits":
         return _digits()
     if is_text(source):
+        if source == "bbcnews" and not text_options.get("tokenizer"):  # the built-in target of pydocs's runs
+            text_options = {**text_options, "tokenizer": resolve("pydocs")}
         t = text.source(source, on_error=on_error, test_fraction=test_fraction, seed=seed, **text_options)
         return _Source(t.kind, t.path, (0, 0, 0), t.classes, {s: (len(r), iter(r)) for s, r in t.splits.items()},
                        t.skipped, data_field=("text", t.entry), encode=t.encode, files=t.files)
@@ -443,14 +445,19 @@ def read_split(corpus_dir, split: str, with_labels: bool = True):
     rows.sort(key=lambda r: r[0])
     ids = np.array([r[0] for r in rows], dtype=np.int64)
     labels = np.array([r[2] for r in rows], dtype=np.int64) if labelled else None
-    if member == "text.ids":
-        entry = manifest["fields"]["text"]
-        data = np.zeros((len(rows), entry["max_length"]), np.int64)
-        for i, r in enumerate(rows):
-            tokens = np.frombuffer(r[1], np.dtype(entry["dtype"]).newbyteorder("<"))
-            data[i, : len(tokens)] = tokens
-        return ids, data, labels
-    return ids, np.stack([decode_image(r[1]) for r in rows]), labels
+    return ids, decode_rows(rows, manifest), labels
+
+
+def decode_rows(rows: list[Row], manifest: dict) -> np.ndarray:
+    """The rows' data, stacked: images uint8 (N, H, W, C), or token ids int64 (N, max_length) padded with 0."""
+    if data_member(manifest["fields"]) != "text.ids":
+        return np.stack([decode_image(r[1]) for r in rows])
+    entry = manifest["fields"]["text"]
+    data = np.zeros((len(rows), entry["max_length"]), np.int64)
+    for i, r in enumerate(rows):
+        tokens = np.frombuffer(r[1], np.dtype(entry["dtype"]).newbyteorder("<"))
+        data[i, : len(tokens)] = tokens
+    return data
 
 
 def data_root() -> str:

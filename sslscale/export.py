@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from sslscale import storage
-from sslscale.encoders import build_encoder
+from sslscale.encoders import from_spec
 from sslscale.errors import SslscaleError
 
 SUFFIX = "encoder.safetensors"
@@ -60,7 +60,6 @@ def load_encoder(path: str) -> torch.nn.Module:
     """An eval-mode encoder from a `*encoder.safetensors` file (or a folder holding one), local or in storage."""
     with storage.local(_resolve(path)) as local:
         spec = read_spec(local)
-        encoder = build_encoder(spec["name"], in_channels=spec["in_channels"], image_size=spec["image_size"],
-                                **spec["kwargs"])
+        encoder = from_spec(spec)
         encoder.load_state_dict(load_file(local))
     return encoder.eval()

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslscale.config import Config, list_items
-from sslscale.encoders import build_encoder
+from sslscale.encoders import from_spec
 from sslscale.engine import Engine
 from sslscale.errors import SslscaleError
 from sslscale.methods import Method
@@ -184,8 +184,7 @@ def _select(job: dict, base: Config, batches) -> tuple[float, dict]:
         with torch.random.fork_rng():  # the caller's random state stays as it was
             torch.manual_seed(job["seed"])
             spec = job["spec"]
-            enc = copy.deepcopy(job["encoder"]) if job["encoder"] is not None else build_encoder(
-                spec["name"], in_channels=spec["in_channels"], image_size=spec["image_size"], **spec["kwargs"])
+            enc = copy.deepcopy(job["encoder"]) if job["encoder"] is not None else from_spec(spec)
             engine = train(enc, job["classes"], job["seed"], batches(), base, job["tcfg"], **hp)
         score = accuracy(engine, val_x, val_y) if len(val_y) else 0.0
         if best is None or score > best[0]:

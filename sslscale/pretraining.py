@@ -63,9 +63,25 @@ class _Signalled(KeyboardInterrupt):
 
 
 def _input_spec(corpus_dir: str, cfg: Config) -> dict:
-    """The encoder's input (channels, side) from the corpus, checked against the model before any worker starts."""
+    """The encoder's input from the corpus (channels and side; text: vocabulary and length), checked against the
+    method and the model before any worker starts."""
+    from sslscale.methods import view_layout
+
     corpus.verify_shards(corpus_dir, cfg.data.split, hashes=False)  # the stream checks each shard's sha256 as it reads
-    h, w, c = corpus.image_shape(corpus.load_manifest(corpus_dir), corpus_dir)
+    manifest = corpus.load_manifest(corpus_dir)
+    text = "text" in manifest["fields"]
+    if bool(view_layout(cfg, 0).get("text")) != text:
+        raise SslscaleError(f"method.name={cfg.method.name} trains on {'images' if text else 'text'} but corpus "
+                            f"{corpus_dir} holds {'text' if text else 'images'}: pick a method or a corpus of the "
+                            "other kind (text: docs/text.md)")
+    if text:
+        if cfg.model.encoder != "text":
+            raise SslscaleError(f"corpus {corpus_dir} holds text: set model.encoder=text")
+        return {k: manifest["fields"]["text"][k] for k in ("vocab_size", "max_length")}
+    if cfg.model.encoder == "text":
+        raise SslscaleError(f"model.encoder=text takes token ids but corpus {corpus_dir} holds images: pick "
+                            "resnet, resnet50 or vit")
+    h, w, c = corpus.image_shape(manifest, corpus_dir)
     if h != w:
         raise SslscaleError(f"corpus {corpus_dir} has {h}x{w} images; encoders take square images: re-prepare it")
     if cfg.model.encoder == "vit" and h % cfg.model.patch_size:
@@ -340,7 +356,7 @@ def preflight(cfg: Config) -> tuple[str, dict]:
     corpus_dir = corpus.resolve(cfg.data.corpus)
     input_spec = _input_spec(corpus_dir, cfg)
     if cfg.transfer.enabled:
-        transfer.check_target(cfg.transfer, input_spec)
+        transfer.check_target(cfg.transfer, input_spec, corpus_dir)
     return corpus_dir, input_spec
 
 

@@ -1,5 +1,6 @@
-"""The fixed probe set: training images chosen once per run by its seed, on which the embedding spectrum
-(health.spectrum) is measured every train.health_every steps, so that successive points compare the same images.
+"""The fixed probe set: training images (or passages) chosen once per run by its seed, on which the embedding
+spectrum (health.spectrum) is measured every train.health_every steps, so that successive points compare the same
+samples.
 
 `probe_images(corpus_dir, split, seed, n)` reads as few shards as possible: the split's shards are taken in a seeded
 order until they hold n samples (one shard of a default-sized corpus holds 5,000), then n of their samples are drawn
@@ -13,7 +14,7 @@ import numpy as np
 
 from sslscale import corpus
 from sslscale.errors import SslscaleError
-from sslscale.shards import Row, read_shard
+from sslscale.shards import Row, data_member, read_shard
 
 SALT = 0x9B0BE  # keeps the probe's random stream apart from other users of data.seed
 
@@ -27,17 +28,19 @@ def _rows(corpus_dir: str, split: str, rng: np.random.Generator, n: int) -> list
     for i in rng.permutation(len(entries)):
         if len(rows) >= n:
             break
-        rows += read_shard(paths[i], manifest["format"], sha256=entries[i]["sha256"])
+        rows += read_shard(paths[i], manifest["format"], sha256=entries[i]["sha256"],
+                           member=data_member(manifest["fields"]))
     return sorted(rows, key=lambda r: r[0])
 
 
 def probe_images(corpus_dir: str, split: str, seed: int, n: int) -> np.ndarray:
     """n images (all of the split's when it holds fewer) of SPLIT, chosen by `seed`, as uint8 (n, H, W, C) in id
-    order; the same set on every call with the same arguments."""
+    order (a text corpus: token ids (n, L), corpus.decode_rows); the same set on every call with the same
+    arguments."""
     rng = np.random.default_rng([SALT, seed % 2**63])
     rows = _rows(corpus_dir, split, rng, n)
     if not rows:
         raise SslscaleError(f"split {split!r} of corpus {corpus_dir} holds no samples: prepare it again from a "
                             f"source with images")
     chosen = np.sort(rng.choice(len(rows), size=min(n, len(rows)), replace=False))
-    return np.stack([corpus.decode_image(rows[j][1]) for j in chosen])
+    return corpus.decode_rows([rows[j] for j in chosen], corpus.load_manifest(corpus_dir))

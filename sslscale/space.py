@@ -78,6 +78,8 @@ def parse(items: list[str]) -> Space:
 def renamed(items: list[str], base: Config) -> list[str]:
     """Space items with an old flat method key (method.temperature) written as the base's chosen method's key
     (method.simclr.temperature), with a one-line note; the old names go in the next release."""
+    if any(item.partition("=")[0].strip() == "method.name" for item in items):
+        return list(items)  # the flat key then reaches every searched method's section, as it did
     out = []
     for item in items:
         key, sep, spec = item.partition("=")
@@ -146,7 +148,7 @@ def default_point(space: Space, base: Config) -> dict | None:
     flat = flatten(base.to_dict())
     point = {}
     for key, dist in space.items():
-        value = flat[key]
+        value = _lookup(flat, key, base)
         if dist.kind in ("choice", "grid"):
             match = [v for v in dist.values if _same(key, v, value)]
             if not match:
@@ -161,8 +163,18 @@ def default_point(space: Space, base: Config) -> dict | None:
 
 def _coerced(point: dict) -> dict:
     """A point's values as the config holds them (ints, floats, tuples), through the config's own coercion."""
-    flat = flatten(apply(Config(), point).to_dict())
-    return {k: flat[k] for k in point}
+    cfg = apply(Config(), point)
+    flat = flatten(cfg.to_dict())
+    return {k: _lookup(flat, k, cfg) for k in point}
+
+
+def _lookup(flat: dict, key: str, cfg: Config):
+    """A key's value in a flat config; an old flat method key (a sweep saved before the per-method sections) reads
+    the chosen method's key where it has one, else the first method's that does."""
+    if key in flat:
+        return flat[key]
+    new = flat_method_key(cfg, key)
+    return flat[next((k for k in new if k.startswith(f"method.{cfg.method.name}.")), new[0])]
 
 
 def _same(key: str, text: str, value) -> bool:

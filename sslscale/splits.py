@@ -48,7 +48,7 @@ def folder_splits(root: Path, files: list[Path], classes: Optional[list[str]], l
     if counts.min() < 2:
         small = int(counts.argmin())
         raise SslscaleError(f"class folder {root / classes[small]} has {counts[small]} readable file(s) but a test "
-                            "split needs at least 2 per class: add images to it, or pass --test-fraction 0")
+                            "split needs at least 2 per class: add files to it, or pass --test-fraction 0")
     test = stratified_pick(y, np.clip(np.round(test_fraction * counts), 1, counts - 1).astype(np.int64), seed)
     chosen = set(test.tolist())
     return {"train": [p for i, p in enumerate(files) if i not in chosen], "test": [files[i] for i in test]}

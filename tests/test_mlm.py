@@ -40,6 +40,8 @@ def test_masking_follows_bert_and_is_a_function_of_seed_epoch_and_id():
     again = mask_tokens(tokens[::-1], ids[::-1], seed=3, epoch=1, vocab_size=VOCAB)  # another order: same rows
     assert np.array_equal(again[0][::-1], inputs) and np.array_equal(again[1][::-1], targets)
     assert not np.array_equal(mask_tokens(tokens, ids, seed=3, epoch=2, vocab_size=VOCAB)[1], targets)
+    as_stored = mask_tokens(tokens.astype(np.uint16), ids, seed=3, epoch=1, vocab_size=VOCAB)  # the shards' dtype
+    assert np.array_equal(as_stored[0], inputs) and np.array_equal(as_stored[1], targets)
 
 
 def _reference(logits, targets):
@@ -59,16 +61,21 @@ def test_loss_equals_the_reference_formula():
     logits, targets = torch.randn(6, 10, VOCAB), torch.full((6, 10), IGNORE)
     targets[torch.rand(6, 10) < 0.3] = 7
     targets[0, 0] = 9
-    loss, acc = mlm_loss(logits, targets)
-    assert loss.item() == pytest.approx(_reference(logits, targets), rel=1e-6)
     chosen = targets != IGNORE
+    loss, acc = mlm_loss(logits[chosen], targets[chosen])
+    assert loss.item() == pytest.approx(_reference(logits, targets), rel=1e-6)
     assert acc.item() == pytest.approx((logits[chosen].argmax(-1) == targets[chosen]).float().mean().item())
-    assert mlm_loss(logits, torch.where(chosen, logits.argmax(-1), IGNORE))[1].item() == 1.0
+    assert mlm_loss(logits[chosen], logits[chosen].argmax(-1))[1].item() == 1.0
+
+
+def _loss(logits, targets):
+    chosen = targets != IGNORE
+    return mlm_loss(logits[chosen], targets[chosen])
 
 
 def _worker(rank, world, logits, targets):
     part = logits.chunk(world)[rank].clone().requires_grad_()
-    loss, acc = mlm_loss(part, targets.chunk(world)[rank])
+    loss, acc = _loss(part, targets.chunk(world)[rank])
     loss.backward()
     return loss.item(), acc.item(), part.grad
 
@@ -82,7 +89,7 @@ def test_two_workers_with_unequal_masked_counts_equal_one_process():
     targets[4:, :2] = 11
     results = spawn_gloo(_worker, logits, targets, world=2)
     whole = logits.clone().requires_grad_()
-    loss, acc = mlm_loss(whole, targets)
+    loss, acc = _loss(whole, targets)
     loss.backward()
     assert sum(r[0] for r in results) / 2 == pytest.approx(loss.item(), rel=1e-5)
     assert [r[1] for r in results] == pytest.approx([acc.item()] * 2)

@@ -1,19 +1,21 @@
-"""Encoders: plain PyTorch modules mapping float images (N, C, H, W) in [0, 1] to features (N, D).
+"""Encoders: plain PyTorch modules mapping float images (N, C, H, W) in [0, 1], or token ids (N, L) (text), to
+features (N, D).
 
-`ENCODERS` maps a name to a constructor; `build_encoder` makes one from its name, the corpus' input spec and the
-constructor's own keyword arguments, which `encoder_kwargs` picks out of the model config. Every encoder carries
-`in_channels`, `image_size` and `feature_dim`, and `spec()` returns what is needed to rebuild it (stored in
-exported safetensors metadata, see export.py).
+`ENCODERS` maps a name to a constructor; `build_encoder` makes one from its name, the corpus' input spec (images:
+`in_channels`, `image_size`; text: `vocab_size`, `max_length`) and the constructor's own keyword arguments, which
+`encoder_kwargs` picks out of the model config. Every encoder carries its input spec and `feature_dim`, and
+`spec()` returns what is needed to rebuild it (`from_spec`; stored in exported safetensors metadata, see export.py).
 """
 from __future__ import annotations
 
 from torch import nn
 
 from sslscale.encoders.resnet import ResNet, ResNet50
+from sslscale.encoders.text import TextTransformer
 from sslscale.encoders.vit import VIT_PRESETS, ViT
 from sslscale.errors import SslscaleError
 
-ENCODERS = {"resnet": ResNet, "resnet50": ResNet50, "vit": ViT}
+ENCODERS = {"resnet": ResNet, "resnet50": ResNet50, "vit": ViT, "text": TextTransformer}
 
 
 def encoder_kwargs(model_cfg) -> dict:
@@ -25,10 +27,19 @@ def encoder_kwargs(model_cfg) -> dict:
                                                                                    heads=m.heads))}
     if m.encoder == "resnet50":
         return {}
+    if m.encoder == "text":
+        return {"dim": m.dim, "depth": m.vit_depth, "heads": m.heads}
     return {"widths": tuple(m.widths), "depths": tuple(m.depths)}
 
 
-def build_encoder(name: str, *, in_channels: int, image_size: int, **kwargs) -> nn.Module:
+def build_encoder(name: str, **kwargs) -> nn.Module:
+    """The encoder `name` from its input spec and its own keyword arguments."""
     if name not in ENCODERS:
         raise SslscaleError(f"unknown encoder {name!r}; known: {', '.join(sorted(ENCODERS))}")
-    return ENCODERS[name](in_channels=in_channels, image_size=image_size, **kwargs)
+    return ENCODERS[name](**kwargs)
+
+
+def from_spec(spec: dict) -> nn.Module:
+    """A freshly initialised encoder of the architecture an encoder's `spec()` describes."""
+    inputs = {k: v for k, v in spec.items() if k not in ("name", "feature_dim", "kwargs")}
+    return build_encoder(spec["name"], **inputs, **spec["kwargs"])

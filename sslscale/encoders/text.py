@@ -18,14 +18,14 @@ from torch import nn
 from sslscale.encoders.vit import Block
 from sslscale.errors import SslscaleError
 
-PAD = 0  # text.PAD: the tokenizer's padding id
+PAD, MASK = 0, 4  # text.PAD and text.MASK: the tokenizer's padding and mask ids
 
 
 class TextTransformer(nn.Module):
     def __init__(self, *, vocab_size: int, max_length: int, dim: int = 256, depth: int = 4, heads: int = 4,
                  mlp_ratio: float = 4.0, causal: bool = False):
         super().__init__()
-        if heads <= 0 or dim % heads or vocab_size <= PAD or max_length <= 0:
+        if heads <= 0 or dim % heads or vocab_size <= MASK or max_length <= 0:
             raise SslscaleError(f"text encoder: model.dim={dim} must be a multiple of model.heads={heads}, and the "
                                 f"corpus's vocabulary ({vocab_size}) and length ({max_length}) positive")
         self.vocab_size, self.max_length, self.causal = vocab_size, max_length, causal
@@ -73,8 +73,8 @@ class TextTransformer(nn.Module):
 
     def pool(self, tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The mean of the non-padding tokens' outputs: (N, L, dim), (N, L) -> (N, dim)."""
-        words = (ids != PAD).unsqueeze(-1).to(tokens.dtype)  # (N, L, 1)
-        return (tokens * words).sum(dim=1) / words.sum(dim=1).clamp(min=1)
+        words = (ids != PAD).unsqueeze(-1).float()  # (N, L, 1); summed in fp32, where bf16 would round counts
+        return ((tokens.float() * words).sum(dim=1) / words.sum(dim=1).clamp(min=1)).to(tokens.dtype)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.pool(self.forward_tokens(ids), ids)  # (N, dim)

@@ -214,24 +214,25 @@ def _registry() -> dict:
     from sslscale.methods.denoising_ae import DenoisingAE
     from sslscale.methods.dino import DINO
     from sslscale.methods.mae import MAE
+    from sslscale.methods.mlm import MLM
     from sslscale.methods.moco import MoCoV3
     from sslscale.methods.rotation import Rotation
     from sslscale.methods.simclr import SimCLR
     from sslscale.methods.vicreg import VICReg
 
     return {"simclr": SimCLR, "barlow_twins": BarlowTwins, "vicreg": VICReg, "byol": BYOL, "moco_v3": MoCoV3,
-            "dino": DINO, "mae": MAE, "rotation": Rotation, "denoising_ae": DenoisingAE}
+            "dino": DINO, "mae": MAE, "rotation": Rotation, "denoising_ae": DenoisingAE, "mlm": MLM}
 
 
 METHODS = _registry()
 
 
-def build_method(cfg, *, in_channels: int, image_size: int) -> Method:
-    """The method named by cfg.method.name, with its section of cfg.method, around the encoder cfg.model describes."""
+def build_method(cfg, **input_spec) -> Method:
+    """The method named by cfg.method.name, with its section of cfg.method, around the encoder cfg.model describes
+    for the corpus's `input_spec` (in_channels and image_size, or text's vocab_size and max_length)."""
     from sslscale.encoders import build_encoder, encoder_kwargs
 
-    encoder = build_encoder(cfg.model.encoder, in_channels=in_channels, image_size=image_size,
-                            **encoder_kwargs(cfg.model))
+    encoder = build_encoder(cfg.model.encoder, **input_spec, **encoder_kwargs(cfg.model))
     cls = METHODS[cfg.method.name]
     schedule = {"total_steps": cfg.train.steps} if issubclass(cls, MomentumMethod) else {}
     return cls(encoder, cfg.method.chosen, **schedule)

@@ -43,14 +43,13 @@ class MLMSection(Section):
 def mlm_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, accuracy) over the global batch, for this worker's share.
 
-    logits: (N, L, V) the head's scores; targets: (N, L) the original ids of the chosen positions, IGNORE elsewhere.
+    logits: (M, V) the head's scores at this worker's M chosen positions; targets: (M,) their original ids.
     loss = world x (this worker's summed cross-entropy) / (chosen positions in the global batch), so its average over
     workers is the single-process loss on the concatenated batch; accuracy: the global batch's share of chosen
     positions whose top score is the original id, the same on every worker."""
-    chosen = targets != IGNORE  # (N, L)
-    ce = F.cross_entropy(logits[chosen].float(), targets[chosen], reduction="sum")
-    correct = (logits[chosen].argmax(dim=-1) == targets[chosen]).sum()
-    total = dist.all_reduce_sum(torch.stack([chosen.sum(), correct]).float().detach())  # global count, correct
+    ce = F.cross_entropy(logits.float(), targets, reduction="sum")
+    correct = (logits.argmax(dim=-1) == targets).sum()
+    total = dist.all_reduce_sum(torch.stack([torch.tensor(len(targets)), correct.cpu()]).float().to(logits.device))
     scale = dist.world_size() / total[0].clamp(min=1)
     return ce * scale, total[1] / total[0].clamp(min=1)
 
@@ -62,7 +61,7 @@ class MLM(Method):
         super().__init__(encoder, cfg)
         dim = encoder.feature_dim
         self.head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim),
-                                  nn.Linear(dim, encoder.vocab_size))  # (N, L, D) -> (N, L, V)
+                                  nn.Linear(dim, encoder.vocab_size))  # (M, D) -> (M, V)
 
     @staticmethod
     def views(cfg, size: int) -> dict:
@@ -72,7 +71,8 @@ class MLM(Method):
     def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
         tokens, targets = batch["tokens"], batch["targets"]
         h = self.encoder.forward_tokens(tokens)  # (N, L, D)
-        loss, acc = mlm_loss(self.head(h), targets)  # head on every position: (N, L, V)
+        chosen = targets != IGNORE  # (N, L): the head scores these M positions only, as BERT's does
+        loss, acc = mlm_loss(self.head(h[chosen]), targets[chosen])  # (M, V), (M,)
         global_loss = dist.all_reduce_sum(loss.detach().float()) / dist.world_size()
         return {"loss": loss, "masked_acc": acc, "perplexity": global_loss.exp(),
                 "embeddings": self.encoder.pool(h, tokens).detach()}

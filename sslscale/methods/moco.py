@@ -14,7 +14,7 @@ on the concatenated batch, and so do the gradients DeepSpeed averages.
 Heads (ResNet variant of the paper's code): projector Linear-BN-ReLU-Linear-BN (last BatchNorm without affine
 parameters), predictor Linear-BN-ReLU-Linear (paper: 4096 hidden, 256 out; here cfg.proj_hidden, cfg.proj_dim).
 Temperature: cfg.temperature (default 0.2, as SimCLR's). The paper uses T = 0.2 for ViT and its code 1.0 for
-ResNet-50 (batch 4096); the recipes keep 0.2 so the contrastive methods compare at one T (method.temperature=1.0
+ResNet-50 (batch 4096); the recipes keep 0.2 so the contrastive methods compare at one T (method.moco_v3.temperature=1.0
 gives the paper's ResNet setting).
 Key momentum: cfg.momentum to cfg.momentum_final on a cosine (paper: 0.99 to 1).
 """
