@@ -269,7 +269,7 @@ def test_bad_options(tmp_path):
         corpus.prepare("digits", tmp_path / "out", fmt="zip")
     with pytest.raises(SslscaleError, match="--path only applies to the fmnist source"):
         corpus.prepare("digits", tmp_path / "out", path="/x")
-    assert corpus.builtin_sources() == ("fmnist", "digits")
+    assert corpus.builtin_sources() == ("fmnist", "digits", "pydocs", "bbcnews")
 
 
 # ---------------------------------------------------------------- IDX / Fashion-MNIST
