@@ -162,9 +162,8 @@ def _cmd_prepare(args) -> None:
 
     m = corpus.prepare(args.source, args.out, fmt=args.format, path=args.path, shard_size=args.shard_size,
                        image_size=args.image_size, on_error=args.on_error, overwrite=args.overwrite,
-                       test_fraction=args.test_fraction, seed=args.seed,
-                       **({"seq_len": args.seq_len, "vocab_size": args.vocab_size, "tokenizer": args.tokenizer}
-                          if corpus.is_text(args.source) else {}))
+                       test_fraction=args.test_fraction, seed=args.seed, seq_len=args.seq_len,
+                       vocab_size=args.vocab_size, tokenizer=args.tokenizer)  # the text options: images ignore them
     counts = ", ".join(f"{s}: {v['samples']} samples in {len(v['shards'])} shards" for s, v in m["splits"].items())
     print(f"prepared {args.out} ({m['format']}): {counts}")
 

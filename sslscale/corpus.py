@@ -453,11 +453,20 @@ def decode_rows(rows: list[Row], manifest: dict) -> np.ndarray:
     if data_member(manifest["fields"]) != "text.ids":
         return np.stack([decode_image(r[1]) for r in rows])
     entry = manifest["fields"]["text"]
-    data = np.zeros((len(rows), entry["max_length"]), np.int64)
-    for i, r in enumerate(rows):
-        tokens = np.frombuffer(r[1], np.dtype(entry["dtype"]).newbyteorder("<"))
-        data[i, : len(tokens)] = tokens
-    return data
+    return np.stack([decode_ids(r[1], entry) for r in rows]) if rows else np.zeros((0, entry["max_length"]), np.int64)
+
+
+def decode_ids(data: bytes, entry: dict) -> np.ndarray:
+    """A sample's `text.ids` bytes -> its token ids, int64 (max_length,) padded with 0; `entry` holds the text
+    field's dtype, max_length and vocab_size (the manifest's). One line when the bytes are not such ids."""
+    dtype = np.dtype(entry["dtype"]).newbyteorder("<")
+    n = len(data) // dtype.itemsize
+    ids = np.frombuffer(data, dtype) if len(data) % dtype.itemsize == 0 and 0 < n <= entry["max_length"] else None
+    if ids is None or ids.max() >= entry["vocab_size"]:
+        raise SslscaleError(f"{len(data)} bytes are not up to {entry['max_length']} {entry['dtype']} token ids below "
+                            f"{entry['vocab_size']}: the corpus is damaged: check it with verify_shards and re-run "
+                            "prepare")
+    return np.pad(ids.astype(np.int64), (0, entry["max_length"] - n))
 
 
 def data_root() -> str:

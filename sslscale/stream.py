@@ -4,9 +4,10 @@ The run's stream is a plan of (epoch, shard) items, epochs in order and shards i
 the shards a checkpoint consumed whole (manifest: a shard holds ids first_id..first_id+samples-1); a Ray Data task
 reads one item (shards.read_shard: sha256 and member names checked), drops the ids a checkpoint already consumed in
 that epoch (a position.Position), decodes and builds views (views.batch_views, vectorised per block; for a text
-corpus a text method's token fields, views.text_views) with randomness fixed by (seed, epoch, sample id), and hands them out in blocks of BLOCK_ROWS as it makes them: one
-operator, no raw bytes through the object store. It runs at most `ingest_options`' budget ahead of training, and
-Ray Data's scheduling loop is paced so that waiting for training costs no CPU (_pace_scheduling). Rows
+corpus a text method's token fields, views.text_views) with randomness fixed by (seed, epoch, sample id), and
+hands them out in blocks of BLOCK_ROWS as it makes them: one operator, no raw bytes through the object store. It
+runs at most `ingest_options`' budget ahead of training, and Ray Data's scheduling loop is paced so that waiting
+for training costs no CPU (_pace_scheduling). Rows
 carry `id` and `epoch`, so a worker records what its completed steps consumed and a resume continues each epoch
 with exactly the samples it has not seen. Epochs overlap only by the few items in flight at once. Ray Train
 splits the stream across workers (streaming_split, equal=True); no worker ever loads the whole corpus. Labels are
@@ -113,14 +114,10 @@ def _decode(data: bytes, channels: int) -> np.ndarray | None:
 
 
 def _decode_ids(data: bytes, text: dict) -> np.ndarray | None:
-    """A sample's token ids padded with 0 to text["max_length"], or None when its bytes are not such ids."""
-    dtype = np.dtype(text["dtype"]).newbyteorder("<")
-    if len(data) % dtype.itemsize or not 0 < len(data) // dtype.itemsize <= text["max_length"]:
+    try:
+        return corpus.decode_ids(data, text)
+    except SslscaleError:
         return None
-    ids = np.frombuffer(data, dtype)
-    if ids.max() >= text["vocab_size"]:
-        return None
-    return np.pad(ids.astype(np.int64), (0, text["max_length"] - len(ids)))
 
 
 def make_views(batch: dict, *, seed: int, on_error: str, skip_dir: str | None = None, layout: dict | None = None,
