@@ -74,8 +74,7 @@ def test_every_registered_method_has_a_section_and_only_those():
     for name, cls in METHODS.items():
         section = getattr(cfg.method, name)
         assert type(section) is cls.section and issubclass(cls.section, Section) and cls.section is not Section
-        own = {f.name for f in dataclasses.fields(section)}
-        assert own, name
+        own = {f.name for f in dataclasses.fields(section)}  # may be none (GPT: the model says everything)
         checks = section.checks(Config().override(["model.encoder=vit"]))
         assert all(ok for _, ok, _ in checks), (name, checks)
         assert {k for k, _, _ in checks if "." not in k} <= own, name

@@ -10,7 +10,8 @@ import torch
 
 from distributed import spawn_gloo
 from sslscale.encoders.text import TextTransformer
-from sslscale.methods.mlm import IGNORE, MLM, MLMSection, mlm_loss
+from sslscale.methods import token_loss
+from sslscale.methods.mlm import IGNORE, MLM, MLMSection
 from sslscale.views import mask_tokens
 
 VOCAB = 50
@@ -62,22 +63,23 @@ def test_loss_equals_the_reference_formula():
     targets[torch.rand(6, 10) < 0.3] = 7
     targets[0, 0] = 9
     chosen = targets != IGNORE
-    loss, acc = mlm_loss(logits[chosen], targets[chosen])
+    loss, acc, perplexity = token_loss(logits[chosen], targets[chosen])
     assert loss.item() == pytest.approx(_reference(logits, targets), rel=1e-6)
+    assert perplexity.item() == pytest.approx(math.exp(_reference(logits, targets)), rel=1e-6)
     assert acc.item() == pytest.approx((logits[chosen].argmax(-1) == targets[chosen]).float().mean().item())
-    assert mlm_loss(logits[chosen], logits[chosen].argmax(-1))[1].item() == 1.0
+    assert token_loss(logits[chosen], logits[chosen].argmax(-1))[1].item() == 1.0
 
 
 def _loss(logits, targets):
     chosen = targets != IGNORE
-    return mlm_loss(logits[chosen], targets[chosen])
+    return token_loss(logits[chosen], targets[chosen])
 
 
 def _worker(rank, world, logits, targets):
     part = logits.chunk(world)[rank].clone().requires_grad_()
-    loss, acc = _loss(part, targets.chunk(world)[rank])
+    loss, acc, perplexity = _loss(part, targets.chunk(world)[rank])
     loss.backward()
-    return loss.item(), acc.item(), part.grad
+    return loss.item(), acc.item(), part.grad, perplexity.item()
 
 
 def test_two_workers_with_unequal_masked_counts_equal_one_process():
@@ -89,10 +91,11 @@ def test_two_workers_with_unequal_masked_counts_equal_one_process():
     targets[4:, :2] = 11
     results = spawn_gloo(_worker, logits, targets, world=2)
     whole = logits.clone().requires_grad_()
-    loss, acc = _loss(whole, targets)
+    loss, acc, perplexity = _loss(whole, targets)
     loss.backward()
     assert sum(r[0] for r in results) / 2 == pytest.approx(loss.item(), rel=1e-5)
     assert [r[1] for r in results] == pytest.approx([acc.item()] * 2)
+    assert [r[3] for r in results] == pytest.approx([perplexity.item()] * 2, rel=1e-5)
     assert torch.allclose(torch.cat([r[2] for r in results]) / 2, whole.grad, atol=1e-7)
 
 

@@ -16,8 +16,10 @@ import copy
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from sslscale import dist
 from sslscale.schedules import cosine_momentum
 from sslscale.views import layout_fields
 
@@ -85,10 +87,12 @@ def _two_probabilities(text: str) -> tuple[float, ...] | None:
 class Method(nn.Module):
     """Base class: an encoder plus whatever heads and teachers the pretext task needs. `section` is the dataclass
     of its config keys (an instance arrives as `cfg` in __init__). `FP32_MODULES` names the submodules the engine
-    keeps in fp32 under bf16 training (EMA teachers: a 1e-3 step vanishes in bf16)."""
+    keeps in fp32 under bf16 training (EMA teachers: a 1e-3 step vanishes in bf16). `ENCODER` holds encoder keyword
+    arguments the method fixes over the model config's (GPT: causal)."""
 
     section: type[Section] = Section
     FP32_MODULES: tuple[str, ...] = ()
+    ENCODER: dict = {}
 
     def __init__(self, encoder: nn.Module, cfg):
         super().__init__()
@@ -136,6 +140,23 @@ def projector(dim_in: int, hidden: int, dim_out: int, hidden_layers: int = 1, la
         width = hidden
     layers.append(nn.Linear(width, dim_out))
     return nn.Sequential(*layers, *([nn.BatchNorm1d(dim_out, affine=False)] if last_bn else []))
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cross-entropy of token predictions (masked LM, next token) over the global batch, for this worker's share:
+    (loss, accuracy, perplexity).
+
+    logits: (M, V) the head's scores at this worker's M chosen positions; targets: (M,) their original ids.
+    loss = world x (this worker's summed cross-entropy) / (chosen positions in the global batch), so its average over
+    workers is the single-process loss on the concatenated batch (workers hold different numbers of chosen tokens,
+    so the mean of per-worker means would not be); accuracy: the global batch's share of chosen positions whose
+    top score is the original id, and perplexity: exp of the global mean cross-entropy, the same on every worker."""
+    ce = F.cross_entropy(logits.float(), targets, reduction="sum")
+    correct = (logits.argmax(dim=-1) == targets).sum()
+    local = torch.stack([torch.tensor(float(len(targets)), device=ce.device), correct.float(), ce.detach()])
+    count, right, summed = dist.all_reduce_sum(local).unbind()
+    count = count.clamp(min=1)
+    return ce * (dist.world_size() / count), right / count, (summed / count).exp()
 
 
 def encode_pair(encoder: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor]):
@@ -213,15 +234,18 @@ def _registry() -> dict:
     from sslscale.methods.byol import BYOL
     from sslscale.methods.denoising_ae import DenoisingAE
     from sslscale.methods.dino import DINO
+    from sslscale.methods.gpt import GPT
     from sslscale.methods.mae import MAE
     from sslscale.methods.mlm import MLM
     from sslscale.methods.moco import MoCoV3
     from sslscale.methods.rotation import Rotation
     from sslscale.methods.simclr import SimCLR
+    from sslscale.methods.sop import SOP
     from sslscale.methods.vicreg import VICReg
 
     return {"simclr": SimCLR, "barlow_twins": BarlowTwins, "vicreg": VICReg, "byol": BYOL, "moco_v3": MoCoV3,
-            "dino": DINO, "mae": MAE, "rotation": Rotation, "denoising_ae": DenoisingAE, "mlm": MLM}
+            "dino": DINO, "mae": MAE, "rotation": Rotation, "denoising_ae": DenoisingAE, "mlm": MLM,
+            "gpt": GPT, "sop": SOP}
 
 
 METHODS = _registry()
@@ -232,8 +256,8 @@ def build_method(cfg, **input_spec) -> Method:
     for the corpus's `input_spec` (in_channels and image_size, or text's vocab_size and max_length)."""
     from sslscale.encoders import build_encoder, encoder_kwargs
 
-    encoder = build_encoder(cfg.model.encoder, **input_spec, **encoder_kwargs(cfg.model))
     cls = METHODS[cfg.method.name]
+    encoder = build_encoder(cfg.model.encoder, **input_spec, **{**encoder_kwargs(cfg.model), **cls.ENCODER})
     schedule = {"total_steps": cfg.train.steps} if issubclass(cls, MomentumMethod) else {}
     return cls(encoder, cfg.method.chosen, **schedule)
 

@@ -10,8 +10,8 @@ with C the number of chosen positions in the global batch. Head: BERT's transfor
 Linear to the vocabulary, not tied to the token embedding (tying reads the embedding outside the encoder's
 forward, which ZeRO-3 partitions there).
 
-Distributed: workers hold different numbers of chosen tokens, so the mean of per-worker means is not the global
-mean. Each worker divides its summed cross-entropy by the global C (an all-reduce of the counts, no gradient) and
+Distributed (methods.token_loss, which the next-token method shares): workers hold different numbers of chosen
+tokens, so the mean of per-worker means is not the global mean. Each worker divides its summed cross-entropy by the global C (an all-reduce of the counts, no gradient) and
 multiplies by the world size: DeepSpeed's average of the workers' gradients is then the single-process gradient,
 and the average of their losses the single-process loss. Logged: masked-token accuracy and perplexity (exp of
 the global loss).
@@ -21,11 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from sslscale import dist
-from sslscale.methods import Method, Section
+from sslscale.methods import Method, Section, token_loss
 
 IGNORE = -100  # views.mask_tokens' target where a token is not predicted
 
@@ -40,18 +38,17 @@ class MLMSection(Section):
         return [("mask_ratio", 0 < self.mask_ratio < 1, "in (0, 1)")]
 
 
-def mlm_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, accuracy) over the global batch, for this worker's share.
+def lm_head(dim: int, vocab_size: int) -> nn.Sequential:
+    """BERT's masked-LM head: its transform (Linear, GELU, LayerNorm), then a Linear to the vocabulary: (M, D) ->
+    (M, V)."""
+    return nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim), nn.Linear(dim, vocab_size))
 
-    logits: (M, V) the head's scores at this worker's M chosen positions; targets: (M,) their original ids.
-    loss = world x (this worker's summed cross-entropy) / (chosen positions in the global batch), so its average over
-    workers is the single-process loss on the concatenated batch; accuracy: the global batch's share of chosen
-    positions whose top score is the original id, the same on every worker."""
-    ce = F.cross_entropy(logits.float(), targets, reduction="sum")
-    correct = (logits.argmax(dim=-1) == targets).sum()
-    total = dist.all_reduce_sum(torch.stack([torch.tensor(len(targets)), correct.cpu()]).float().to(logits.device))
-    scale = dist.world_size() / total[0].clamp(min=1)
-    return ce * scale, total[1] / total[0].clamp(min=1)
+
+def masked_lm(head: nn.Module, h: torch.Tensor, targets: torch.Tensor):
+    """token_loss's (loss, accuracy, perplexity) of the head on the chosen positions only, as BERT's head scores
+    them: h (N, L, D) the encoder's outputs, targets (N, L) the original ids there and IGNORE elsewhere."""
+    chosen = targets != IGNORE  # (N, L)
+    return token_loss(head(h[chosen]), targets[chosen])  # (M, V), (M,)
 
 
 class MLM(Method):
@@ -59,9 +56,7 @@ class MLM(Method):
 
     def __init__(self, encoder: nn.Module, cfg):
         super().__init__(encoder, cfg)
-        dim = encoder.feature_dim
-        self.head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim),
-                                  nn.Linear(dim, encoder.vocab_size))  # (M, D) -> (M, V)
+        self.head = lm_head(encoder.feature_dim, encoder.vocab_size)
 
     @staticmethod
     def views(cfg, size: int) -> dict:
@@ -71,8 +66,6 @@ class MLM(Method):
     def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
         tokens, targets = batch["tokens"], batch["targets"]
         h = self.encoder.forward_tokens(tokens)  # (N, L, D)
-        chosen = targets != IGNORE  # (N, L): the head scores these M positions only, as BERT's does
-        loss, acc = mlm_loss(self.head(h[chosen]), targets[chosen])  # (M, V), (M,)
-        global_loss = dist.all_reduce_sum(loss.detach().float()) / dist.world_size()
-        return {"loss": loss, "masked_acc": acc, "perplexity": global_loss.exp(),
+        loss, acc, perplexity = masked_lm(self.head, h, targets)
+        return {"loss": loss, "masked_acc": acc, "perplexity": perplexity,
                 "embeddings": self.encoder.pool(h, tokens).detach()}
