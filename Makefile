@@ -64,7 +64,7 @@ sweep: install data/fmnist/manifest.json
 test: install pydocs
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not long" tests
 
-test-long: install browser postgres
+test-long: install pydocs browser postgres
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m long tests
 
 test-fast: install

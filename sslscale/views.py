@@ -245,23 +245,50 @@ def mask_tokens(tokens: np.ndarray, ids: np.ndarray, *, seed: int, epoch: int, r
 KINDS = ("pixels", "ids")  # a batch field: uint8 images (N, C, H, W), or integer ids (patch, token, class)
 
 
+def swap_segments(tokens: np.ndarray, ids: np.ndarray, *, seed: int, epoch: int, sep: int = 3,
+                  view: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """ALBERT's sentence-order input (Lan et al. 2020, sec. 3.1): each passage of `tokens` (N, L) int, padding (0)
+    at its end, is two consecutive segments, split after the [SEP] (`sep`) nearest its middle (a passage of one
+    sentence: in the middle of its words, its closing [SEP] staying last); with probability 1/2 the two swap places. Returns (passages (N, L) int64, order (N,)
+    int64: 1 where swapped). A function of (seed, epoch, sample id, view) through `uniforms`."""
+    tokens = np.asarray(tokens, np.int64)
+    n, length = tokens.shape
+    words = (tokens != 0).sum(axis=1)  # (N,) non-padding tokens
+    position = np.arange(length)
+    boundary = (tokens == sep) & (position < words[:, None] - 1)  # splits after here leave both segments non-empty
+    several = boundary.any(axis=1)
+    last = np.take_along_axis(tokens, np.maximum(words - 1, 0)[:, None], axis=1)[:, 0]
+    end = np.where(several | (last != sep), words, words - 1)  # one sentence: its halves swap before its [SEP]
+    split = np.where(several, np.argmin(np.where(boundary, np.abs(position + 1 - words[:, None] / 2), np.inf),
+                                        axis=1) + 1, end // 2)  # (N,) length of the first segment
+    order = ((uniforms(seed, epoch, ids, view, 1)[:, 0] < 0.5) & (split > 0)).astype(np.int64)
+    shift = np.where(order == 1, split, 0)  # swapped: the second segment, then the first (a rotation)
+    source = (position + shift[:, None]) % np.maximum(end, 1)[:, None]
+    return np.where(position < end[:, None], np.take_along_axis(tokens, source, axis=1), tokens), order
+
+
 def text_views(tokens: np.ndarray, ids: np.ndarray, *, seed: int, epoch: int, vocab_size: int,
-               mask_ratio: float = 0.0, **_) -> dict[str, np.ndarray]:
-    """A text method's fields from passages' token ids (N, L), padded with 0: "tokens" (N, L) int64, and with
-    mask_ratio > 0 BERT's masking (mask_tokens): "tokens" corrupted and "targets". Takes a text layout (the method's
-    views, which say text=True) as keyword arguments."""
+               mask_ratio: float = 0.0, sentence_order: bool = False, **_) -> dict[str, np.ndarray]:
+    """A text method's fields from passages' token ids (N, L), padded with 0: "tokens" (N, L) int64; with
+    sentence_order ALBERT's segment swap first (swap_segments: "tokens" swapped or not, and "order"); with
+    mask_ratio > 0 then BERT's masking (mask_tokens: "tokens" corrupted and "targets"). Takes a text layout (the
+    method's views, which say text=True) as keyword arguments."""
+    out = {"tokens": np.asarray(tokens, np.int64)}
+    if sentence_order:
+        out["tokens"], out["order"] = swap_segments(out["tokens"], ids, seed=seed, epoch=epoch)
     if mask_ratio > 0:
-        inputs, targets = mask_tokens(tokens, ids, seed=seed, epoch=epoch, ratio=mask_ratio, vocab_size=vocab_size)
-        return {"tokens": inputs, "targets": targets}
-    return {"tokens": np.asarray(tokens, np.int64)}
+        out["tokens"], out["targets"] = mask_tokens(out["tokens"], ids, seed=seed, epoch=epoch, ratio=mask_ratio,
+                                                    vocab_size=vocab_size)
+    return out
 
 
 def layout_fields(n_views: int = 2, n_local: int = 0, mask_ratio: float = 0.0, num_patches: int = 0,
-                  text: bool = False, **_) -> dict[str, str]:
+                  text: bool = False, sentence_order: bool = False, **_) -> dict[str, str]:
     """The fields batch_views (text_views for a `text` layout) makes for a layout (its keyword arguments), in order,
     each with its kind (KINDS)."""
     if text:
-        return {"tokens": "ids", **({"targets": "ids"} if mask_ratio > 0 else {})}
+        return {"tokens": "ids", **({"order": "ids"} if sentence_order else {}),
+                **({"targets": "ids"} if mask_ratio > 0 else {})}
     fields = {**{f"view_{v}": "pixels" for v in range(n_views)}, **{f"local_{v}": "pixels" for v in range(n_local)}}
     return {**fields, **({"keep": "ids"} if mask_ratio > 0 and num_patches > 0 else {})}
 

@@ -86,20 +86,30 @@ METHOD_OVERRIDES = {"byol": ["method.byol.view_blur=1.0,0.1", "method.byol.view_
                             "model.heads=2", "method.mae.decoder_dim=16", "method.mae.decoder_depth=1"]}
 
 
+def _image_methods() -> list[str]:
+    from sslscale.config import Config
+    from sslscale.methods import METHODS, view_layout
+
+    return sorted(n for n in METHODS if not view_layout(Config().override([f"method.name={n}"]), 8).get("text"))
+
+
 def test_every_method_trains_on_two_workers(debug_cfg, ray_local):
-    """Each registered image method (SimCLR and the masked LM have their own tests) runs real steps: 2 Ray Train
+    """Each registered image method (SimCLR has its own tests, the text methods theirs) runs real steps: 2 Ray Train
     workers, ZeRO-1 (DINO: ZeRO-3, its teacher and its export gathered), the method's own views from Ray Data
     (multi-crop, one view, visible patch ids)."""
     from sslscale import pretrain
-    from sslscale.methods import METHODS
 
     debug_cfg.train.steps, debug_cfg.train.checkpoint_every, debug_cfg.transfer.enabled = 3, 3, False
-    for name in sorted(set(METHODS) - {"simclr", "mlm"}):
+    for name in [n for n in _image_methods() if n != "simclr"]:
         cfg = debug_cfg.override([f"method.name={name}", *METHOD_OVERRIDES.get(name, [])])
         result = pretrain(cfg)
         losses = [v for _, v in tracking.history(result.tracking_uri, result.run_id, "loss")]
         assert len(losses) == 3 and all(map(math.isfinite, losses)), name
         assert tracking.get_run(result.tracking_uri, result.run_id).data.params["method.name"] == name
+
+
+TEXT = ["data.corpus=pydocs", "model.encoder=text", "model.dim=16", "model.vit_depth=1", "model.heads=2",
+        "transfer.target=bbcnews"]
 
 
 def test_masked_lm_pretrains_on_text_and_scores_on_bbc_news(debug_cfg, ray_local):
@@ -111,9 +121,8 @@ def test_masked_lm_pretrains_on_text_and_scores_on_bbc_news(debug_cfg, ray_local
 
     from sslscale import pretrain
 
-    cfg = debug_cfg.override(["method.name=mlm", "data.corpus=pydocs", "model.encoder=text", "model.dim=16",
-                              "model.vit_depth=1", "model.heads=2", "transfer.target=bbcnews",
-                              "transfer.protocols=knn,linear", "train.steps=4", "train.checkpoint_every=4"])
+    cfg = debug_cfg.override(["method.name=mlm", *TEXT, "transfer.protocols=knn,linear", "train.steps=4",
+                              "train.checkpoint_every=4"])
     result = pretrain(cfg)
     metrics = tracking.get_run(result.tracking_uri, result.run_id).data.metrics
     assert {"masked_acc", "perplexity", "health/rankme", "spectrum/eig_01"} <= set(metrics)
@@ -124,3 +133,19 @@ def test_masked_lm_pretrains_on_text_and_scores_on_bbc_news(debug_cfg, ray_local
     assert result.scores["bbcnews/tfidf/linear_top1"] > 0.8  # BBC News's topics are easy for bag-of-words
     encoder = load_encoder(result.encoder_path)
     assert encoder.spec()["name"] == "text" and encoder(torch.randint(5, 100, (2, 16))).shape == (2, 16)
+
+
+@pytest.mark.long
+def test_next_token_and_sentence_order_pretrain_on_text(debug_cfg, ray_local):
+    """GPT and SOP (with its masked LM) end to end as the masked LM is: their fields from the Ray Data tasks, 2 Ray
+    Train workers under ZeRO-1, their metrics in MLflow; GPT's encoder stays causal through export and transfer."""
+    from sslscale import pretrain
+
+    for name, logged in (("gpt", {"token_acc", "perplexity"}), ("sop", {"order_acc", "order_loss", "masked_acc"})):
+        cfg = debug_cfg.override([f"method.name={name}", *TEXT, "transfer.protocols=knn", "train.steps=3",
+                                  "train.checkpoint_every=3"])
+        result = pretrain(cfg)
+        metrics = tracking.get_run(result.tracking_uri, result.run_id).data.metrics
+        assert logged | {"loss", "health/rankme"} <= set(metrics) and math.isfinite(metrics["loss"]), name
+        assert 0 <= result.scores["bbcnews/knn_top1"] <= 1 and 0 <= result.scores["bbcnews/random_init/knn_top1"] <= 1
+        assert load_encoder(result.encoder_path).causal == (name == "gpt"), name
