@@ -8,16 +8,11 @@ compare on equal terms: 4 causal blocks, 128 wide, 4 heads, a byte-level BPE of 
 lr 1e-3, weight decay 0.01, 1000 steps (every non-padding token after the first is a prediction, ~6x the masked
 LM's 15%).
 """
+from pipelines import mlm_text
 from sslscale.config import Config
 
 
 def config() -> Config:
-    cfg = Config()
+    cfg = mlm_text.config()  # the same corpus, encoder, optimizer, steps and transfer, so the text methods compare
     cfg.method.name = "gpt"
-    cfg.data.corpus, cfg.data.batch_size = "pydocs", 64
-    cfg.model.encoder, cfg.model.dim, cfg.model.vit_depth, cfg.model.heads = "text", 128, 4, 4
-    cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.warmup_steps = 1e-3, 0.01, 50
-    cfg.engine.zero_stage = 1
-    cfg.train.steps, cfg.train.checkpoint_every, cfg.train.health_every = 1000, 250, 50
-    cfg.transfer.target, cfg.transfer.protocols = "bbcnews", "knn,linear"
     return cfg

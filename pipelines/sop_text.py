@@ -8,17 +8,12 @@ SOP on [CLS]. Scaled here as mlm_text is, so the text recipes compare on equal t
 a byte-level BPE of 8,192 ids, batch 64, AdamW at lr 1e-3, weight decay 0.01, 1000 steps; SOP on the mean-pooled
 output (the one transfer reads), whole-token masking of 15%.
 """
+from pipelines import mlm_text
 from sslscale.config import Config
 
 
 def config() -> Config:
-    cfg = Config()
+    cfg = mlm_text.config()  # the same corpus, encoder, optimizer, steps and transfer, so the text methods compare
     cfg.method.name = "sop"
     cfg.method.sop.mask_ratio = 0.15
-    cfg.data.corpus, cfg.data.batch_size = "pydocs", 64
-    cfg.model.encoder, cfg.model.dim, cfg.model.vit_depth, cfg.model.heads = "text", 128, 4, 4
-    cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.warmup_steps = 1e-3, 0.01, 50
-    cfg.engine.zero_stage = 1
-    cfg.train.steps, cfg.train.checkpoint_every, cfg.train.health_every = 1000, 250, 50
-    cfg.transfer.target, cfg.transfer.protocols = "bbcnews", "knn,linear"
     return cfg

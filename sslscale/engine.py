@@ -107,7 +107,7 @@ class Engine:
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         self._check_zero3(method)
         # field -> kind, what to_device moves (the size a text encoder's method does not use)
-        self.inputs = type(method).inputs(cfg, getattr(method.encoder, "image_size", 0))
+        self.inputs = method.inputs(cfg, getattr(method.encoder, "image_size", 0))
         init_distributed(self.device)
         self.optimizer = optimizer = build_optimizer(method, cfg.optim)
         config = ds_config(cfg, self.precision, dist.get_world_size())

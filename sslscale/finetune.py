@@ -4,7 +4,7 @@
 train subset. `scratch`: the same architecture from random initialisation, with the same steps, batch and
 augmentations: the number pretraining must beat. Both run as an engine.Engine (DeepSpeed, the run's ZeRO stage and
 precision) in this process, on one view per image (views.py: a random resized crop and a flip, a pure function of
-(seed, epoch, sample id)), and are scored once on the whole test split.
+(seed, epoch, sample id); a text sample's token ids as they are), and are scored once on the whole test split.
 
 Hyperparameters are chosen on a seeded, stratified validation slice of the train subset (transfer.val_fraction),
 never on the test split: the encoder's learning rate as a multiple of the head's (transfer.finetune_encoder_lr_scales),
@@ -29,7 +29,7 @@ from sslscale.engine import Engine
 from sslscale.errors import SslscaleError
 from sslscale.methods import Method
 from sslscale.splits import stratified_pick
-from sslscale.views import ViewSpec, batch_views
+from sslscale.views import ViewSpec, labelled_view
 
 VIEWS = {"crop_min_scale": 0.5, "flip": 0.5, "jitter": 0.0, "jitter_prob": 0.0, "grayscale": 0.0}  # crop + flip
 EVAL_BATCH = 512
@@ -43,6 +43,7 @@ class Classifier(Method):
         super().__init__(encoder, cfg)
         self.head = nn.Linear(encoder.feature_dim, classes)
         self.encoder_scale, self.layer_decay = encoder_scale, layer_decay
+        self.field = "tokens" if hasattr(encoder, "vocab_size") else "view_0"  # views.labelled_view's field
 
     def lr_scale(self, name: str) -> float:
         if not name.startswith("encoder."):
@@ -51,16 +52,16 @@ class Classifier(Method):
         if depth is None or self.layer_decay == 1.0:
             return self.encoder_scale
         block = re.match(r"encoder\.blocks\.(\d+)\.", name)
-        layer = int(block.group(1)) + 1 if block else (0 if re.match(r"encoder\.(patch_embed|cls_token|pos)", name)
-                                                       else depth + 1)
+        layer = int(block.group(1)) + 1 if block else (0 if re.match(r"encoder\.(patch_embed|cls_token|pos|embed)\b",
+                                                                     name) else depth + 1)
         return self.encoder_scale * self.layer_decay ** (depth + 1 - layer)
 
-    @classmethod
-    def inputs(cls, cfg, image_size: int) -> dict[str, str]:
-        return {"view_0": "pixels", "label": "ids"}  # one view per image, and its class
+    def inputs(self, cfg, image_size: int) -> dict[str, str]:
+        """One view per image (or a text's token ids), and its class: the instance's, as its encoder says which."""
+        return {self.field: "ids" if self.field == "tokens" else "pixels", "label": "ids"}
 
     def forward(self, batch: dict, step: int = 0) -> dict:
-        h = self.encoder(batch["view_0"])
+        h = self.encoder(batch[self.field])
         logits = self.head(h)
         loss = F.cross_entropy(logits.float(), batch["label"].to(logits.device))
         return {"loss": loss, "embeddings": h.detach()}
@@ -90,25 +91,26 @@ def _spec(images: np.ndarray) -> ViewSpec:
 
 
 def _batches(images: np.ndarray, labels: np.ndarray, idx: np.ndarray, batch: int, steps: int, seed: int):
-    """`steps` batches of `batch` views of images[idx] in _order: {"view_0": uint8 (B, C, S, S), "label": int64
-    (B,)}."""
+    """`steps` batches of `batch` samples of images[idx] in _order: views.labelled_view's {"view_0": uint8
+    (B, C, S, S)} (text: {"tokens": int64 (B, L)}) and "label": int64 (B,)."""
     order, view_ids = _order(idx, len(images), batch, steps, seed)
     spec = _spec(images)
     for i in range(0, len(order), batch):
         take = order[i:i + batch]
-        views = batch_views(images[take], view_ids[i:i + batch], seed=seed, epoch=0, spec=spec, n_views=1)
-        yield {"view_0": views["view_0"], "label": torch.as_tensor(labels[take])}
+        yield {**labelled_view(images[take], view_ids[i:i + batch], seed=seed, spec=spec),
+               "label": torch.as_tensor(labels[take])}
 
 
 @torch.no_grad()
 def accuracy(engine: Engine, images: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 of the engine's classifier on whole, unaugmented images (eval mode)."""
+    """Top-1 of the engine's classifier on whole, unaugmented images (or token ids), in eval mode."""
     model, correct = engine.method, 0
     model.eval()
     for i in range(0, len(images), EVAL_BATCH):
-        x = engine.to_device({"view_0": np.ascontiguousarray(images[i:i + EVAL_BATCH].transpose(0, 3, 1, 2))})
-        predicted = model.head(model.encoder(x["view_0"])).argmax(1).cpu().numpy()
-        correct += int((predicted == labels[i:i + EVAL_BATCH]).sum())
+        chunk = np.asarray(images[i:i + EVAL_BATCH])
+        x = chunk.astype(np.int64) if model.field == "tokens" else np.ascontiguousarray(chunk.transpose(0, 3, 1, 2))
+        predicted = model.head(model.encoder(engine.to_device({model.field: x})[model.field])).argmax(1)
+        correct += int((predicted.cpu().numpy() == labels[i:i + EVAL_BATCH]).sum())
     model.train()
     return correct / len(images)
 

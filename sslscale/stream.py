@@ -29,7 +29,7 @@ from sslscale import corpus, storage
 from sslscale.errors import SslscaleError
 from sslscale.position import Position
 from sslscale.shards import ShardError, data_member, read_shard
-from sslscale.views import ViewSpec, batch_views, text_views
+from sslscale.views import ViewSpec, batch_views, labelled_view, text_views
 
 
 BLOCK_ROWS = 256  # views per block handed to a training worker
@@ -272,9 +272,9 @@ def ingest_options(cfg, corpus_dir: str) -> ray.data.ExecutionOptions:
 def labelled_views(images: np.ndarray, labels: np.ndarray, samples: np.ndarray, view_ids: np.ndarray,
                    spec: ViewSpec, seed: int, block_rows: int) -> ray.data.Dataset:
     """Evaluation's labelled stream (fine-tuning on Ray Train workers; pretraining never builds it): row i is one
-    view of images[samples[i]] (views.batch_views, view id view_ids[i]) and its label, in that order, made by Ray
-    Data tasks `block_rows` rows at a time from one copy of the arrays in the object store: {"view_0": uint8
-    (C, S, S), "label": int64}."""
+    view of images[samples[i]] (views.labelled_view, view id view_ids[i]; token ids as they are) and its label, in
+    that order, made by Ray Data tasks `block_rows` rows at a time from one copy of the arrays in the object store:
+    {"view_0": uint8 (C, S, S) or "tokens": int64 (L,), "label": int64}."""
     arrays = ray.put({"images": images, "labels": np.asarray(labels, np.int64), "samples": samples,
                       "views": view_ids})
 
@@ -282,8 +282,8 @@ def labelled_views(images: np.ndarray, labels: np.ndarray, samples: np.ndarray, 
         got = ray.get(arrays)  # zero-copy views of the object store's copy
         rows = batch["id"]
         take = got["samples"][rows]
-        views = batch_views(got["images"][take], got["views"][rows], seed=seed, epoch=0, spec=spec, n_views=1)
-        return {"view_0": views["view_0"], "label": got["labels"][take]}
+        return {**labelled_view(got["images"][take], got["views"][rows], seed=seed, spec=spec),
+                "label": got["labels"][take]}
 
     blocks = max(1, math.ceil(len(samples) / block_rows))
     return ray.data.range(len(samples), override_num_blocks=blocks).map_batches(make, batch_size=block_rows)

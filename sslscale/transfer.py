@@ -6,7 +6,7 @@ similarity, votes weighted by exp(sim / 0.07) as in DINO/InstDisc) and a linear 
 standardised features, L-BFGS) — both fit on the train split and scored on the whole test split. Baselines through the
 same code: a randomly initialised encoder of the same architecture, and raw pixels (a text target: TF-IDF of its
 token ids, idf from the train split, the text analogue of raw pixels). A text target holds token ids from the
-pretraining corpus's tokenizer (docs/text.md); fine-tuning protocols take image targets for now.
+pretraining corpus's tokenizer (docs/text.md); fine-tuning reads its token ids as they are (no augmentation).
 
 Label efficiency: each protocol is also fit on stratified, seeded label fractions of the train split (`label_subset`;
 the test split stays whole). Score names: `<target>/<protocol>_top1` on the whole train split (the caller adds the
@@ -63,9 +63,6 @@ def _check_text_target(tcfg, folder: str, manifest: dict, corpus_dir: str | None
     if "text" not in manifest["fields"]:
         raise SslscaleError(f"transfer.target {tcfg.target} holds images but the encoder reads text: pick a text "
                             "target such as bbcnews (or transfer.enabled=false)")
-    if set(chosen(tcfg)[0]) & set(TRAINED_PROTOCOLS):
-        raise SslscaleError("transfer.protocols finetune and scratch take image targets for now: use "
-                            "transfer.protocols=knn,linear for a text target")
     if corpus_dir and storage.read_bytes(storage.join(folder, TOKENIZER)) != storage.read_bytes(
             storage.join(corpus_dir, TOKENIZER)):
         raise SslscaleError(f"transfer.target {tcfg.target} was tokenised with another tokenizer than corpus "

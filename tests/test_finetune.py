@@ -168,3 +168,26 @@ def test_learning_rates_follow_scale_and_freeze_per_group():
     assert [g["lr"] for g in opt.param_groups] == [0.5, 0.05, 0.0]
     set_learning_rates(opt, 0.5, step=3)  # the 4th step: the frozen group learns
     assert [g["lr"] for g in opt.param_groups] == [0.5, 0.05, 0.5]
+
+
+def test_a_text_encoder_fine_tunes_on_token_ids_through_the_engine():
+    """Text targets: the classifier reads token ids (no augmentation) through the real DeepSpeed engine, fine-tuned
+    and from scratch; layer-wise decay counts the token embedding and positions as layer 0."""
+    from sslscale.config import TransferConfig
+    from sslscale.finetune import top1
+
+    encoder = build_encoder("text", vocab_size=40, max_length=12, dim=16, depth=2, heads=2)
+    model = Classifier(encoder, 2, Config(), encoder_scale=0.1, layer_decay=0.5)
+    assert model.inputs(Config(), 0) == {"tokens": "ids", "label": "ids"}
+    assert model.lr_scale("encoder.embed.weight") == model.lr_scale("encoder.pos") == pytest.approx(0.1 * 0.5**3)
+    assert model.lr_scale("encoder.blocks.1.qkv.weight") == pytest.approx(0.1 * 0.5)
+    rng = np.random.default_rng(0)
+    labels = np.arange(120) % 2
+    tokens = np.where(labels[:, None] == 0, rng.integers(5, 20, (120, 12)), rng.integers(20, 40, (120, 12)))
+    tokens[::3, 8:] = 0  # padding
+    data = {"classes": 2, "seed": 0, "train": (tokens[:80].astype(np.uint16), torch.as_tensor(labels[:80])),
+            "test": (tokens[80:].astype(np.uint16), torch.as_tensor(labels[80:]))}
+    tcfg = TransferConfig(finetune_steps=20, finetune_batch_size=16, finetune_lr=3e-3,
+                          finetune_encoder_lr_scales="1", finetune_layer_decays="1", scratch_lrs="3e-3")
+    assert top1(encoder, data, np.arange(80), Config(), tcfg, encoder.spec())[0] > 0.9
+    assert top1(None, data, np.arange(80), Config(), tcfg, encoder.spec())[0] > 0.9

@@ -196,7 +196,7 @@ def test_the_stream_makes_a_text_methods_fields_from_real_shards(tmp_path):
 
 def test_a_run_refuses_mixed_kinds_and_foreign_tokenizers_in_one_line(tmp_path):
     """Before anything starts: an image method or encoder on text (and the reverse), a text target tokenised by
-    another corpus's tokenizer, and fine-tuning protocols on a text target each stop in one line."""
+    another corpus's tokenizer each stop in one line."""
     from pipelines import load_recipe
     from sslscale.pretraining import preflight
 
@@ -214,7 +214,6 @@ def test_a_run_refuses_mixed_kinds_and_foreign_tokenizers_in_one_line(tmp_path):
             (["model.encoder=resnet"], "corpus .*/pre holds text: set model.encoder=text"),
             ([f"data.corpus={tmp_path / 'other'}"], "was tokenised with another tokenizer than corpus .*/other: "
                                                     "prepare it with `sslscale data prepare SOURCE --tokenizer"),
-            (["transfer.protocols=knn,finetune"], "finetune and scratch take image targets for now"),
             (["data.corpus=digits", "transfer.enabled=false"], "method.name=mlm trains on text but corpus .* holds "
                                                                "images")):
         with pytest.raises(SslscaleError, match=words):
