@@ -6,7 +6,7 @@ Paper: ALBERT-base (12 blocks sharing their weights, 768 wide, 128-wide factoris
 512-token sequences of two segments, batch 4096, 125k steps of LAMB at lr 0.00176, 15% masked (n-gram masking),
 SOP on [CLS]. Scaled here as mlm_text is, so the text recipes compare on equal terms: 4 blocks, 128 wide, 4 heads,
 a byte-level BPE of 8,192 ids, batch 64, AdamW at lr 1e-3, weight decay 0.01, 1000 steps; SOP on the mean-pooled
-output (the one transfer reads), whole-token masking of 15%.
+output (the one transfer reads), 15% of single BPE tokens masked (no n-gram masking).
 """
 from pipelines import mlm_text
 from sslscale.config import Config

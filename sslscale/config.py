@@ -166,7 +166,7 @@ class TransferConfig:
     finetune_batch_size: int = 128
     finetune_lr: float = 3e-3  # the head's; the encoder's is this times a scale
     finetune_encoder_lr_scales: str = "0.1,1.0"
-    finetune_layer_decays: str = "1.0"  # layer-wise LR decay, ViT encoders only, e.g. 0.65,0.75
+    finetune_layer_decays: str = "1.0"  # layer-wise LR decay, ViT and text encoders, e.g. 0.65,0.75
     scratch_lrs: str = "3e-3,1e-2"
     val_fraction: float = 0.1
     # pictures of the scored encoder (MLflow artifacts of the run; `sslscale evaluate --out`): the linear probe's

@@ -8,7 +8,7 @@ precision) in this process, on one view per image (views.py: a random resized cr
 
 Hyperparameters are chosen on a seeded, stratified validation slice of the train subset (transfer.val_fraction),
 never on the test split: the encoder's learning rate as a multiple of the head's (transfer.finetune_encoder_lr_scales),
-layer-wise decay for ViT encoders (transfer.finetune_layer_decays, MAE's recipe: block i learns at decay^(depth-i)
+layer-wise decay for ViT and text encoders (transfer.finetune_layer_decays, MAE's recipe: block i learns at decay^(depth-i)
 of the rate of the last layer) and the from-scratch learning rate (transfer.scratch_lrs). The candidate with the best
 validation accuracy is the model scored on the test split.
 """
@@ -142,7 +142,7 @@ def _split(labels: np.ndarray, idx: np.ndarray, fraction: float, seed: int) -> t
 
 
 def _candidates(tcfg, encoder: nn.Module | None) -> list[dict]:
-    """The hyperparameters tried: fine-tuning's encoder LR scales x layer decays (ViTs only: a ResNet has no blocks
+    """The hyperparameters tried: fine-tuning's encoder LR scales x layer decays (ViT and text encoders: a ResNet has no blocks
     to decay over), from scratch (encoder None) its LRs."""
     floats = lambda text: [float(v) for v in list_items(text)]  # noqa: E731
     if encoder is None:

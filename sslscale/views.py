@@ -249,7 +249,8 @@ def swap_segments(tokens: np.ndarray, ids: np.ndarray, *, seed: int, epoch: int,
                   view: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """ALBERT's sentence-order input (Lan et al. 2020, sec. 3.1): each passage of `tokens` (N, L) int, padding (0)
     at its end, is two consecutive segments, split after the [SEP] (`sep`) nearest its middle (a passage of one
-    sentence: in the middle of its words, its closing [SEP] staying last); with probability 1/2 the two swap places. Returns (passages (N, L) int64, order (N,)
+    sentence: in the middle of its words, its closing [SEP] staying last); with probability 1/2 the two swap places.
+    Prepared passages end in [SEP] (text.passages), so a swapped passage ends as an unswapped one does. Returns (passages (N, L) int64, order (N,)
     int64: 1 where swapped). A function of (seed, epoch, sample id, view) through `uniforms`."""
     tokens = np.asarray(tokens, np.int64)
     n, length = tokens.shape

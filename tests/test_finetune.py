@@ -68,6 +68,11 @@ def test_batches_are_full_seeded_and_cover_a_subset_smaller_than_a_batch():
     assert set(torch.cat([b["label"] for b in one]).tolist()) == {0}  # only idx's labels (all class 0)
     views = one[0]["view_0"]  # 8 views of 5 samples: the repeats come from another epoch, so they differ
     assert len({v.tobytes() for v in views}) == 8
+    tokens = np.random.default_rng(0).integers(0, 300, (50, 12)).astype(np.uint16)  # a text target: ids as they are
+    text = list(_batches(tokens, labels, idx, 8, 3, seed=0))
+    assert list(text[0]) == ["tokens", "label"] and text[0]["tokens"].dtype == np.int64
+    rows = {row.tobytes() for row in tokens[idx].astype(np.int64)}
+    assert all(row.tobytes() in rows for b in text for row in b["tokens"])  # idx's passages, unchanged
 
 
 def test_candidates_and_bad_values_are_one_line():
