@@ -314,6 +314,8 @@ ALIASES = {"train.output_dir": "train.storage"}
 # the flat method keys before each method had its own section (method.<old> -> <new> in the sections that have it)
 RENAMED_METHOD_KEYS = {"barlow_lambda": "lambd", "vicreg_sim": "sim_coeff", "vicreg_std": "std_coeff",
                        "vicreg_cov": "cov_coeff"}
+# the methods that had flat keys: an old flat key never sets a section of a method added since
+FLAT_KEY_METHODS = ("simclr", "barlow_twins", "vicreg", "byol", "moco_v3", "dino", "mae", "rotation", "denoising_ae")
 _noted: set[str] = set()
 
 
@@ -329,7 +331,8 @@ def flat_method_key(cfg: Config, key: str) -> list[str]:
     parts = key.split(".")
     if len(parts) != 2 or parts[0] != "method" or parts[1] == "name":
         return []
-    return method_keys(cfg, RENAMED_METHOD_KEYS.get(parts[1], parts[1]))
+    return [k for k in method_keys(cfg, RENAMED_METHOD_KEYS.get(parts[1], parts[1]))
+            if k.split(".")[1] in FLAT_KEY_METHODS]
 
 
 def note_renamed(key: str, text: str) -> None:

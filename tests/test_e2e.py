@@ -136,17 +136,18 @@ def test_masked_lm_pretrains_on_text_and_scores_on_bbc_news(debug_cfg, ray_local
 
 
 @pytest.mark.long
-def test_next_token_and_sentence_order_pretrain_on_text(debug_cfg, ray_local):
-    """GPT and SOP (with its masked LM) end to end as the masked LM is: their fields from the Ray Data tasks, 2 Ray
-    Train workers under ZeRO-1, their metrics in MLflow; GPT's encoder stays causal through export and transfer,
-    where it is also fine-tuned on BBC News's token ids on 2 Ray Train workers, and trained from scratch."""
+def test_next_token_sentence_order_and_simcse_pretrain_on_text(debug_cfg, ray_local):
+    """GPT, SOP (with its masked LM) and SimCSE end to end as the masked LM is: their fields from the Ray Data tasks,
+    2 Ray Train workers under ZeRO-1, their metrics in MLflow; GPT's encoder stays causal through export and
+    transfer, where it is also fine-tuned on BBC News's token ids on 2 Ray Train workers, and trained from scratch."""
     from sslscale import pretrain
 
     trained = ["transfer.protocols=knn,finetune,scratch", "transfer.finetune_steps=4", "transfer.finetune_workers=2",
                "transfer.finetune_encoder_lr_scales=1", "transfer.scratch_lrs=1e-3", "transfer.finetune_batch_size=16"]
     results = {}
     for name, logged, protocols in (("gpt", {"token_acc", "perplexity"}, trained),
-                                    ("sop", {"order_acc", "order_loss", "masked_acc"}, ["transfer.protocols=knn"])):
+                                    ("sop", {"order_acc", "order_loss", "masked_acc"}, ["transfer.protocols=knn"]),
+                                    ("simcse", {"pair_acc"}, ["transfer.protocols=knn"])):
         cfg = debug_cfg.override([f"method.name={name}", *TEXT, *protocols, "train.steps=3", "train.checkpoint_every=3"])
         result = results[name] = pretrain(cfg)
         metrics = tracking.get_run(result.tracking_uri, result.run_id).data.metrics

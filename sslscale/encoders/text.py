@@ -1,7 +1,8 @@
 """A transformer text encoder (BERT / GPT-2 style, small): token ids (N, L) -> features (N, dim).
 
 Token embeddings plus learned positions, the ViT's pre-norm blocks (vit.Block), a final LayerNorm. [PAD] (id 0)
-keys are never attended to; with `causal` each token attends to itself and the tokens before it only (GPT). The
+keys are never attended to; with `causal` each token attends to itself and the tokens before it only (GPT);
+`dropout` (SimCSE's augmentation) acts in the blocks in training mode. The
 pooled output for transfer and health is the mean of the non-padding tokens' outputs (Reimers and Gurevych 2019
 found mean pooling the better sentence embedding); `forward_tokens` gives every token's output, which the
 token-level heads (masked-LM, next-token) read.
@@ -23,17 +24,17 @@ PAD, MASK = 0, 4  # text.PAD and text.MASK: the tokenizer's padding and mask ids
 
 class TextTransformer(nn.Module):
     def __init__(self, *, vocab_size: int, max_length: int, dim: int = 256, depth: int = 4, heads: int = 4,
-                 mlp_ratio: float = 4.0, causal: bool = False):
+                 mlp_ratio: float = 4.0, causal: bool = False, dropout: float = 0.0):
         super().__init__()
         if heads <= 0 or dim % heads or vocab_size <= MASK or max_length <= 0:
             raise SslscaleError(f"text encoder: model.dim={dim} must be a multiple of model.heads={heads}, and the "
                                 f"corpus's vocabulary ({vocab_size}) and length ({max_length}) positive")
-        self.vocab_size, self.max_length, self.causal = vocab_size, max_length, causal
+        self.vocab_size, self.max_length, self.causal, self.dropout = vocab_size, max_length, causal, dropout
         self.dim, self.depth, self.heads, self.mlp_ratio = dim, depth, heads, mlp_ratio
         self.feature_dim = dim
         self.embed = nn.Embedding(vocab_size, dim)
         self.pos = nn.Parameter(torch.zeros(1, max_length, dim))
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self._init_weights()
 
@@ -47,7 +48,7 @@ class TextTransformer(nn.Module):
 
     def spec(self) -> dict:
         kwargs = {"dim": self.dim, "depth": self.depth, "heads": self.heads, "mlp_ratio": self.mlp_ratio,
-                  "causal": self.causal}
+                  "causal": self.causal, "dropout": self.dropout}
         return {"name": "text", "vocab_size": self.vocab_size, "max_length": self.max_length,
                 "feature_dim": self.feature_dim, "kwargs": kwargs}
 

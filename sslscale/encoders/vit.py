@@ -52,25 +52,29 @@ def sincos_2d(dim: int, grid: int, full_grid: int) -> torch.Tensor:
 
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)). `mask` (N, 1, T, T) or (T, T) bool,
-    True where a query may attend to a key (text: padding and the causal mask); None: everything attends."""
+    True where a query may attend to a key (text: padding and the causal mask); None: everything attends.
+    `dropout` (BERT's 0.1; default 0, as the ViTs train) drops attention weights and each branch's output in
+    training mode."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float = 0.0):
         super().__init__()
-        self.heads = heads
+        self.heads, self.dropout = heads, dropout
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.drop = nn.Dropout(dropout)
 
     def attention(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         n, t, d = x.shape
         qkv = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (3, N, h, T, d/h)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask)  # (N, h, T, d/h)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask,
+                                             dropout_p=self.dropout if self.training else 0.0)  # (N, h, T, d/h)
         return self.proj(out.transpose(1, 2).reshape(n, t, d))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attention(self.norm1(x), mask)
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop(self.attention(self.norm1(x), mask))
+        return x + self.drop(self.mlp(self.norm2(x)))
 
 
 class ViT(nn.Module):

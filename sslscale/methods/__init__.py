@@ -240,12 +240,13 @@ def _registry() -> dict:
     from sslscale.methods.moco import MoCoV3
     from sslscale.methods.rotation import Rotation
     from sslscale.methods.simclr import SimCLR
+    from sslscale.methods.simcse import SimCSE
     from sslscale.methods.sop import SOP
     from sslscale.methods.vicreg import VICReg
 
     return {"simclr": SimCLR, "barlow_twins": BarlowTwins, "vicreg": VICReg, "byol": BYOL, "moco_v3": MoCoV3,
             "dino": DINO, "mae": MAE, "rotation": Rotation, "denoising_ae": DenoisingAE, "mlm": MLM,
-            "gpt": GPT, "sop": SOP}
+            "gpt": GPT, "sop": SOP, "simcse": SimCSE}
 
 
 METHODS = _registry()
