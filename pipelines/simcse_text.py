@@ -5,6 +5,8 @@ linear probe on mean-pooled features, next to a random-init encoder of the same 
 Paper: starts from pretrained BERT-base, 1M Wikipedia sentences, batch 64, lr 3e-5, T 0.05, dropout 0.1, one epoch.
 Here from random initialisation, scaled as mlm_text is, so the text recipes compare on equal terms: 4 blocks, 128
 wide, 4 heads, batch 64 passages, AdamW at lr 1e-3, weight decay 0.01, 1000 steps; T 0.05, dropout 0.1.
+Measured: from random initialisation the task is solved at the first logged step (pair accuracy 1.0, loss 0.003),
+so this recipe learns nothing until it can start from a pretrained encoder (docs/text.md).
 """
 from pipelines import mlm_text
 from sslscale.config import Config
