@@ -5,12 +5,15 @@ a folder of .txt/.md/.jsonl files or the built-in `pydocs`, see text.py; a folde
 seeded, stratified test split) into WebDataset tar shards (`{split}-{index:06d}.tar` holding `{id:08d}.image.png`
 or `{id:08d}.text.ids`, and `{id:08d}.label.cls`) or Parquet shards (`{split}-{index:06d}.parquet`, columns
 id/image or text/label), plus a manifest.json with counts, each field's kind, dtype and shape or length, and
-sha256 checksums. The corpus is built in `OUT.partial` and renamed into place with the manifest written
-last, so an interrupted run never leaves a complete-looking OUT; the same input gives byte-identical shards.
+sha256 checksums: per shard, `sha256` of the whole file, and `chunks`, the sha256 of each consecutive
+`chunk_bytes` of it (shards.CHUNK_BYTES, 8 MiB, unless prepare is given another; the last chunk may be short), so
+a reader can check a tar shard as it streams it (shards.py). The corpus is built in `OUT.partial` and renamed
+into place with the manifest written last, so an interrupted run never leaves a complete-looking OUT; the same
+input gives byte-identical shards.
 
 Reader: `load_manifest`, `shard_paths`, `verify_shards`, `decode_image` and `read_split` (a whole
 split in memory, for transfer evaluation on small labelled sets and for tests); one shard is read by
-shards.read_shard, which checks its sha256 and member names.
+shards.read_shard, which checks its sha256 (chunk by chunk where the manifest lists chunks) and member names.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from PIL import Image
 
 from sslscale import storage, text
 from sslscale.errors import SslscaleError
-from sslscale.shards import Row, data_member, read_shard
+from sslscale.shards import CHUNK_BYTES, Row, checks, data_member, read_shard
 from sslscale.splits import folder_labels, folder_splits
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -210,11 +213,13 @@ def _resolve_source(source: str, path, image_size: int, on_error: str, test_frac
 
 def prepare(source: str, out, *, fmt: str = "webdataset", path=None, shard_size: int = 5000,
             image_size: int = 32, on_error: str = "fail", overwrite: bool = False,
-            progress: bool = True, test_fraction: float = 0.2, seed: int = 0, **text_options) -> dict:
+            progress: bool = True, test_fraction: float = 0.2, seed: int = 0, chunk_bytes: int = CHUNK_BYTES,
+            **text_options) -> dict:
     """Write SOURCE as shards + manifest.json into OUT (atomically) and return the manifest. A folder in class
-    subfolders holds out `test_fraction` of each class (seeded by `seed`) as its test split. Text sources take
-    text.source's options (seq_len, vocab_size, tokenizer)."""
-    _check_options(fmt, shard_size, image_size, on_error, test_fraction)
+    subfolders holds out `test_fraction` of each class (seeded by `seed`) as its test split. Each shard's entry
+    holds the sha256 of every `chunk_bytes` of it. Text sources take text.source's options (seq_len, vocab_size,
+    tokenizer)."""
+    _check_options(fmt, shard_size, image_size, on_error, test_fraction, chunk_bytes)
     out = Path(out).absolute()
     _check_out(out, overwrite)
     src = _resolve_source(source, path, image_size, on_error, test_fraction, seed, text_options)
@@ -222,7 +227,7 @@ def prepare(source: str, out, *, fmt: str = "webdataset", path=None, shard_size:
     _remove(partial)
     partial.mkdir(parents=True)
     try:
-        manifest = _build(src, partial, fmt, shard_size, progress)
+        manifest = _build(src, partial, fmt, shard_size, progress, chunk_bytes)
         _publish(partial, out, overwrite)
     except BaseException:
         _remove(partial)
@@ -230,13 +235,15 @@ def prepare(source: str, out, *, fmt: str = "webdataset", path=None, shard_size:
     return manifest
 
 
-def _check_options(fmt: str, shard_size: int, image_size: int, on_error: str, test_fraction: float) -> None:
+def _check_options(fmt: str, shard_size: int, image_size: int, on_error: str, test_fraction: float,
+                   chunk_bytes: int) -> None:
     if fmt not in FORMATS:
         raise SslscaleError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     if on_error not in ("fail", "skip"):
         raise SslscaleError(f"unknown on_error {on_error!r}: use fail or skip")
-    if shard_size < 1 or image_size < 1:
-        raise SslscaleError(f"shard size ({shard_size}) and image size ({image_size}) must be positive")
+    if shard_size < 1 or image_size < 1 or chunk_bytes < 1:
+        raise SslscaleError(f"shard size ({shard_size}), image size ({image_size}) and chunk size ({chunk_bytes}) "
+                            "must be positive")
     if not 0 <= test_fraction < 1:
         raise SslscaleError(f"test fraction {test_fraction} is outside [0, 1): hold out e.g. 0.2 of each class "
                             "(0: no test split)")
@@ -270,13 +277,13 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _build(src: _Source, staging: Path, fmt: str, shard_size: int, show_progress: bool) -> dict:
+def _build(src: _Source, staging: Path, fmt: str, shard_size: int, show_progress: bool, chunk_bytes: int) -> dict:
     progress = _Progress(sum(n for n, _ in src.splits.values()), show_progress)
     name, entry = src.data_field or ("image", {"kind": "image", "encoding": "png", "shape": list(src.shape),
                                                "dtype": "uint8"})
     member = f"{name}.{entry['encoding']}"
     splits = {split: _write_split(samples, split, staging, fmt, shard_size, progress, member,
-                                  src.encode or _encode_png) for split, (_, samples) in src.splits.items()}
+                                  src.encode or _encode_png, chunk_bytes) for split, (_, samples) in src.splits.items()}
     progress.report()
     if not any(s["samples"] for s in splits.values()):
         raise SslscaleError(f"no {name} under {src.path} could be decoded ({len(src.skipped)} skipped): "
@@ -294,17 +301,17 @@ def _build(src: _Source, staging: Path, fmt: str, shard_size: int, show_progress
 
 
 def _write_split(samples: Iterable[Sample], split: str, staging: Path, fmt: str, shard_size: int,
-                 progress: "_Progress", member: str, encode: Callable[[object], bytes]) -> dict:
+                 progress: "_Progress", member: str, encode: Callable[[object], bytes], chunk_bytes: int) -> dict:
     shards: list[dict] = []
     batch: list[Row] = []
     for sample_id, (value, label) in enumerate(samples):
         batch.append((sample_id, encode(value), label))
         progress.advance()
         if len(batch) == shard_size:
-            shards.append(_write_shard(staging, split, len(shards), fmt, batch, member))
+            shards.append(_write_shard(staging, split, len(shards), fmt, batch, member, chunk_bytes))
             batch = []
     if batch:
-        shards.append(_write_shard(staging, split, len(shards), fmt, batch, member))
+        shards.append(_write_shard(staging, split, len(shards), fmt, batch, member, chunk_bytes))
     return {"samples": sum(s["samples"] for s in shards), "shards": shards}
 
 
@@ -314,11 +321,14 @@ def _encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _write_shard(staging: Path, split: str, index: int, fmt: str, rows: list[Row], member: str) -> dict:
+def _write_shard(staging: Path, split: str, index: int, fmt: str, rows: list[Row], member: str,
+                 chunk_bytes: int) -> dict:
     name = f"{split}-{index:06d}{FORMATS[fmt]}"
     (_write_tar if fmt == "webdataset" else _write_parquet)(staging / name, rows, member)
-    return {"name": name, "samples": len(rows), "first_id": rows[0][0],
-            "sha256": storage.sha256(str(staging / name))}
+    # chunks for parquet shards too (read whole today): the manifest describes every shard's bytes the same way
+    sha256, chunks = storage.sha256_chunks(str(staging / name), chunk_bytes)
+    return {"name": name, "samples": len(rows), "first_id": rows[0][0], "sha256": sha256,
+            "chunk_bytes": chunk_bytes, "chunks": chunks}
 
 
 def _write_tar(path: Path, rows: list[Row], member: str) -> None:
@@ -434,13 +444,14 @@ def decode_image(png_bytes: bytes) -> np.ndarray:
 
 def read_split(corpus_dir, split: str, with_labels: bool = True):
     """(ids int64[N], data, labels int64[N] or None) of SPLIT, in id order, every shard checked against its sha256
-    (shards.read_shard); data: images uint8[N,H,W,C], or for text token ids int64[N, max_length] padded with 0."""
+    or its chunks' (shards.read_shard); data: images uint8[N,H,W,C], or for text token ids int64[N, max_length]
+    padded with 0."""
     manifest = load_manifest(corpus_dir)
     labelled = with_labels and "label" in manifest["fields"]
     member = data_member(manifest["fields"])
     rows: list[Row] = []
     for shard in _split_entry(manifest, split, corpus_dir)["shards"]:
-        rows.extend(read_shard(str(Path(corpus_dir) / shard["name"]), manifest["format"], sha256=shard["sha256"],
+        rows.extend(read_shard(str(Path(corpus_dir) / shard["name"]), manifest["format"], **checks(shard),
                                labelled=labelled, member=member))
     rows.sort(key=lambda r: r[0])
     ids = np.array([r[0] for r in rows], dtype=np.int64)

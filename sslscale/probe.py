@@ -6,7 +6,7 @@ samples.
 order until they hold n samples (one shard of a default-sized corpus holds 5,000), then n of their samples are drawn
 with the same generator. The same arguments give the same images, in id order, on every call and every machine: a
 resumed run measures the same set. Reading goes through corpus.py (the manifest, shard paths, decoding) and
-shards.read_shard (each shard checked against its sha256); labels are never read.
+shards.read_shard (each shard checked against its sha256, or its chunks'); labels are never read.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from sslscale import corpus
 from sslscale.errors import SslscaleError
-from sslscale.shards import Row, data_member, read_shard
+from sslscale.shards import Row, checks, data_member, read_shard
 
 SALT = 0x9B0BE  # keeps the probe's random stream apart from other users of data.seed
 
@@ -28,7 +28,7 @@ def _rows(corpus_dir: str, split: str, rng: np.random.Generator, n: int) -> list
     for i in rng.permutation(len(entries)):
         if len(rows) >= n:
             break
-        rows += read_shard(paths[i], manifest["format"], sha256=entries[i]["sha256"],
+        rows += read_shard(paths[i], manifest["format"], **checks(entries[i]),
                            member=data_member(manifest["fields"]))
     return sorted(rows, key=lambda r: r[0])
 

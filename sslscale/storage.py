@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
@@ -114,6 +115,27 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
+def read_chunks(path: str, chunk_bytes: int) -> Iterator[bytes]:
+    """A file's bytes as consecutive chunks of `chunk_bytes` (the last one may be short), read one at a time so
+    that only one is held; OSError (FileNotFoundError locally) when it cannot be read, opened or part-way."""
+    fs, p = _fs(path)
+    with fs.open_input_stream(p) as f:
+        while chunk := _read_full(f, chunk_bytes):
+            yield chunk
+
+
+def _read_full(f, n: int) -> bytes:
+    """n bytes from a stream, fewer only at its end (a network stream may return less per read)."""
+    first = f.read(n)
+    if len(first) in (0, n):
+        return first
+    parts, have = [first], len(first)
+    while have < n and (more := f.read(n - have)):
+        parts.append(more)
+        have += len(more)
+    return b"".join(parts)
+
+
 def read_json(path: str):
     return json.loads(read_bytes(path))
 
@@ -138,12 +160,19 @@ def write_json(path: str, data, indent: int | None = None) -> None:
 
 def sha256(path: str) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks."""
-    fs, p = _fs(path)
     digest = hashlib.sha256()
-    with fs.open_input_stream(p) as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
+    for chunk in read_chunks(path, 1 << 20):
+        digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_chunks(path: str, chunk_bytes: int) -> tuple[str, list[str]]:
+    """Hex sha256 of a whole file and of each consecutive `chunk_bytes` of it (the last may be short), in one read."""
+    whole, parts = hashlib.sha256(), []
+    for chunk in read_chunks(path, chunk_bytes):
+        whole.update(chunk)
+        parts.append(hashlib.sha256(chunk).hexdigest())
+    return whole.hexdigest(), parts
 
 
 def remove_tree(path: str) -> None:

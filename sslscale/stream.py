@@ -2,17 +2,20 @@
 
 The run's stream is a plan of (epoch, shard) items, epochs in order and shards in a seeded order per epoch, less
 the shards a checkpoint consumed whole (manifest: a shard holds ids first_id..first_id+samples-1); a Ray Data task
-reads one item (shards.read_shard: sha256 and member names checked), drops the ids a checkpoint already consumed in
-that epoch (a position.Position), decodes and builds views (views.batch_views, vectorised per block; for a text
-corpus a text method's token fields, views.text_views) with randomness fixed by (seed, epoch, sample id), and
+reads one item (shards.iter_shard: a tar shard streamed chunk by chunk, each chunk's sha256 checked before its
+samples are used, so a task holds about a chunk and a block, not the shard; member names checked), drops the ids a
+checkpoint already consumed in that epoch (a position.Position), decodes and builds views (views.batch_views,
+vectorised per block; for a text corpus a text method's token fields, views.text_views) with randomness fixed by
+(seed, epoch, sample id), and
 hands them out in blocks of BLOCK_ROWS as it makes them: one operator, no raw bytes through the object store. It
 runs at most `ingest_options`' budget ahead of training, and Ray Data's scheduling loop is paced so that waiting
 for training costs no CPU (_pace_scheduling). Rows
 carry `id` and `epoch`, so a worker records what its completed steps consumed and a resume continues each epoch
 with exactly the samples it has not seen. Epochs overlap only by the few items in flight at once. Ray Train
 splits the stream across workers (streaming_split, equal=True); no worker ever loads the whole corpus. Labels are
-never read here. With data.on_error=skip, a shard or image that cannot be used is left out and recorded in the
-run's skip folder (see `skipped`); with fail, the run stops with one line naming it.
+never read here. With data.on_error=skip, a shard or image that cannot be used is left out (a shard found bad
+part-way: from the damage on) and recorded in the run's skip folder (see `skipped`); with fail, the run stops with
+one line naming it.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ import math
 import os
 import time
 import uuid
+from itertools import islice
+from typing import Iterable, Iterator
 
 import numpy as np
 import ray.data
@@ -28,7 +33,7 @@ import ray.data
 from sslscale import corpus, storage
 from sslscale.errors import SslscaleError
 from sslscale.position import Position
-from sslscale.shards import ShardError, data_member, read_shard
+from sslscale.shards import Row, ShardError, data_member, iter_shard
 from sslscale.views import ViewSpec, batch_views, labelled_view, text_views
 
 
@@ -85,20 +90,48 @@ def skipped(skip_dir: str) -> dict[str, dict[str, str]]:
     return out
 
 
-def read_rows(batch: dict, *, corpus_dir: str, fmt: str, consumed: Position, on_error: str,
-              skip_dir: str | None, member: str = "image.png") -> dict:
+def read_blocks(batch: dict, *, corpus_dir: str, fmt: str, consumed: Position, on_error: str,
+                skip_dir: str | None, member: str = "image.png", chunks: dict | None = None,
+                rows: int = BLOCK_ROWS) -> Iterator[dict]:
     """One plan item {epoch, shard, sha256} (shard_views' input): the shard's rows not yet consumed in that epoch,
-    as {id, epoch, raw: the data member's bytes (an image, token ids), shard name}."""
+    as {id, epoch, raw: the data member's bytes (an image, token ids), shard name}, in blocks of up to `rows` rows
+    as the shard is read. `chunks` ({shard name: its manifest entry's chunk_bytes and chunks}; looked up here, not
+    carried by every plan item, which epochs x shards would multiply) lets shards.iter_shard check a tar shard
+    chunk by chunk. A shard found bad part-way stops the run (fail) or is recorded and the rest of it left out
+    (skip); the blocks handed out before were checked."""
     epoch, name = int(batch["epoch"][0]), str(batch["shard"][0])
+    found = iter_shard(storage.join(corpus_dir, name), fmt, sha256=str(batch["sha256"][0]), member=member,
+                       **(chunks or {}).get(name, {}))
     try:
-        rows = read_shard(storage.join(corpus_dir, name), fmt, sha256=str(batch["sha256"][0]), member=member)
+        for block in _groups(_unseen(found, epoch, consumed), rows):
+            yield _block(block, epoch, name)
     except ShardError as e:
         if on_error == "fail":
             raise
         _log_skip(skip_dir, "shard", name, str(e), epoch)
-        rows = []
-    used = consumed.contains(epoch, np.asarray([r[0] for r in rows], np.int64))
-    rows = [(sid, data) for (sid, data, _), seen in zip(rows, used.tolist()) if not seen]
+
+
+def read_rows(batch: dict, **read) -> dict:
+    """All of one plan item's rows not yet consumed, as one block (read_blocks')."""
+    blocks = list(read_blocks(batch, **read, rows=2**62))
+    return blocks[0] if blocks else _block([], int(batch["epoch"][0]), str(batch["shard"][0]))
+
+
+def _groups(items: Iterable, n: int) -> Iterator[list]:
+    """Consecutive lists of n items (the last one shorter)."""
+    items = iter(items)
+    while group := list(islice(items, n)):
+        yield group
+
+
+def _unseen(rows: Iterator[Row], epoch: int, consumed: Position) -> Iterator[tuple[int, bytes]]:
+    """(id, data) of the rows `consumed` does not hold for `epoch`, asked BLOCK_ROWS rows at a time."""
+    for group in _groups(rows, BLOCK_ROWS):
+        seen = consumed.contains(epoch, np.asarray([r[0] for r in group], np.int64)).tolist()
+        yield from ((sid, data) for (sid, data, _), used in zip(group, seen) if not used)
+
+
+def _block(rows: list[tuple[int, bytes]], epoch: int, name: str) -> dict:
     raw = np.empty(len(rows), dtype=object)
     raw[:] = [r[1] for r in rows]
     return {"id": np.asarray([r[0] for r in rows], np.int64), "epoch": np.full(len(rows), epoch, np.int64),
@@ -154,10 +187,9 @@ def make_views(batch: dict, *, seed: int, on_error: str, skip_dir: str | None = 
 
 def shard_views(item: dict, *, read: dict, views: dict):
     """Ray Data UDF on one plan item {epoch, shard, sha256}: the views of the shard's samples not yet consumed in
-    that epoch (read_rows, then make_views), yielded in blocks of up to BLOCK_ROWS rows."""
-    rows = read_rows(item, **read)
-    for start in range(0, len(rows["id"]), BLOCK_ROWS):
-        yield make_views({k: v[start : start + BLOCK_ROWS] for k, v in rows.items()}, **views)
+    that epoch (read_blocks, then make_views), yielded in blocks of up to BLOCK_ROWS rows as the shard is read."""
+    for rows in read_blocks(item, **read):
+        yield make_views(rows, **views)
 
 
 def _one_row(spec: ViewSpec | None, channels: int, layout: dict, text: dict | None = None) -> dict:
@@ -222,7 +254,9 @@ def pretrain_dataset(cfg, corpus_dir: str, *, consumed: Position | None = None,
         raise SslscaleError(f"the checkpoint already consumed all {epochs} epochs this run's train.steps need of "
                             f"{corpus_dir}: nothing is left to stream (raise train.steps)")
     read = dict(corpus_dir=corpus_dir, fmt=manifest["format"], consumed=consumed, on_error=cfg.data.on_error,
-                skip_dir=skip_dir, member=data_member(manifest["fields"]))
+                skip_dir=skip_dir, member=data_member(manifest["fields"]),
+                chunks={s["name"]: {"chunk_bytes": s["chunk_bytes"], "chunks": s["chunks"]}
+                        for s in split["shards"] if s.get("chunks")})
     from sslscale.methods import view_layout  # here, not at the top: Ray Data's tasks import this module, not torch
 
     layout = view_layout(cfg, h)

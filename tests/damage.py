@@ -23,7 +23,7 @@ def truncate(shard: Path) -> None:
 
 def rewrite_tar(shard: Path, replace: dict[str, bytes], update_manifest: bool = True) -> None:
     """Rewrite a tar shard with some members' bytes replaced (names as given); optionally re-hash it in the
-    manifest, so only the content is bad, not the checksum."""
+    manifest (its sha256 and its chunks', as prepare does), so only the content is bad, not the checksums."""
     members = []
     with tarfile.open(shard) as tar:
         for m in tar:
@@ -41,5 +41,7 @@ def rewrite_tar(shard: Path, replace: dict[str, bytes], update_manifest: bool = 
         for split in manifest["splits"].values():
             for entry in split["shards"]:
                 if entry["name"] == shard.name:
-                    entry["sha256"] = storage.sha256(str(shard))
+                    entry["sha256"], chunks = storage.sha256_chunks(str(shard), entry.get("chunk_bytes", 1 << 20))
+                    if "chunks" in entry:  # an older manifest has none
+                        entry["chunks"] = chunks
         path.write_text(json.dumps(manifest))

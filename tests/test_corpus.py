@@ -1,5 +1,6 @@
 """sslscale.corpus: sources -> shards + manifest, and the reader, on real files in tmp_path."""
 import gzip
+import hashlib
 import struct
 import tarfile
 from pathlib import Path
@@ -12,6 +13,7 @@ from sklearn.datasets import load_digits
 
 from sslscale import corpus
 from sslscale.errors import SslscaleError
+from sslscale.shards import CHUNK_BYTES
 
 FMNIST = Path(corpus.FMNIST_DIR)
 
@@ -49,6 +51,21 @@ def test_digits_webdataset_manifest(digits_wds):
     assert manifest["skipped"] == []
     for split in ("train", "test"):
         corpus.verify_shards(out, split)
+
+
+@pytest.mark.parametrize("fmt", ["webdataset", "parquet"])
+def test_each_shard_records_the_sha256_of_each_chunk(digits_wds, tmp_path, fmt):
+    _, manifest = digits_wds  # ~1 MB shards: one chunk of the default 8 MiB, the whole file
+    assert all(s["chunk_bytes"] == CHUNK_BYTES and s["chunks"] == [s["sha256"]]
+               for split in manifest["splits"].values() for s in split["shards"])
+    m = corpus.prepare("digits", tmp_path / "c", fmt=fmt, shard_size=500, chunk_bytes=3000, progress=False)
+    for entry in m["splits"]["train"]["shards"]:
+        data = (tmp_path / "c" / entry["name"]).read_bytes()
+        assert entry["chunk_bytes"] == 3000 and entry["sha256"] == hashlib.sha256(data).hexdigest()
+        assert entry["chunks"] == [hashlib.sha256(data[i : i + 3000]).hexdigest() for i in range(0, len(data), 3000)]
+        assert len(entry["chunks"]) > 1 and len(data) % 3000  # the last chunk is short
+    ids, images, _ = corpus.read_split(tmp_path / "c", "train")
+    assert list(ids) == list(range(1437)) and np.array_equal(images, _digits_expected("train")[0])
 
 
 def test_digits_round_trip_and_separate_label_field(digits_wds):
@@ -269,6 +286,8 @@ def test_bad_options(tmp_path):
         corpus.prepare("digits", tmp_path / "out", fmt="zip")
     with pytest.raises(SslscaleError, match="--path only applies to the fmnist source"):
         corpus.prepare("digits", tmp_path / "out", path="/x")
+    with pytest.raises(SslscaleError, match=r"chunk size \(0\) must be positive"):
+        corpus.prepare("digits", tmp_path / "out", chunk_bytes=0)
     assert corpus.builtin_sources() == ("fmnist", "digits", "pydocs", "bbcnews")
 
 

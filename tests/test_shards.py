@@ -1,13 +1,21 @@
-"""Reading shards safely (shards.read_shard) and the stream's on_error=skip|fail, on real damaged files."""
+"""Reading shards safely (shards.read_shard, iter_shard: whole or chunk by chunk) and the stream's
+on_error=skip|fail, on real damaged files."""
 import io
+import json
 import tarfile
+import tracemalloc
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from damage import copy_corpus, rewrite_tar, truncate
-from sslscale import corpus, stream
+from sslscale import corpus, storage, stream
 from sslscale.config import Config
-from sslscale.shards import ShardError, read_shard
+from sslscale.position import Position
+from sslscale.shards import ShardError, checks, iter_shard, read_shard
+
+CHUNK = 1000  # bytes: not a multiple of tar's 512-byte blocks, so chunk edges fall inside headers and data
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +111,177 @@ def test_stream_fails_with_one_line_naming_the_shard(digits3, tmp_path, ray_loca
     # whichever the plan reaches first: both name their shard
     with pytest.raises(Exception, match=r"shard \S*train-000001.tar is truncated|in shard train-000002.tar cannot"):
         stream.pretrain_dataset(_cfg("fail"), str(folder)).take_all()
+
+
+# ---------------------------------------------------------------- chunk by chunk (manifest `chunks`)
+
+@pytest.fixture(scope="module")
+def chunked(tmp_path_factory):
+    """digits in 3 train shards (~1 MB each) hashed in CHUNK-byte chunks: ~1,000 chunks a shard."""
+    out = tmp_path_factory.mktemp("chunked") / "digits"
+    corpus.prepare("digits", out, shard_size=500, chunk_bytes=CHUNK, progress=False)
+    return out
+
+
+def _entry(folder, i=1):
+    return corpus.load_manifest(folder)["splits"]["train"]["shards"][i]
+
+
+def _extents(path) -> dict[int, tuple[int, int]]:
+    """Sample id -> (first byte of its first header, end of its last member's data), from tarfile."""
+    out: dict[int, tuple[int, int]] = {}
+    with tarfile.open(path) as tar:
+        for m in tar:
+            sid = int(m.name.partition(".")[0])
+            out[sid] = (out.get(sid, (m.offset, 0))[0], m.offset_data + m.size)
+    return out
+
+
+def test_a_chunked_shard_reads_as_the_whole_file_does(chunked):
+    entry = _entry(chunked)
+    path = chunked / entry["name"]
+    spans = [(a, b) for a, b in _extents(path).values() if a // CHUNK != (b - 1) // CHUNK]
+    assert spans  # samples (and members) that lie across chunk edges
+    rows = read_shard(str(path), "webdataset", **checks(entry), labelled=True)
+    assert rows == read_shard(str(path), "webdataset", sha256=entry["sha256"], labelled=True)
+    assert [r[0] for r in rows] == list(range(500, 1000))
+
+
+def test_a_flipped_byte_in_a_middle_chunk_is_refused_and_nothing_from_there_on_is_used(chunked, tmp_path):
+    folder = copy_corpus(chunked, tmp_path / "c")
+    entry = _entry(folder)
+    path = folder / entry["name"]
+    with tarfile.open(path) as tar:  # a byte inside an image near the middle: the tar still parses
+        image = [m for m in tar if m.name.endswith(".image.png")][250]
+    data = bytearray(path.read_bytes())
+    data[image.offset_data + 40] ^= 0xFF
+    path.write_bytes(bytes(data))
+    bad = (image.offset_data + 40) // CHUNK
+    assert 0 < bad < len(entry["chunks"]) - 1
+    with pytest.raises(ShardError, match=rf"train-000001.tar was modified after it was prepared \(the sha256 of its "
+                                         rf"chunk {bad + 1} of {len(entry['chunks'])}, from byte {bad * CHUNK}, no "
+                                         rf"longer matches manifest.json\): re-run"):
+        read_shard(str(path), "webdataset", **checks(entry))  # a list: no rows at all
+    got = []
+    with pytest.raises(ShardError, match="train-000001.tar was modified after it was prepared"):
+        for row in iter_shard(str(path), "webdataset", **checks(entry)):
+            got.append(row[0])
+    ends = _extents(path)
+    assert got == list(range(500, 500 + len(got))) and len(got) > 100  # rows before the damage came first
+    assert all(ends[sid][1] <= bad * CHUNK for sid in got)  # none with a byte in or after the flipped chunk
+
+
+def test_a_truncated_or_extended_chunked_shard_is_named(chunked, tmp_path):
+    folder = copy_corpus(chunked, tmp_path / "c")
+    entry = _entry(folder)
+    path = folder / entry["name"]
+    _, kib = storage.sha256_chunks(str(path), 1024)  # the file holds whole KiBs: no short last chunk
+    path.write_bytes(path.read_bytes() + bytes(1024))  # still a valid tar, but not the prepared bytes
+    with pytest.raises(ShardError, match=r"train-000001.tar was modified after it was prepared \(it is longer"):
+        read_shard(str(path), "webdataset", chunks=kib, chunk_bytes=1024)
+    with pytest.raises(ShardError, match=r"train-000001.tar was modified after it was prepared \(the sha256 of its "
+                                         r"chunk 1035 of 1035, from byte 1034000,"):  # the last, 240 bytes, grew
+        read_shard(str(path), "webdataset", **checks(entry))
+    truncate(path)
+    with pytest.raises(ShardError, match=r"train-000001.tar is truncated or corrupt.*sha256 no longer matches"):
+        read_shard(str(path), "webdataset", **checks(entry))
+    path.unlink()
+    with pytest.raises(ShardError, match="train-000001.tar cannot be read"):
+        read_shard(str(path), "webdataset", **checks(entry))
+
+
+def test_an_old_manifest_without_chunks_still_reads_whole(chunked, tmp_path, monkeypatch):
+    folder = copy_corpus(chunked, tmp_path / "old")
+    manifest = json.loads((folder / corpus.MANIFEST).read_text())
+    for split in manifest["splits"].values():
+        for entry in split["shards"]:
+            del entry["chunks"], entry["chunk_bytes"]
+    (folder / corpus.MANIFEST).write_text(json.dumps(manifest))
+    expected = corpus.read_split(chunked, "train")
+    monkeypatch.setattr(storage, "read_chunks", None)  # the whole-file path never streams
+    ids, images, labels = corpus.read_split(folder, "train")
+    assert np.array_equal(ids, expected[0]) and np.array_equal(images, expected[1])
+    assert np.array_equal(labels, expected[2])
+    truncate(folder / "train-000001.tar")
+    with pytest.raises(ShardError, match=r"train-000001.tar is truncated or corrupt.*sha256 no longer matches"):
+        corpus.read_split(folder, "train")
+
+
+def test_members_larger_than_a_chunk_are_read_whole(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):  # noise: a PNG of ~800 bytes, over three 256-byte chunks
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(src / f"{i}.png")
+    m = corpus.prepare(str(src), tmp_path / "out", image_size=16, chunk_bytes=256, progress=False)
+    entry = m["splits"]["train"]["shards"][0]
+    path = str(tmp_path / "out" / entry["name"])
+    rows = read_shard(path, "webdataset", **checks(entry))
+    assert len(entry["chunks"]) > 20 and all(len(r[1]) > 3 * 256 for r in rows)
+    assert rows == read_shard(path, "webdataset", sha256=entry["sha256"])
+
+
+def test_a_chunked_read_holds_about_one_chunk(chunked, monkeypatch):
+    entry = _entry(chunked)
+    path = str(chunked / entry["name"])
+    reads, read_chunks = [], storage.read_chunks
+
+    def counted(p, size):
+        for chunk in read_chunks(p, size):
+            reads.append(len(chunk))
+            yield chunk
+
+    monkeypatch.setattr(storage, "read_chunks", counted)
+    assert sum(1 for _ in iter_shard(path, "webdataset", **checks(entry))) == 500
+    assert len(reads) == len(entry["chunks"]) and max(reads) <= CHUNK  # every read one chunk at most
+    monkeypatch.undo()
+    tracemalloc.start()
+    try:
+        n = sum(1 for _ in iter_shard(path, "webdataset", **checks(entry)))  # rows dropped as they come
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        whole = sum(1 for _ in iter_shard(path, "webdataset", sha256=entry["sha256"]))
+        peak_whole = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    size = (chunked / entry["name"]).stat().st_size
+    assert n == whole == 500
+    # a chunk, a member and ~100 bytes of bookkeeping a sample (ids seen), where a whole read holds the whole file
+    assert peak < size / 10 and peak_whole > size
+
+
+def test_a_samples_members_must_be_next_to_each_other(tmp_path):
+    path = tmp_path / "apart.tar"
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in ("00000001.image.png", "00000002.image.png", "00000001.label.cls"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"1"))
+    with pytest.raises(ShardError, match="truncated or corrupt .*sample 1's members are not next to each other"):
+        read_shard(str(path), "webdataset")
+
+
+def _read_args(folder, tmp_path, on_error):
+    manifest = corpus.load_manifest(folder)
+    return dict(corpus_dir=str(folder), fmt="webdataset", consumed=Position(), on_error=on_error,
+                skip_dir=str(tmp_path / "skips"), chunks={s["name"]: {k: s[k] for k in ("chunk_bytes", "chunks")}
+                                                          for s in manifest["splits"]["train"]["shards"]})
+
+
+def test_the_stream_reads_a_chunked_shard_in_blocks_and_stops_at_damage(chunked, tmp_path):
+    entry = _entry(chunked)
+    item = {"epoch": np.array([0]), "shard": np.array([entry["name"]]), "sha256": np.array([entry["sha256"]])}
+    blocks = list(stream.read_blocks(item, **_read_args(chunked, tmp_path, "fail")))
+    assert [len(b["id"]) for b in blocks] == [256, 244]
+    assert np.array_equal(np.concatenate([b["id"] for b in blocks]), np.arange(500, 1000))
+
+    folder = copy_corpus(chunked, tmp_path / "c")
+    data = bytearray((folder / entry["name"]).read_bytes())
+    data[len(data) * 3 // 4] ^= 0xFF  # past the first block's samples
+    (folder / entry["name"]).write_bytes(bytes(data))
+    blocks = list(stream.read_blocks(item, **_read_args(folder, tmp_path, "skip")))
+    assert [len(b["id"]) for b in blocks] == [256]  # checked before the damage: used; the rest left out
+    found = stream.skipped(str(tmp_path / "skips"))["shard"]
+    assert list(found) == ["train-000001.tar"] and "modified after it was prepared" in found["train-000001.tar"]
+    with pytest.raises(ShardError, match="train-000001.tar was modified after it was prepared"):
+        list(stream.read_blocks(item, **_read_args(folder, tmp_path, "fail")))
