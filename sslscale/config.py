@@ -47,6 +47,12 @@ class DataConfig:
     on_error: str = _choice("fail", "fail", "skip")
     deterministic: bool = False  # keep Ray Data's order: the same seed and world size give the same batches
 
+    @property
+    def task_cpus(self) -> float:
+        """CPUs one Ray Data task of the stream reserves: a whole one, or data.cpus where that is less (a node's
+        fraction left beside the training workers can then run the stream)."""
+        return min(1.0, self.cpus)
+
 
 @dataclass
 class ModelConfig:

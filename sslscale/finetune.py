@@ -210,7 +210,7 @@ def _on_workers(job: dict, images: np.ndarray, labels: np.ndarray, fit_idx: np.n
     stream.quiet()
     order, view_ids = _order(fit_idx, len(images), tcfg.finetune_batch_size, tcfg.finetune_steps, job["seed"])
     views = stream.labelled_views(images, labels, order, view_ids, _spec(images), job["seed"],
-                                  tcfg.finetune_batch_size // workers)
+                                  tcfg.finetune_batch_size // workers, base.data.task_cpus)
     got = ray_train.run_workers(_worker_loop, {"job": job}, base, workers=workers, key="transfer.finetune_workers",
                                 datasets={"train": views}, ingest=stream.in_order(), name="fine-tuning")
     return got["top1"], json.loads(got["chosen"])

@@ -178,14 +178,17 @@ def _attempt(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, 
               corpus_dir=corpus_dir, **fit_kw)
 
 
-def _check_finetune_workers(cfg: Config, run_id: str, uri: str) -> None:
-    """Fine-tuning's Ray Train workers (transfer.finetune_workers > 1) fit the cluster: one line and the run FAILED
-    now, not after its last step."""
+def _check_placement(cfg: Config, run_id: str, uri: str) -> None:
+    """The run's Ray Train workers and their Ray Data task, and fine-tuning's workers (transfer.finetune_workers
+    > 1), fit the cluster (train.check_workers): one line and the run FAILED now, not a wait forever or a failure
+    after the last step."""
     t = cfg.transfer
-    if not (t.enabled and t.finetune_workers > 1 and set(transfer.chosen(t)[0]) & set(transfer.TRAINED_PROTOCOLS)):
-        return
+    checks = [(cfg.train.workers, "train.workers")]
+    if t.enabled and t.finetune_workers > 1 and set(transfer.chosen(t)[0]) & set(transfer.TRAINED_PROTOCOLS):
+        checks.append((t.finetune_workers, "transfer.finetune_workers"))
     try:
-        train.check_workers(cfg, t.finetune_workers, "transfer.finetune_workers")
+        for workers, key in checks:
+            train.check_workers(cfg, workers, key)
     except SslscaleError:
         if run_id:
             tracking.best_effort(tracking.end_run, uri, run_id, "FAILED")
@@ -377,7 +380,7 @@ def pretrain(cfg: Config, *, resume: str | None = None, tags: dict | None = None
         marks.mark("ray_start")
         ensure_ray()
         marks.mark("ray_ready")
-        _check_finetune_workers(cfg, run_id, uri)
+        _check_placement(cfg, run_id, uri)
         with _signals_stop_the_run():
             try:
                 final = _train(cfg, run_id, uri, run_dir, corpus_dir, input_spec, held, marks, callbacks=callbacks,

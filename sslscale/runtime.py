@@ -82,29 +82,102 @@ def slots(capacities: list[tuple[dict, float]], bundle: dict[str, float]) -> flo
                for res, count in capacities if count) if need else math.inf
 
 
-def _capacities() -> tuple[list[tuple[dict, float]], str]:
-    """Every node the cluster has or may get: its nodes, alive or not (a lost node may come back), plus the node
-    types an autoscaler may start, up to their max_workers (KubeRay's reported node groups, or the `ray up` head's
-    copy of ray_cluster.yaml)."""
+Need = tuple[dict, int]  # one bundle of resources, and how many of it must be placed at once
+
+
+def fits(capacities: list[tuple[dict, float]], needs: list[Need], tries: int = 20000) -> bool:
+    """Whether every bundle of `needs` can be placed at the same time on nodes given as in `slots`. Exact: the
+    bundles of every group but the largest are placed one at a time on each kind of node in turn (a handful in
+    practice: a Ray Data task, a sweep trial's driver), then the largest group is counted with `slots`. Past
+    `tries` placements it answers True: a request too intricate to check is left to Ray."""
+    needs = sorted(((b, n) for b, n in needs if n > 0 and any(v > 0 for v in b.values())), key=lambda need: need[1])
+    if not needs:
+        return True
+    singles = [b for b, n in needs[:-1] for _ in range(n)]
+    seen: set = set()  # (bundles placed, the nodes left) already tried: placing equal bundles in another order
+
+    def place(kinds: dict, i: int) -> bool:
+        caps = [(dict(kind), count) for kind, count in kinds.items() if count]
+        if i == len(singles):
+            return slots(caps, needs[-1][0]) >= needs[-1][1]
+        state = (i, frozenset(kinds.items()))
+        if state in seen:
+            return False
+        seen.add(state)
+        if len(seen) > tries:
+            return True
+        for kind, count in kinds.items():
+            if count and slots([(dict(kind), 1)], singles[i]) >= 1:
+                left = tuple((k, round(v - singles[i].get(k, 0), 9)) for k, v in kind)
+                if place(_add(_add(kinds, kind, -1), left, 1), i + 1):
+                    return True
+        return False
+
+    return place(_kinds(capacities), 0)
+
+
+def _kinds(capacities: list[tuple[dict, float]]) -> dict:
+    """{node resources as a sorted tuple: how many such nodes}, equal nodes merged."""
+    kinds: dict = {}
+    for res, count in capacities:
+        kinds = _add(kinds, tuple(sorted(res.items())), count)
+    return kinds
+
+
+def _add(kinds: dict, kind: tuple, count: float) -> dict:
+    return {**kinds, kind: kinds.get(kind, 0) + count}
+
+
+def _capacities() -> tuple[list[tuple[dict, float]], list[tuple[dict, float]], str]:
+    """(the cluster's nodes, alive or not: a lost node may come back; the node types an autoscaler may start, up to
+    their max_workers: KubeRay's reported node groups, or the `ray up` head's copy of ray_cluster.yaml; what the
+    latter are)."""
     nodes = [(n["Resources"], 1) for n in ray.nodes()]
     config = ray._private.state.state.get_cluster_config()  # what Ray Train's own check reads
     if config and config.node_group_configs:
-        return nodes + [(dict(g.resources), math.inf if g.max_count < 0 else g.max_count)
-                        for g in config.node_group_configs], "the cluster's nodes and its autoscaler's node groups"
+        return nodes, [(dict(g.resources), math.inf if g.max_count < 0 else g.max_count)
+                       for g in config.node_group_configs], "its autoscaler's node groups"
     launcher = os.path.expanduser("~/ray_bootstrap_config.yaml")
     if os.path.isfile(launcher):
         with open(launcher) as f:
             types = (yaml.safe_load(f) or {}).get("available_node_types") or {}
-        return nodes + [(t.get("resources") or {}, t.get("max_workers", 0)) for t in types.values()], \
-            "the cluster's nodes and its config's node types at their max_workers"
-    return nodes, "the cluster's nodes"
+        return nodes, [(t.get("resources") or {}, t.get("max_workers", 0)) for t in types.values()], \
+            "its config's node types at their max_workers"
+    return nodes, [], ""
 
 
-def placement_problem(bundle: dict[str, float], count: int) -> str:
-    """'' when `count` bundles can ever be placed on this cluster, else why not (where Ray would wait forever)."""
-    capacities, source = _capacities()
-    room = slots(capacities, bundle)
-    return "" if room >= count else f"{source} have room for {room}"
+def capacities() -> list[tuple[dict, float]]:
+    """Every node the cluster has or may get (see _capacities), as `fits` takes them."""
+    nodes, more, _ = _capacities()
+    return nodes + more
+
+
+def placement(needs: list[Need]) -> tuple[str, str]:
+    """Whether `needs` (all at once) can be placed on this cluster: ('', '') on its nodes now; ('', why it waits)
+    once its autoscaler adds nodes; (what room there is, '') never, where Ray would wait forever."""
+    nodes, more, source = _capacities()
+    if fits(nodes, needs):
+        return "", ""
+    if more and fits(nodes + more, needs):
+        return "", f"they fit only once the autoscaler adds nodes ({source})"
+    where = "the cluster's nodes" + (f" and {source}" if more else "")
+    return f"{where} have {describe(nodes + more)}", ""
+
+
+def describe(capacities: list[tuple[dict, float]]) -> str:
+    """'2 nodes of CPU 2; 1 of CPU 0, sslscale_driver 8': what a placement error shows of the cluster."""
+    kinds: dict[tuple, float] = {}
+    for res, count in ((r, c) for r, c in capacities if c):
+        kind = tuple(sorted({"CPU": 0, **{k: v for k, v in res.items() if not _internal(k)}}.items()))
+        kinds[kind] = kinds.get(kind, 0) + count
+    parts = [f"{'no limit of' if math.isinf(n) else int(n)} node{'s' if n != 1 else ''} of "
+             f"{', '.join(f'{k} {v:g}' for k, v in kind)}" for kind, n in kinds.items()]
+    return "; ".join(sorted(parts)) or "no nodes"
+
+
+def _internal(key: str) -> bool:
+    """Resources Ray adds of its own: memory, the object store, node:<ip>, placement-group bundles."""
+    return key in ("memory", "object_store_memory") or key.startswith("node:") or "_group_" in key
 
 
 def cluster_resources() -> dict[str, float]:

@@ -266,7 +266,8 @@ def pretrain_dataset(cfg, corpus_dir: str, *, consumed: Position | None = None,
     # they are made: no second operator, no raw bytes through the object store, and the split hands workers
     # small pieces of the same epoch, not an epoch each
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        shard_views, fn_kwargs={"read": read, "views": views}, batch_size=1, batch_format="numpy")
+        shard_views, fn_kwargs={"read": read, "views": views}, batch_size=1, batch_format="numpy",
+        num_cpus=cfg.data.task_cpus)  # what train's placement check counts
     dataset.context.target_max_block_size = BLOCK_ROWS * row_bytes(layout, h, c, text)
     return dataset
 
@@ -304,11 +305,11 @@ def ingest_options(cfg, corpus_dir: str) -> ray.data.ExecutionOptions:
 
 
 def labelled_views(images: np.ndarray, labels: np.ndarray, samples: np.ndarray, view_ids: np.ndarray,
-                   spec: ViewSpec, seed: int, block_rows: int) -> ray.data.Dataset:
+                   spec: ViewSpec, seed: int, block_rows: int, task_cpus: float = 1.0) -> ray.data.Dataset:
     """Evaluation's labelled stream (fine-tuning on Ray Train workers; pretraining never builds it): row i is one
     view of images[samples[i]] (views.labelled_view, view id view_ids[i]; token ids as they are) and its label, in
     that order, made by Ray Data tasks `block_rows` rows at a time from one copy of the arrays in the object store:
-    {"view_0": uint8 (C, S, S) or "tokens": int64 (L,), "label": int64}."""
+    {"view_0": uint8 (C, S, S) or "tokens": int64 (L,), "label": int64}. Each task reserves `task_cpus` CPUs."""
     arrays = ray.put({"images": images, "labels": np.asarray(labels, np.int64), "samples": samples,
                       "views": view_ids})
 
@@ -320,7 +321,8 @@ def labelled_views(images: np.ndarray, labels: np.ndarray, samples: np.ndarray, 
                 "label": got["labels"][take]}
 
     blocks = max(1, math.ceil(len(samples) / block_rows))
-    return ray.data.range(len(samples), override_num_blocks=blocks).map_batches(make, batch_size=block_rows)
+    return ray.data.range(len(samples), override_num_blocks=blocks).map_batches(make, batch_size=block_rows,
+                                                                              num_cpus=task_cpus)
 
 
 def in_order() -> ray.data.ExecutionOptions:

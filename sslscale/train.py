@@ -39,7 +39,7 @@ from sslscale.position import Position
 from sslscale.probe import probe_images
 from sslscale.progress import Progress
 from sslscale.timeline import IMPORTED_AT, Marks
-from sslscale.runtime import cluster_resources, placement_problem
+from sslscale.runtime import Need, cluster_resources, placement
 
 
 def _batches(shard, cfg: Config, rank: int):
@@ -296,17 +296,33 @@ def uses_gpu(cfg: Config) -> bool:
     return cfg.train.use_gpu == "true" or (cfg.train.use_gpu == "auto" and cluster_resources().get("GPU", 0) > 0)
 
 
+def worker_bundle(cfg: Config, use_gpu: bool) -> dict[str, float]:
+    """What one Ray Train worker of cfg.train's size asks for."""
+    return {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1.0} if use_gpu else {}),
+            **resources(cfg.train.worker_resources)}
+
+
+def worker_needs(cfg: Config, workers: int, use_gpu: bool) -> list[Need]:
+    """`workers` Ray Train workers and the one Ray Data task that feeds them, which must all run at once: the
+    stream's task needs CPUs that no worker holds."""
+    return [(worker_bundle(cfg, use_gpu), workers), ({"CPU": cfg.data.task_cpus}, 1)]
+
+
 def _scaling(cfg: Config, workers: int, key: str) -> tuple[Config, ScalingConfig]:
     """(cfg with train.use_gpu decided, so the workers' engines follow the driver; Ray Train's ScalingConfig for
-    `workers` workers of cfg.train's size), or one line when they can never be placed (`key` sets their number)."""
+    `workers` workers of cfg.train's size). Checked first against the cluster (worker_needs), as Ray would wait
+    forever: one line saying what is missing and the ways out (`key` sets the workers' number). A run that fits
+    only once an autoscaler adds nodes says so and goes on."""
     use_gpu = uses_gpu(cfg)
-    bundle = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1.0} if use_gpu else {}),
-              **resources(cfg.train.worker_resources)}
-    problem = placement_problem(bundle, workers)
+    bundle = worker_bundle(cfg, use_gpu)
+    problem, wait = placement(worker_needs(cfg, workers, use_gpu))
+    what = f"{key}={workers} training workers of {bundle} each and a Ray Data task of {{'CPU': {cfg.data.task_cpus}}}"
     if problem:
-        raise SslscaleError(f"{key}={workers} workers of {bundle} each can never be placed: {problem}; lower "
-                            f"{key} or what each asks for (train.cpus_per_worker, train.worker_resources, "
-                            f"train.use_gpu), or add nodes that offer it")
+        raise SslscaleError(f"{what} can never run at once: {problem}; add a node with spare CPUs, lower {key} or "
+                            f"what each worker asks for (train.cpus_per_worker, train.worker_resources, "
+                            f"train.use_gpu), or lower data.cpus (a task takes min(1, data.cpus) CPUs)")
+    if wait:
+        print(f"{what}: {wait}; waiting for them", flush=True)
     cfg = Config.from_dict(cfg.to_dict())
     cfg.train.use_gpu = str(use_gpu).lower()
     return cfg, ScalingConfig(num_workers=workers, use_gpu=use_gpu,

@@ -29,7 +29,7 @@ from sslscale import corpus, space as spaces, storage, sweep_artifacts, sweep_re
 from sslscale.config import Config, driver_resource, score_names
 from sslscale.errors import SslscaleError
 from sslscale.health import HEALTH_KEYS
-from sslscale.runtime import cluster_resources, ensure_ray
+from sslscale.runtime import Need, capacities, cluster_resources, describe, ensure_ray, fits, placement
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter honours verbose=0; _Progress prints instead
 SIGNAL = "health/rankme"  # ASHA's default metric: label-free, cheap, reported on every health step
@@ -70,19 +70,45 @@ def default_metric(cfg: Config) -> str:
     return metrics(cfg)[0]
 
 
-def concurrency(cfg: Config, requested: int, uri: str, total_cpus: float) -> int:
-    """Trials at once: floor(cluster CPUs / (driver + workers x cpus_per_worker + data.cpus)) unless requested;
-    1 with an sqlite store (other nodes cannot reach the file, concurrent writers lock it)."""
-    if uri.startswith("sqlite:"):
-        if requested > 1:
-            raise SslscaleError(f"--max-concurrent {requested} needs an MLflow server (tracking.uri=http://...): "
-                                f"trials cannot share the sqlite store {uri}")
+MAX_CONCURRENT = 64  # trials at once on a cluster an autoscaler may grow without limit
+
+
+def _one_writer(requested: int, uri: str) -> bool:
+    """Whether the store takes one trial at a time (sqlite: other nodes cannot reach the file, concurrent writers
+    lock it); one line where more were asked for."""
+    if uri.startswith("sqlite:") and requested > 1:
+        raise SslscaleError(f"--max-concurrent {requested} needs an MLflow server (tracking.uri=http://...): "
+                            f"trials cannot share the sqlite store {uri}")
+    return uri.startswith("sqlite:")
+
+
+def trial_needs(cfg: Config, use_gpu: bool) -> list[Need]:
+    """What one trial holds at once: its driver (train.driver_resource), its training workers and their Ray Data
+    task (train.worker_needs)."""
+    from sslscale import train  # here, not at the top: it imports Ray Train and DeepSpeed
+
+    return [(driver_resource(cfg.train.driver_resource), 1), *train.worker_needs(cfg, cfg.train.workers, use_gpu)]
+
+
+def concurrency(cfg: Config, requested: int, uri: str, nodes: list, use_gpu: bool = False) -> int:
+    """Trials at once: as many as fit at the same time on `nodes` (runtime.capacities: the cluster's nodes and
+    what its autoscaler may add), each with all of trial_needs, at most `requested` when that is set; 1 with an
+    sqlite store (_one_writer). More trials than fit would start their drivers and worker groups and leave no CPU
+    for their Ray Data tasks: a sweep that waits forever."""
+    if _one_writer(requested, uri):
         return 1
-    if requested:
-        return requested
-    per_trial = (driver_resource(cfg.train.driver_resource).get("CPU", 0.0)
-                 + cfg.train.workers * cfg.train.cpus_per_worker + cfg.data.cpus)
-    return max(1, int(total_cpus // per_trial))
+    trial, most = trial_needs(cfg, use_gpu), 1
+    while most < (requested or MAX_CONCURRENT) and fits(nodes, [(b, n * (most + 1)) for b, n in trial]):
+        most += 1
+    if requested > most:
+        print(f"--max-concurrent {requested}: only {most} trial(s) of {describe_needs(trial)} fit at once on "
+              f"{describe(nodes)}; running {most} at a time", flush=True)
+    return most
+
+
+def describe_needs(needs: list[Need]) -> str:
+    """'1 x {'CPU': 0.25} + 2 x {'CPU': 1.0} + ...': what a trial holds, for a line."""
+    return " + ".join(f"{n} x {b}" for b, n in needs)
 
 
 # --- the trial ---------------------------------------------------------------------------------------------------
@@ -222,7 +248,7 @@ def _check_options(cfg: Config, samples: int, scheduler: str, search: str, metri
     for what, ok, allowed in checks:
         if not ok:
             raise SslscaleError(f"bad value for {what}: must be {allowed}")
-    concurrency(cfg, max_concurrent, tracking.resolve_uri(cfg.tracking.uri), 1)  # an sqlite store refuses > 1
+    _one_writer(max_concurrent, tracking.resolve_uri(cfg.tracking.uri))
 
 
 def _check_driver_resource(cfg: Config) -> None:
@@ -232,6 +258,22 @@ def _check_driver_resource(cfg: Config) -> None:
         raise SslscaleError(f"train.driver_resource={cfg.train.driver_resource}: no node of this Ray cluster offers "
                             f"{name!r} (it has {', '.join(sorted(k for k in offered if '_group_' not in k))}); "
                             f"use CPU:0.25 or a resource your head nodes declare")
+
+
+def _placed(cfg: Config, max_concurrent: int) -> int:
+    """How many trials run at once; one line now where even one trial can never be placed on this cluster."""
+    from sslscale.train import uses_gpu
+
+    use_gpu = uses_gpu(cfg)
+    problem, wait = placement(trial_needs(cfg, use_gpu))
+    what = f"a trial ({describe_needs(trial_needs(cfg, use_gpu))})"
+    if problem:
+        raise SslscaleError(f"{what} can never run: {problem}; add a node with spare CPUs, lower train.workers or "
+                            f"what each worker asks for (train.cpus_per_worker, train.worker_resources), or lower "
+                            f"data.cpus")
+    if wait:
+        print(f"{what}: {wait}; waiting for them", flush=True)
+    return concurrency(cfg, max_concurrent, cfg.tracking.uri, capacities(), use_gpu)
 
 
 def sweep(cfg: Config, space_items: list[str], *, samples: int = 8, scheduler: str = "asha", search: str = "random",
@@ -262,7 +304,7 @@ def sweep(cfg: Config, space_items: list[str], *, samples: int = 8, scheduler: s
              "config": cfg.to_dict()}
     ensure_ray(log_to_driver=False)
     _check_driver_resource(cfg)
-    state["max_concurrent"] = concurrency(cfg, max_concurrent, cfg.tracking.uri, cluster_resources().get("CPU", 0))
+    state["max_concurrent"] = _placed(cfg, max_concurrent)
     state["parent"] = sweep_artifacts.open_parent(cfg, state)
     storage.makedirs(folder)
     sweep_artifacts.write_state(state)

@@ -78,11 +78,13 @@ def _check_placement(nodes: RayNodes, job_id: str) -> None:
 
 @pytest.mark.long
 def test_submit_pretraining_to_a_three_node_cluster(tmp_path, data_root, monkeypatch):
-    """A job on a CPU-0 head trains on the trainer node, reads data on the CPU node, logs to the shared server."""
+    """A job on a CPU-0 head trains on the trainer node, reads data on the CPU node, logs to the shared server.
+    Before the CPU node joins, the same job can never place its Ray Data task: it fails in one line (issue 27's
+    hang: Ray Data waited forever for a CPU that the training workers held)."""
     # drivers only on the head, as on a cloud cluster; a "GPU node" (a custom resource stands for the GPUs: all its
-    # CPUs go to the two training workers) and a CPU node for Ray Data
-    nodes_spec = {"trainer": (2, '{"trainer": 2}'), "cpu": (2, "{}")}
-    with _cluster(tmp_path, data_root, monkeypatch, '{"sslscale_driver": 2}', nodes_spec) as (server, nodes, storage):
+    # CPUs go to the two training workers), and later a CPU node for Ray Data
+    nodes_spec = {"trainer": (2, '{"trainer": 2}')}
+    with _cluster(tmp_path, data_root, monkeypatch, '{"sslscale_driver": 8}', nodes_spec) as (server, nodes, storage):
         env = dict(os.environ)
         env.pop("MLFLOW_TRACKING_URI", None)
 
@@ -90,7 +92,18 @@ def test_submit_pretraining_to_a_three_node_cluster(tmp_path, data_root, monkeyp
         assert wrong.returncode == 2 and "refused the auth token" in wrong.stderr, wrong.stderr
         assert len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
 
-        done = _submit(env, "--", "pretrain", "--recipe", "debug", "train.worker_resources=trainer:1")
+        run = ["--", "pretrain", "--recipe", "debug", "train.worker_resources=trainer:1"]
+        started = time.time()
+        hang = _submit(env, *run, limit=300)  # it waited forever before: the limit stands for "never"
+        print(f"the run that can never be placed failed in {time.time() - started:.1f} s, submission included")
+        assert hang.returncode == 2, hang.stdout[-3000:] + hang.stderr[-3000:]
+        [line] = [ln for ln in hang.stdout.splitlines() if ln.startswith("sslscale: error:")]
+        assert ("train.workers=2 training workers of {'CPU': 1.0, 'trainer': 1.0} each and a Ray Data task of "
+                "{'CPU': 1.0} can never run at once: the cluster's nodes have 1 node of CPU 0, sslscale_driver 8; "
+                "1 node of CPU 2, trainer 2; add a node with spare CPUs") in line, line
+
+        nodes.add_node("cpu", num_cpus=2)
+        done = _submit(env, *run)
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
         job_id = re.search(r"submitted job (\S+)", done.stdout).group(1)
         run_id = re.search(r"run id:\s+(\w+)", done.stdout).group(1)

@@ -6,7 +6,7 @@ import pytest
 from pipelines import load_recipe, load_sweep
 from sslscale import space, sweep_report
 from sslscale.errors import SslscaleError
-from sslscale.tune import concurrency
+from sslscale.tune import MAX_CONCURRENT, concurrency
 from test_cli import one_line_error, run
 
 
@@ -93,17 +93,25 @@ def test_retrain_command_runs_the_winner_at_the_recipes_length():
     assert space.typed({"model.widths": "8,16", "optim.lr": "2e-3"}) == {"model.widths": "8,16", "optim.lr": 0.002}
 
 
-def test_concurrency_never_oversubscribes():
-    cfg = load_recipe("simclr_fmnist")  # driver 0.25 + 2 workers x 1 CPU + data 1 = 3.25 CPUs a trial
-    assert concurrency(cfg, 0, "sqlite:////x/mlruns.db", 64) == 1  # one sqlite writer
-    assert concurrency(cfg, 0, "http://mlflow:5000", 4) == 1  # this machine: 2 cores + 2 logical
-    assert concurrency(cfg, 0, "http://mlflow:5000", 13) == 4
-    assert concurrency(cfg, 0, "http://mlflow:5000", 2) == 1  # at least one, which Ray queues until it fits
-    assert concurrency(cfg, 3, "http://mlflow:5000", 4) == 3  # asked for
+def test_concurrency_is_as_many_whole_trials_as_fit_at_once(capsys):
+    """Each trial holds its driver, its training workers and its Ray Data task at the same time."""
+    cfg = load_recipe("simclr_fmnist")  # driver 0.25 + 2 workers x 1 CPU + a data task of 1 = 3.25 CPUs a trial
+    node = lambda cpus, **more: [({"CPU": cpus, **more}, 1)]  # noqa: E731
+    assert concurrency(cfg, 0, "sqlite:////x/mlruns.db", node(64)) == 1  # one sqlite writer
+    assert concurrency(cfg, 0, "http://mlflow:5000", node(4)) == 1  # this machine: 2 cores + 2 logical
+    assert concurrency(cfg, 0, "http://mlflow:5000", node(13)) == 4
+    assert concurrency(cfg, 0, "http://mlflow:5000", [({"CPU": 3}, 4)]) == 3  # a trial's bundles span nodes
+    assert concurrency(cfg, 3, "http://mlflow:5000", node(13)) == 3  # asked for
+    assert concurrency(cfg, 5, "http://mlflow:5000", node(8)) == 2  # asked for more than fit: capped, said
+    assert "--max-concurrent 5: only 2 trial(s) of 1 x {'CPU': 0.25} + 2 x {'CPU': 1.0} + 1 x {'CPU': 1.0} fit at " \
+           "once on 1 node of CPU 8; running 2 at a time" in capsys.readouterr().out
+    assert concurrency(cfg, 0, "http://mlflow:5000", [({"CPU": 4}, math.inf)]) == MAX_CONCURRENT  # autoscaled
+    gpu_node = [({"CPU": 8, "GPU": 4}, 2)]  # GPUs count: 2 workers of 1 GPU a trial
+    assert concurrency(cfg, 0, "http://mlflow:5000", gpu_node, use_gpu=True) == 4
     cfg.train.driver_resource = "sslscale_driver:1"  # a head node's custom resource costs no CPU
-    assert concurrency(cfg, 0, "http://mlflow:5000", 12) == 4
+    assert concurrency(cfg, 0, "http://mlflow:5000", node(0, sslscale_driver=8) + node(12)) == 4
     with pytest.raises(SslscaleError, match="needs an MLflow server"):
-        concurrency(cfg, 2, "sqlite:////x/mlruns.db", 64)
+        concurrency(cfg, 2, "sqlite:////x/mlruns.db", node(64))
 
 
 @pytest.mark.parametrize("args, words", [
