@@ -40,9 +40,9 @@ class DataConfig:
     local_min_scale: float = 0.05  # local views crop an area fraction in [local_min_scale, local_max_scale]
     local_max_scale: float = 0.3
     cpus: float = 1.0  # CPUs Ray Data may use for decoding and views
-    # object store for views made ahead of training (0: four global batches' worth: faster on these 2 cores, but it
-    # stalled a resumed run once, not yet understood, so it is not the default)
-    buffer_mb: int = 256
+    # object store for views made ahead of training, MiB (0: four global batches' worth), on top of what Ray's
+    # split across workers holds (stream.ingest_options)
+    buffer_mb: int = 0
     shuffle_buffer: int = 2048  # rows in each worker's local shuffle buffer (0: off)
     on_error: str = _choice("fail", "fail", "skip")
     deterministic: bool = False  # keep Ray Data's order: the same seed and world size give the same batches

@@ -282,25 +282,37 @@ def quiet() -> None:
 RUN_AHEAD_BATCHES = 4  # data.buffer_mb=0: the views of this many global batches made ahead of training
 
 
+def split_rows(cfg) -> int:
+    """Rows of the object-store budget that the split across train.workers (Ray Train's streaming_split) and its
+    consumers hold whatever the run-ahead, measured rather than derived (tests/test_run_ahead.py): per worker, its
+    local shuffle buffer (data.shuffle_buffer), what its iterator prefetches (a micro-batch, at least a block) and
+    two blocks in the split's queues; plus the block each running Ray Data task is making. With less, two workers
+    in lockstep (each step's collectives) over blocks of uneven sizes (a shard's last block, a resumed run's
+    partial shards) stalled for good: with micro-batches of 64 and shuffle buffers of 256, a budget of four
+    batches (1,024 rows) stopped them at step 13 of 200; with micro-batches of 128 and shuffle buffers of 2,048,
+    4,608 rows stopped them at step 91 and 5,632 (this sum) ran through. Without shuffle buffers 1,024 rows did.
+    That is how a resumed run with the four-batch run-ahead once stalled."""
+    per_worker = cfg.data.shuffle_buffer + max(BLOCK_ROWS, cfg.micro_batch()) + 2 * BLOCK_ROWS
+    return cfg.train.workers * per_worker + math.ceil(cfg.data.cpus) * BLOCK_ROWS
+
+
 def ingest_options(cfg, corpus_dir: str) -> ray.data.ExecutionOptions:
     """Bound what the view pipeline may use, so it runs just ahead of training instead of competing with it
-    for the same cores: `data.cpus` CPUs and `data.buffer_mb` of object store for views not yet consumed (0:
-    RUN_AHEAD_BATCHES global batches of the method's views). A big run-ahead costs training time while it fills
-    (the default 256 MB, ~160k views at 28 px, kept the stream working flat out through the first ~600 steps:
-    -20% samples/s on 2 shared cores) and leaves its last views unused; 0 is not the default because a resumed run
-    once stalled with it (docs/benchmarks.md).
+    for the same cores: `data.cpus` CPUs and an object-store budget of `data.buffer_mb` for views not yet
+    consumed (0, the default: RUN_AHEAD_BATCHES global batches of the method's views), never less than the
+    split needs to make progress (split_rows). A big run-ahead costs training time while it fills (256 MB, ~160k
+    views at 28 px, kept the stream working flat out through the first ~600 steps: -20% samples/s on 2 shared
+    cores) and leaves its last views unused; a fast consumer (a GPU) may want more.
     Order is preserved only with data.deterministic: then every block reaches the same worker in the same order
     on every run (Ray's split gives each block to the worker with the fewest rows so far), which makes a run
     repeatable; otherwise blocks in flight together may arrive out of order, which the per-epoch consumed ids
     account for. (With preserve_order, a union of per-epoch pipelines once stalled the split coordinator.)"""
-    buffer = cfg.data.buffer_mb * 2**20
-    if not buffer:
-        from sslscale.methods import view_layout  # here, not at the top: Ray Data's tasks import this module
+    from sslscale.methods import view_layout  # here, not at the top: Ray Data's tasks import this module
 
-        h, c, text = data_spec(corpus.load_manifest(corpus_dir))
-        rows = RUN_AHEAD_BATCHES * max(cfg.data.batch_size, BLOCK_ROWS)
-        buffer = rows * row_bytes(view_layout(cfg, h), h, c, text)
-    limits = ray.data.ExecutionResources(cpu=cfg.data.cpus, object_store_memory=buffer)
+    h, c, text = data_spec(corpus.load_manifest(corpus_dir))
+    one_row = row_bytes(view_layout(cfg, h), h, c, text)
+    run_ahead = cfg.data.buffer_mb * 2**20 or RUN_AHEAD_BATCHES * max(cfg.data.batch_size, BLOCK_ROWS) * one_row
+    limits = ray.data.ExecutionResources(cpu=cfg.data.cpus, object_store_memory=run_ahead + split_rows(cfg) * one_row)
     return ray.data.ExecutionOptions(resource_limits=limits, preserve_order=cfg.data.deterministic)
 
 
