@@ -33,6 +33,10 @@ DS_TAG = "ds"
 STREAM_FIELDS = ("id", "epoch")  # what the stream adds to every row for positions (position.py), never moved
 # The only non-tensor types DeepSpeed's checkpoint files hold (ZeRO optimizer state); nothing else is unpickled.
 SAFE_GLOBALS = [LossScaler, ZeroStageEnum, fragment_address]
+# DeepSpeed's CPU backend JIT-builds a shared-memory all-reduce op when it starts (~40 s the first time on a fresh
+# machine, every fresh clone's first run) that only its inference tensor parallelism calls (inference_all_reduce);
+# training's collectives go through torch.distributed. Marked incompatible, it is never built.
+deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def weights_only_loads(checkpoint_engine) -> None:
