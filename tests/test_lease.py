@@ -34,6 +34,17 @@ def holder(tmp_path):
     proc.wait()
 
 
+def _until(condition, limit: float = 30) -> bool:
+    """Whether `condition()` came true within `limit` seconds (polled): what a test waits for, however slow the
+    machine is that day."""
+    deadline = time.time() + limit
+    while not condition():
+        if time.time() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def _exits(proc: subprocess.Popen, limit: float = 20) -> tuple[int, str]:
     _, err = proc.communicate(timeout=limit)
     return proc.returncode, err
@@ -45,8 +56,7 @@ def test_a_lease_is_taken_refreshed_and_released(tmp_path, monkeypatch):
     held = lease.acquire(str(tmp_path), "r")
     first = lease.read(str(tmp_path))
     assert (first["host"], first["pid"]) == (socket.gethostname(), os.getpid())
-    time.sleep(0.5)
-    assert lease.read(str(tmp_path))["heartbeat"] > first["heartbeat"] and not held.lost
+    assert _until(lambda: lease.read(str(tmp_path))["heartbeat"] > first["heartbeat"]) and not held.lost
     held.release()
     assert lease.read(str(tmp_path)) is None
 
@@ -127,5 +137,4 @@ def test_workers_stop_silently_on_release_and_loudly_on_takeover(tmp_path, monke
     os.replace(tmp_path / "taker.json", tmp_path / lease.FILE)  # as a takeover writes it: whole
     rc, err = _exits(worker)
     assert rc == 1 and "lost the lease to" in err and "pid 4242" in err
-    time.sleep(1.5)  # the holder's next heartbeat finds it
-    assert held.lost
+    assert _until(lambda: held.lost)  # the holder's next heartbeat finds it
