@@ -1,6 +1,6 @@
 """Real end-to-end runs: Ray Train with 2 workers, DeepSpeed ZeRO-1, Ray Data, an sqlite MLflow store, real files.
 
-Slow (tens of seconds each); `make test` runs them."""
+Slow (tens of seconds each); `make test` runs them, and the runs of minutes are `long` (make test-long)."""
 import math
 import os
 
@@ -93,19 +93,35 @@ def _image_methods() -> list[str]:
     return sorted(n for n in METHODS if not view_layout(Config().override([f"method.name={n}"]), 8).get("text"))
 
 
-def test_every_method_trains_on_two_workers(debug_cfg, ray_local):
-    """Each registered image method (SimCLR has its own tests, the text methods theirs) runs real steps: 2 Ray Train
-    workers, ZeRO-1 (DINO: ZeRO-3, its teacher and its export gathered), the method's own views from Ray Data
-    (multi-crop, one view, visible patch ids)."""
+def _each_trains_on_two_workers(debug_cfg, names: list[str]) -> None:
     from sslscale import pretrain
 
     debug_cfg.train.steps, debug_cfg.train.checkpoint_every, debug_cfg.transfer.enabled = 3, 3, False
-    for name in [n for n in _image_methods() if n != "simclr"]:
+    for name in names:
         cfg = debug_cfg.override([f"method.name={name}", *METHOD_OVERRIDES.get(name, [])])
         result = pretrain(cfg)
         losses = [v for _, v in tracking.history(result.tracking_uri, result.run_id, "loss")]
         assert len(losses) == 3 and all(map(math.isfinite, losses)), name
         assert tracking.get_run(result.tracking_uri, result.run_id).data.params["method.name"] == name
+
+
+# the image methods make test trains end to end: between them every kind of input the stream makes (multi-crop;
+# one view with visible patch ids) and the engine's ZeRO-3 with an EMA teacher; the others run in make test-long
+# (each ~20 s), and their losses, views and teachers have unit tests of their own
+QUICK_METHODS = ["dino", "mae"]
+
+
+def test_dino_and_mae_train_on_two_workers(debug_cfg, ray_local):
+    """Real steps: 2 Ray Train workers, DINO under ZeRO-3 (its teacher and its export gathered) on multi-crop
+    views, MAE's ViT on one view and its visible patch ids, both made by Ray Data."""
+    _each_trains_on_two_workers(debug_cfg, QUICK_METHODS)
+
+
+@pytest.mark.long
+def test_every_other_image_method_trains_on_two_workers(debug_cfg, ray_local):
+    """Each other registered image method (SimCLR has its own tests, the text methods theirs) runs real steps: 2
+    Ray Train workers, ZeRO-1, the method's own views from Ray Data."""
+    _each_trains_on_two_workers(debug_cfg, [n for n in _image_methods() if n not in ["simclr", *QUICK_METHODS]])
 
 
 TEXT = ["data.corpus=pydocs", "model.encoder=text", "model.dim=16", "model.vit_depth=1", "model.heads=2",

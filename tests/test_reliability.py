@@ -1,7 +1,7 @@
 """Faults injected into real runs (Ray Train, 2 workers, DeepSpeed, Ray Data, an sqlite MLflow store, real files).
 
-Each test proves one guarantee of docs/reliability.md; slow (tens of seconds each): `make test` runs the worker kill
-and the NaN steps, `make test-long` (which CI runs too) the bad data, MLflow outage and determinism runs."""
+Each test proves one guarantee of docs/reliability.md; slow (tens of seconds each): `make test` runs the NaN steps, `make test-long`
+(which CI runs too) the worker kill (~90 s), the bad data, MLflow outage and determinism runs."""
 import glob
 import json
 import os
@@ -66,6 +66,7 @@ def _kill_a_worker_after_first_checkpoint(runs: str, killed: dict, limit: float 
         time.sleep(0.2)
 
 
+@pytest.mark.long
 def test_killed_worker_is_retried_from_the_checkpoint_in_the_same_run(debug_cfg, ray_local, data_root, capsys,
                                                                      record, monkeypatch):
     from sslscale import pretrain
