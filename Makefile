@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # a crash in native code (Ray, torch, gloo) prints every thread's Python stack instead of a bare "Segmentation fault"
 export PYTHONFAULTHANDLER := 1
 
-.PHONY: install demo sweep test test-long test-fast fmnist pydocs benchmark reliability ui clean
+.PHONY: install demo sweep test test-long test-fast fmnist pydocs benchmark benchmark-quick reliability ui clean
 
 $(BIN)/sslscale: pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -70,9 +70,15 @@ test-long: install pydocs browser postgres
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
-# Every benchmark side by side (about 15 minutes on 2 cores) -> docs/benchmarks.md and docs/benchmarks.json
+# Every benchmark side by side, each line the median (min-max) of 3 to 5 repeats (about 25 minutes on 2 cores)
+# -> docs/benchmarks.md and docs/benchmarks.json, both from this one run. A partial run
+# (benchmarks/report.py --only ingest,engine) writes benchmarks/out/partial-*.md and .json, never docs/.
 benchmark: install data/fmnist/manifest.json data/clipart/manifest.json
 	$(BIN)/python benchmarks/report.py
+
+# Every benchmark but the training one at a tiny size (about a minute) -> benchmarks/out/quick.md and quick.json
+benchmark-quick: install
+	$(BIN)/python benchmarks/report.py --quick
 
 # Runs the fault-injection tests and rewrites docs/reliability.md's table from what they measured.
 RELIABILITY_TESTS := tests/test_reliability.py tests/test_engine.py tests/test_resume.py

@@ -4,9 +4,13 @@ gradient clipping, contiguous weights on both sides (the engine's memory format)
 sslscale.engine.Engine.train_step at ZeRO 0, 1 and 2 (steps not logged: only the non-finite guard's flag is
 read back, as on most steps of a run).
 
+Each variant first takes --warmup untimed steps. Then each repeat times, for ZeRO 0, 1 and 2 in turn, one window of
+--steps engine steps and right after it one of --steps plain steps, so that each line pairs every engine window with
+the plain window beside it.
+
     python benchmarks/engine.py [--steps 15] [--warmup 5] [--repeats 5] [--out FILE] [overrides ...]
 
-steps/s are medians of `repeats` timed windows of --steps steps each, after --warmup untimed steps. Not a test.
+Lines: steps/s, median (min-max) of the repeats, and of the per-repeat ratios (common.line). Not a test.
 """
 from __future__ import annotations
 
@@ -18,12 +22,14 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import line, median, show, write  # noqa: E402
+from common import interleave, line, show, write  # noqa: E402
 
 from pipelines import load_recipe  # noqa: E402
 from sslscale.config import Config  # noqa: E402
 from sslscale.methods import build_method  # noqa: E402
 from sslscale.optim import param_groups  # noqa: E402
+
+ZERO = (0, 1, 2)
 
 
 def _batch(cfg: Config) -> dict:
@@ -66,21 +72,17 @@ def _window(step, steps: int) -> float:
 
 
 def measure(cfg: Config, steps: int, warmup: int, repeats: int) -> list[dict]:
-    """Windows taken in turns (plain, ZeRO-0, 1, 2, plain, ...), so a slow spell of the machine hits all alike."""
     torch.set_num_threads(1)
     cfg = cfg.override(["train.workers=1", f"train.steps={warmup + steps * repeats}", "data.batch_size=128"])
-    variants = {"plain": _plain_step(cfg), **{z: _engine_step(cfg.override([f"engine.zero_stage={z}"]))
-                                              for z in (0, 1, 2)}}
-    for step in variants.values():
+    plain = _plain_step(cfg)
+    engines = [_engine_step(cfg.override([f"engine.zero_stage={z}"])) for z in ZERO]
+    for step in (plain, *engines):
         _window(step, warmup)
-    windows = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, step in variants.items():
-            windows[name].append(_window(step, steps))
-    plain = median(windows["plain"])
+    # per repeat: ZeRO-0, plain, ZeRO-1, plain, ZeRO-2, plain
+    windows = interleave(repeats, *[lambda s=s: _window(s, steps) for e in engines for s in (e, plain)])
     return [line("engine", f"DeepSpeed engine ZeRO-{z} vs plain torch AdamW step, 1 process, batch 128",
-                 median(windows[z]), plain, "steps/s", "contiguous weights both; engine step includes the non-finite "
-                 "guard") for z in (0, 1, 2)]
+                 windows[2 * i], windows[2 * i + 1], "steps/s",
+                 "contiguous weights both; engine step includes the non-finite guard") for i, z in enumerate(ZERO)]
 
 
 def main() -> None:
@@ -93,7 +95,7 @@ def main() -> None:
     args = p.parse_args()
     lines = measure(load_recipe("simclr_fmnist").override(args.overrides), args.steps, args.warmup, args.repeats)
     show(lines)
-    write(args.out, lines)
+    write(args.out, lines, repeats=args.repeats, steps=args.steps)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,19 @@
 """Ingest rate, side by side in one run on the same cores: the Ray Data path (one task per shard reads it,
-checks its sha256, decodes and makes the method's views with views.batch_views) against webdataset + torch
-DataLoader doing the same work with the same view code (decode, then batch_views on blocks of the same size), at
-equal CPU budget: data.cpus=N against DataLoader(num_workers=N), for N = 1 and 2. Both consume torch batches in
-the main process. The plain path does not check sha256 (webdataset has no such check): ours does more work.
+checks its sha256, decodes and makes the method's views with views.batch_views; the default config otherwise)
+against webdataset + torch DataLoader doing the same work with the same view code (decode, then batch_views on
+blocks of the same size), at equal CPU budget: data.cpus=N against DataLoader(num_workers=N), for N = 1 and 2.
+Both consume torch batches in the main process. The plain path does not check sha256 (webdataset has no such
+check): ours does more work.
+
+Each repeat times one window of --samples samples from a fresh Ray Data stream, then one from a fresh DataLoader,
+each after a warm-up batch and closed after its window (common.window), so that neither side's work runs into the
+other's window; one untimed repeat comes first at each CPU budget. The Ray side's train.steps makes a stream of
+twice the warm-up batch and the window. One local Ray instance stays up throughout: it idles (~0.07 CPU here)
+beside the DataLoader's windows.
 
     python benchmarks/ingest.py [--corpus fmnist] [--samples 20000] [--repeats 3] [--cpus 1,2] [--out FILE] [overrides]
 
-samples/s are medians over `repeats` windows of samples/repeats each, after a warm-up batch. Not a test.
+Lines: samples/s, median (min-max) of the repeats, and of the per-repeat ratios (common.line). Not a test.
 """
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ import torch
 import webdataset as wds
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import line, median, rates, show, write  # noqa: E402
+from common import interleave, line, show, window, write  # noqa: E402
 
 from sslscale import corpus, stream  # noqa: E402
 from sslscale.config import Config  # noqa: E402
@@ -45,38 +52,45 @@ def plain_batches(corpus_dir: str, cfg: Config, workers: int):
     ds = wds.WebDataset(corpus.shard_paths(manifest, corpus_dir, cfg.data.split), shardshuffle=False,
                         nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker, empty_check=False)
     ds = ds.repeat().batched(stream.BLOCK_ROWS, collation_fn=BlockViews(cfg, manifest["fields"]["image"]["shape"][0]))
-    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=True)
-    return iter(loader)
+    # a generator, so that closing it ends the loader's worker processes
+    yield from torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=True)
 
 
 def ray_batches(corpus_dir: str, cfg: Config):
     ds = stream.pretrain_dataset(cfg, corpus_dir)
     ds.context.execution_options = stream.ingest_options(cfg, corpus_dir)
-    return iter(ds.iter_torch_batches(batch_size=stream.BLOCK_ROWS))
+    yield from ds.iter_torch_batches(batch_size=stream.BLOCK_ROWS)
+
+
+def _rows(batch: dict) -> int:
+    return len(batch["id"])
 
 
 def measure(corpus_name: str, samples: int, repeats: int, overrides: list[str], cpus_list=(1, 2)) -> list[dict]:
     corpus_dir = corpus.resolve(corpus_name)
     out = []
-    for cpus in cpus_list:
-        cfg = Config().override(["train.steps=100000", f"data.cpus={cpus}", *overrides])
-        plain = rates(plain_batches(corpus_dir, cfg, cpus), lambda b: len(b["id"]), samples, repeats)
-        ensure_ray()
-        stream.quiet()
-        try:
-            ours = rates(ray_batches(corpus_dir, cfg), lambda b: len(b["id"]), samples, repeats)
-        finally:
-            shutdown()
-        out.append(line("ingest", f"{corpus_name}: read, sha256, decode, {cfg.method.name} views; {cpus} CPU(s)",
-                        median(ours), median(plain), "samples/s",
-                        f"Ray Data data.cpus={cpus} vs webdataset + DataLoader(num_workers={cpus})"))
+    ensure_ray()
+    stream.quiet()
+    try:
+        for cpus in cpus_list:
+            cfg = Config().override([f"data.cpus={cpus}", *overrides])
+            # a stream of twice the warm-up batch and the window: the plan of a longer one only delays its start
+            cfg = cfg.override([f"train.steps={-(-2 * (stream.BLOCK_ROWS + samples) // cfg.data.batch_size)}"])
+            ours, plain = (values[1:] for values in interleave(  # the first repeat only warms Ray's workers up
+                repeats + 1, lambda: window(ray_batches(corpus_dir, cfg), _rows, samples),
+                lambda: window(plain_batches(corpus_dir, cfg, cpus), _rows, samples)))
+            out.append(line("ingest", f"{corpus_name}: read, sha256, decode, {cfg.method.name} views; {cpus} CPU(s)",
+                            ours, plain, "samples/s",
+                            f"Ray Data data.cpus={cpus} vs webdataset + DataLoader(num_workers={cpus})"))
+    finally:
+        shutdown()
     return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", default="fmnist")
-    p.add_argument("--samples", type=int, default=20000)
+    p.add_argument("--samples", type=int, default=20000, help="samples per timed window")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--cpus", default="1,2", help="CPU budgets to compare at")
     p.add_argument("--out", default="benchmarks/out/ingest.json")
@@ -84,7 +98,7 @@ def main() -> None:
     args = p.parse_args()
     lines = measure(args.corpus, args.samples, args.repeats, args.overrides, [int(c) for c in args.cpus.split(",")])
     show(lines)
-    write(args.out, lines)
+    write(args.out, lines, repeats=args.repeats, samples=args.samples)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Training rate and fixed costs, side by side in one run on the same cores, the demo recipe (simclr_fmnist):
+"""Training rate and fixed costs, side by side in one run on the same cores, the demo recipe (simclr_fmnist) at
+its default settings (set: train.steps, train.log_every=5, a checkpoint every 10 steps, no transfer scoring, runs
+and MLflow's database in a temporary folder):
 
   fair          `sslscale.pretrain` (Ray Train, 2 workers x 1 thread, DeepSpeed ZeRO-1, Ray Data views, MLflow)
                 against plain torch DDP (2 spawned gloo processes x 1 thread) whose webdataset + DataLoader
@@ -13,9 +15,18 @@
                 (timeline.py): the first run on a new Ray instance with an empty DeepSpeed op cache (what a fresh
                 clone's first run pays, the op's one-time JIT build included) against later runs on that instance
 
-samples/s of the fair and upper-bound lines are medians over the intervals between logged steps after --warmup.
+One cold sslscale run starts the Ray instance and builds the op (it feeds the start-up section only). Then each of
+--repeats repeats runs, in this order, so that each pair is measured back to back:
+  ours (2 workers, tracking on); DDP fair; DDP synthetic contiguous; DDP synthetic channels_last;
+  sslscale with 1 worker; sslscale with 2 workers, tracking on; sslscale with tracking off.
+Fair and upper-bound lines pair ours with each DDP run of its repeat, scaling the 1-worker run with the 2-worker
+run after it, MLflow that run with the tracking-off run after it. The Ray instance stays up throughout: it idles
+beside the DDP runs (its daemons take ~0.07 CPU when idle here). A run's samples/s for the fair and upper-bound
+lines is the median of the intervals between logged steps after --warmup; for MLflow and scaling, its whole-run
+rate. The start-up section sets the medians of the warm 2-worker, tracking-on runs beside the cold run. Each line:
+median (min-max) of the repeats and of the per-repeat ratios (common.line).
 
-    python benchmarks/train_throughput.py [--steps 50] [--warmup 10] [--out FILE] [overrides ...]
+    python benchmarks/train_throughput.py [--steps 50] [--warmup 10] [--repeats 3] [--out FILE] [overrides ...]
 
 Run from the repo root (the fmnist corpus is prepared under ./data on first use). Not a test.
 """
@@ -34,7 +45,7 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import line, median, show, write  # noqa: E402
+from common import interleave, line, median, show, write  # noqa: E402
 from ingest import BlockViews  # noqa: E402
 
 from pipelines import load_recipe  # noqa: E402
@@ -44,20 +55,20 @@ from sslscale.methods import build_method  # noqa: E402
 from sslscale.optim import param_groups  # noqa: E402
 
 WORLD = 2
+DDP = ("fair", "contiguous", "channels_last")
 
 
 def run_sslscale(cfg: Config, tmp: str, *extra: str):
     from sslscale.pretraining import pretrain
 
-    # data.buffer_mb=0: a run-ahead of four batches, as these figures were measured (docs/benchmarks.md); the
-    # default 256 MB keeps the stream working flat out for the first ~600 steps here (~-20% samples/s)
-    cfg = cfg.override(["transfer.enabled=false", "train.checkpoint_every=10", "data.buffer_mb=0",
+    cfg = cfg.override(["transfer.enabled=false", "train.checkpoint_every=10",
                         f"tracking.uri=sqlite:///{tmp}/bench.db", f"train.storage={tmp}/runs", *extra])
     return pretrain(cfg)
 
 
-def logged_rates(result, warmup: int) -> list[float]:
-    return [v for s, v in tracking.history(result.tracking_uri, result.run_id, "samples_per_s") if s > warmup]
+def logged_rate(result, warmup: int) -> float:
+    """The median samples/s of the intervals between logged steps after `warmup`."""
+    return median([v for s, v in tracking.history(result.tracking_uri, result.run_id, "samples_per_s") if s > warmup])
 
 
 def whole_run_rate(result, cfg: Config) -> float:
@@ -136,17 +147,15 @@ def ddp_rates(cfg: Config, variant: str, steps: int, warmup: int, tmp: str) -> l
 
 
 def _startup_lines(cold, warm: list) -> list[dict]:
-    """One line per phase: a warm Ray instance (ours) and the first run (the baseline column); no ratio, since
-    neither is an alternative to sslscale."""
-    out = []
-    for key in [k for k in cold.timings if k.endswith("_s")]:  # timeline order
-        x = line("start-up", key.removesuffix("_s"), median([w.timings.get(key, 0) for w in warm]), cold.timings[key],
-                 "s", "later run on the same Ray instance vs the first: new Ray instance, empty DeepSpeed op cache")
-        out.append({**x, "ratio": None})
-    return out
+    """One line per phase: warm runs on the Ray instance (ours) and the first run (the baseline column); no ratio,
+    since neither is an alternative to sslscale."""
+    return [line("start-up", key.removesuffix("_s"), [w.timings.get(key, 0) for w in warm], [cold.timings[key]], "s",
+                 "later runs on the same Ray instance vs the first: new Ray instance, empty DeepSpeed op cache",
+                 paired=False)
+            for key in [k for k in cold.timings if k.endswith("_s")]]  # timeline order
 
 
-def measure(cfg: Config, steps: int, warmup: int) -> list[dict]:
+def measure(cfg: Config, steps: int, warmup: int, repeats: int) -> list[dict]:
     from sslscale.runtime import shutdown
 
     cfg = cfg.override([f"train.steps={steps}", "train.log_every=5"])
@@ -154,37 +163,40 @@ def measure(cfg: Config, steps: int, warmup: int) -> list[dict]:
         os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join(tmp, "torch_extensions")  # the op's first-time build
         try:
             cold = run_sslscale(cfg, tmp)
-            warm = [run_sslscale(cfg, tmp) for _ in range(2)]  # the same Ray instance and op cache, now built
-            off = run_sslscale(cfg, tmp, "tracking.enabled=false")
-            one = run_sslscale(cfg, tmp, "train.workers=1")
+            ours, fair, contiguous, channels_last, one, on, off = interleave(
+                repeats, lambda: run_sslscale(cfg, tmp),
+                *[lambda v=v: median(ddp_rates(cfg, v, steps, warmup, tmp)) for v in DDP],
+                lambda: run_sslscale(cfg, tmp, "train.workers=1"), lambda: run_sslscale(cfg, tmp),
+                lambda: run_sslscale(cfg, tmp, "tracking.enabled=false"))
         finally:
             shutdown()
-        ours = median(logged_rates(warm[0], warmup) + logged_rates(warm[1], warmup))
-        on, off, one = (median([whole_run_rate(r, cfg) for r in runs]) for runs in (warm, [off], [one]))
-        ddp = {v: median(ddp_rates(cfg, v, steps, warmup, tmp)) for v in ("fair", "contiguous", "channels_last")}
-    return [line("training", "fair: same views from the same shards, contiguous weights", ours, ddp["fair"],
+        rate = [logged_rate(r, warmup) for r in ours]
+        whole = {k: [whole_run_rate(r, cfg) for r in runs] for k, runs in (("one", one), ("on", on), ("off", off))}
+    return [line("training", "fair: same views from the same shards, contiguous weights", rate, fair,
                  "samples/s", "sslscale pretrain (Ray Train + ZeRO-1 + Ray Data) vs torch DDP + DataLoader"),
-            line("training", "upper bound: DDP on synthetic views, contiguous weights", ours, ddp["contiguous"],
+            line("training", "upper bound: DDP on synthetic views, contiguous weights", rate, contiguous,
                  "samples/s", "no data work on the DDP side"),
-            line("training", "upper bound: DDP on synthetic views, channels_last weights", ours,
-                 ddp["channels_last"], "samples/s", "what ZeRO's flat parameter buffers cost on top"),
-            line("MLflow", "tracking on (ours) vs tracking.enabled=false (baseline)", on, off, "samples/s",
-                 "whole run (end of step 1 to the last step), a checkpoint and an MLflow send every 10 steps"),
-            line("scaling", "2 workers (ours) vs 1 worker (baseline), 1 thread each, 2 cores", on, one,
-                 "samples/s", "ideal ratio 2.0 where data work and Ray need no core of their own"),
-            *_startup_lines(cold, warm)]
+            line("training", "upper bound: DDP on synthetic views, channels_last weights", rate, channels_last,
+                 "samples/s", "what ZeRO's flat parameter buffers cost on top"),
+            line("MLflow", "tracking on (ours) vs tracking.enabled=false (baseline)", whole["on"], whole["off"],
+                 "samples/s", "whole run (end of step 1 to the last step), a checkpoint and an MLflow send every "
+                 "10 steps"),
+            line("scaling", "2 workers (ours) vs 1 worker (baseline), 1 thread each, 2 cores", whole["on"],
+                 whole["one"], "samples/s", "ideal ratio 2.0 where data work and Ray need no core of their own"),
+            *_startup_lines(cold, ours + on)]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default="benchmarks/out/train_throughput.json")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. model.widths=16,32,64")
     args = p.parse_args()
-    lines = measure(load_recipe("simclr_fmnist").override(args.overrides), args.steps, args.warmup)
+    lines = measure(load_recipe("simclr_fmnist").override(args.overrides), args.steps, args.warmup, args.repeats)
     show(lines)
-    write(args.out, lines)
+    write(args.out, lines, repeats=args.repeats, steps=args.steps, warmup=args.warmup)
 
 
 if __name__ == "__main__":
