@@ -94,12 +94,22 @@ def run(name: str, args: list[str], out: str) -> dict:
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
-    return {"date": time.strftime("%Y-%m-%d"), "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            **{p: version(p) for p in ("torch", "ray", "deepspeed", "mlflow", "numpy")}}
+    return {"date": time.strftime("%Y-%m-%d"), "commit": _commit(), "cpu": cpu, "cores": os.cpu_count(),
+            "python": platform.python_version(), **{p: version(p) for p in ("torch", "ray", "deepspeed", "mlflow", "numpy")}}
+
+
+def _commit() -> str:
+    """The git commit measured, with `+changes` when the tree differs from it ('' outside a git checkout)."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD")
+    return head + ("+changes" if head and git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def _intro(info: dict, run: dict) -> list[str]:
-    where = f"{info['cores']}-core {info['cpu']}, {run['started']}"
+    where = f"{info['cores']}-core {info['cpu']}, {run['started']}, commit {info.get('commit') or 'unknown'}"
     versions = "Versions: " + ", ".join(f"{k} {info[k]}" for k in ("python", "torch", "ray", "deepspeed", "mlflow",
                                                                     "numpy")) + "."
     if run["kind"] == "full":
