@@ -52,8 +52,11 @@ def plain_batches(corpus_dir: str, cfg: Config, workers: int):
     ds = wds.WebDataset(corpus.shard_paths(manifest, corpus_dir, cfg.data.split), shardshuffle=False,
                         nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker, empty_check=False)
     ds = ds.repeat().batched(stream.BLOCK_ROWS, collation_fn=BlockViews(cfg, manifest["fields"]["image"]["shape"][0]))
-    # a generator, so that closing it ends the loader's worker processes
-    yield from torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=True)
+    # a generator, so that closing it ends the loader's worker processes; spawned, not forked: this process runs a
+    # Ray driver (the other side's), whose gRPC threads a fork copies mid-call (a forked loader crashed it, SIGSEGV).
+    # Start-up is not measured (common.window starts after a warm-up batch)
+    yield from torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=True,
+                                           multiprocessing_context="spawn")
 
 
 def ray_batches(corpus_dir: str, cfg: Config):
