@@ -113,7 +113,8 @@ def _intro(info: dict, run: dict) -> list[str]:
     versions = "Versions: " + ", ".join(f"{k} {info[k]}" for k in ("python", "torch", "ray", "deepspeed", "mlflow",
                                                                     "numpy")) + "."
     if run["kind"] == "full":
-        return [f"# Benchmarks ({info['cores']}-core {info['cpu']}, {info['date']})", "",
+        return [f"# Benchmarks ({info['cores']}-core {info['cpu']}, {info['date']}, commit "
+                f"{info.get('commit') or 'unknown'})", "",
                 "Written by `make benchmark` (benchmarks/report.py) with [benchmarks.json](benchmarks.json) beside "
                 "it: every line of both comes from that one run, on the same cores. " + HOW + " " + versions]
     if run["kind"] == "quick":
