@@ -164,6 +164,18 @@ def placement(needs: list[Need]) -> tuple[str, str]:
     return f"{where} have {describe(nodes + more)}", ""
 
 
+def require(needs: list[Need], what: str, key: str) -> None:
+    """One line (SslscaleError) where `needs`, described as `what`, can never be placed on this cluster, with the
+    ways out (`key` sets how many training workers there are); a line where they wait for the autoscaler."""
+    problem, wait = placement(needs)
+    if problem:
+        raise SslscaleError(f"{what} can never run at once: {problem}; add a node with spare CPUs, lower {key} or "
+                            f"what each worker asks for (train.cpus_per_worker, train.worker_resources, "
+                            f"train.use_gpu), or lower data.cpus (a task takes min(1, data.cpus) CPUs)")
+    if wait:
+        print(f"{what}: {wait}; waiting for them", flush=True)
+
+
 def describe(capacities: list[tuple[dict, float]]) -> str:
     """'2 nodes of CPU 2; 1 of CPU 0, sslscale_driver 8': what a placement error shows of the cluster."""
     kinds: dict[tuple, float] = {}

@@ -39,7 +39,7 @@ from sslscale.position import Position
 from sslscale.probe import probe_images
 from sslscale.progress import Progress
 from sslscale.timeline import IMPORTED_AT, Marks
-from sslscale.runtime import Need, cluster_resources, placement
+from sslscale.runtime import Need, cluster_resources, require
 
 
 def _batches(shard, cfg: Config, rank: int):
@@ -315,14 +315,9 @@ def _scaling(cfg: Config, workers: int, key: str) -> tuple[Config, ScalingConfig
     only once an autoscaler adds nodes says so and goes on."""
     use_gpu = uses_gpu(cfg)
     bundle = worker_bundle(cfg, use_gpu)
-    problem, wait = placement(worker_needs(cfg, workers, use_gpu))
-    what = f"{key}={workers} training workers of {bundle} each and a Ray Data task of {{'CPU': {cfg.data.task_cpus}}}"
-    if problem:
-        raise SslscaleError(f"{what} can never run at once: {problem}; add a node with spare CPUs, lower {key} or "
-                            f"what each worker asks for (train.cpus_per_worker, train.worker_resources, "
-                            f"train.use_gpu), or lower data.cpus (a task takes min(1, data.cpus) CPUs)")
-    if wait:
-        print(f"{what}: {wait}; waiting for them", flush=True)
+    require(worker_needs(cfg, workers, use_gpu),
+            f"{key}={workers} training workers of {bundle} each and a Ray Data task of {{'CPU': {cfg.data.task_cpus}}}",
+            key)
     cfg = Config.from_dict(cfg.to_dict())
     cfg.train.use_gpu = str(use_gpu).lower()
     return cfg, ScalingConfig(num_workers=workers, use_gpu=use_gpu,

@@ -29,7 +29,7 @@ from sslscale import corpus, space as spaces, storage, sweep_artifacts, sweep_re
 from sslscale.config import Config, driver_resource, score_names
 from sslscale.errors import SslscaleError
 from sslscale.health import HEALTH_KEYS
-from sslscale.runtime import Need, capacities, cluster_resources, describe, ensure_ray, fits, placement
+from sslscale.runtime import Need, capacities, cluster_resources, describe, ensure_ray, fits, require
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter honours verbose=0; _Progress prints instead
 SIGNAL = "health/rankme"  # ASHA's default metric: label-free, cheap, reported on every health step
@@ -265,14 +265,8 @@ def _placed(cfg: Config, max_concurrent: int) -> int:
     from sslscale.train import uses_gpu
 
     use_gpu = uses_gpu(cfg)
-    problem, wait = placement(trial_needs(cfg, use_gpu))
-    what = f"a trial ({describe_needs(trial_needs(cfg, use_gpu))})"
-    if problem:
-        raise SslscaleError(f"{what} can never run: {problem}; add a node with spare CPUs, lower train.workers or "
-                            f"what each worker asks for (train.cpus_per_worker, train.worker_resources), or lower "
-                            f"data.cpus")
-    if wait:
-        print(f"{what}: {wait}; waiting for them", flush=True)
+    trial = trial_needs(cfg, use_gpu)
+    require(trial, f"a trial's driver, workers and data task ({describe_needs(trial)})", "train.workers")
     return concurrency(cfg, max_concurrent, cfg.tracking.uri, capacities(), use_gpu)
 
 
