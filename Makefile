@@ -59,7 +59,7 @@ demo: install data/fmnist/manifest.json
 sweep: install data/fmnist/manifest.json
 	$(BIN)/sslscale sweep --recipe simclr_fmnist_sweep
 
-# make test stays under 20 minutes on a fresh 2-core machine; the few runs of minutes each are `long` (make
+# make test stays within 12 minutes on a fresh 2-core machine (.venv included); the runs of minutes each are `long` (make
 # test-long), and CI (.ci/run) runs both.
 test: install pydocs
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not long" tests

@@ -77,8 +77,10 @@ READING = """## Where the gaps are (what measured them, what would remove them)
 - Upper bounds: channels_last weights are impossible under ZeRO-1/2 (parameters are views into DeepSpeed's flat
   buffer) and DeepSpeed's initialisation refuses them at any stage; at ZeRO-0 they could be set after it
   (not tried yet).
-- Ingest at 2 CPUs: with a short run-ahead Ray Data keeps fewer tasks going than the DataLoader's workers when
-  nothing else needs the cores; a fast consumer (a GPU) wants a larger `data.buffer_mb`.
+- Ingest at 2 CPUs: ours stays at its 1-CPU rate (~8,400 samples/s) where the DataLoader's second worker adds
+  ~80%. Neither the run-ahead budget (data.buffer_mb=256 gave the same, 2 repeats) nor the pacing of Ray Data's
+  scheduling loop (SSLSCALE_DATA_LOOP_PERIOD_S=0: the same) is the limit; what is (one task at a time, or the
+  consumer in the driver process) is not measured yet.
 - Start-up: only a worker group kept across runs would remove the worker group phase (Ray Train's controller,
   worker actors and their process group), which Ray Train does not offer."""
 
