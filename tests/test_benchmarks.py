@@ -1,4 +1,4 @@
-"""Benchmarks are not tests, but they must not rot: `make test` runs each script at a tiny size through the same
+"""Benchmarks are not tests, but they must not rot: `make test-long` runs each script at a tiny size through the same
 runner `make benchmark` uses, and checks that every line it reports is a positive number with its repeats and
 spread, and that a partial run writes files of its own. train_throughput.py (Ray Train runs, minutes) is left out;
 gpu_check.py has its own test (tests/test_gpu_check.py). How a line reads (benchmarks/common.py) is checked
@@ -30,7 +30,7 @@ def _report(out, data_root, *args: str) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
-@pytest.mark.slow
+@pytest.mark.long  # ~30 s: a Ray instance per ingest repeat, DeepSpeed engines
 def test_every_benchmark_runs_at_a_tiny_size_and_reports_positive_numbers(tmp_path, data_root):
     _report(tmp_path, data_root)
     results = json.loads((tmp_path / "quick.json").read_text())

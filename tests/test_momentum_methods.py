@@ -164,7 +164,8 @@ def _ema_worker(rank, world, stage, folder):
     return out
 
 
-@pytest.mark.parametrize("stage", [1, 2, 3])
+# ZeRO-3 (partitioned weights, the hardest case) in make test, ZeRO-1 and 2 (~10 s each) in make test-long
+@pytest.mark.parametrize("stage", [pytest.param(1, marks=pytest.mark.long), pytest.param(2, marks=pytest.mark.long), 3])
 def test_ema_teacher_under_zero_follows_the_update_rule_and_is_checkpointed(stage, tmp_path):
     results = spawn_gloo(_ema_worker, stage, str(tmp_path), world=2)
     for r in results:

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.slow
 LOCKSTEP = os.path.join(os.path.dirname(__file__), "lockstep.py")
 
 
-@pytest.mark.parametrize("micro, shuffle, steps", [(32, 256, 200), (128, 2048, 100)])
+# the demo's shape in make test; the debug recipe's (~10 s) in make test-long
+@pytest.mark.parametrize("micro, shuffle, steps", [pytest.param(32, 256, 200, marks=pytest.mark.long), (128, 2048, 100)])
 def test_two_lockstep_workers_run_through_uneven_blocks_under_the_default_budget(debug_cfg, data_root, micro,
                                                                                  shuffle, steps):
     """The debug recipe's shape (micro-batch 32, shuffle buffer 256) and the demo's (128, 2,048), each under the
