@@ -177,7 +177,7 @@ def require(needs: list[Need], what: str, key: str) -> None:
 
 
 def describe(capacities: list[tuple[dict, float]]) -> str:
-    """'2 nodes of CPU 2; 1 of CPU 0, sslscale_driver 8': what a placement error shows of the cluster."""
+    """'1 node of CPU 0, sslscale_driver 8; 2 nodes of CPU 2': what a placement error shows of the cluster."""
     kinds: dict[tuple, float] = {}
     for res, count in ((r, c) for r, c in capacities if c):
         kind = tuple(sorted({"CPU": 0, **{k: v for k, v in res.items() if not _internal(k)}}.items()))
