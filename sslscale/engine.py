@@ -11,13 +11,20 @@ from __future__ import annotations
 import os
 import pickle
 import socket
+import sys
 
 import torch
 
 if not torch.cuda.is_available():  # said rather than detected: DeepSpeed skips its "Setting accelerator to CPU" warning
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
+# DeepSpeed's autotuner imports MLflow, if it can, for its own logging (~1 s of CPU in every worker of every run);
+# we never run the autotuner, and a worker that logs imports MLflow itself (tracking.client)
+_hidden = sys.modules.setdefault("mlflow", None) is None
 import deepspeed  # noqa: E402
+
+if _hidden:
+    del sys.modules["mlflow"]
 import torch.distributed as dist  # noqa: E402
 from deepspeed.runtime.fp16.loss_scaler import LossScaler  # noqa: E402
 from deepspeed.runtime.zero.config import ZeroStageEnum  # noqa: E402

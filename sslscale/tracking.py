@@ -21,13 +21,14 @@ for _key, _value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUES
                      "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}.items():
     os.environ.setdefault(_key, _value)
 
-from mlflow.entities import Metric, Param  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 from sslscale import redact  # noqa: E402
 from sslscale.config import flatten  # noqa: E402
 from sslscale.errors import SslscaleError  # noqa: E402
 
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
 log = logging.getLogger(__name__)  # operational warnings: logging, not `warnings` (Ray workers may drop those)
 DEFAULT_URI = "sqlite:///mlruns.db"
@@ -61,7 +62,18 @@ def best_effort(fn, *args, **kwargs):
 
 
 def client(uri: str) -> MlflowClient:
+    """MLflow is imported here, on first use (~1 s of CPU): a Ray Train worker of rank > 0 or a Ray Data task that
+    imports this module never logs, and skips it."""
+    from mlflow.tracking import MlflowClient
+
     return MlflowClient(tracking_uri=uri)
+
+
+def _metrics(items) -> list:
+    """mlflow Metric entities from (key, value, timestamp ms, step) tuples."""
+    from mlflow.entities import Metric
+
+    return [Metric(k, float(v), ts, step) for k, v, ts, step in items]
 
 
 def _experiment_id(c: MlflowClient, uri: str, name: str) -> str:
@@ -135,7 +147,7 @@ def set_tags(uri: str, run_id: str, tags: dict) -> None:
 
 def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
     now = int(time.time() * 1000)
-    client(uri).log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+    client(uri).log_batch(run_id, metrics=_metrics((k, v, now, step) for k, v in metrics.items()))
 
 
 def log_artifact(uri: str, run_id: str, path: str, artifact_path: str | None = None) -> None:
@@ -156,6 +168,8 @@ def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
 
 
 def log_params(uri: str, run_id: str, params: dict) -> None:
+    from mlflow.entities import Param
+
     items = [Param(k, v[:MAX_PARAM_CHARS]) for k, v in redact.params(params).items()]
     for i in range(0, len(items), 100):
         client(uri).log_batch(run_id, params=items[i:i + 100])
@@ -239,7 +253,7 @@ class MetricBuffer:
         if not self.reachable and not self._learn_logged():  # away when this buffer started: ask first
             return False
         while ready := self._next_chunk(up_to):
-            batch = [Metric(k, float(v), ts, s) for s, m, ts in ready for k, v in m.items()]
+            batch = _metrics((k, v, ts, s) for s, m, ts in ready for k, v in m.items())
             ok, _ = self._safe(lambda: client(self.uri).log_batch(self.run_id, metrics=batch))
             if not ok:
                 return False

@@ -37,3 +37,15 @@ def test_ray_datas_scheduling_loop_is_paced_in_a_process_that_imports_the_stream
     from sslscale import stream
 
     assert stream.LOOP_PERIOD_S > 0 and getattr(streaming_executor.process_completed_tasks, "paced", False)
+
+
+def test_a_training_worker_imports_mlflow_only_when_it_logs():
+    """MLflow costs ~1 s of CPU to import; a Ray Train worker of rank > 0 never logs and pays it in every run
+    (DeepSpeed's autotuner would import it too). Once asked for, it imports as usual."""
+    import subprocess
+    import sys
+
+    code = ("import sys, sslscale.train; assert 'mlflow' not in sys.modules, 'mlflow imported'; "
+            "from sslscale import tracking; tracking.client('sqlite:///:memory:'); assert 'mlflow' in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
