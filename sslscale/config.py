@@ -439,7 +439,7 @@ def transfer_checks(tcfg) -> list[tuple[str, bool, str]]:
 
 
 def score_name(protocol: str, fraction: str) -> str:
-    """A transfer score's name under its target (DESIGN.md): `<protocol>_top1`, plus `/frac<f>` (f as written) for
+    """A transfer score's name under its target (docs/design.md): `<protocol>_top1`, plus `/frac<f>` (f as written) for
     a label fraction below 1."""
     return f"{protocol}_top1" + ("" if float(fraction) == 1 else f"/frac{fraction}")
 

@@ -1,6 +1,6 @@
 """Which sample ids a run consumed in which epoch: exact, and sized by the shards in flight, not by the samples.
 
-The stream's position is state (DESIGN.md): a resume skips exactly the (epoch, id) pairs that completed steps
+The stream's position is state (docs/design.md): a resume skips exactly the (epoch, id) pairs that completed steps
 consumed. Sample ids are 0..N-1 and every shard holds a contiguous id range (corpus.prepare), and the stream reads
 an epoch shard by shard, so an epoch's consumed ids form a few long runs. A `Position` keeps, per epoch, the sorted,
 disjoint, non-adjacent half-open ranges [lo, hi) of consumed ids (an int64 array of shape (k, 2), merged on every

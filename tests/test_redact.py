@@ -1,5 +1,5 @@
-"""Secrets never reach MLflow params, tags or printed lines (DESIGN.md's redaction rule), checked on the rule itself
-and on a real run's params, config.json and command tag in a real sqlite store."""
+"""Secrets never reach MLflow params, tags or printed lines (docs/design.md's redaction rule), checked on the rule
+itself and on a real run's params, config.json and command tag in a real sqlite store."""
 import json
 
 import mlflow

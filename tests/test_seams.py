@@ -1,4 +1,4 @@
-"""One seam per heavy dependency (DESIGN.md principle 2): each is imported by one module only."""
+"""One seam per heavy dependency (docs/design.md, principle 2): each is imported by one module only."""
 import pathlib
 import re
 
