@@ -11,7 +11,7 @@ other's window; one untimed repeat comes first at each CPU budget. The Ray side'
 twice the warm-up batch and the window. One local Ray instance stays up throughout: it idles (~0.07 CPU here)
 beside the DataLoader's windows.
 
-    python benchmarks/ingest.py [--corpus fmnist] [--samples 20000] [--repeats 3] [--cpus 1,2] [--out FILE] [overrides]
+    python benchmarks/ingest.py [--corpus fmnist] [--samples 100000] [--repeats 3] [--cpus 1,2] [--out FILE] [overrides]
 
 Lines: samples/s, median (min-max) of the repeats, and of the per-repeat ratios (common.line). Not a test.
 """
@@ -31,6 +31,7 @@ from common import interleave, line, show, window, write  # noqa: E402
 from sslscale import corpus, stream  # noqa: E402
 from sslscale.config import Config  # noqa: E402
 from sslscale.methods import view_layout  # noqa: E402
+from sslscale.modalities.image import decode_image  # noqa: E402
 from sslscale.runtime import ensure_ray, shutdown  # noqa: E402
 from sslscale.views import ViewSpec, batch_views  # noqa: E402
 
@@ -43,7 +44,7 @@ class BlockViews:
 
     def __call__(self, samples: list[dict]) -> dict:
         ids = np.array([int(s["__key__"]) for s in samples], np.int64)
-        images = np.stack([corpus.decode_image(s["image.png"]) for s in samples])
+        images = np.stack([decode_image(s["image.png"]) for s in samples])
         return {"id": ids, **batch_views(images, ids, seed=self.seed, epoch=0, spec=self.spec, **self.layout)}
 
 
@@ -93,7 +94,8 @@ def measure(corpus_name: str, samples: int, repeats: int, overrides: list[str], 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", default="fmnist")
-    p.add_argument("--samples", type=int, default=20000, help="samples per timed window")
+    p.add_argument("--samples", type=int, default=100000,
+                   help="samples per timed window: long enough that Ray Data runs all its tasks (report.py)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--cpus", default="1,2", help="CPU budgets to compare at")
     p.add_argument("--out", default="benchmarks/out/ingest.json")

@@ -32,7 +32,7 @@ from common import cells  # noqa: E402
 
 # name: (arguments for a full run, arguments for --quick or None where the quick run is left out)
 SCRIPTS = {
-    "ingest": (["--samples", "20000", "--repeats", "5"], ["--corpus", "digits", "--samples", "600", "--repeats", "2",
+    "ingest": (["--samples", "100000", "--repeats", "5"], ["--corpus", "digits", "--samples", "600", "--repeats", "2",
                                                              "--cpus", "1"]),
     "views224": (["--images", "512", "--repeats", "5"], ["--images", "8", "--corpus", "digits", "--repeats", "2"]),
     "engine": (["--repeats", "5"], ["--steps", "2", "--warmup", "1", "--repeats", "2", "model.widths=4,8",
@@ -77,10 +77,13 @@ READING = """## Where the gaps are (what measured them, what would remove them)
 - Upper bounds: channels_last weights are impossible under ZeRO-1/2 (parameters are views into DeepSpeed's flat
   buffer) and DeepSpeed's initialisation refuses them at any stage; at ZeRO-0 they could be set after it
   (not tried yet).
-- Ingest at 2 CPUs: ours stays at its 1-CPU rate (~8,400 samples/s) where the DataLoader's second worker adds
-  ~80%. Neither the run-ahead budget (data.buffer_mb=256 gave the same, 2 repeats) nor the pacing of Ray Data's
-  scheduling loop (SSLSCALE_DATA_LOOP_PERIOD_S=0: the same) is the limit; what is (one task at a time, or the
-  consumer in the driver process) is not measured yet.
+- Ingest at 2 CPUs: Ray Data starts its second task a few seconds into a stream, so a short window measures the
+  ramp, not the rate: in one clean run, the same 2-CPU stream gave ~9,000 samples/s over 20,000 samples and
+  ~12,300 over 100,000. The window is 100,000 samples on both sides (~8 s at 2 CPUs). Once both tasks run, each
+  takes ~0.65 CPU, the consuming process's iterator (iter_torch_batches: fetching blocks from the object store
+  and cutting batches) ~0.3 and the raylet ~0.1 of the same two cores (per-process CPU sampled with psutil over a
+  window); the DataLoader's workers pass batches straight to their parent. A larger run-ahead budget
+  (data.buffer_mb=256) changed neither rate.
 - Start-up: only a worker group kept across runs would remove the worker group phase (Ray Train's controller,
   worker actors and their process group), which Ray Train does not offer."""
 
