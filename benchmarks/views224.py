@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import interleave, line, show, write  # noqa: E402
 
 from sslscale import corpus  # noqa: E402
+from sslscale.modalities.image import decode_image  # noqa: E402
 from sslscale.shards import read_shard  # noqa: E402
 from sslscale.views import ViewSpec, batch_views  # noqa: E402
 
@@ -72,12 +73,12 @@ def _timed(fn) -> float:
 
 def measure(corpus_dir: str, n: int, h100_images_per_s: float, repeats: int) -> list[dict]:
     pngs = _pngs(corpus.resolve(corpus_dir), n)
-    decoded = [corpus.decode_image(p) for p in pngs]
+    decoded = [decode_image(p) for p in pngs]
     images, ids = np.stack(decoded), np.arange(len(decoded))
     rng = np.random.default_rng(0)
     pil = [Image.fromarray(im[..., 0] if im.shape[2] == 1 else im).convert("RGB") for im in decoded]
     decode_s, ours_s, plain_s = interleave(
-        repeats, lambda: _timed(lambda: [corpus.decode_image(p) for p in pngs]),
+        repeats, lambda: _timed(lambda: [decode_image(p) for p in pngs]),
         lambda: _timed(lambda: [batch_views(images[i : i + 256], ids[i : i + 256], seed=0, epoch=0, spec=SPEC)
                                 for i in range(0, len(ids), 256)]),
         lambda: _timed(lambda: [_pil_view(im, rng) for im in pil for _ in range(2)]))

@@ -11,9 +11,10 @@ a reader can check a tar shard as it streams it (shards.py). The corpus is built
 into place with the manifest written last, so an interrupted run never leaves a complete-looking OUT; the same
 input gives byte-identical shards.
 
-Reader: `load_manifest`, `shard_paths`, `verify_shards`, `decode_image` and `read_split` (a whole
-split in memory, for transfer evaluation on small labelled sets and for tests); one shard is read by
-shards.read_shard, which checks its sha256 (chunk by chunk where the manifest lists chunks) and member names.
+Reader: `load_manifest`, `shard_paths`, `verify_shards` and `read_split` (a whole
+split in memory, decoded by its declared data field (modalities), for transfer evaluation on small labelled sets
+and for tests); one shard is read by shards.read_shard, which checks its sha256 (chunk by chunk where the
+manifest lists chunks) and member names.
 """
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from sslscale import storage, text
-from sslscale.errors import SslscaleError
-from sslscale.shards import CHUNK_BYTES, Row, checks, data_member, read_shard
+from sslscale.errors import SslscaleError, reason
+from sslscale.modalities import data_field, labelled
+from sslscale.shards import CHUNK_BYTES, Row, checks, read_shard
 from sslscale.splits import folder_labels, folder_splits
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -82,7 +84,7 @@ def read_idx(path) -> np.ndarray:
         with gzip.open(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError) as e:
-        raise SslscaleError(f"cannot read IDX file {path}: {_reason(e)}; {fix}") from None
+        raise SslscaleError(f"cannot read IDX file {path}: {reason(e)}; {fix}") from None
     if len(data) < 4 or data[:3] != b"\0\0\x08" or data[3] == 0:
         raise SslscaleError(f"{path} is not an unsigned-byte IDX file (bad magic number); {fix}")
     header = 4 + 4 * data[3]
@@ -156,8 +158,7 @@ def _folder_samples(files, labels, mode, size, on_error, skipped) -> Iterator[Sa
         except Exception as e:  # PIL raises many exception types for bad files
             _bad_image(p, e, on_error, skipped)
             continue
-        arr = np.asarray(img, dtype=np.uint8)
-        yield (arr[..., None] if arr.ndim == 2 else arr), labels.get(p)
+        yield np.asarray(img, dtype=np.uint8).reshape(size, size, -1), labels.get(p)  # "L": one channel
 
 
 def _square_resize(img: Image.Image, size: int) -> Image.Image:
@@ -169,14 +170,9 @@ def _square_resize(img: Image.Image, size: int) -> Image.Image:
 
 def _bad_image(path: Path, err: Exception, on_error: str, skipped: list[str]) -> None:
     if on_error == "fail":
-        raise SslscaleError(f"cannot decode image {path}: {_reason(err)}; "
+        raise SslscaleError(f"cannot decode image {path}: {reason(err)}; "
                             "fix or remove it, or pass --on-error skip") from None
     skipped.append(str(path))
-
-
-def _reason(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def is_text(source: str) -> bool:
@@ -390,19 +386,10 @@ def load_manifest(corpus_dir) -> dict:
     try:
         manifest = json.loads(storage.read_bytes(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SslscaleError(f"{path} is not valid JSON ({_reason(e)}): {redo}") from None
+        raise SslscaleError(f"{path} is not valid JSON ({reason(e)}): {redo}") from None
     if not isinstance(manifest, dict) or manifest.get("version") != 1 or "splits" not in manifest:
         raise SslscaleError(f"{path} is not a version-1 sslscale manifest: {redo}")
     return manifest
-
-
-def image_shape(manifest: dict, where) -> list[int]:
-    """[H, W, C] of an image corpus; one line for a corpus of another kind (text: not for the image methods)."""
-    if "image" not in manifest["fields"]:
-        kinds = ", ".join(f.get("kind", name) for name, f in manifest["fields"].items())
-        raise SslscaleError(f"corpus {where} holds {kinds}, not images: the image methods and targets need an image "
-                            "corpus (text corpora: docs/text.md)")
-    return manifest["fields"]["image"]["shape"]
 
 
 def _split_entry(manifest: dict, split: str, where) -> dict:
@@ -431,53 +418,28 @@ def verify_shards(corpus_dir, split: str, hashes: bool = True) -> None:
             raise SslscaleError(f"shard {path} does not match its sha256 in manifest.json: {redo}")
 
 
-def decode_image(png_bytes: bytes) -> np.ndarray:
-    """PNG (or any PIL-readable) bytes -> uint8 array (H, W, C), C=1 for grayscale."""
-    try:
-        with Image.open(io.BytesIO(png_bytes)) as im:
-            arr = np.asarray(im if im.mode in ("L", "RGB") else im.convert("RGB"), dtype=np.uint8)
-    except Exception as e:  # PIL raises many exception types for bad data
-        raise SslscaleError(f"cannot decode image bytes: {_reason(e)}; the corpus is damaged: "
-                            "check it with verify_shards and re-run prepare") from None
-    return arr[..., None] if arr.ndim == 2 else arr
-
-
 def read_split(corpus_dir, split: str, with_labels: bool = True):
     """(ids int64[N], data, labels int64[N] or None) of SPLIT, in id order, every shard checked against its sha256
     or its chunks' (shards.read_shard); data: images uint8[N,H,W,C], or for text token ids int64[N, max_length]
     padded with 0."""
     manifest = load_manifest(corpus_dir)
-    labelled = with_labels and "label" in manifest["fields"]
-    member = data_member(manifest["fields"])
+    with_labels = with_labels and labelled(manifest)
+    member = data_field(manifest, corpus_dir).member
     rows: list[Row] = []
     for shard in _split_entry(manifest, split, corpus_dir)["shards"]:
         rows.extend(read_shard(str(Path(corpus_dir) / shard["name"]), manifest["format"], **checks(shard),
-                               labelled=labelled, member=member))
+                               labelled=with_labels, member=member))
     rows.sort(key=lambda r: r[0])
     ids = np.array([r[0] for r in rows], dtype=np.int64)
-    labels = np.array([r[2] for r in rows], dtype=np.int64) if labelled else None
+    labels = np.array([r[2] for r in rows], dtype=np.int64) if with_labels else None
     return ids, decode_rows(rows, manifest), labels
 
 
 def decode_rows(rows: list[Row], manifest: dict) -> np.ndarray:
-    """The rows' data, stacked: images uint8 (N, H, W, C), or token ids int64 (N, max_length) padded with 0."""
-    if data_member(manifest["fields"]) != "text.ids":
-        return np.stack([decode_image(r[1]) for r in rows])
-    entry = manifest["fields"]["text"]
-    return np.stack([decode_ids(r[1], entry) for r in rows]) if rows else np.zeros((0, entry["max_length"]), np.int64)
-
-
-def decode_ids(data: bytes, entry: dict) -> np.ndarray:
-    """A sample's `text.ids` bytes -> its token ids, int64 (max_length,) padded with 0; `entry` holds the text
-    field's dtype, max_length and vocab_size (the manifest's). One line when the bytes are not such ids."""
-    dtype = np.dtype(entry["dtype"]).newbyteorder("<")
-    n = len(data) // dtype.itemsize
-    ids = np.frombuffer(data, dtype) if len(data) % dtype.itemsize == 0 and 0 < n <= entry["max_length"] else None
-    if ids is None or ids.max() >= entry["vocab_size"]:
-        raise SslscaleError(f"{len(data)} bytes are not up to {entry['max_length']} {entry['dtype']} token ids below "
-                            f"{entry['vocab_size']}: the corpus is damaged: check it with verify_shards and re-run "
-                            "prepare")
-    return np.pad(ids.astype(np.int64), (0, entry["max_length"] - n))
+    """The rows' data, decoded and stacked by the corpus's data field (modalities): images uint8 (N, H, W, C),
+    token ids int64 (N, max_length) padded with 0."""
+    field = data_field(manifest)
+    return field.stack([field.decode(r[1]) for r in rows])
 
 
 def data_root() -> str:

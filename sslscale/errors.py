@@ -8,6 +8,12 @@ class SslscaleError(Exception):
     """A user-facing error: the message names the problem and how to fix it, in one line."""
 
 
+def reason(err: BaseException) -> str:
+    """An exception's first line, or its type's name when it says nothing: for a one-line message about it."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def root_cause(e: BaseException) -> tuple[str, bool]:
     """(one line for the user, whether it is our own error): our SslscaleError's message wherever Ray's wrappers
     put it (causes, contexts, Ray Train's per-worker failures), else the last line of the innermost exception."""

@@ -29,21 +29,23 @@ from sslscale.engine import Engine
 from sslscale.errors import SslscaleError
 from sslscale.methods import Method
 from sslscale.splits import stratified_pick
-from sslscale.views import ViewSpec, labelled_view
+from sslscale.modalities import Modality
 
 VIEWS = {"crop_min_scale": 0.5, "flip": 0.5, "jitter": 0.0, "jitter_prob": 0.0, "grayscale": 0.0}  # crop + flip
 EVAL_BATCH = 512
 
 
 class Classifier(Method):
-    """An encoder and a linear head trained with cross-entropy; `lr_scale(name)` gives each parameter's learning rate
-    as a multiple of optim.lr (optim.param_groups reads it)."""
+    """An encoder and a linear head trained with cross-entropy on batches of a data field's labelled views
+    (Modality.labelled); `lr_scale(name)` gives each parameter's learning rate as a multiple of optim.lr
+    (optim.param_groups reads it)."""
 
-    def __init__(self, encoder: nn.Module, classes: int, cfg, encoder_scale: float = 1.0, layer_decay: float = 1.0):
+    def __init__(self, encoder: nn.Module, classes: int, cfg, data: Modality, encoder_scale: float = 1.0,
+                 layer_decay: float = 1.0):
         super().__init__(encoder, cfg)
         self.head = nn.Linear(encoder.feature_dim, classes)
         self.encoder_scale, self.layer_decay = encoder_scale, layer_decay
-        self.field = "tokens" if hasattr(encoder, "vocab_size") else "view_0"  # views.labelled_view's field
+        self.data, self.field = data, data.labelled_field
 
     def lr_scale(self, name: str) -> float:
         if not name.startswith("encoder."):
@@ -57,8 +59,8 @@ class Classifier(Method):
         return self.encoder_scale * self.layer_decay ** (depth + 1 - layer)
 
     def inputs(self, cfg, image_size: int) -> dict[str, str]:
-        """One view per image (or a text's token ids), and its class: the instance's, as its encoder says which."""
-        return {self.field: "ids" if self.field == "tokens" else "pixels", "label": "ids"}
+        """The data field's labelled view (one view of an image, a passage's token ids), and its class."""
+        return {self.field: self.data.labelled_input, "label": "ids"}
 
     def forward(self, batch: dict, step: int = 0) -> dict:
         h = self.encoder(batch[self.field])
@@ -86,18 +88,14 @@ def _order(idx: np.ndarray, images: int, batch: int, steps: int, seed: int) -> t
     return order[:steps * batch], (epoch * images + order)[:steps * batch]
 
 
-def _spec(images: np.ndarray) -> ViewSpec:
-    return ViewSpec(size=images.shape[1], **VIEWS)
-
-
-def _batches(images: np.ndarray, labels: np.ndarray, idx: np.ndarray, batch: int, steps: int, seed: int):
-    """`steps` batches of `batch` samples of images[idx] in _order: views.labelled_view's {"view_0": uint8
-    (B, C, S, S)} (text: {"tokens": int64 (B, L)}) and "label": int64 (B,)."""
+def _batches(field: Modality, images: np.ndarray, labels: np.ndarray, idx: np.ndarray, batch: int, steps: int,
+             seed: int):
+    """`steps` batches of `batch` samples of images[idx] in _order: `field`'s labelled views (Modality.labelled:
+    {"view_0": uint8 (B, C, S, S)}, text {"tokens": int64 (B, L)}) and "label": int64 (B,)."""
     order, view_ids = _order(idx, len(images), batch, steps, seed)
-    spec = _spec(images)
     for i in range(0, len(order), batch):
         take = order[i:i + batch]
-        yield {**labelled_view(images[take], view_ids[i:i + batch], seed=seed, spec=spec),
+        yield {**field.labelled(images[take], view_ids[i:i + batch], seed=seed, views=VIEWS),
                "label": torch.as_tensor(labels[take])}
 
 
@@ -107,20 +105,19 @@ def accuracy(engine: Engine, images: np.ndarray, labels: np.ndarray) -> float:
     model, correct = engine.method, 0
     model.eval()
     for i in range(0, len(images), EVAL_BATCH):
-        chunk = np.asarray(images[i:i + EVAL_BATCH])
-        x = chunk.astype(np.int64) if model.field == "tokens" else np.ascontiguousarray(chunk.transpose(0, 3, 1, 2))
+        x = model.data.to_engine(images[i:i + EVAL_BATCH])
         predicted = model.head(model.encoder(engine.to_device({model.field: x})[model.field])).argmax(1)
         correct += int((predicted.cpu().numpy() == labels[i:i + EVAL_BATCH]).sum())
     model.train()
     return correct / len(images)
 
 
-def train(encoder: nn.Module, classes: int, seed: int, batches, base: Config, tcfg, *, lr: float,
+def train(encoder: nn.Module, classes: int, seed: int, batches, base: Config, tcfg, *, field: Modality, lr: float,
           encoder_scale: float = 1.0, layer_decay: float = 1.0) -> Engine:
-    """Train a Classifier on `encoder` (changed in place: pass a copy) over `batches` (_batches' kind)."""
+    """Train a Classifier on `encoder` (changed in place: pass a copy) over `batches` (_batches' kind) of `field`."""
     cfg = engine_config(base, tcfg, lr)
     torch.manual_seed(seed)  # the head's initial weights
-    engine = Engine(Classifier(encoder, classes, cfg, encoder_scale, layer_decay), cfg)
+    engine = Engine(Classifier(encoder, classes, cfg, field, encoder_scale, layer_decay), cfg)
     done = 0
     for batch in batches:
         engine.train_step([batch], log=False)
@@ -167,13 +164,14 @@ def top1(encoder: nn.Module | None, data: dict, idx: np.ndarray, base: Config, t
               f"{len(candidates)} candidates", flush=True)
         candidates = candidates[:1]
     job = {"encoder": encoder, "spec": spec, "classes": data["classes"], "seed": seed, "candidates": candidates,
+           "field": data["field"],
            "tcfg": tcfg, "val": (images[val_idx], labels[val_idx]),
            "test": (data["test"][0], np.asarray(data["test"][1]))}
     if tcfg.finetune_workers > 1:
         top, chosen = _on_workers(job, images, labels, fit_idx, base)
     else:
-        top, chosen = _select(job, base, lambda: _batches(images, labels, fit_idx, tcfg.finetune_batch_size,
-                                                          tcfg.finetune_steps, seed))
+        top, chosen = _select(job, base, lambda: _batches(data["field"], images, labels, fit_idx,
+                                                          tcfg.finetune_batch_size, tcfg.finetune_steps, seed))
     return top, ({**chosen, "trained_on": len(fit_idx)} if len(val_idx) else chosen)
 
 
@@ -187,7 +185,7 @@ def _select(job: dict, base: Config, batches) -> tuple[float, dict]:
             torch.manual_seed(job["seed"])
             spec = job["spec"]
             enc = copy.deepcopy(job["encoder"]) if job["encoder"] is not None else from_spec(spec)
-            engine = train(enc, job["classes"], job["seed"], batches(), base, job["tcfg"], **hp)
+            engine = train(enc, job["classes"], job["seed"], batches(), base, job["tcfg"], field=job["field"], **hp)
         score = accuracy(engine, val_x, val_y) if len(val_y) else 0.0
         if best is None or score > best[0]:
             best = (score, hp, engine)
@@ -209,7 +207,7 @@ def _on_workers(job: dict, images: np.ndarray, labels: np.ndarray, fit_idx: np.n
     ensure_ray()
     stream.quiet()
     order, view_ids = _order(fit_idx, len(images), tcfg.finetune_batch_size, tcfg.finetune_steps, job["seed"])
-    views = stream.labelled_views(images, labels, order, view_ids, _spec(images), job["seed"],
+    views = stream.labelled_views(job["field"], images, labels, order, view_ids, VIEWS, job["seed"],
                                   tcfg.finetune_batch_size // workers, base.data.task_cpus)
     got = ray_train.run_workers(_worker_loop, {"job": job}, base, workers=workers, key="transfer.finetune_workers",
                                 datasets={"train": views}, ingest=stream.in_order(), name="fine-tuning")

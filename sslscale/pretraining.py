@@ -26,6 +26,7 @@ from sslscale import checkpoint, corpus, lease, storage, stream, timeline, track
 from sslscale.config import Config, validate
 from sslscale.errors import SslscaleError, root_cause
 from sslscale.export import load_encoder
+from sslscale.modalities import KINDS, Modality, data_field
 from sslscale.runtime import ensure_ray, in_job, shutdown
 
 RUN_FILE = "run.json"
@@ -62,32 +63,25 @@ class _Signalled(KeyboardInterrupt):
         self.signum = signum
 
 
-def _input_spec(corpus_dir: str, cfg: Config) -> dict:
-    """The encoder's input from the corpus (channels and side; text: vocabulary and length), checked against the
-    method and the model before any worker starts."""
-    from sslscale.methods import view_layout
+def _data_field(corpus_dir: str, cfg: Config) -> Modality:
+    """The corpus's declared data field (modalities), checked against the method and the model before any worker
+    starts: its `encoder_input` is the encoder's input spec (channels and side, vocabulary and length)."""
+    from sslscale.encoders import ENCODERS
+    from sslscale.methods import METHODS
 
     corpus.verify_shards(corpus_dir, cfg.data.split, hashes=False)  # the stream checks each shard's sha256 as it reads
-    manifest = corpus.load_manifest(corpus_dir)
-    text = "text" in manifest["fields"]
-    if bool(view_layout(cfg, 0).get("text")) != text:
-        raise SslscaleError(f"method.name={cfg.method.name} trains on {'images' if text else 'text'} but corpus "
-                            f"{corpus_dir} holds {'text' if text else 'images'}: pick a method or a corpus of the "
-                            "other kind (text: docs/text.md)")
-    if text:
-        if cfg.model.encoder != "text":
-            raise SslscaleError(f"corpus {corpus_dir} holds text: set model.encoder=text")
-        return {k: manifest["fields"]["text"][k] for k in ("vocab_size", "max_length")}
-    if cfg.model.encoder == "text":
-        raise SslscaleError(f"model.encoder=text takes token ids but corpus {corpus_dir} holds images: pick "
-                            "resnet, resnet50 or vit")
-    h, w, c = corpus.image_shape(manifest, corpus_dir)
-    if h != w:
-        raise SslscaleError(f"corpus {corpus_dir} has {h}x{w} images; encoders take square images: re-prepare it")
-    if cfg.model.encoder == "vit" and h % cfg.model.patch_size:
-        raise SslscaleError(f"model.patch_size={cfg.model.patch_size} does not divide the corpus' {h}-pixel images; "
-                            f"pick a divisor of {h}")
-    return {"in_channels": c, "image_size": h}
+    field = data_field(corpus.load_manifest(corpus_dir), corpus_dir)
+    wanted = METHODS[cfg.method.name].modality
+    if wanted != field.kind:
+        raise SslscaleError(f"method.name={cfg.method.name} trains on {KINDS[wanted].noun} but corpus {corpus_dir} "
+                            f"holds {field.noun}: pick a method or a corpus of the other kind (text: docs/text.md)")
+    if ENCODERS[cfg.model.encoder].modality != field.kind:
+        fitting = " or ".join(name for name, cls in ENCODERS.items() if cls.modality == field.kind)
+        raise SslscaleError(f"model.encoder={cfg.model.encoder} takes "
+                            f"{KINDS[ENCODERS[cfg.model.encoder].modality].noun} but corpus {corpus_dir} holds "
+                            f"{field.noun}: set model.encoder={fitting}")
+    field.check_model(cfg.model, corpus_dir)
+    return field
 
 
 # Keys a resumed run may change: how long and how it runs, never what it learns from or how it is built.
@@ -357,10 +351,10 @@ def preflight(cfg: Config) -> tuple[str, dict]:
     encoder fails now, not after the last step). A sweep checks its base config the same way."""
     validate(cfg)
     corpus_dir = corpus.resolve(cfg.data.corpus)
-    input_spec = _input_spec(corpus_dir, cfg)
+    field = _data_field(corpus_dir, cfg)
     if cfg.transfer.enabled:
-        transfer.check_target(cfg.transfer, input_spec, corpus_dir)
-    return corpus_dir, input_spec
+        transfer.check_target(cfg.transfer, field, corpus_dir)
+    return corpus_dir, field.encoder_input()
 
 
 def pretrain(cfg: Config, *, resume: str | None = None, tags: dict | None = None, callbacks: tuple = (),

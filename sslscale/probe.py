@@ -14,7 +14,8 @@ import numpy as np
 
 from sslscale import corpus
 from sslscale.errors import SslscaleError
-from sslscale.shards import Row, checks, data_member, read_shard
+from sslscale.modalities import data_field
+from sslscale.shards import Row, checks, read_shard
 
 SALT = 0x9B0BE  # keeps the probe's random stream apart from other users of data.seed
 
@@ -29,7 +30,7 @@ def _rows(corpus_dir: str, split: str, rng: np.random.Generator, n: int) -> list
         if len(rows) >= n:
             break
         rows += read_shard(paths[i], manifest["format"], **checks(entries[i]),
-                           member=data_member(manifest["fields"]))
+                           member=data_field(manifest, corpus_dir).member)
     return sorted(rows, key=lambda r: r[0])
 
 

@@ -42,12 +42,6 @@ class _Mismatch(Exception):
     """A chunk whose bytes are not the ones prepared (caught inside this module, turned into a ShardError)."""
 
 
-def data_member(fields: dict) -> str:
-    """The member (FIELD.ENCODING) that holds a corpus's data, from its manifest's fields: image.png, text.ids."""
-    name = next(k for k in fields if k != "label")
-    return f"{name}.{fields[name].get('encoding', 'png')}"
-
-
 def checks(entry: dict) -> dict:
     """read_shard's checks for a manifest's shard entry: its sha256 and, where prepare recorded them, its chunks'."""
     return {"sha256": entry["sha256"], "chunks": entry.get("chunks", ()), "chunk_bytes": entry.get("chunk_bytes", 0)}
@@ -55,8 +49,8 @@ def checks(entry: dict) -> dict:
 
 def read_shard(path: str, fmt: str, *, sha256: str = "", chunks: Sequence[str] = (), chunk_bytes: int = 0,
                labelled: bool = False, member: str = "image.png") -> list[Row]:
-    """All rows of one shard (its `member`'s bytes: see data_member), or ShardError naming the shard when it cannot
-    be trusted or read: no rows of a shard that is bad anywhere. Checks as iter_shard's."""
+    """All rows of one shard (the bytes of its data `member`, a modalities.Modality's), or ShardError naming the
+    shard when it cannot be trusted or read: no rows of a shard that is bad anywhere. Checks as iter_shard's."""
     return list(iter_shard(path, fmt, sha256=sha256, chunks=chunks, chunk_bytes=chunk_bytes, labelled=labelled,
                            member=member))
 

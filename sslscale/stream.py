@@ -1,21 +1,20 @@
-"""Ray Data pipeline: prepared shards -> decoded images -> augmented views, on Ray Data CPU tasks.
+"""Ray Data pipeline: prepared shards -> decoded samples -> augmented views, on Ray Data CPU tasks.
 
 The run's stream is a plan of (epoch, shard) items, epochs in order and shards in a seeded order per epoch, less
 the shards a checkpoint consumed whole (manifest: a shard holds ids first_id..first_id+samples-1); a Ray Data task
 reads one item (shards.iter_shard: a tar shard streamed chunk by chunk, each chunk's sha256 checked before its
 samples are used, so a task holds about a chunk and a block, not the shard; member names checked), drops the ids a
-checkpoint already consumed in that epoch (a position.Position), decodes and builds views (views.batch_views,
-vectorised per block; for a text corpus a text method's token fields, views.text_views) with randomness fixed by
-(seed, epoch, sample id), and
-hands them out in blocks of BLOCK_ROWS as it makes them: one operator, no raw bytes through the object store. It
-runs at most `ingest_options`' budget ahead of training, and Ray Data's scheduling loop is paced so that waiting
-for training costs no CPU (_pace_scheduling). Rows
-carry `id` and `epoch`, so a worker records what its completed steps consumed and a resume continues each epoch
-with exactly the samples it has not seen. Epochs overlap only by the few items in flight at once. Ray Train
-splits the stream across workers (streaming_split, equal=True); no worker ever loads the whole corpus. Labels are
-never read here. With data.on_error=skip, a shard or image that cannot be used is left out (a shard found bad
-part-way: from the damage on) and recorded in the run's skip folder (see `skipped`); with fail, the run stops with
-one line naming it.
+checkpoint already consumed in that epoch (a position.Position), decodes and builds views (the corpus's declared
+data field, a modalities.Modality: images through views.batch_views, passages through views.text_views,
+vectorised per block) with randomness fixed by (seed, epoch, sample id), and hands them out in blocks of
+BLOCK_ROWS as it makes them: one operator, no raw bytes through the object store. It runs at most
+`ingest_options`' budget ahead of training, and Ray Data's scheduling loop is paced so that waiting for training
+costs no CPU (_pace_scheduling). Rows carry `id` and `epoch`, so a worker records what its completed steps
+consumed and a resume continues each epoch with exactly the samples it has not seen. Epochs overlap only by the
+few items in flight at once. Ray Train splits the stream across workers (streaming_split, equal=True); no worker
+ever loads the whole corpus. Labels are never read here. With data.on_error=skip, a shard or sample that cannot
+be used is left out (a shard found bad part-way: from the damage on) and recorded in the run's skip folder (see
+`skipped`); with fail, the run stops with one line naming it.
 """
 from __future__ import annotations
 
@@ -32,9 +31,9 @@ import ray.data
 
 from sslscale import corpus, storage
 from sslscale.errors import SslscaleError
+from sslscale.modalities import Modality, data_field
 from sslscale.position import Position
-from sslscale.shards import Row, ShardError, data_member, iter_shard
-from sslscale.views import ViewSpec, batch_views, labelled_view, text_views
+from sslscale.shards import Row, ShardError, iter_shard
 
 
 BLOCK_ROWS = 256  # views per block handed to a training worker
@@ -138,34 +137,18 @@ def _block(rows: list[tuple[int, bytes]], epoch: int, name: str) -> dict:
             "raw": raw, "shard": np.full(len(rows), name, dtype=object)}
 
 
-def _decode(data: bytes, channels: int) -> np.ndarray | None:
-    try:
-        img = corpus.decode_image(data)
-    except SslscaleError:
-        return None
-    return img if img.shape[2] == channels else None
-
-
-def _decode_ids(data: bytes, text: dict) -> np.ndarray | None:
-    try:
-        return corpus.decode_ids(data, text)
-    except SslscaleError:
-        return None
-
-
-def make_views(batch: dict, *, seed: int, on_error: str, skip_dir: str | None = None, layout: dict | None = None,
-               spec: ViewSpec | None = None, channels: int = 0, text: dict | None = None) -> dict:
-    """Rows of one epoch {id, epoch, raw bytes, shard} (a block of shard_views) -> {"id", "epoch", "view_0", ...}
-    with the fields views.batch_views makes for `layout` (the method's, see methods.Method.views; default two
-    views) from `channels`-channel images, or, for a text corpus (`text`: its manifest's dtype, max_length and
-    vocab_size), views.text_views' from token ids; undecodable samples are skipped (recorded) or stop the run, per
-    on_error."""
-    what = "token ids" if text else f"a {channels}-channel image"
+def make_views(batch: dict, *, seed: int, on_error: str, field: Modality, skip_dir: str | None = None,
+               layout: dict | None = None, options: dict | None = None) -> dict:
+    """Rows of one epoch {id, epoch, raw bytes, shard} (a block of shard_views) -> {"id", "epoch", "view_0", ...}:
+    the corpus's data `field` decodes each sample and makes the fields of `layout` (the method's, see
+    methods.Method.views; default two views) with its view `options` (Modality.view_options); undecodable samples
+    are skipped (recorded) or stop the run, per on_error."""
+    options = options or {}
     samples, kept, epochs = [], [], []
     for sid, epoch, raw, shard in zip(batch["id"].tolist(), batch["epoch"].tolist(), batch["raw"], batch["shard"]):
-        sample = _decode_ids(raw, text) if text else _decode(raw, channels)
+        sample = field.decoded_or_none(raw)
         if sample is None:
-            reason = f"sample {sid} in shard {shard} cannot be decoded as {what}"
+            reason = f"sample {sid} in shard {shard} cannot be decoded as {field.describe()}"
             if on_error == "fail":
                 raise SslscaleError(f"{reason}; re-prepare the corpus or set data.on_error=skip")
             _log_skip(skip_dir, "sample", str(sid), reason, epoch)
@@ -176,12 +159,8 @@ def make_views(batch: dict, *, seed: int, on_error: str, skip_dir: str | None = 
     ids, epochs = np.asarray(kept, np.int64), np.asarray(epochs, np.int64)
     layout = layout or {"n_views": 2}
     if not len(ids):  # every sample of the block was skipped: empty fields of the right shapes
-        return {"id": ids, "epoch": epochs, **{k: v[:0] for k, v in _one_row(spec, channels, layout, text).items()}}
-    if text:
-        views = text_views(np.stack(samples), ids, seed=seed, epoch=int(epochs[0]), vocab_size=text["vocab_size"],
-                           **layout)
-    else:
-        views = batch_views(np.stack(samples), ids, seed=seed, epoch=int(epochs[0]), spec=spec, **layout)
+        return {"id": ids, "epoch": epochs, **{k: v[:0] for k, v in _one_row(field, layout, options).items()}}
+    views = field.views(field.stack(samples), ids, seed=seed, epoch=int(epochs[0]), layout=layout, **options)
     return {"id": ids, "epoch": epochs, **views}
 
 
@@ -192,30 +171,16 @@ def shard_views(item: dict, *, read: dict, views: dict):
         yield make_views(rows, **views)
 
 
-def _one_row(spec: ViewSpec | None, channels: int, layout: dict, text: dict | None = None) -> dict:
-    """The fields batch_views (text_views) makes for one blank image (passage): their shapes and dtypes, from the one
-    place that knows."""
-    if text:
-        blank = np.zeros((1, text["max_length"]), np.int64)
-        return text_views(blank, np.zeros(1, np.int64), seed=0, epoch=0, vocab_size=text["vocab_size"], **layout)
-    blank = np.zeros((1, spec.size, spec.size, channels), np.uint8)
-    return batch_views(blank, np.zeros(1, np.int64), seed=0, epoch=0, spec=spec, **layout)
+def _one_row(field: Modality, layout: dict, options: dict | None = None) -> dict:
+    """The fields `field` makes for `layout` from one blank sample: their shapes and dtypes, from the one place
+    that knows."""
+    blank = field.stack([field.blank()])
+    return field.views(blank, np.zeros(1, np.int64), seed=0, epoch=0, layout=layout, **(options or {}))
 
 
-def row_bytes(layout: dict, size: int, channels: int, text: dict | None = None) -> int:
-    """Bytes of one row of the view stream (its views, local views and patch ids, or token fields, plus id and
-    epoch) for a square image side `size` (text: the passages' `text` entry)."""
-    return sum(v.nbytes for v in _one_row(ViewSpec(size=size), channels, layout, text).values()) + 16
-
-
-def data_spec(manifest: dict) -> tuple[int, int, dict | None]:
-    """(size, channels, text) of a corpus: an image's side and channels and None, or for text the passages'
-    max_length, 0 and {dtype, max_length, vocab_size} (make_views' `text`)."""
-    if data_member(manifest["fields"]) == "text.ids":
-        entry = manifest["fields"]["text"]
-        return entry["max_length"], 0, {k: entry[k] for k in ("dtype", "max_length", "vocab_size")}
-    h, _, c = manifest["fields"]["image"]["shape"]
-    return h, c, None
+def row_bytes(layout: dict, field: Modality) -> int:
+    """Bytes of one row of the view stream (the fields `field` makes for `layout`, plus id and epoch)."""
+    return sum(v.nbytes for v in _one_row(field, layout).values()) + 16
 
 
 def epochs_needed(steps: int, batch_size: int, samples: int) -> int:
@@ -244,7 +209,7 @@ def pretrain_dataset(cfg, corpus_dir: str, *, consumed: Position | None = None,
     manifest = corpus.load_manifest(corpus_dir)
     corpus.shard_paths(manifest, corpus_dir, cfg.data.split)  # one-line error for a missing split
     split = manifest["splits"][cfg.data.split]
-    h, c, text = data_spec(manifest)
+    field = data_field(manifest, corpus_dir)
     epochs = epochs_needed(cfg.train.steps, cfg.data.batch_size, split["samples"])
     if cfg.data.on_error == "skip":  # up to half the corpus may turn out bad; unread epochs cost nothing
         epochs = 2 * epochs
@@ -254,21 +219,21 @@ def pretrain_dataset(cfg, corpus_dir: str, *, consumed: Position | None = None,
         raise SslscaleError(f"the checkpoint already consumed all {epochs} epochs this run's train.steps need of "
                             f"{corpus_dir}: nothing is left to stream (raise train.steps)")
     read = dict(corpus_dir=corpus_dir, fmt=manifest["format"], consumed=consumed, on_error=cfg.data.on_error,
-                skip_dir=skip_dir, member=data_member(manifest["fields"]),
+                skip_dir=skip_dir, member=field.member,
                 chunks={s["name"]: {"chunk_bytes": s["chunk_bytes"], "chunks": s["chunks"]}
                         for s in split["shards"] if s.get("chunks")})
     from sslscale.methods import view_layout  # here, not at the top: Ray Data's tasks import this module, not torch
 
-    layout = view_layout(cfg, h)
-    views = dict(seed=cfg.data.seed, on_error=cfg.data.on_error, skip_dir=skip_dir, layout=layout,
-                 **({"text": text} if text else {"spec": ViewSpec.from_config(cfg, h), "channels": c}))
+    layout = view_layout(cfg, field.size)
+    views = dict(seed=cfg.data.seed, on_error=cfg.data.on_error, skip_dir=skip_dir, layout=layout, field=field,
+                 options=field.view_options(cfg))
     # one task per plan item reads its shard and makes its views, in blocks of BLOCK_ROWS rows handed out as
     # they are made: no second operator, no raw bytes through the object store, and the split hands workers
     # small pieces of the same epoch, not an epoch each
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         shard_views, fn_kwargs={"read": read, "views": views}, batch_size=1, batch_format="numpy",
         num_cpus=cfg.data.task_cpus)  # what train's placement check counts
-    dataset.context.target_max_block_size = BLOCK_ROWS * row_bytes(layout, h, c, text)
+    dataset.context.target_max_block_size = BLOCK_ROWS * row_bytes(layout, field)
     return dataset
 
 
@@ -309,19 +274,20 @@ def ingest_options(cfg, corpus_dir: str) -> ray.data.ExecutionOptions:
     account for. (With preserve_order, a union of per-epoch pipelines once stalled the split coordinator.)"""
     from sslscale.methods import view_layout  # here, not at the top: Ray Data's tasks import this module
 
-    h, c, text = data_spec(corpus.load_manifest(corpus_dir))
-    one_row = row_bytes(view_layout(cfg, h), h, c, text)
+    field = data_field(corpus.load_manifest(corpus_dir), corpus_dir)
+    one_row = row_bytes(view_layout(cfg, field.size), field)
     run_ahead = cfg.data.buffer_mb * 2**20 or RUN_AHEAD_BATCHES * max(cfg.data.batch_size, BLOCK_ROWS) * one_row
     limits = ray.data.ExecutionResources(cpu=cfg.data.cpus, object_store_memory=run_ahead + split_rows(cfg) * one_row)
     return ray.data.ExecutionOptions(resource_limits=limits, preserve_order=cfg.data.deterministic)
 
 
-def labelled_views(images: np.ndarray, labels: np.ndarray, samples: np.ndarray, view_ids: np.ndarray,
-                   spec: ViewSpec, seed: int, block_rows: int, task_cpus: float = 1.0) -> ray.data.Dataset:
+def labelled_views(field: Modality, images: np.ndarray, labels: np.ndarray, samples: np.ndarray,
+                   view_ids: np.ndarray, views: dict, seed: int, block_rows: int,
+                   task_cpus: float = 1.0) -> ray.data.Dataset:
     """Evaluation's labelled stream (fine-tuning on Ray Train workers; pretraining never builds it): row i is one
-    view of images[samples[i]] (views.labelled_view, view id view_ids[i]; token ids as they are) and its label, in
-    that order, made by Ray Data tasks `block_rows` rows at a time from one copy of the arrays in the object store:
-    {"view_0": uint8 (C, S, S) or "tokens": int64 (L,), "label": int64}. Each task reserves `task_cpus` CPUs."""
+    view of images[samples[i]] (`field`'s Modality.labelled, augmentation strengths `views`, view id view_ids[i])
+    and its label, in that order, made by Ray Data tasks `block_rows` rows at a time from one copy of the arrays in
+    the object store: {field.labelled_field: ..., "label": int64}. Each task reserves `task_cpus` CPUs."""
     arrays = ray.put({"images": images, "labels": np.asarray(labels, np.int64), "samples": samples,
                       "views": view_ids})
 
@@ -329,7 +295,7 @@ def labelled_views(images: np.ndarray, labels: np.ndarray, samples: np.ndarray, 
         got = ray.get(arrays)  # zero-copy views of the object store's copy
         rows = batch["id"]
         take = got["samples"][rows]
-        return {**labelled_view(got["images"][take], got["views"][rows], seed=seed, spec=spec),
+        return {**field.labelled(got["images"][take], got["views"][rows], seed=seed, views=views),
                 "label": got["labels"][take]}
 
     blocks = max(1, math.ceil(len(samples) / block_rows))

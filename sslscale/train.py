@@ -22,19 +22,19 @@ import threading
 import time
 import warnings
 
-import numpy as np
 import ray.train
 import torch
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from sslscale import dist, faults, lease, storage, tracking
+from sslscale import corpus, dist, faults, lease, storage, tracking
 from sslscale.checkpoint import read_positions
 from sslscale.config import Config, resources
 from sslscale.engine import Engine
 from sslscale.errors import SslscaleError, root_cause
 from sslscale.health import HEALTH_KEYS, health_metrics, spectrum, spectrum_metrics
 from sslscale.methods import build_method
+from sslscale.modalities import data_field
 from sslscale.position import Position
 from sslscale.probe import probe_images
 from sslscale.progress import Progress
@@ -151,14 +151,15 @@ class _Spectrum:
 
 
 def _load_probe(cfg: Config, where: dict) -> torch.Tensor | None:
-    """The probe set as uint8 (n, C, H, W) (text: token ids (n, L)), or None (said in one line) when it cannot be
-    read."""
+    """The probe set as the engine takes it (the corpus's data field's Modality.to_engine: images uint8
+    (n, C, H, W), token ids (n, L)), or None (said in one line) when it cannot be read."""
     try:
-        images = probe_images(where["corpus"], where["split"], cfg.data.seed, cfg.train.probe_samples)
+        samples = probe_images(where["corpus"], where["split"], cfg.data.seed, cfg.train.probe_samples)
+        field = data_field(corpus.load_manifest(where["corpus"]), where["corpus"])
     except Exception as e:  # noqa: BLE001 - a monitor: storage errors too must not stop the training
         print(f"the embedding spectrum is off for this run: its probe set cannot be read ({e})", flush=True)
         return None
-    return torch.from_numpy(np.ascontiguousarray(images if images.ndim == 2 else images.transpose(0, 3, 1, 2)))
+    return torch.from_numpy(field.to_engine(samples))
 
 
 @torch.no_grad()

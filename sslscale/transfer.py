@@ -4,9 +4,9 @@ A target is a prepared corpus with labels and a train and a test split; `fmnist`
 that are prepared on first use under $SSLSCALE_DATA (default ./data). Scores: kNN (k neighbours by cosine
 similarity, votes weighted by exp(sim / 0.07) as in DINO/InstDisc) and a linear probe (softmax regression on
 standardised features, L-BFGS) — both fit on the train split and scored on the whole test split. Baselines through the
-same code: a randomly initialised encoder of the same architecture, and raw pixels (a text target: TF-IDF of its
-token ids, idf from the train split, the text analogue of raw pixels). A text target holds token ids from the
-pretraining corpus's tokenizer (docs/text.md); fine-tuning reads its token ids as they are (no augmentation).
+same code: a randomly initialised encoder of the same architecture, and the no-learning baseline of the target's
+declared data field (modalities: raw pixels for images; TF-IDF of the token ids for text, idf from the train
+split). A text target holds token ids from the pretraining corpus's tokenizer (docs/text.md).
 
 Label efficiency: each protocol is also fit on stratified, seeded label fractions of the train split (`label_subset`;
 the test split stays whole). Score names: `<target>/<protocol>_top1` on the whole train split (the caller adds the
@@ -27,6 +27,7 @@ from sslscale import corpus, plots, storage
 from sslscale.config import Config, list_items, score_name, transfer_checks
 from sslscale.encoders import from_spec
 from sslscale.errors import SslscaleError
+from sslscale.modalities import KINDS, Modality, data_field, label_names, labelled
 from sslscale.splits import stratified_pick
 
 FEATURE_PROTOCOLS = ("knn", "linear")  # fit on frozen features
@@ -37,45 +38,33 @@ def _labelled(target: str) -> tuple[str, dict]:
     """(folder, manifest) of a target; one line when it has no labels or lacks a train or test split."""
     folder = corpus.resolve(target)
     manifest = corpus.load_manifest(folder)
-    if "label" not in manifest["fields"] or not {"train", "test"} <= set(manifest["splits"]):
+    if not labelled(manifest) or not {"train", "test"} <= set(manifest["splits"]):
         raise SslscaleError(f"target {folder} needs labels and a train and a test split; prepare a labelled source")
     return folder, manifest
 
 
-def check_target(tcfg, input_spec: dict, corpus_dir: str | None = None) -> None:
-    """Before training: one line when tcfg.target cannot score an encoder of input_spec (the corpus's: images'
-    "image_size" and "in_channels", or text's "vocab_size" and "max_length"): it is missing, has no labels or
-    splits, or has images of another size, or text of another tokenizer than corpus_dir's."""
+def check_target(tcfg, field: Modality, corpus_dir: str | None = None) -> None:
+    """Before training: one line when tcfg.target cannot score an encoder of the pretraining corpus's data `field`
+    (of corpus_dir): it is missing, has no labels or splits, holds another kind of data, or data the encoder
+    cannot take (images of another size, text of another tokenizer)."""
     chosen(tcfg)
     folder, manifest = _labelled(tcfg.target)
-    if "vocab_size" in input_spec:
-        return _check_text_target(tcfg, folder, manifest, corpus_dir)
-    h, w, c = corpus.image_shape(manifest, folder)
-    side, channels = input_spec["image_size"], input_spec["in_channels"]
-    if (h, w, c) != (side, side, channels):
-        raise SslscaleError(f"transfer.target {tcfg.target} has {h}x{w}x{c} images but the encoder takes the "
-                            f"corpus' {side}x{side}x{channels}: pick a target of that size (or transfer.enabled=false)")
-
-
-def _check_text_target(tcfg, folder: str, manifest: dict, corpus_dir: str | None) -> None:
-    from sslscale.text import TOKENIZER
-
-    if "text" not in manifest["fields"]:
-        raise SslscaleError(f"transfer.target {tcfg.target} holds images but the encoder reads text: pick a text "
-                            "target such as bbcnews (or transfer.enabled=false)")
-    if corpus_dir and storage.read_bytes(storage.join(folder, TOKENIZER)) != storage.read_bytes(
-            storage.join(corpus_dir, TOKENIZER)):
-        raise SslscaleError(f"transfer.target {tcfg.target} was tokenised with another tokenizer than corpus "
-                            f"{corpus_dir}: prepare it with `sslscale data prepare SOURCE --tokenizer {corpus_dir}`")
+    target = data_field(manifest, folder)
+    if target.kind != field.kind:
+        raise SslscaleError(f"transfer.target {tcfg.target} holds {target.noun} but the encoder takes {field.noun}: "
+                            f"pick a target of {field.noun} (or transfer.enabled=false)")
+    field.check_target(target, folder, corpus_dir, tcfg.target)
 
 
 def load_target(target: str, train_samples: int = 0, seed: int = 0) -> dict:
-    """{"name", "classes", "train": (uint8 images or token ids, labels), "test": (...)}; with train_samples > 0 the train split is
-    a seeded random subset of that many images (sweeps fit kNN and the probe on it to stay fast), the test whole;
-    `seed` also draws the label fractions (`scores`) from that train split."""
+    """{"name", "classes", "names", "seed", "field": the target's data field (a modalities.Modality), "train":
+    (its samples: images uint8 (N, H, W, C), token ids (N, L), labels), "test": (...)}; with train_samples > 0 the
+    train split is a seeded random subset of that many samples (sweeps fit kNN and the probe on it to stay fast),
+    the test whole; `seed` also draws the label fractions (`scores`) from that train split."""
     folder, manifest = _labelled(target)
-    names = manifest["fields"]["label"]["classes"]
-    data = {"name": storage.name(folder), "classes": len(names), "names": names, "seed": seed}
+    names = label_names(manifest)
+    data = {"name": storage.name(folder), "classes": len(names), "names": names, "seed": seed,
+            "field": data_field(manifest, folder)}
     for split in ("train", "test"):
         _, images, labels = corpus.read_split(folder, split)
         data[split] = (images, torch.as_tensor(labels))
@@ -113,53 +102,25 @@ def label_subset(labels: np.ndarray, fraction: float, seed: int, *, classes: int
     return stratified_pick(labels, np.maximum(1, np.round(fraction * counts)).astype(np.int64), seed)
 
 
-def check_images(encoder: torch.nn.Module, images: np.ndarray) -> None:
-    """One line when uint8 images (N, H, W, C) are not the size and channels the encoder takes (token ids (N, L):
-    longer than its positions or outside its vocabulary)."""
-    if images.ndim == 2:
-        if images.shape[1] > encoder.max_length or images.max(initial=0) >= encoder.vocab_size:
-            raise SslscaleError(f"target passages of {images.shape[1]} tokens (ids up to {images.max(initial=0)}) do "
-                                f"not fit the encoder's {encoder.max_length} positions and {encoder.vocab_size} ids: "
-                                "prepare the target with the pretraining corpus's --tokenizer and --seq-len")
-        return
-    if images.shape[3] != encoder.in_channels or images.shape[1] != encoder.image_size:
-        raise SslscaleError(f"target images are {images.shape[1]}x{images.shape[2]}x{images.shape[3]} but the encoder "
-                            f"takes {encoder.image_size}x{encoder.image_size}x{encoder.in_channels}; pick a matching target")
+def check_fits(encoder: torch.nn.Module, field: Modality, samples: np.ndarray) -> None:
+    """One line when the encoder takes another kind of data than `field`, or samples of it that it cannot take
+    (images of another size, passages longer than its positions)."""
+    if encoder.modality != field.kind:
+        raise SslscaleError(f"the encoder takes {KINDS[encoder.modality].noun} but the target holds {field.noun}: "
+                            f"pick a target of {KINDS[encoder.modality].noun}")
+    field.check_fits(encoder, samples)
 
 
 @torch.no_grad()
-def features(encoder: torch.nn.Module, images: np.ndarray, batch_size: int = 512) -> torch.Tensor:
-    """uint8 (N, H, W, C) (or token ids (N, L)) -> float features (N, D), encoder in eval mode."""
-    check_images(encoder, images)
+def features(encoder: torch.nn.Module, field: Modality, samples: np.ndarray, batch_size: int = 512) -> torch.Tensor:
+    """Samples of `field` (images uint8 (N, H, W, C), token ids (N, L)) -> float features (N, D), encoder in eval
+    mode."""
+    check_fits(encoder, field, samples)
     encoder.eval()
     out = []
-    for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i:i + batch_size])
-        out.append(encoder(x if x.ndim == 2 else x.permute(0, 3, 1, 2).float().div_(255)).float())
+    for i in range(0, len(samples), batch_size):
+        out.append(encoder(field.to_encoder(samples[i:i + batch_size])).float())
     return torch.cat(out)
-
-
-def pixels(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images.reshape(len(images), -1)).float().div_(255)
-
-
-def raw_baseline(train_x: np.ndarray, test_x: np.ndarray) -> tuple[str, torch.Tensor, torch.Tensor]:
-    """(name, train features, test features) of the baseline without a network: raw pixels, or for token ids
-    (N, L) TF-IDF (sklearn's smoothed idf from the train split, rows L2-normalised; special ids 0-4 left out)."""
-    if train_x.ndim != 2:
-        return "pixels", pixels(train_x), pixels(test_x)
-    from scipy.sparse import csr_matrix
-    from sklearn.feature_extraction.text import TfidfTransformer
-
-    width = int(max(train_x.max(initial=0), test_x.max(initial=0))) + 1
-
-    def counts(x: np.ndarray):
-        rows = np.repeat(np.arange(len(x)), x.shape[1])
-        keep = x.ravel() >= 5
-        return csr_matrix((np.ones(keep.sum()), (rows[keep], x.ravel()[keep])), shape=(len(x), width))
-
-    tfidf = TfidfTransformer().fit(counts(train_x))
-    return "tfidf", *(torch.from_numpy(tfidf.transform(counts(x)).toarray()).float() for x in (train_x, test_x))
 
 
 @torch.no_grad()
@@ -244,9 +205,9 @@ def _evaluate(encoder: torch.nn.Module, tcfg, *, baseline: bool | None = None, c
     """(evaluate's scores, the `pictures` written to out_dir: none without it)."""
     chosen(tcfg)  # a malformed key fails before the features are computed
     data = load_target(tcfg.target, tcfg.train_samples, tcfg.seed)
-    (train_x, _), (test_x, _) = data["train"], data["test"]
+    (train_x, _), (test_x, _), field = data["train"], data["test"], data["field"]
     name = data["name"]
-    check_images(encoder, train_x)
+    check_fits(encoder, field, train_x)
     frozen = bool(set(chosen(tcfg)[0]) & set(FEATURE_PROTOCOLS))  # fine-tuning only: no features, no baselines
     encoders = {"": encoder} if frozen else {}
     if frozen and (tcfg.baseline if baseline is None else baseline):
@@ -254,13 +215,14 @@ def _evaluate(encoder: torch.nn.Module, tcfg, *, baseline: bool | None = None, c
         encoders["random_init/"] = from_spec(encoder.spec())
     result, predicted, test_f = {}, {}, None
     for prefix, enc in encoders.items():
-        got_test = features(enc, test_x, tcfg.batch_size)
-        got = scores(features(enc, train_x, tcfg.batch_size), got_test, data, tcfg, None if prefix else predicted)
+        got_test = features(enc, field, test_x, tcfg.batch_size)
+        got = scores(features(enc, field, train_x, tcfg.batch_size), got_test, data, tcfg,
+                     None if prefix else predicted)
         if not prefix:  # the pretrained encoder's: its test features also draw the embedding map
             test_f = got_test
         result.update({f"{name}/{prefix}{k}": v for k, v in got.items()})
     if len(encoders) > 1:
-        raw, raw_train, raw_test = raw_baseline(train_x, test_x)
+        raw, raw_train, raw_test = field.baseline(train_x, test_x)
         result.update({f"{name}/{raw}/{k}": v for k, v in scores(raw_train, raw_test, data, tcfg).items()})
     result.update({f"{name}/{k}": v for k, v in trained(encoder, data, tcfg, cfg or Config()).items()})
     return result, pictures(out_dir, encoder, data, tcfg, result, predicted, test_f) if out_dir else []
@@ -360,15 +322,15 @@ def _project(feats: torch.Tensor, method: str, seed: int = 0) -> np.ndarray:
     return out
 
 
-def _map(encoder: torch.nn.Module, images: np.ndarray, labels: np.ndarray, names: list, target: str,
-         out_png: str, *, samples: int, seed: int, method: str, feats: torch.Tensor | None = None) -> str:
-    """The embedding map of a seeded subsample of `samples` of the test images (their features `feats` when
-    already computed, else the encoder's), coloured by class."""
+def _map(encoder: torch.nn.Module, field: Modality, images: np.ndarray, labels: np.ndarray, names: list,
+         target: str, out_png: str, *, samples: int, seed: int, method: str, feats: torch.Tensor | None = None) -> str:
+    """The embedding map of a seeded subsample of `samples` of the test samples of `field` (their features `feats`
+    when already computed, else the encoder's), coloured by class."""
     shown = _embedding_method(method)
     if samples < 2:
         raise SslscaleError(f"an embedding map needs samples >= 2, got {samples}")
     keep = np.sort(np.random.default_rng(seed).permutation(len(images))[:samples])
-    chosen_f = feats[torch.from_numpy(keep)] if feats is not None else features(encoder, images[keep])
+    chosen_f = feats[torch.from_numpy(keep)] if feats is not None else features(encoder, field, images[keep])
     xy = _project(F.normalize(chosen_f, dim=1), method, seed)  # (n, 2)
     title = f"{target} test split: {shown} of {encoder.spec()['name']} embeddings ({len(keep)} images)"
     return plots.class_scatter(xy, np.asarray(labels)[keep], len(names), names, title, shown, out_png)
@@ -381,8 +343,8 @@ def embedding_map(encoder: torch.nn.Module, target: str, out_png: str, *, sample
     _embedding_method(method)
     folder, manifest = _labelled(target)
     _, images, labels = corpus.read_split(folder, "test")
-    return _map(encoder, images, labels, manifest["fields"]["label"]["classes"], storage.name(folder), out_png,
-                samples=samples, seed=seed, method=method)
+    return _map(encoder, data_field(manifest, folder), images, labels, label_names(manifest), storage.name(folder),
+                out_png, samples=samples, seed=seed, method=method)
 
 
 def confusion_counts(truth: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
@@ -413,7 +375,7 @@ def pictures(out_dir: str, encoder: torch.nn.Module, data: dict, tcfg, result: d
         made.append(_confusion(predicted[linear], data, linear, os.path.join(out_dir, PICTURES[0])))
     if tcfg.embedding_map != "none":
         test_x, test_y = data["test"]
-        made.append(_map(encoder, test_x, test_y.numpy(), data["names"], data["name"],
+        made.append(_map(encoder, data["field"], test_x, test_y.numpy(), data["names"], data["name"],
                          os.path.join(out_dir, PICTURES[1]), samples=tcfg.map_samples, seed=data["seed"],
                          method=tcfg.embedding_map, feats=test_f))
     made.append(efficiency_plot(result, os.path.join(out_dir, PICTURES[2])))

@@ -312,12 +312,3 @@ def batch_views(images: np.ndarray, ids: np.ndarray, *, seed: int, epoch: int, s
     if mask_ratio > 0 and num_patches > 0:
         out["keep"] = patch_masks(uniforms(seed, epoch, ids, n_views + n_local, num_patches), mask_ratio)
     return out
-
-
-def labelled_view(samples: np.ndarray, view_ids: np.ndarray, *, seed: int, spec: ViewSpec) -> dict[str, np.ndarray]:
-    """What a classifier trains on (fine-tuning, from scratch): one augmented view of each image ("view_0": uint8
-    (N, C, S, S), batch_views with view ids `view_ids`) or, for token ids (N, L), the ids as they are ("tokens":
-    int64; text gets no augmentation)."""
-    if samples.ndim == 2:
-        return {"tokens": np.asarray(samples, np.int64)}
-    return {"view_0": batch_views(samples, view_ids, seed=seed, epoch=0, spec=spec, n_views=1)["view_0"]}

@@ -13,6 +13,7 @@ from sklearn.datasets import load_digits
 
 from sslscale import corpus
 from sslscale.errors import SslscaleError
+from sslscale.modalities.image import decode_image
 from sslscale.shards import CHUNK_BYTES
 
 FMNIST = Path(corpus.FMNIST_DIR)
@@ -275,10 +276,10 @@ def test_manifest_and_split_errors(digits_wds, tmp_path):
 
 def test_decode_image(tmp_path):
     _png(tmp_path / "x.png", "RGB", (3, 2), (1, 2, 3))
-    arr = corpus.decode_image((tmp_path / "x.png").read_bytes())
+    arr = decode_image((tmp_path / "x.png").read_bytes())
     assert arr.shape == (2, 3, 3) and arr.dtype == np.uint8 and (arr == [1, 2, 3]).all()
     with pytest.raises(SslscaleError, match="cannot decode image bytes"):
-        corpus.decode_image(b"not a png")
+        decode_image(b"not a png")
 
 
 def test_bad_options(tmp_path):

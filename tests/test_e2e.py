@@ -59,7 +59,7 @@ def test_labelled_stream_is_the_in_process_batches(data_root, monkeypatch, ray_l
     in the same order, as the in-process batches."""
     import numpy as np
 
-    from sslscale.finetune import _batches, _order, _spec
+    from sslscale.finetune import VIEWS, _batches, _order
     from sslscale.stream import in_order, labelled_views
     from sslscale.transfer import load_target
 
@@ -68,11 +68,12 @@ def test_labelled_stream_is_the_in_process_batches(data_root, monkeypatch, ray_l
 
     options = ray.data.DataContext.get_current().execution_options
     monkeypatch.setattr(options, "preserve_order", in_order().preserve_order)  # as fine-tuning's ingest does
-    (images, labels) = load_target("digits")["train"]
+    target = load_target("digits")
+    (images, labels), field = target["train"], target["field"]
     idx = np.arange(3, 40)
     order, view_ids = _order(idx, len(images), 16, 5, seed=7)
-    rows = labelled_views(images, labels.numpy(), order, view_ids, _spec(images), 7, 16).take_batch(80)
-    local = list(_batches(images, labels.numpy(), idx, 16, 5, seed=7))
+    rows = labelled_views(field, images, labels.numpy(), order, view_ids, VIEWS, 7, 16).take_batch(80)
+    local = list(_batches(field, images, labels.numpy(), idx, 16, 5, seed=7))
     assert (rows["view_0"] == np.concatenate([b["view_0"] for b in local])).all()
     assert (rows["label"] == np.concatenate([b["label"].numpy() for b in local])).all()
 

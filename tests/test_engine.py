@@ -240,15 +240,16 @@ def test_every_method_declares_exactly_what_its_stream_makes():
     """Method.inputs and the Ray Data stream's rows (stream.make_views, on one blank image or passage) cannot drift
     apart."""
     from sslscale.methods import METHODS
+    from sslscale.modalities import KINDS
     from sslscale.stream import _one_row
-    from sslscale.views import ViewSpec
 
-    text = {"dtype": "uint16", "max_length": 8, "vocab_size": 50}  # a text corpus's, for a text method's layout
+    fields = {"image": {"kind": "image", "encoding": "png", "shape": [8, 8, 1], "dtype": "uint8"},
+              "text": {"kind": "text", "encoding": "ids", "dtype": "uint16", "max_length": 8, "vocab_size": 50}}
     for name, cls in METHODS.items():
         cfg = Config().override([f"method.name={name}", "data.n_local=2", "data.local_size=4",
                                  *(["model.encoder=vit", "model.patch_size=2"] if name == "mae" else [])])
         layout = cls.views(cfg, 8)
-        made = _one_row(ViewSpec(size=8), 1, layout, text if layout.get("text") else None)
+        made = _one_row(KINDS[cls.modality](cls.modality, fields[cls.modality]), layout)
         assert list(made) == list(cls.inputs(cfg, 8)), name
         assert all(made[k].dtype == (np.uint8 if kind == "pixels" else np.int64)
                    for k, kind in cls.inputs(cfg, 8).items()), name

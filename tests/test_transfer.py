@@ -7,6 +7,7 @@ from sslscale.config import TransferConfig
 from sslscale.encoders import build_encoder
 from sslscale.errors import SslscaleError
 from sslscale.export import load_encoder, read_spec, save_encoder
+from sslscale.modalities import Image, Text
 from sslscale.transfer import evaluate, features, knn_accuracy, linear_probe_accuracy
 
 
@@ -50,10 +51,18 @@ def test_evaluate_digits_with_baselines(data_root, monkeypatch):
     assert all(0.1 <= v <= 1.0 for v in scores.values())
 
 
-def test_shape_mismatch_is_one_line():
+def _images(side: int, channels: int = 1) -> Image:
+    return Image("image", {"kind": "image", "encoding": "png", "shape": [side, side, channels], "dtype": "uint8"})
+
+
+def test_shape_or_kind_mismatch_is_one_line():
     enc = build_encoder("resnet", in_channels=3, image_size=8, widths=(4,), depths=(1,))
     with pytest.raises(SslscaleError, match="takes 8x8x3"):
-        features(enc, np.zeros((2, 8, 8, 1), np.uint8))
+        features(enc, _images(8), np.zeros((2, 8, 8, 1), np.uint8))
+    text = Text("text", {"kind": "text", "encoding": "ids", "dtype": "uint16", "max_length": 8, "vocab_size": 50})
+    with pytest.raises(SslscaleError, match="^the encoder takes images but the target holds text: pick a target of "
+                                            "images$"):
+        features(enc, text, np.zeros((2, 8), np.int64))
 
 
 def test_confusion_counts_rows_are_true_classes():
@@ -83,10 +92,10 @@ def test_a_target_that_cannot_score_the_encoder_fails_before_training(debug_cfg,
     from sslscale import pretrain
     from sslscale.transfer import check_target
 
-    check_target(TransferConfig(target="digits"), {"image_size": 8, "in_channels": 1})  # the debug corpus' own size
+    check_target(TransferConfig(target="digits"), _images(8))  # the debug corpus' own size
     with pytest.raises(SslscaleError, match=r"^transfer.target digits has 8x8x1 images but the encoder takes the "
                                             r"corpus' 28x28x1: pick a target of that size"):
-        check_target(TransferConfig(target="digits"), {"image_size": 28, "in_channels": 1})
+        check_target(TransferConfig(target="digits"), _images(28))
     with pytest.raises(SslscaleError, match="neither a built-in name"):  # before a run, a Ray instance, a step
         pretrain(debug_cfg.override([f"transfer.target={tmp_path / 'missing'}"]))
     assert not (tmp_path / "runs").exists()

@@ -161,15 +161,18 @@ def _rows(images, epochs, corrupt=()):
 def test_stream_rows_carry_the_fields_each_method_layout_asks_for(tmp_path):
     from sslscale.stream import make_views, row_bytes
 
+    from sslscale.modalities import Image
+
     imgs = _images(n=5, c=1)
     spec = ViewSpec(size=20)
+    field = Image("image", {"kind": "image", "encoding": "png", "shape": [20, 20, 1], "dtype": "uint8"})
     dino = {"n_views": 2, "n_local": 3, "local_size": 8, "local_scale": (0.05, 0.3)}
     mae = {"n_views": 1, "mask_ratio": 0.75, "num_patches": 25}
     for layout, fields in [(None, {"view_0": (1, 20, 20), "view_1": (1, 20, 20)}),
                            (dino, {"view_0": (1, 20, 20), "view_1": (1, 20, 20), "local_0": (1, 8, 8),
                                    "local_2": (1, 8, 8)}),
                            (mae, {"view_0": (1, 20, 20), "keep": (6,)})]:
-        out = make_views(_rows(imgs, [1] * 5, corrupt={3}), seed=0, spec=spec, channels=1,
+        out = make_views(_rows(imgs, [1] * 5, corrupt={3}), seed=0, field=field, options={"spec": spec},
                          on_error="skip", skip_dir=str(tmp_path), layout=layout)
         assert list(out["id"]) == [0, 1, 2, 4]  # the corrupt row is left out (and recorded)
         for key, shape in fields.items():
@@ -177,7 +180,7 @@ def test_stream_rows_carry_the_fields_each_method_layout_asks_for(tmp_path):
         # the block's views are those of its epoch: the same as batch_views on the good images alone
         alone = batch_views(imgs[[0, 1, 2, 4]], np.array([0, 1, 2, 4]), seed=0, epoch=1, spec=spec, **(layout or {}))
         assert all(np.array_equal(out[k], alone[k]) for k in alone)
-        assert row_bytes(layout or {}, 20, 1) >= sum(v[0].nbytes for k, v in out.items() if k not in ("id", "epoch"))
-    empty = make_views(_rows(imgs[:1], [0], corrupt={0}), seed=0, spec=spec, channels=1, on_error="skip",
-                       skip_dir=str(tmp_path), layout=dino)
+        assert row_bytes(layout or {}, field) >= sum(v[0].nbytes for k, v in out.items() if k not in ("id", "epoch"))
+    empty = make_views(_rows(imgs[:1], [0], corrupt={0}), seed=0, field=field, options={"spec": spec},
+                       on_error="skip", skip_dir=str(tmp_path), layout=dino)
     assert empty["id"].shape == (0,) and empty["local_1"].shape == (0, 1, 8, 8)

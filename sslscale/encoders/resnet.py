@@ -34,6 +34,8 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
+    modality = "image"  # the kind of data it takes (modalities.KINDS)
+
     def __init__(self, *, in_channels: int, image_size: int, widths=(32, 64, 128), depths=(1, 1, 1)):
         super().__init__()
         self.in_channels, self.image_size = in_channels, image_size
@@ -77,6 +79,7 @@ class Bottleneck(nn.Module):
 
 
 class ResNet50(nn.Module):
+    modality = "image"
     STAGES = ((1, 3, 1), (2, 4, 2), (4, 6, 2), (8, 3, 2))  # (width / `width`, blocks, stride of the first block)
 
     def __init__(self, *, in_channels: int, image_size: int, width: int = 64):

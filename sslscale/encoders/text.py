@@ -23,6 +23,8 @@ PAD, MASK = 0, 4  # text.PAD and text.MASK: the tokenizer's padding and mask ids
 
 
 class TextTransformer(nn.Module):
+    modality = "text"  # the kind of data it takes (modalities.KINDS)
+
     def __init__(self, *, vocab_size: int, max_length: int, dim: int = 256, depth: int = 4, heads: int = 4,
                  mlp_ratio: float = 4.0, causal: bool = False, dropout: float = 0.0):
         super().__init__()

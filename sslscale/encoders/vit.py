@@ -78,6 +78,8 @@ class Block(nn.Module):
 
 
 class ViT(nn.Module):
+    modality = "image"  # the kind of data it takes (modalities.KINDS)
+
     def __init__(self, *, in_channels: int, image_size: int, patch_size: int = 4, dim: int = 192, depth: int = 12,
                  heads: int = 3, mlp_ratio: float = 4.0):
         super().__init__()

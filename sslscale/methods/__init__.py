@@ -88,9 +88,11 @@ class Method(nn.Module):
     """Base class: an encoder plus whatever heads and teachers the pretext task needs. `section` is the dataclass
     of its config keys (an instance arrives as `cfg` in __init__). `FP32_MODULES` names the submodules the engine
     keeps in fp32 under bf16 training (EMA teachers: a 1e-3 step vanishes in bf16). `ENCODER` holds encoder keyword
-    arguments the method fixes over the model config's (GPT: causal)."""
+    arguments the method fixes over the model config's (GPT: causal). `modality` is the kind of data it trains on
+    (modalities.KINDS): a corpus's data field must be of that kind."""
 
     section: type[Section] = Section
+    modality = "image"
     FP32_MODULES: tuple[str, ...] = ()
     ENCODER: dict = {}
 

@@ -36,6 +36,7 @@ class GPTSection(Section):
 
 class GPT(Method):
     section = GPTSection
+    modality = "text"
     ENCODER = {"causal": True}
 
     def __init__(self, encoder: nn.Module, cfg):

@@ -53,6 +53,7 @@ def masked_lm(head: nn.Module, h: torch.Tensor, targets: torch.Tensor):
 
 class MLM(Method):
     section = MLMSection
+    modality = "text"
 
     def __init__(self, encoder: nn.Module, cfg):
         super().__init__(encoder, cfg)

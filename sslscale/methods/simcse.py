@@ -47,6 +47,7 @@ def simcse_loss(z: torch.Tensor, z2: torch.Tensor, temperature: float) -> tuple[
 
 class SimCSE(Method):
     section = SimCSESection
+    modality = "text"
     ENCODER = {"dropout": 0.1}
 
     def __init__(self, encoder: nn.Module, cfg):

@@ -42,6 +42,7 @@ class SOPSection(Section):
 
 class SOP(Method):
     section = SOPSection
+    modality = "text"
 
     def __init__(self, encoder: nn.Module, cfg):
         super().__init__(encoder, cfg)

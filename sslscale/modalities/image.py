@@ -1,0 +1,107 @@
+"""Images: a field of kind "image", PNG members of one shape (H, W, C), uint8; views are views.batch_views', the
+encoders take float (N, C, H, W) in [0, 1], and the no-learning baseline is the raw pixels."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image as PILImage
+
+from sslscale.errors import SslscaleError, reason
+from sslscale.modalities.base import Modality
+from sslscale.views import ViewSpec, batch_views
+
+
+def decode_image(png_bytes: bytes) -> np.ndarray:
+    """PNG (or any PIL-readable) bytes -> uint8 array (H, W, C), C=1 for grayscale."""
+    try:
+        with PILImage.open(io.BytesIO(png_bytes)) as im:
+            arr = np.asarray(im if im.mode in ("L", "RGB") else im.convert("RGB"), dtype=np.uint8)
+    except Exception as e:  # PIL raises many exception types for bad data
+        raise SslscaleError(f"cannot decode image bytes: {reason(e)}; the corpus is damaged: "
+                            "check it with verify_shards and re-run prepare") from None
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+class Image(Modality):
+    """A field of images of the manifest's `shape` [H, W, C]."""
+
+    kind = "image"
+    noun = "images"
+    encoding = "png"
+    default_encoder = "resnet"
+    labelled_field = "view_0"
+    labelled_input = "pixels"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.entry["shape"])
+
+    @property
+    def size(self) -> int:
+        return self.shape[0]
+
+    def describe(self) -> str:
+        return f"a {self.shape[2]}-channel image"
+
+    def decode(self, data: bytes) -> np.ndarray:
+        image = decode_image(data)
+        if image.shape[2] != self.shape[2]:  # every image of a prepared corpus has its shape
+            raise SslscaleError(f"an image of shape {image.shape} in a corpus of {self.shape} images")
+        return image
+
+    def blank(self) -> np.ndarray:
+        return np.zeros(self.shape, np.uint8)
+
+    def view_options(self, cfg) -> dict:
+        return {"spec": ViewSpec.from_config(cfg, self.size)}
+
+    def views(self, samples, ids, *, seed, epoch, layout, spec: ViewSpec | None = None) -> dict[str, np.ndarray]:
+        """views.batch_views' fields for `layout` (spec: the run's strengths; none: the defaults)."""
+        return batch_views(samples, ids, seed=seed, epoch=epoch, spec=spec or ViewSpec(size=self.size), **layout)
+
+    def encoder_input(self) -> dict:
+        return {"in_channels": self.shape[2], "image_size": self.size}
+
+    def check_model(self, model_cfg, where: str) -> None:
+        """One line when the run's model cannot take these images."""
+        h, w, _ = self.shape
+        if h != w:
+            raise SslscaleError(f"corpus {where} has {h}x{w} images; encoders take square images: re-prepare it")
+        if model_cfg.encoder == "vit" and h % model_cfg.patch_size:
+            raise SslscaleError(f"model.patch_size={model_cfg.patch_size} does not divide the corpus' {h}-pixel "
+                                f"images; pick a divisor of {h}")
+
+    def to_encoder(self, batch: np.ndarray):
+        import torch
+
+        return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255)
+
+    def to_engine(self, batch: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.asarray(batch).transpose(0, 3, 1, 2))
+
+    def check_fits(self, encoder, batch: np.ndarray, where: str = "target") -> None:
+        """One line when uint8 images (N, H, W, C) are not the size and channels the encoder takes."""
+        if batch.shape[3] != encoder.in_channels or batch.shape[1] != encoder.image_size:
+            raise SslscaleError(f"{where} images are {batch.shape[1]}x{batch.shape[2]}x{batch.shape[3]} but the "
+                                f"encoder takes {encoder.image_size}x{encoder.image_size}x{encoder.in_channels}; "
+                                "pick a matching target")
+
+    def check_target(self, target: Modality, target_dir: str, corpus_dir: str | None, where: str) -> None:
+        if target.shape != (self.size, self.size, self.shape[2]):
+            (h, w, c), side, channels = target.shape, self.size, self.shape[2]
+            raise SslscaleError(f"transfer.target {where} has {h}x{w}x{c} images but the encoder takes the "
+                                f"corpus' {side}x{side}x{channels}: pick a target of that size (or "
+                                "transfer.enabled=false)")
+
+    def baseline(self, train_x: np.ndarray, test_x: np.ndarray):
+        import torch
+
+        def pixels(images: np.ndarray):
+            return torch.from_numpy(images.reshape(len(images), -1)).float().div_(255)
+
+        return "pixels", pixels(train_x), pixels(test_x)
+
+    def labelled(self, samples, view_ids, *, seed: int, views: dict) -> dict[str, np.ndarray]:
+        spec = ViewSpec(size=self.size, **views)
+        return {"view_0": batch_views(samples, view_ids, seed=seed, epoch=0, spec=spec, n_views=1)["view_0"]}
