@@ -62,7 +62,7 @@ sweep: install data/fmnist/manifest.json
 # make test stays within 12 minutes on a fresh 2-core machine (.venv included); the runs of minutes each are `long` (make
 # test-long), and CI (.ci/run) runs both.
 test: install pydocs
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not long" tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20 -m "not long" tests
 
 test-long: install pydocs browser postgres
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m long tests

@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("--format", default="webdataset", choices=["webdataset", "parquet"])
     prep.add_argument("--path", help="fmnist only: a folder with your copy of the IDX .gz files")
     prep.add_argument("--shard-size", type=int, default=5000, help="samples per shard")
-    prep.add_argument("--image-size", type=int, default=32, help="folder sources: resize to this square size")
+    prep.add_argument("--image-size", type=int, help="image folders: resize to this square size (default 32)")
     prep.add_argument("--on-error", default="fail", choices=["fail", "skip"],
                       help="undecodable images or text files")
     prep.add_argument("--test-fraction", type=float, default=0.2,
@@ -34,8 +34,9 @@ def _parser() -> argparse.ArgumentParser:
                       "transfer scores on (at least 1 image per class; 0: no test split)")
     prep.add_argument("--seed", type=int, default=0, help="folder sources: seed of the test split")
     prep.add_argument("--overwrite", action="store_true", help="replace an existing prepared corpus")
-    prep.add_argument("--seq-len", type=int, default=128, help="text: tokens per sample (a passage of sentences)")
-    prep.add_argument("--vocab-size", type=int, default=8192, help="text: the BPE tokenizer's vocabulary")
+    prep.add_argument("--seq-len", type=int,
+                      help="text: tokens per sample, a passage of sentences (default 128)")
+    prep.add_argument("--vocab-size", type=int, help="text: the BPE tokenizer's vocabulary (default 8192)")
     prep.add_argument("--tokenizer", metavar="CORPUS",
                       help="text: use this prepared text corpus's tokenizer (a transfer target: the pretraining "
                       "corpus's) instead of training one")
@@ -163,7 +164,7 @@ def _cmd_prepare(args) -> None:
     m = corpus.prepare(args.source, args.out, fmt=args.format, path=args.path, shard_size=args.shard_size,
                        image_size=args.image_size, on_error=args.on_error, overwrite=args.overwrite,
                        test_fraction=args.test_fraction, seed=args.seed, seq_len=args.seq_len,
-                       vocab_size=args.vocab_size, tokenizer=args.tokenizer)  # the text options: images ignore them
+                       vocab_size=args.vocab_size, tokenizer=args.tokenizer)  # each kind's source takes its own
     counts = ", ".join(f"{s}: {v['samples']} samples in {len(v['shards'])} shards" for s, v in m["splits"].items())
     print(f"prepared {args.out} ({m['format']}): {counts}")
 

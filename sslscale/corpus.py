@@ -18,7 +18,6 @@ manifest lists chunks) and member names.
 """
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import os
@@ -26,199 +25,43 @@ import shutil
 import sys
 import tarfile
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
-from sslscale import storage, text
+from sslscale import sources, storage
 from sslscale.errors import SslscaleError, reason
-from sslscale.modalities import data_field, labelled
+from sslscale.modalities import data_field, data_fields, labelled
 from sslscale.shards import CHUNK_BYTES, Row, checks, read_shard
-from sslscale.splits import folder_labels, folder_splits
+from sslscale.sources import Sample, Source
 
-FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-FMNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-                "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 FORMATS = {"webdataset": ".tar", "parquet": ".parquet"}
 MANIFEST = "manifest.json"
 
-Sample = tuple[np.ndarray, Optional[int]]        # (uint8 H x W x C image, label or None)
-
-
-@dataclass
-class _Source:
-    kind: str
-    path: str
-    shape: tuple[int, int, int]
-    classes: Optional[list[str]]
-    splits: dict[str, tuple[int, Iterable[Sample]]]   # split -> (expected count, samples)
-    skipped: list[str] = field(default_factory=list)
-    # the data field other than an image (text.py): its manifest entry, how a sample's value becomes the bytes of
-    # its shard member, and files written beside the manifest (a tokenizer)
-    data_field: Optional[tuple[str, dict]] = None
-    encode: Optional[Callable[[object], bytes]] = None
-    files: dict[str, bytes] = field(default_factory=dict)
-
-
 def builtin_sources() -> tuple[str, ...]:
-    """Source names that are not folders (text.py's text corpora among them)."""
-    return ("fmnist", "digits", *text.builtin_sources())
+    """Source names that are not folders (sources.py: every kind's built-ins)."""
+    return sources.builtin_sources()
 
 
 # ---------------------------------------------------------------- sources
 
-def read_idx(path) -> np.ndarray:
-    """Parse a gzipped unsigned-byte IDX file (the MNIST format) into an array of its dims."""
-    fix = "re-download it or reinstall the Debian package dataset-fashion-mnist"
-    try:
-        with gzip.open(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:
-        raise SslscaleError(f"cannot read IDX file {path}: {reason(e)}; {fix}") from None
-    if len(data) < 4 or data[:3] != b"\0\0\x08" or data[3] == 0:
-        raise SslscaleError(f"{path} is not an unsigned-byte IDX file (bad magic number); {fix}")
-    header = 4 + 4 * data[3]
-    dims = tuple(int(d) for d in np.frombuffer(data[4:header], ">u4")) if len(data) >= header else ()
-    if not dims or len(data) != header + int(np.prod(dims)):
-        raise SslscaleError(f"{path} is truncated (header dims {dims}, {len(data)} bytes); {fix}")
-    return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
-
-
-def _fmnist(path) -> _Source:
-    root = Path(path or FMNIST_DIR).absolute()
-    missing = [root / n for names in FMNIST_FILES.values() for n in names if not (root / n).is_file()]
-    if missing:
-        raise SslscaleError(f"Fashion-MNIST file {missing[0]} does not exist: pass --path to your copy, "
-                            "or install the Debian package dataset-fashion-mnist")
-    splits = {}
-    for split, names in FMNIST_FILES.items():
-        images, labels = (read_idx(root / name) for name in names)
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise SslscaleError(f"Fashion-MNIST {split} files in {root} disagree ({images.shape} images, "
-                                f"{labels.shape} labels): reinstall dataset-fashion-mnist")
-        splits[split] = (len(images), zip(images[..., None], labels.tolist()))
-    shape = (*images.shape[1:], 1)
-    return _Source("fmnist", str(root), shape, list(FMNIST_CLASSES), splits)
-
-
-def _digits() -> _Source:
-    from sklearn.datasets import load_digits
-    digits = load_digits()
-    images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]
-    labels = digits.target.astype(np.int64)
-    test = np.arange(len(images)) % 5 == 0
-    splits = {name: (int(mask.sum()), zip(images[mask], labels[mask].tolist()))
-              for name, mask in (("train", ~test), ("test", test))}
-    return _Source("digits", "sklearn.datasets.load_digits", (8, 8, 1), [str(i) for i in range(10)], splits)
-
-
-def _folder(root: Path, image_size: int, on_error: str, test_fraction: float, seed: int) -> _Source:
-    files = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
-                   key=lambda p: p.relative_to(root).as_posix())
-    if not files:
-        raise SslscaleError(f"no images found under {root} (looked for {', '.join(IMAGE_EXTENSIONS)}): "
-                            "point the source at a folder of images")
-    skipped: list[str] = []
-    modes = {}
-    for p in files:
-        try:
-            with Image.open(p) as im:
-                modes[p] = im.mode
-        except Exception as e:  # PIL raises many exception types for bad files
-            _bad_image(p, e, on_error, skipped)
-    mode = "L" if all(m in GRAY_MODES for m in modes.values()) else "RGB"
-    classes, labels = folder_labels(root, files)
-    kept = [p for p in files if p in modes]
-    parts = folder_splits(root, kept, classes, labels, test_fraction, seed)
-    # a seeded order within each split: in path order a class folder would fill whole shards, and the stream's
-    # batches (a few shards in flight, a local shuffle buffer) would hold one or two classes at a time
-    parts = {split: [part[i] for i in np.random.default_rng([seed, n]).permutation(len(part))]
-             for n, (split, part) in enumerate(parts.items())}
-    shape = (image_size, image_size, 1 if mode == "L" else 3)
-    return _Source("folder", str(root), shape, classes, {
-        split: (len(part), _folder_samples(part, labels, mode, image_size, on_error, skipped))
-        for split, part in parts.items()}, skipped)
-
-
-def _folder_samples(files, labels, mode, size, on_error, skipped) -> Iterator[Sample]:
-    for p in files:
-        try:
-            with Image.open(p) as im:
-                img = _square_resize(im.convert(mode), size)
-        except Exception as e:  # PIL raises many exception types for bad files
-            _bad_image(p, e, on_error, skipped)
-            continue
-        yield np.asarray(img, dtype=np.uint8).reshape(size, size, -1), labels.get(p)  # "L": one channel
-
-
-def _square_resize(img: Image.Image, size: int) -> Image.Image:
-    w, h = img.size
-    s = min(w, h)
-    left, top = (w - s) // 2, (h - s) // 2
-    return img.crop((left, top, left + s, top + s)).resize((size, size), Image.Resampling.BILINEAR)
-
-
-def _bad_image(path: Path, err: Exception, on_error: str, skipped: list[str]) -> None:
-    if on_error == "fail":
-        raise SslscaleError(f"cannot decode image {path}: {reason(err)}; "
-                            "fix or remove it, or pass --on-error skip") from None
-    skipped.append(str(path))
-
-
-def is_text(source: str) -> bool:
-    """A text source: a built-in text corpus (text.py), or a folder holding text files and no images."""
-    if source in text.builtin_sources():
-        return True
-    root = Path(source)
-    suffixes = {p.suffix.lower() for p in root.rglob("*") if p.is_file()} if root.is_dir() else set()
-    return bool(suffixes & set(text.TEXT_EXTENSIONS)) and not suffixes & set(IMAGE_EXTENSIONS)
-
-
-def _resolve_source(source: str, path, image_size: int, on_error: str, test_fraction: float, seed: int,
-                    text_options: dict) -> _Source:
-    if source == "fmnist":
-        return _fmnist(path)
-    if path is not None:
-        raise SslscaleError("--path only applies to the fmnist source: pass a folder as the source itself")
-    if source == "digits":
-        return _digits()
-    if is_text(source):
-        if source == "bbcnews" and not text_options.get("tokenizer"):  # the built-in target of pydocs's runs
-            text_options = {**text_options, "tokenizer": resolve("pydocs")}
-        t = text.source(source, on_error=on_error, test_fraction=test_fraction, seed=seed, **text_options)
-        return _Source(t.kind, t.path, (0, 0, 0), t.classes, {s: (len(r), iter(r)) for s, r in t.splits.items()},
-                       t.skipped, data_field=("text", t.entry), encode=t.encode, files=t.files)
-    root = Path(source)
-    if not root.is_dir():
-        raise SslscaleError(f"source {source!r} is neither a built-in ({', '.join(builtin_sources())}) "
-                            "nor an existing folder: pass a built-in name or the path to a folder of images")
-    return _folder(root.absolute(), image_size, on_error, test_fraction, seed)
-
-
 # ---------------------------------------------------------------- writer
 
-def prepare(source: str, out, *, fmt: str = "webdataset", path=None, shard_size: int = 5000,
-            image_size: int = 32, on_error: str = "fail", overwrite: bool = False,
-            progress: bool = True, test_fraction: float = 0.2, seed: int = 0, chunk_bytes: int = CHUNK_BYTES,
-            **text_options) -> dict:
+def prepare(source: str, out, *, fmt: str = "webdataset", shard_size: int = 5000, on_error: str = "fail",
+            overwrite: bool = False, progress: bool = True, test_fraction: float = 0.2, seed: int = 0,
+            chunk_bytes: int = CHUNK_BYTES, **options) -> dict:
     """Write SOURCE as shards + manifest.json into OUT (atomically) and return the manifest. A folder in class
     subfolders holds out `test_fraction` of each class (seeded by `seed`) as its test split. Each shard's entry
-    holds the sha256 of every `chunk_bytes` of it. Text sources take text.source's options (seq_len, vocab_size,
-    tokenizer)."""
-    _check_options(fmt, shard_size, image_size, on_error, test_fraction, chunk_bytes)
+    holds the sha256 of every `chunk_bytes` of it. The source's kind takes its own `options` (sources.py: images
+    path and image_size, text seq_len, vocab_size and tokenizer; None: its default)."""
+    _check_options(fmt, shard_size, on_error, test_fraction, chunk_bytes)
     out = Path(out).absolute()
     _check_out(out, overwrite)
-    src = _resolve_source(source, path, image_size, on_error, test_fraction, seed, text_options)
+    src = sources.open_source(source, on_error=on_error, test_fraction=test_fraction, seed=seed, **options)
     partial = out.with_name(out.name + ".partial")
     _remove(partial)
     partial.mkdir(parents=True)
@@ -231,15 +74,13 @@ def prepare(source: str, out, *, fmt: str = "webdataset", path=None, shard_size:
     return manifest
 
 
-def _check_options(fmt: str, shard_size: int, image_size: int, on_error: str, test_fraction: float,
-                   chunk_bytes: int) -> None:
+def _check_options(fmt: str, shard_size: int, on_error: str, test_fraction: float, chunk_bytes: int) -> None:
     if fmt not in FORMATS:
         raise SslscaleError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     if on_error not in ("fail", "skip"):
         raise SslscaleError(f"unknown on_error {on_error!r}: use fail or skip")
-    if shard_size < 1 or image_size < 1 or chunk_bytes < 1:
-        raise SslscaleError(f"shard size ({shard_size}), image size ({image_size}) and chunk size ({chunk_bytes}) "
-                            "must be positive")
+    if shard_size < 1 or chunk_bytes < 1:
+        raise SslscaleError(f"shard size ({shard_size}) and chunk size ({chunk_bytes}) must be positive")
     if not 0 <= test_fraction < 1:
         raise SslscaleError(f"test fraction {test_fraction} is outside [0, 1): hold out e.g. 0.2 of each class "
                             "(0: no test split)")
@@ -273,13 +114,12 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _build(src: _Source, staging: Path, fmt: str, shard_size: int, show_progress: bool, chunk_bytes: int) -> dict:
+def _build(src: Source, staging: Path, fmt: str, shard_size: int, show_progress: bool, chunk_bytes: int) -> dict:
     progress = _Progress(sum(n for n, _ in src.splits.values()), show_progress)
-    name, entry = src.data_field or ("image", {"kind": "image", "encoding": "png", "shape": list(src.shape),
-                                               "dtype": "uint8"})
-    member = f"{name}.{entry['encoding']}"
-    splits = {split: _write_split(samples, split, staging, fmt, shard_size, progress, member,
-                                  src.encode or _encode_png, chunk_bytes) for split, (_, samples) in src.splits.items()}
+    name, entry = src.data
+    field = data_fields({"fields": {name: entry}}, src.path)[name]  # its declared kind encodes each sample
+    splits = {split: _write_split(samples, split, staging, fmt, shard_size, progress, field.member, field.encode,
+                                  chunk_bytes) for split, (_, samples) in src.splits.items()}
     progress.report()
     if not any(s["samples"] for s in splits.values()):
         raise SslscaleError(f"no {name} under {src.path} could be decoded ({len(src.skipped)} skipped): "
@@ -309,12 +149,6 @@ def _write_split(samples: Iterable[Sample], split: str, staging: Path, fmt: str,
     if batch:
         shards.append(_write_shard(staging, split, len(shards), fmt, batch, member, chunk_bytes))
     return {"samples": sum(s["samples"] for s in shards), "shards": shards}
-
-
-def _encode_png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _write_shard(staging: Path, split: str, index: int, fmt: str, rows: list[Row], member: str,

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
 from sslscale.errors import SslscaleError
+from sslscale.sources.base import Provider, Source
 from sslscale.splits import folder_labels, folder_splits
 
 TEXT_EXTENSIONS = (".txt", ".md", ".jsonl")
@@ -217,24 +217,14 @@ def ids_dtype(vocab_size: int) -> np.dtype:
 
 # ---------------------------------------------------------------- the source corpus.prepare writes
 
-@dataclass
-class TextSource:
-    """What corpus.prepare writes for a text source: samples per split, the manifest entry of the `text` field, how
-    a sample's ids become its member's bytes, and the files beside the manifest."""
-
-    kind: str
-    path: str
-    classes: Optional[list[str]]
-    splits: dict[str, list[tuple[list[int], Optional[int]]]]  # split -> [(token ids, label or None)]
-    skipped: list[str]
-    entry: dict
-    encode: Callable[[list[int]], bytes]
-    files: dict[str, bytes]
-
-
 def source(name: str, *, on_error: str, test_fraction: float, seed: int, seq_len: int = 128,
-           vocab_size: int = 8192, tokenizer: Optional[str] = None) -> TextSource:
-    """The samples of a text folder or `pydocs` (see the module docstring), tokenised."""
+           vocab_size: int = 8192, tokenizer: Optional[str] = None) -> Source:
+    """The samples of a text folder, `pydocs` or `bbcnews` (see the module docstring), tokenised; bbcnews with
+    pydocs's tokenizer unless told otherwise (it is the transfer target of pydocs's runs)."""
+    if name == "bbcnews" and not tokenizer:
+        from sslscale.corpus import resolve
+
+        tokenizer = resolve("pydocs")
     if not 8 <= seq_len <= 4096 or not len(SPECIAL) < vocab_size <= 2**31:
         raise SslscaleError(f"--seq-len {seq_len} and --vocab-size {vocab_size}: use 8-4096 tokens and more than "
                             f"{len(SPECIAL)} ids (e.g. --seq-len 128 --vocab-size 8192)")
@@ -243,7 +233,7 @@ def source(name: str, *, on_error: str, test_fraction: float, seed: int, seq_len
         raise SslscaleError(f"{root} does not exist: install the Debian package python3.11-doc (make pydocs does)")
     files, skipped = _files(root), []
     classes, labels = folder_labels(root, files)
-    # documents in a seeded order within each split, as image folders' (corpus._folder): in path order a folder of
+    # documents in a seeded order within each split, as image folders' (sources/images.py): in path order a folder of
     # one topic (or class) would fill whole shards, and the stream's batches would hold one topic at a time
     parts = folder_splits(root, files, classes, labels, test_fraction, seed)
     parts = {split: [part[i] for i in np.random.default_rng([seed, n]).permutation(len(part))]
@@ -264,8 +254,8 @@ def source(name: str, *, on_error: str, test_fraction: float, seed: int, seq_len
              "vocab_size": tok.get_vocab_size(), "tokenizer": TOKENIZER, "special": list(SPECIAL),
              "sample": "document" if classes is not None else "passage"}
     kind = name if name in builtin_sources() else "text folder"
-    return TextSource(kind, str(root), classes, samples, skipped, entry, lambda ids: np.asarray(ids, dtype).tobytes(),
-                      {TOKENIZER: tok.to_str().encode(), DOCUMENTS: json.dumps(documents, indent=1).encode()})
+    return Source(kind, str(root), ("text", entry), classes, {s: (len(r), iter(r)) for s, r in samples.items()},
+                  skipped, {TOKENIZER: tok.to_str().encode(), DOCUMENTS: json.dumps(documents, indent=1).encode()})
 
 
 def _samples(docs: list, doc_sentences: list[list[str]], tok, seq_len: int, one_per_document: bool):
@@ -277,3 +267,6 @@ def _samples(docs: list, doc_sentences: list[list[str]], tok, seq_len: int, one_
         documents.append([name, len(rows), len(found)])
         rows += [(p, label) for p in found]
     return rows, documents
+
+
+PROVIDER = Provider("text", builtin_sources(), TEXT_EXTENSIONS, ("seq_len", "vocab_size", "tokenizer"), source)

@@ -14,9 +14,10 @@ from sklearn.datasets import load_digits
 from sslscale import corpus
 from sslscale.errors import SslscaleError
 from sslscale.modalities.image import decode_image
+from sslscale.sources.images import FMNIST_DIR, read_idx
 from sslscale.shards import CHUNK_BYTES
 
-FMNIST = Path(corpus.FMNIST_DIR)
+FMNIST = Path(FMNIST_DIR)
 
 
 def _digits_expected(split):
@@ -304,38 +305,38 @@ def _write_idx(path, array, magic=None):
 def test_idx_parser_tiny_file(tmp_path):
     images = np.arange(2 * 3 * 4).reshape(2, 3, 4).astype(np.uint8)
     _write_idx(tmp_path / "img.gz", images)
-    assert np.array_equal(corpus.read_idx(tmp_path / "img.gz"), images)
+    assert np.array_equal(read_idx(tmp_path / "img.gz"), images)
     _write_idx(tmp_path / "lbl.gz", np.array([3, 1, 4]))
-    assert list(corpus.read_idx(tmp_path / "lbl.gz")) == [3, 1, 4]
+    assert list(read_idx(tmp_path / "lbl.gz")) == [3, 1, 4]
 
 
 def test_idx_parser_errors(tmp_path):
     images = np.zeros((5, 4, 4), np.uint8)
     _write_idx(tmp_path / "bad_magic.gz", images, magic=bytes([0, 0, 0x0D, 3]))
     with pytest.raises(SslscaleError, match=r"bad_magic\.gz is not an unsigned-byte IDX file"):
-        corpus.read_idx(tmp_path / "bad_magic.gz")
+        read_idx(tmp_path / "bad_magic.gz")
     with gzip.open(tmp_path / "short.gz", "wb") as f:  # valid gzip, payload cut short
         f.write(bytes([0, 0, 8, 3]) + struct.pack(">III", 5, 4, 4) + bytes(30))
     with pytest.raises(SslscaleError, match=r"short\.gz is truncated"):
-        corpus.read_idx(tmp_path / "short.gz")
+        read_idx(tmp_path / "short.gz")
     _write_idx(tmp_path / "full.gz", images)
     data = (tmp_path / "full.gz").read_bytes()
     (tmp_path / "cut.gz").write_bytes(data[: len(data) // 2])  # gzip stream cut short
     with pytest.raises(SslscaleError, match=r"cannot read IDX file .*cut\.gz"):
-        corpus.read_idx(tmp_path / "cut.gz")
+        read_idx(tmp_path / "cut.gz")
     (tmp_path / "plain.gz").write_bytes(b"not gzip at all")
     with pytest.raises(SslscaleError, match=r"cannot read IDX file .*plain\.gz"):
-        corpus.read_idx(tmp_path / "plain.gz")
+        read_idx(tmp_path / "plain.gz")
 
 
 def test_fmnist_real_idx_files():
     if not FMNIST.is_dir():
         pytest.skip(f"{FMNIST} missing (Debian package dataset-fashion-mnist)")
-    images = corpus.read_idx(FMNIST / "t10k-images-idx3-ubyte.gz")
-    labels = corpus.read_idx(FMNIST / "t10k-labels-idx1-ubyte.gz")
+    images = read_idx(FMNIST / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(FMNIST / "t10k-labels-idx1-ubyte.gz")
     assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
     assert labels.shape == (10000,) and set(np.unique(labels)) == set(range(10))
-    assert corpus.read_idx(FMNIST / "train-labels-idx1-ubyte.gz").shape == (60000,)
+    assert read_idx(FMNIST / "train-labels-idx1-ubyte.gz").shape == (60000,)
     with gzip.open(FMNIST / "train-images-idx3-ubyte.gz", "rb") as f:
         assert struct.unpack(">IIII", f.read(16)) == (0x803, 60000, 28, 28)
 

@@ -150,7 +150,9 @@ def test_patch_masks_keep_exactly_the_right_count():
     assert np.array_equal(a, patch_masks(uniforms(0, 0, np.arange(2), 3, 49), 0.75)) and not np.array_equal(a[0], a[1])
 def _rows(images, epochs, corrupt=()):
     """make_views' input: {id, epoch, raw (PNG bytes), shard}, with the rows in `corrupt` not decodable."""
-    from sslscale.corpus import _encode_png as encode_image
+    from sslscale.modalities import Image
+
+    encode_image = Image("image", {"kind": "image", "shape": list(images.shape[1:])}).encode
 
     raw = np.empty(len(images), dtype=object)
     raw[:] = [b"not a png" if i in corrupt else encode_image(img) for i, img in enumerate(images)]

@@ -14,10 +14,10 @@ from sslscale.errors import SslscaleError
 class Modality:
     """One data field of a corpus's records, of kind `kind`.
 
-    Shards: `member` is the field's WebDataset member (`<name>.<encoding>`) and Parquet column (`name`); `decode`
-    turns one sample's bytes into its array, `stack` a list of them into a batch (zero rows: `blank`'s shape).
-    Views: `views` makes a pretext method's fields for a layout (methods.view_layout). Encoders: `encoder_input`
-    is the encoder's input spec from the manifest, `default_encoder` the family a recipe starts from,
+    Shards: `member` is the field's WebDataset member (`<name>.<encoding>`) and Parquet column (`name`); `encode`
+    turns a source's sample into its bytes and `decode` them back into its array, `stack` a list of those into a
+    batch (zero rows: `blank`'s shape). Views: `views` makes a pretext method's fields for a layout (methods.view_layout). Encoders: `encoder_input`
+    is the encoder's input spec from the manifest (an encoder class says the kind it takes: `modality`),
     `to_encoder` turns a batch into what an encoder's forward takes. Transfer: `baseline` scores the data without
     a network, `labelled` makes a classifier's batch (probes, fine-tuning), `check_fits` refuses in one line data an
     encoder cannot take."""
@@ -25,7 +25,6 @@ class Modality:
     kind = ""
     noun = ""  # what a corpus of them holds, for messages: "images", "text"
     encoding = ""  # the member's default encoding, for manifests that leave it out
-    default_encoder = ""
     labelled_field = ""  # the batch field `labelled` makes (a Classifier reads it)
     labelled_input = ""  # its views.KINDS kind, for the engine: "pixels" or "ids"
 
@@ -43,6 +42,10 @@ class Modality:
         return f"{self.name}.{self.entry.get('encoding', self.encoding)}"
 
     # ------------------------------------------------------------------ samples
+    def encode(self, sample) -> bytes:
+        """One sample's value (as a source yields it) -> its member's bytes in a shard (corpus.prepare)."""
+        raise NotImplementedError
+
     def decode(self, data: bytes) -> np.ndarray:
         """One sample's member bytes -> its array; SslscaleError (one line) when they are not such a sample."""
         raise NotImplementedError

@@ -29,7 +29,6 @@ class Image(Modality):
     kind = "image"
     noun = "images"
     encoding = "png"
-    default_encoder = "resnet"
     labelled_field = "view_0"
     labelled_input = "pixels"
 
@@ -43,6 +42,12 @@ class Image(Modality):
 
     def describe(self) -> str:
         return f"a {self.shape[2]}-channel image"
+
+    def encode(self, sample: np.ndarray) -> bytes:
+        """uint8 (H, W, C) -> PNG bytes (grey for one channel)."""
+        buf = io.BytesIO()
+        PILImage.fromarray(sample[..., 0] if sample.shape[-1] == 1 else sample).save(buf, format="PNG")
+        return buf.getvalue()
 
     def decode(self, data: bytes) -> np.ndarray:
         image = decode_image(data)

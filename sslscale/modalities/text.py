@@ -34,7 +34,6 @@ class Text(Modality):
     kind = "text"
     noun = "text"
     encoding = "ids"
-    default_encoder = "text"
     labelled_field = "tokens"
     labelled_input = "ids"
 
@@ -44,6 +43,10 @@ class Text(Modality):
 
     def describe(self) -> str:
         return "token ids"
+
+    def encode(self, sample) -> bytes:
+        """A passage's token ids -> their little-endian bytes in the field's dtype."""
+        return np.asarray(sample, np.dtype(self.entry["dtype"]).newbyteorder("<")).tobytes()
 
     def decode(self, data: bytes) -> np.ndarray:
         return decode_ids(data, self.entry)

@@ -1,0 +1,36 @@
+"""What a source hands corpus.prepare (`Source`), and how a kind of data offers its sources (`Provider`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
+
+Sample = tuple[object, Optional[int]]  # (a sample's value, as its field's Modality.encode takes it; label or None)
+
+
+@dataclass
+class Source:
+    """A source's samples, ready to write: `data` is the data field's name and its manifest entry (with its
+    `kind`, which picks the Modality that encodes each value), `splits` the samples per split with their expected
+    count, `classes` the label names (None: unlabelled), `skipped` the files left out (--on-error skip), `files`
+    the files written beside the manifest (a tokenizer)."""
+
+    kind: str  # what the source is (fmnist, folder, pydocs, text folder), recorded in the manifest
+    path: str
+    data: tuple[str, dict]
+    classes: Optional[list[str]]
+    splits: dict[str, tuple[int, Iterable[Sample]]]
+    skipped: list[str] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Provider:
+    """The sources of one kind of data: the built-in names it knows, the file suffixes a folder of its samples
+    holds, the prepare options it takes (beyond on_error, test_fraction and seed), and `open(name, on_error=,
+    test_fraction=, seed=, **options) -> Source` for a built-in name or a folder."""
+
+    kind: str
+    builtins: tuple[str, ...]
+    extensions: tuple[str, ...]
+    options: tuple[str, ...]
+    open: Callable[..., Source]
