@@ -34,9 +34,6 @@ class Modality:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 
-    def __eq__(self, other) -> bool:
-        return type(other) is type(self) and (other.name, other.entry) == (self.name, self.entry)
-
     @property
     def member(self) -> str:
         return f"{self.name}.{self.entry.get('encoding', self.encoding)}"
