@@ -25,12 +25,12 @@ def _rows(corpus_dir: str, split: str, rng: np.random.Generator, n: int) -> list
     manifest = corpus.load_manifest(corpus_dir)
     paths = corpus.shard_paths(manifest, corpus_dir, split)  # one line naming a missing split
     entries = manifest["splits"][split]["shards"]
+    member = data_field(manifest, corpus_dir).member
     rows: list[Row] = []
     for i in rng.permutation(len(entries)):
         if len(rows) >= n:
             break
-        rows += read_shard(paths[i], manifest["format"], **checks(entries[i]),
-                           member=data_field(manifest, corpus_dir).member)
+        rows += read_shard(paths[i], manifest["format"], **checks(entries[i]), member=member)
     return sorted(rows, key=lambda r: r[0])
 
 
