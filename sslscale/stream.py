@@ -5,7 +5,7 @@ the shards a checkpoint consumed whole (manifest: a shard holds ids first_id..fi
 reads one item (shards.iter_shard: a tar shard streamed chunk by chunk, each chunk's sha256 checked before its
 samples are used, so a task holds about a chunk and a block, not the shard; member names checked), drops the ids a
 checkpoint already consumed in that epoch (a position.Position), decodes and builds views (the corpus's declared
-data field, a modalities.Modality: images through views.batch_views, passages through views.text_views,
+data field, a modalities.Modality: images through views.batch_views, passages through modalities.text.text_views,
 vectorised per block) with randomness fixed by (seed, epoch, sample id), and hands them out in blocks of
 BLOCK_ROWS as it makes them: one operator, no raw bytes through the object store. It runs at most
 `ingest_options`' budget ahead of training, and Ray Data's scheduling loop is paced so that waiting for training

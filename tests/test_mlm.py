@@ -12,7 +12,7 @@ from distributed import spawn_gloo
 from sslscale.encoders.text import TextTransformer
 from sslscale.methods import token_loss
 from sslscale.methods.mlm import IGNORE, MLM, MLMSection
-from sslscale.views import mask_tokens
+from sslscale.modalities.text import mask_tokens
 
 VOCAB = 50
 

@@ -13,7 +13,7 @@ from distributed import spawn_gloo
 from sslscale.encoders.text import TextTransformer
 from sslscale.methods.mlm import IGNORE
 from sslscale.methods.sop import SOP, SOPSection
-from sslscale.views import mask_tokens, swap_segments, text_views
+from sslscale.modalities.text import mask_tokens, swap_segments, text_views
 
 VOCAB, SEP = 50, 3
 

@@ -170,7 +170,8 @@ def test_the_stream_makes_a_text_methods_fields_from_real_shards(tmp_path):
     (seed, epoch, sample id), the fields the layout declares; a damaged sample is skipped and recorded, or one line."""
     from sslscale import stream
     from sslscale.position import Position
-    from sslscale.views import layout_fields, text_views
+    from sslscale.modalities.text import text_views
+    from sslscale.views import layout_fields
 
     m = corpus.prepare(str(_pydocs(tmp_path)), tmp_path / "c", seq_len=32, vocab_size=500, progress=False)
     shard = m["splits"]["train"]["shards"][0]

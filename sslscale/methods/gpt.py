@@ -47,7 +47,7 @@ class GPT(Method):
 
     @staticmethod
     def views(cfg, size: int) -> dict:
-        """The passage's token ids as they are ("tokens"): views.text_views without masking."""
+        """The passage's token ids as they are ("tokens"): modalities.text.text_views without masking."""
         return {"text": True}
 
     def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:

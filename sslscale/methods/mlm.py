@@ -1,6 +1,6 @@
 """Masked language modelling (Devlin et al. 2019, "BERT: Pre-training of Deep Bidirectional Transformers").
 
-The stream corrupts each passage (views.mask_tokens, on the Ray Data tasks, a function of (seed, epoch, sample
+The stream corrupts each passage (modalities.text.mask_tokens, on the Ray Data tasks, a function of (seed, epoch, sample
 id)): round(cfg.mask_ratio x its plain tokens) are chosen, of which 80% become [MASK], 10% a random id and 10%
 stay. The text encoder reads the corrupted passage and a head predicts each chosen token's original id:
 
@@ -25,7 +25,7 @@ from torch import nn
 
 from sslscale.methods import Method, Section, token_loss
 
-IGNORE = -100  # views.mask_tokens' target where a token is not predicted
+IGNORE = -100  # modalities.text.mask_tokens' target where a token is not predicted
 
 
 @dataclass
@@ -61,7 +61,8 @@ class MLM(Method):
 
     @staticmethod
     def views(cfg, size: int) -> dict:
-        """The corrupted passage ("tokens") and the ids to predict ("targets"): views.text_views with masking."""
+        """The corrupted passage ("tokens") and the ids to predict ("targets"): modalities.text.text_views with
+        masking."""
         return {"text": True, "mask_ratio": cfg.method.chosen.mask_ratio}
 
     def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:

@@ -7,7 +7,7 @@ it did not help; SOP's negatives are the same two consecutive segments in swappe
 discourse tells them apart. It also needs no second document: the [SEP] after every sentence (docs/text.md) gives
 the segments inside one passage.
 
-The stream (views.swap_segments, then views.mask_tokens, on the Ray Data tasks, functions of (seed, epoch, sample
+The stream (modalities.text.swap_segments, then mask_tokens, on the Ray Data tasks, functions of (seed, epoch, sample
 id)) splits each passage after the sentence boundary nearest its middle and swaps the halves of half the passages
 ("order": 1), then masks tokens as BERT does. A classifier reads the pooled output, the mean of the non-padding
 tokens' outputs (ALBERT's reads [CLS] through BERT's pooler; here the pooled output is the one transfer uses, so

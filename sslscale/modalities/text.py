@@ -1,7 +1,7 @@
 """Text: a field of kind "text", passages of token ids (the manifest's dtype, at most max_length of them, below
-vocab_size; the corpus's tokenizer.json beside it), padded with 0 to max_length as int64; views are
-views.text_views' (masking, sentence order), the encoders take the ids as they are, and the no-learning baseline
-is TF-IDF."""
+vocab_size; the corpus's tokenizer.json beside it), padded with 0 to max_length as int64. Views are `text_views`
+here (BERT's masking and ALBERT's sentence order, which the text methods share, made on Ray Data's tasks), the
+encoders take the ids as they are, and the no-learning baseline is TF-IDF."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,10 +9,10 @@ import numpy as np
 from sslscale import storage
 from sslscale.errors import SslscaleError
 from sslscale.modalities.base import Modality
-from sslscale.text import TOKENIZER
-from sslscale.views import text_views
+from sslscale.text import MASK, SEP, SPECIAL, TOKENIZER
+from sslscale.views import uniforms
 
-FIRST_PLAIN = 5  # ids below this are special ([PAD], [CLS], [SEP], [UNK], [MASK]): TF-IDF leaves them out
+FIRST_PLAIN = len(SPECIAL)  # ids below this are special tokens: never masked, left out of TF-IDF
 
 
 def decode_ids(data: bytes, entry: dict) -> np.ndarray:
@@ -26,6 +26,65 @@ def decode_ids(data: bytes, entry: dict) -> np.ndarray:
                             f"{entry['vocab_size']}: the corpus is damaged: check it with verify_shards and re-run "
                             "prepare")
     return np.pad(ids.astype(np.int64), (0, entry["max_length"] - n))
+
+
+def mask_tokens(tokens: np.ndarray, ids: np.ndarray, *, seed: int, epoch: int, ratio: float = 0.15,
+                vocab_size: int, first_plain: int = FIRST_PLAIN, view: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """BERT's masked-LM input (Devlin et al. 2019, sec. 3.1 and appendix A.1): in each row of `tokens` (N, L) int,
+    round(ratio x its plain tokens) of them (at least 1; ids below `first_plain` are [PAD], [CLS], [SEP], ... and
+    never chosen) are predicted; each chosen one becomes [MASK] (id 4) with probability 0.8, a random plain id with
+    0.1, and stays with 0.1. Returns (inputs (N, L) int64, targets (N, L) int64: the original id where chosen, -100
+    elsewhere). A function of (seed, epoch, sample id, view) through `uniforms`, as the image views are."""
+    tokens = np.asarray(tokens, np.int64)  # shards hold uint16, where -100 would wrap
+    n, length = tokens.shape
+    u = uniforms(seed, epoch, ids, view, 3 * length).reshape(n, 3, length)  # choice order, replacement, random id
+    plain = tokens >= first_plain
+    count = np.maximum(1, np.rint(ratio * plain.sum(axis=1))).astype(np.int64) * plain.any(axis=1)  # (N,)
+    order = np.where(plain, u[:, 0], 2.0)  # plain tokens sorted first, by their uniform
+    rank = np.argsort(np.argsort(order, axis=1, kind="stable"), axis=1, kind="stable")
+    chosen = rank < count[:, None]  # (N, L)
+    targets = np.where(chosen, tokens, -100).astype(np.int64)
+    random_ids = first_plain + np.floor(u[:, 2] * (vocab_size - first_plain)).astype(np.int64)
+    inputs = np.where(chosen & (u[:, 1] < 0.8), MASK, np.where(chosen & (u[:, 1] < 0.9), random_ids, tokens))
+    return inputs.astype(np.int64), targets
+
+
+def swap_segments(tokens: np.ndarray, ids: np.ndarray, *, seed: int, epoch: int, sep: int = SEP,
+                  view: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """ALBERT's sentence-order input (Lan et al. 2020, sec. 3.1): each passage of `tokens` (N, L) int, padding (0)
+    at its end, is two consecutive segments, split after the [SEP] (`sep`) nearest its middle (a passage of one
+    sentence: in the middle of its words, its closing [SEP] staying last); with probability 1/2 the two swap places.
+    Prepared passages end in [SEP] (text.passages), so a swapped passage ends as an unswapped one does. Returns
+    (passages (N, L) int64, order (N,) int64: 1 where swapped). A function of (seed, epoch, sample id, view) through `uniforms`."""
+    tokens = np.asarray(tokens, np.int64)
+    n, length = tokens.shape
+    words = (tokens != 0).sum(axis=1)  # (N,) non-padding tokens
+    position = np.arange(length)
+    boundary = (tokens == sep) & (position < words[:, None] - 1)  # splits after here leave both segments non-empty
+    several = boundary.any(axis=1)
+    last = np.take_along_axis(tokens, np.maximum(words - 1, 0)[:, None], axis=1)[:, 0]
+    end = np.where(several | (last != sep), words, words - 1)  # one sentence: its halves swap before its [SEP]
+    split = np.where(several, np.argmin(np.where(boundary, np.abs(position + 1 - words[:, None] / 2), np.inf),
+                                        axis=1) + 1, end // 2)  # (N,) length of the first segment
+    order = ((uniforms(seed, epoch, ids, view, 1)[:, 0] < 0.5) & (split > 0)).astype(np.int64)
+    shift = np.where(order == 1, split, 0)  # swapped: the second segment, then the first (a rotation)
+    source = (position + shift[:, None]) % np.maximum(end, 1)[:, None]
+    return np.where(position < end[:, None], np.take_along_axis(tokens, source, axis=1), tokens), order
+
+
+def text_views(tokens: np.ndarray, ids: np.ndarray, *, seed: int, epoch: int, vocab_size: int,
+               mask_ratio: float = 0.0, sentence_order: bool = False, **_) -> dict[str, np.ndarray]:
+    """A text method's fields from passages' token ids (N, L), padded with 0: "tokens" (N, L) int64; with
+    sentence_order ALBERT's segment swap first (swap_segments: "tokens" swapped or not, and "order"); with
+    mask_ratio > 0 then BERT's masking (mask_tokens: "tokens" corrupted and "targets"). Takes a text layout (the
+    method's views, which say text=True) as keyword arguments."""
+    out = {"tokens": np.asarray(tokens, np.int64)}
+    if sentence_order:
+        out["tokens"], out["order"] = swap_segments(out["tokens"], ids, seed=seed, epoch=epoch)
+    if mask_ratio > 0:
+        out["tokens"], out["targets"] = mask_tokens(out["tokens"], ids, seed=seed, epoch=epoch, ratio=mask_ratio,
+                                                    vocab_size=vocab_size)
+    return out
 
 
 class Text(Modality):
