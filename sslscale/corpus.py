@@ -35,19 +35,18 @@ import pyarrow.parquet as pq
 
 from sslscale import sources, storage
 from sslscale.errors import SslscaleError, reason
-from sslscale.modalities import data_field, data_fields, labelled
+from sslscale.modalities import data_field, labelled
 from sslscale.shards import CHUNK_BYTES, Row, checks, read_shard
 from sslscale.sources import Sample, Source
 
 FORMATS = {"webdataset": ".tar", "parquet": ".parquet"}
 MANIFEST = "manifest.json"
 
+
 def builtin_sources() -> tuple[str, ...]:
     """Source names that are not folders (sources.py: every kind's built-ins)."""
     return sources.builtin_sources()
 
-
-# ---------------------------------------------------------------- sources
 
 # ---------------------------------------------------------------- writer
 
@@ -117,7 +116,7 @@ def _remove(path: Path) -> None:
 def _build(src: Source, staging: Path, fmt: str, shard_size: int, show_progress: bool, chunk_bytes: int) -> dict:
     progress = _Progress(sum(n for n, _ in src.splits.values()), show_progress)
     name, entry = src.data
-    field = data_fields({"fields": {name: entry}}, src.path)[name]  # its declared kind encodes each sample
+    field = data_field({"fields": {name: entry}}, src.path)  # its declared kind encodes each sample
     splits = {split: _write_split(samples, split, staging, fmt, shard_size, progress, field.member, field.encode,
                                   chunk_bytes) for split, (_, samples) in src.splits.items()}
     progress.report()
