@@ -18,7 +18,6 @@ be used is left out (a shard found bad part-way: from the damage on) and recorde
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time

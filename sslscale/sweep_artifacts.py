@@ -18,7 +18,7 @@ from sslscale.config import Config
 from sslscale.export import load_encoder
 from sslscale.health import HEALTH_KEYS
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 STATE = "sweep.json"  # our part of the sweep folder: what resume needs (Tune's own state sits beside it)
 
 
@@ -71,7 +71,7 @@ def _safe(fn, *args):
     try:
         return fn(*args)
     except Exception as e:  # noqa: BLE001
-        log.warning(f"sweep artifact {getattr(fn, '__name__', fn)} not written ({type(e).__name__}: {e})")
+        logger.warning(f"sweep artifact {getattr(fn, '__name__', fn)} not written ({type(e).__name__}: {e})")
         return None
 
 

@@ -147,3 +147,15 @@ def test_sweep_refuses_before_ray_starts(tmp_path, monkeypatch, data_root, space
     with pytest.raises(SslscaleError, match="no sweep 'gone'"):
         tune.resume("gone")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlruns.db").exists()
+
+
+def test_a_sweep_file_that_fails_costs_one_warning_not_the_sweep(caplog):
+    """sweep_artifacts._safe: a plot that raises is named in one warning and the sweep goes on (its logger was
+    once shadowed by the function `log`, so the warning itself raised)."""
+    from sslscale import sweep_artifacts
+
+    def broken_plot():
+        raise ValueError("no finished trial")
+
+    assert sweep_artifacts._safe(broken_plot) is None
+    assert "sweep artifact broken_plot not written (ValueError: no finished trial)" in caplog.text
