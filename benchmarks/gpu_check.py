@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))  # the repo's sslscale and pipelines, installed or
 from pipelines import load_recipe  # noqa: E402
 from sslscale.config import validate  # noqa: E402
 from sslscale.encoders.resnet import ResNet50  # noqa: E402
-from sslscale.methods import METHODS, build_method, view_layout  # noqa: E402
+from sslscale.methods import build_method, method_class, view_layout  # noqa: E402
 from sslscale.optim import build_optimizer  # noqa: E402
 from sslscale.views import ViewSpec, batch_views  # noqa: E402
 
@@ -107,7 +107,7 @@ def make_method(cfg, s: dict) -> torch.nn.Module:
     """methods.build_method, except that --tiny narrows the ResNet-50 (no config key sets its width)."""
     if cfg.model.encoder != "resnet50" or s["r50_width"] == 64:
         return build_method(cfg, in_channels=3, image_size=s["size"])
-    return METHODS[cfg.method.name](ResNet50(in_channels=3, image_size=s["size"], width=s["r50_width"]),
+    return method_class(cfg.method.name)(ResNet50(in_channels=3, image_size=s["size"], width=s["r50_width"]),
                                     cfg.method.chosen)
 
 

@@ -13,7 +13,7 @@ from sslscale.config import Config
 def config() -> Config:
     cfg = simclr_fmnist.config()
     cfg.method.name = "barlow_twins"
-    barlow = cfg.method.barlow_twins
+    barlow = cfg.method.section("barlow_twins")
     barlow.proj_hidden, barlow.proj_dim = 512, 512
     barlow.lambd = 0.0051
     return cfg

@@ -14,7 +14,7 @@ from sslscale.config import Config
 def config() -> Config:
     cfg = simclr_fmnist.config()
     cfg.method.name = "byol"
-    byol = cfg.method.byol
+    byol = cfg.method.section("byol")
     byol.proj_hidden, byol.proj_dim = 512, 128
     byol.momentum, byol.momentum_final = 0.99, 1.0
     return cfg

@@ -12,6 +12,6 @@ from sslscale.config import Config
 def config() -> Config:
     cfg = simclr_fmnist.config()
     cfg.method.name = "denoising_ae"
-    cfg.method.denoising_ae.noise_std = 0.3
+    cfg.method.section("denoising_ae").noise_std = 0.3
     cfg.data.crop_min_scale, cfg.data.jitter_prob = 0.5, 0.0
     return cfg

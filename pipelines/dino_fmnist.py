@@ -20,7 +20,7 @@ def config() -> Config:
     cfg.data.crop_min_scale = 0.4
     cfg.data.n_local, cfg.data.local_size = 4, 14
     cfg.data.local_min_scale, cfg.data.local_max_scale = 0.05, 0.4
-    dino = cfg.method.dino
+    dino = cfg.method.section("dino")
     dino.proj_hidden, dino.proj_dim, dino.out_dim = 512, 128, 1024
     dino.student_temp, dino.center_momentum = 0.1, 0.9
     dino.teacher_temp_start, dino.teacher_temp = 0.04, 0.07

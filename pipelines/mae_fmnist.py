@@ -14,7 +14,7 @@ def config() -> Config:
     cfg = simclr_fmnist.config()
     cfg.method.name = "mae"
     cfg.model.encoder, cfg.model.patch_size, cfg.model.dim, cfg.model.vit_depth, cfg.model.heads = "vit", 4, 128, 4, 4
-    mae = cfg.method.mae
+    mae = cfg.method.section("mae")
     mae.mask_ratio, mae.decoder_dim, mae.decoder_depth = 0.75, 64, 2
     cfg.data.crop_min_scale, cfg.data.jitter_prob = 0.2, 0.0
     cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.beta2 = 1.5e-3, 0.05, 0.95

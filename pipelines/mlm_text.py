@@ -13,7 +13,7 @@ from sslscale.config import Config
 def config() -> Config:
     cfg = Config()
     cfg.method.name = "mlm"
-    cfg.method.mlm.mask_ratio = 0.15
+    cfg.method.section("mlm").mask_ratio = 0.15
     cfg.data.corpus, cfg.data.batch_size = "pydocs", 64
     cfg.model.encoder, cfg.model.dim, cfg.model.vit_depth, cfg.model.heads = "text", 128, 4, 4
     cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.warmup_steps = 1e-3, 0.01, 50

@@ -13,7 +13,7 @@ from sslscale.config import Config
 def config() -> Config:
     cfg = simclr_fmnist.config()
     cfg.method.name = "moco_v3"
-    moco = cfg.method.moco_v3
+    moco = cfg.method.section("moco_v3")
     moco.proj_hidden, moco.proj_dim = 512, 128
     moco.temperature = 0.2
     moco.momentum, moco.momentum_final = 0.99, 1.0

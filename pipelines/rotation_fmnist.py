@@ -12,6 +12,6 @@ from sslscale.config import Config
 def config() -> Config:
     cfg = simclr_fmnist.config()
     cfg.method.name = "rotation"
-    cfg.method.rotation.proj_hidden = 512
+    cfg.method.section("rotation").proj_hidden = 512
     cfg.data.crop_min_scale, cfg.data.jitter_prob = 0.5, 0.0
     return cfg

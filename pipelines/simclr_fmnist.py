@@ -14,7 +14,7 @@ def config() -> Config:
     cfg.data.crop_min_scale = 0.3
     cfg.data.grayscale = 0.0
     cfg.model.widths, cfg.model.depths = (16, 32, 64), (1, 1, 1)  # ~5 ms/sample of CPU: fits the demo budget
-    cfg.method.simclr.temperature = 0.2
+    cfg.method.section("simclr").temperature = 0.2
     cfg.optim.lr, cfg.optim.warmup_steps = 2e-3, 20
     cfg.engine.zero_stage = 1
     cfg.train.steps, cfg.train.checkpoint_every, cfg.train.health_every = 600, 200, 50

@@ -15,5 +15,5 @@ from sslscale.config import Config
 def config() -> Config:
     cfg = mlm_text.config()  # the same corpus, encoder, optimizer, steps and transfer, so the text methods compare
     cfg.method.name = "simcse"
-    cfg.method.simcse.temperature = 0.05
+    cfg.method.section("simcse").temperature = 0.05
     return cfg

@@ -15,5 +15,5 @@ from sslscale.config import Config
 def config() -> Config:
     cfg = mlm_text.config()  # the same corpus, encoder, optimizer, steps and transfer, so the text methods compare
     cfg.method.name = "sop"
-    cfg.method.sop.mask_ratio = 0.15
+    cfg.method.section("sop").mask_ratio = 0.15
     return cfg

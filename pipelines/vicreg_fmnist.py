@@ -12,7 +12,7 @@ from sslscale.config import Config
 def config() -> Config:
     cfg = simclr_fmnist.config()
     cfg.method.name = "vicreg"
-    vicreg = cfg.method.vicreg
+    vicreg = cfg.method.section("vicreg")
     vicreg.proj_hidden, vicreg.proj_dim = 512, 512
     vicreg.sim_coeff, vicreg.std_coeff, vicreg.cov_coeff = 25.0, 25.0, 1.0
     return cfg

@@ -6,8 +6,8 @@ Every problem is reported as one `SslscaleError` line naming the key and what is
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -16,6 +16,7 @@ import typing
 from dataclasses import dataclass, field
 
 from sslscale.errors import SslscaleError
+from sslscale.methods import NAMES
 
 
 def _choice(default, *allowed):
@@ -67,26 +68,39 @@ class ModelConfig:
     vit_preset: str = _choice("none", "none", "tiny", "small")  # vit: tiny or small set dim, vit_depth and heads
 
 
-@functools.cache
-def method_config() -> type:
-    """The `method` section's dataclass: `name` picks the method, and every registered method (methods.METHODS) has
-    its own section of keys, `method.<name>.<key>` (its Section dataclass, declared and checked in its own file).
-    Built on first use, as the method modules import torch; only the chosen method's section is validated and
-    logged."""
-    from sslscale.methods import METHODS
+@dataclass(eq=False)
+class MethodConfig:
+    """`method.name` picks the pretext method; each method's own keys are its section, `method.<name>.<key>`: the
+    Section dataclass declared in the method's file (methods.method_class(name).section). A section is made on
+    first use (`section(name)`, `chosen`), so building, overriding and printing a config loads no method file and
+    no torch until a method's own keys are read; two configs are equal when every section either uses is."""
 
-    fields = [("name", str, _choice("simclr", *METHODS))]
-    fields += [(name, cls.section, field(default_factory=cls.section)) for name, cls in METHODS.items()]
-    chosen = property(lambda self: getattr(self, self.name), doc="the chosen method's section")
-    cls = dataclasses.make_dataclass("MethodConfig", fields, namespace={"chosen": chosen})
-    cls.__module__ = __name__
-    return cls
+    name: str = _choice("simclr", *NAMES)
+    sections: dict = field(default_factory=dict, repr=False)  # name -> Section, the ones used so far
 
+    def section(self, name: str) -> typing.Any:
+        """Method `name`'s section (its defaults until set); one line for a name no method has."""
+        if name not in self.sections:
+            if name not in NAMES:
+                raise SslscaleError(f"unknown method {name!r}; known: {', '.join(NAMES)}")
+            from sslscale.methods import method_class
 
-def __getattr__(name: str):
-    if name == "MethodConfig":  # pickle finds the built class by name
-        return method_config()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+            self.sections[name] = method_class(name).section()
+        return self.sections[name]
+
+    @property
+    def chosen(self) -> typing.Any:
+        """The chosen method's section."""
+        return self.section(self.name)
+
+    def to_dict(self, chosen_only: bool = False) -> dict:
+        """{"name": ..., <method>: {key: value}} for the chosen method and, unless chosen_only, every section used."""
+        names = [self.name] if chosen_only else sorted({self.name, *self.sections})
+        return {"name": self.name, **{n: dataclasses.asdict(self.section(n)) for n in names}}
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, MethodConfig) and self.name == other.name and all(
+            self.section(n) == other.section(n) for n in {*self.sections, *other.sections})
 
 
 @dataclass
@@ -187,7 +201,7 @@ class Config:
     recipe: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: typing.Any = field(default_factory=lambda: method_config()())  # method_config(): name + sections
+    method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -197,10 +211,10 @@ class Config:
     def to_dict(self, chosen_method_only: bool = False) -> dict:
         """The whole config as nested dicts; with chosen_method_only, other methods' sections are left out (what
         MLflow shows: they do not act on the run)."""
-        data = dataclasses.asdict(self)
-        if chosen_method_only:
-            data["method"] = {k: v for k, v in data["method"].items() if k in ("name", self.method.name)}
-        return data
+        sections = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {name: value.to_dict(chosen_method_only) if isinstance(value, MethodConfig)
+                else dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+                for name, value in sections.items()}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Config":
@@ -214,7 +228,7 @@ class Config:
 
     def override(self, items: list[str]) -> "Config":
         """Apply `section.key=value` strings in order; returns a new Config."""
-        cfg = Config.from_dict(self.to_dict())
+        cfg = copy.deepcopy(self)
         for item in items:
             key, sep, raw = item.partition("=")
             if not sep:
@@ -248,19 +262,25 @@ def flatten(data: dict, prefix: str = "") -> dict:
 
 
 def _all_keys() -> list[str]:
-    return sorted(flatten(Config().to_dict()))
+    """Every key but the methods' own (method.<name>.<key>: _known lists one method's)."""
+    data = Config().to_dict()
+    data["method"] = {"name": data["method"]["name"]}
+    return sorted(flatten(data))
 
 
 def _field(cfg: Config, key: str):
+    """(the dataclass that holds key, its field); one line naming an unknown key and the known ones."""
     parts = key.split(".")
-    obj = cfg
-    for part in parts[:-1]:  # through dataclass fields only (not methods or properties such as method.chosen)
-        obj = getattr(obj, part) if part in {f.name for f in dataclasses.fields(obj)} else None
-        if not dataclasses.is_dataclass(obj):
-            obj = None
-            break
-    fields = {f.name: f for f in dataclasses.fields(obj)} if obj is not None else {}
-    if parts[-1] not in fields or dataclasses.is_dataclass(getattr(obj, parts[-1])):
+    if parts[0] == "method" and len(parts) == 3 and parts[1] in NAMES:
+        obj = cfg.method.section(parts[1])
+    elif len(parts) == 2 and parts[0] in flatten_sections():
+        obj = getattr(cfg, parts[0])
+    elif key == "recipe":
+        obj = cfg
+    else:
+        obj = None
+    fields = {f.name: f for f in dataclasses.fields(obj) if f.name != "sections"} if obj is not None else {}
+    if parts[-1] not in fields:
         raise SslscaleError(f"unknown config key {key!r}; known keys: {', '.join(_known(cfg, parts))}")
     return obj, fields[parts[-1]]
 
@@ -270,9 +290,8 @@ def _known(cfg: Config, parts: list[str]) -> list[str]:
     chosen) method's section, with a pointer to the others."""
     if parts[0] != "method":
         return [k for k in _all_keys() if parts[0] not in flatten_sections() or k.startswith(parts[0] + ".")]
-    sections = {f.name for f in dataclasses.fields(cfg.method)} - {"name"}
-    name = parts[1] if len(parts) > 2 and parts[1] in sections else cfg.method.name
-    own = flatten({"method": {name: dataclasses.asdict(getattr(cfg.method, name))}})
+    name = parts[1] if len(parts) > 2 and parts[1] in NAMES else cfg.method.name
+    own = flatten({"method": {name: dataclasses.asdict(cfg.method.section(name))}})
     return ["method.name", *own, "(other methods: method.<name>.<key>)"]
 
 
@@ -327,8 +346,10 @@ _noted: set[str] = set()
 
 def method_keys(cfg: Config, key: str) -> list[str]:
     """method.<name>.<key> for every method whose section has `key`."""
-    return [f"method.{f.name}.{key}" for f in dataclasses.fields(cfg.method)
-            if f.name != "name" and key in {g.name for g in dataclasses.fields(getattr(cfg.method, f.name))}]
+    from sslscale.methods import method_class
+
+    return [f"method.{name}.{key}" for name in NAMES
+            if key in {f.name for f in dataclasses.fields(method_class(name).section)}]
 
 
 def flat_method_key(cfg: Config, key: str) -> list[str]:
@@ -346,6 +367,16 @@ def note_renamed(key: str, text: str) -> None:
     if key not in _noted:
         _noted.add(key)
         print(f"sslscale: note: {key} is now {text}; the old name goes in the next release", file=sys.stderr)
+
+
+def get_key(cfg: Config, key: str):
+    """The value of one `a.b` key; an old flat method key reads the chosen method's key where it has one, else the
+    first method's that does, and an old name its new key."""
+    new = flat_method_key(cfg, key)
+    if new:
+        key = next((k for k in new if k.startswith(f"method.{cfg.method.name}.")), new[0])
+    obj, fld = _field(cfg, ALIASES.get(key, key))
+    return getattr(obj, fld.name)
 
 
 def set_key(cfg: Config, key: str, value, note: bool = True) -> None:

@@ -31,7 +31,7 @@ from deepspeed.runtime.zero.config import ZeroStageEnum  # noqa: E402
 from deepspeed.utils.tensor_fragment import fragment_address  # noqa: E402
 
 from sslscale.errors import SslscaleError  # noqa: E402
-from sslscale.methods import Method  # noqa: E402
+from sslscale.methods.base import Method  # noqa: E402
 from sslscale.optim import build_optimizer, set_learning_rates, set_weight_decay  # noqa: E402
 from sslscale.position import Position  # noqa: E402
 from sslscale.schedules import cosine_weight_decay, warmup_cosine  # noqa: E402

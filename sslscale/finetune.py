@@ -27,7 +27,7 @@ from sslscale.config import Config, list_items
 from sslscale.encoders import from_spec
 from sslscale.engine import Engine
 from sslscale.errors import SslscaleError
-from sslscale.methods import Method
+from sslscale.methods.base import Method
 from sslscale.splits import stratified_pick
 from sslscale.modalities import Modality
 

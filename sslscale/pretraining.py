@@ -67,11 +67,11 @@ def _data_field(corpus_dir: str, cfg: Config) -> Modality:
     """The corpus's declared data field (modalities), checked against the method and the model before any worker
     starts: its `encoder_input` is the encoder's input spec (channels and side, vocabulary and length)."""
     from sslscale.encoders import ENCODERS
-    from sslscale.methods import METHODS
+    from sslscale.methods import method_class
 
     corpus.verify_shards(corpus_dir, cfg.data.split, hashes=False)  # the stream checks each shard's sha256 as it reads
     field = data_field(corpus.load_manifest(corpus_dir), corpus_dir)
-    wanted = METHODS[cfg.method.name].modality
+    wanted = method_class(cfg.method.name).modality
     if wanted != field.kind:
         raise SslscaleError(f"method.name={cfg.method.name} trains on {KINDS[wanted].noun} but corpus {corpus_dir} "
                             f"holds {field.noun}: pick a method or a corpus of the other kind (text: docs/text.md)")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sslscale.config import Config, flat_method_key, flatten, key_type, note_renamed, validate
+from sslscale.config import Config, flat_method_key, get_key, key_type, note_renamed, validate
 from sslscale.errors import SslscaleError
 
 KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
@@ -145,10 +145,9 @@ def default_point(space: Space, base: Config) -> dict | None:
     (which runs every listed value anyway: list the default among them)."""
     if any(d.kind == "grid" for d in space.values()):
         return None
-    flat = flatten(base.to_dict())
     point = {}
     for key, dist in space.items():
-        value = _lookup(flat, key, base)
+        value = get_key(base, key)
         if dist.kind in ("choice", "grid"):
             match = [v for v in dist.values if _same(key, v, value)]
             if not match:
@@ -164,17 +163,7 @@ def default_point(space: Space, base: Config) -> dict | None:
 def _coerced(point: dict) -> dict:
     """A point's values as the config holds them (ints, floats, tuples), through the config's own coercion."""
     cfg = apply(Config(), point)
-    flat = flatten(cfg.to_dict())
-    return {k: _lookup(flat, k, cfg) for k in point}
-
-
-def _lookup(flat: dict, key: str, cfg: Config):
-    """A key's value in a flat config; an old flat method key (a sweep saved before the per-method sections) reads
-    the chosen method's key where it has one, else the first method's that does."""
-    if key in flat:
-        return flat[key]
-    new = flat_method_key(cfg, key)
-    return flat[next((k for k in new if k.startswith(f"method.{cfg.method.name}.")), new[0])]
+    return {k: get_key(cfg, k) for k in point}
 
 
 def _same(key: str, text: str, value) -> bool:

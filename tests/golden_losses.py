@@ -49,11 +49,9 @@ PYDOCS = ["tutorial/introduction.rst.txt", "tutorial/controlflow.rst.txt", "faq/
 
 def methods() -> dict[str, str]:
     """Every registered method -> the kind of corpus it trains on ("image" or "text")."""
-    from sslscale.config import Config
-    from sslscale.methods import METHODS, view_layout
+    from sslscale.methods import NAMES, method_class
 
-    return {name: "text" if view_layout(Config().override([f"method.name={name}"]), 8).get("text") else "image"
-            for name in METHODS}
+    return {name: method_class(name).modality for name in NAMES}
 
 
 def overrides(method: str, kind: str) -> list[str]:

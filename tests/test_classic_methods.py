@@ -24,7 +24,7 @@ def _encoder(name, image_size=8, seed=0):
 
 
 def _cfg(name="rotation", *items):
-    return getattr(Config().override([f"method.name={name}", *items]).set_for_methods(proj_hidden=16).method, name)
+    return Config().override([f"method.name={name}", *items]).set_for_methods(proj_hidden=16).method.section(name)
 
 
 def _images(n=6, size=8, seed=0, channels=1):

@@ -61,24 +61,26 @@ def test_recipes_are_valid(name):
 # --- per-method sections: method.<name>.<key> ------------------------------------------------------------------------
 
 def test_every_registered_method_has_a_section_and_only_those():
-    """The registry is the one list: method.name's choices and the method sections are built from it, each section
+    """The registry is the one list: method.name's choices and the method sections come from it, each section
     is the method's own Section dataclass, its defaults pass its own checks, and its checks name its own keys."""
     import dataclasses
 
-    from sslscale.methods import METHODS, Section
+    from sslscale.methods import NAMES, REGISTRY, method_class
+    from sslscale.methods.base import Section
 
     cfg = Config()
-    names = [f.name for f in dataclasses.fields(cfg.method)]
-    assert names == ["name", *METHODS]
-    assert dataclasses.fields(cfg.method)[0].metadata["choices"] == tuple(METHODS)
-    for name, cls in METHODS.items():
-        section = getattr(cfg.method, name)
+    assert [f.name for f in dataclasses.fields(cfg.method)] == ["name", "sections"] and NAMES == tuple(REGISTRY)
+    assert dataclasses.fields(cfg.method)[0].metadata["choices"] == NAMES
+    for name in NAMES:
+        cls, section = method_class(name), cfg.method.section(name)
         assert type(section) is cls.section and issubclass(cls.section, Section) and cls.section is not Section
         own = {f.name for f in dataclasses.fields(section)}  # may be none (GPT: the model says everything)
         checks = section.checks(Config().override(["model.encoder=vit"]))
         assert all(ok for _, ok, _ in checks), (name, checks)
         assert {k for k, _, _ in checks if "." not in k} <= own, name
-    assert {load_recipe(r).method.name for r in RECIPES} == set(METHODS)  # and every method has a recipe
+    assert {load_recipe(r).method.name for r in RECIPES} == set(NAMES)  # and every method has a recipe
+    with pytest.raises(SslscaleError, match="unknown method 'simclrr'; known: simclr, "):
+        cfg.method.section("simclrr")
 
 
 def test_only_the_chosen_methods_section_is_checked_and_shown():
@@ -89,7 +91,7 @@ def test_only_the_chosen_methods_section_is_checked_and_shown():
     shown = cfg.to_dict(chosen_method_only=True)["method"]
     assert shown == {"name": "byol", "byol": {"proj_hidden": 512, "proj_dim": 128, "momentum": 0.9,
                                               "momentum_final": 1.0, "view_blur": "", "view_solarize": ""}}
-    assert Config.from_dict(cfg.to_dict(chosen_method_only=True)).method.byol.momentum == 0.9
+    assert Config.from_dict(cfg.to_dict(chosen_method_only=True)).method.section("byol").momentum == 0.9
 
 
 def test_a_real_run_logs_only_the_chosen_methods_section(tmp_path):
@@ -121,14 +123,14 @@ def test_old_flat_method_keys_set_every_section_that_has_them(capsys):
     """The flat keys of the release before (method.temperature) work for one more, with a one-line note: each sets
     its key in every method that has it, as it acted on whichever method ran; renamed ones map to the new name."""
     cfg = Config().override(["method.temperature=0.5", "method.vicreg_cov=2", "method.proj_dim=64"])
-    assert (cfg.method.simclr.temperature, cfg.method.moco_v3.temperature, cfg.method.vicreg.cov_coeff) == (0.5, 0.5, 2)
-    assert cfg.method.byol.proj_dim == cfg.method.dino.proj_dim == cfg.method.barlow_twins.proj_dim == 64
+    assert (cfg.method.section("simclr").temperature, cfg.method.section("moco_v3").temperature, cfg.method.section("vicreg").cov_coeff) == (0.5, 0.5, 2)
+    assert cfg.method.section("byol").proj_dim == cfg.method.section("dino").proj_dim == cfg.method.section("barlow_twins").proj_dim == 64
     err = capsys.readouterr().err
     assert "method.temperature is now method.<name>.temperature (simclr, moco_v3)" in err
     assert "method.vicreg_cov is now method.<name>.cov_coeff (vicreg)" in err
     saved = {"method": {"name": "barlow_twins", "proj_dim": 256, "barlow_lambda": 0.01}}  # an older run's config
     old = Config.from_dict(saved)
-    assert (old.method.barlow_twins.proj_dim, old.method.barlow_twins.lambd) == (256, 0.01)
+    assert (old.method.section("barlow_twins").proj_dim, old.method.section("barlow_twins").lambd) == (256, 0.01)
     assert capsys.readouterr().err == ""  # read back silently
 
 

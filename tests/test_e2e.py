@@ -88,10 +88,9 @@ METHOD_OVERRIDES = {"byol": ["method.byol.view_blur=1.0,0.1", "method.byol.view_
 
 
 def _image_methods() -> list[str]:
-    from sslscale.config import Config
-    from sslscale.methods import METHODS, view_layout
+    from sslscale.methods import NAMES, method_class
 
-    return sorted(n for n in METHODS if not view_layout(Config().override([f"method.name={n}"]), 8).get("text"))
+    return sorted(n for n in NAMES if method_class(n).modality == "image")
 
 
 def _each_trains_on_two_workers(debug_cfg, names: list[str]) -> None:

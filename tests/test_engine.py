@@ -239,13 +239,13 @@ def test_to_device_moves_what_the_method_declares_and_refuses_the_rest(fp32_engi
 def test_every_method_declares_exactly_what_its_stream_makes():
     """Method.inputs and the Ray Data stream's rows (stream.make_views, on one blank image or passage) cannot drift
     apart."""
-    from sslscale.methods import METHODS
+    from sslscale.methods import NAMES, method_class
     from sslscale.modalities import KINDS
     from sslscale.stream import _one_row
 
     fields = {"image": {"kind": "image", "encoding": "png", "shape": [8, 8, 1], "dtype": "uint8"},
               "text": {"kind": "text", "encoding": "ids", "dtype": "uint16", "max_length": 8, "vocab_size": 50}}
-    for name, cls in METHODS.items():
+    for name, cls in ((n, method_class(n)) for n in NAMES):
         cfg = Config().override([f"method.name={name}", "data.n_local=2", "data.local_size=4",
                                  *(["model.encoder=vit", "model.patch_size=2"] if name == "mae" else [])])
         layout = cls.views(cfg, 8)

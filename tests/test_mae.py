@@ -51,7 +51,7 @@ def _mae(cfg, channels=1):
     m = cfg.model
     encoder = ViT(in_channels=channels, image_size=8, patch_size=m.patch_size, dim=m.dim, depth=m.vit_depth,
                   heads=m.heads)
-    return MAE(encoder, cfg.method.mae)
+    return MAE(encoder, cfg.method.section("mae"))
 
 
 def _batch(cfg, n=4, channels=1, seed=0):
@@ -140,7 +140,7 @@ def test_views_layout_feeds_the_stream(patch, expected):
 def test_rejects_a_non_vit_encoder_and_picks_dividing_heads():
     cfg = _cfg()
     with pytest.raises(SslscaleError, match="MAE needs model.encoder=vit"):
-        MAE(ResNet(in_channels=1, image_size=8, widths=(8,), depths=(1,)), cfg.method.mae)
+        MAE(ResNet(in_channels=1, image_size=8, widths=(8,), depths=(1,)), cfg.method.section("mae"))
     assert [decoder_heads(d) for d in (512, 128, 100, 16)] == [16, 4, 2, 1]
 
 

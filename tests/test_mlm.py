@@ -10,7 +10,7 @@ import torch
 
 from distributed import spawn_gloo
 from sslscale.encoders.text import TextTransformer
-from sslscale.methods import token_loss
+from sslscale.methods.base import token_loss
 from sslscale.methods.mlm import IGNORE, MLM, MLMSection
 from sslscale.modalities.text import mask_tokens
 

@@ -10,7 +10,7 @@ from distributed import spawn_gloo
 from sslscale.config import Config, validate
 from sslscale.encoders.resnet import ResNet
 from sslscale.errors import SslscaleError
-from sslscale.methods import METHODS
+from sslscale.methods import method_class
 from sslscale.methods.barlow import barlow_twins_loss
 from sslscale.methods.vicreg import vicreg_loss
 
@@ -136,7 +136,7 @@ def test_method_runs_forward_and_backward_on_a_tiny_resnet(name, logs):
     torch.manual_seed(0)
     cfg = Config().override([f"method.name={name}", f"method.{name}.proj_hidden=32", f"method.{name}.proj_dim=16"])
     encoder = ResNet(in_channels=1, image_size=8, widths=(8, 16), depths=(1, 1))
-    method = METHODS[cfg.method.name](encoder, getattr(cfg.method, name))
+    method = method_class(name)(encoder, cfg.method.chosen)
     out = method({"view_0": torch.rand(8, 1, 8, 8), "view_1": torch.rand(8, 1, 8, 8)})
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and logs <= set(out)

@@ -49,3 +49,21 @@ def test_a_training_worker_imports_mlflow_only_when_it_logs():
             "from sslscale import tracking; tracking.client('sqlite:///:memory:'); assert 'mlflow' in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_config_loads_no_method_and_no_torch_until_a_methods_keys_are_read():
+    """config.py is plain data (issue 28 item 4): a config, its overrides and flat keys outside the method sections,
+    and the CLI's parser import no torch (1.4 s here); reading or setting a method's keys (as its recipe does) loads
+    that method's file only."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from sslscale.config import Config, flatten, set_key; from sslscale import cli; "
+            "cli._parser().format_help(); "
+            "cfg = Config().override(['train.steps=3', 'method.name=byol', 'data.corpus=digits']); "
+            "assert 'torch' not in sys.modules, 'torch imported'; "
+            "set_key(cfg, 'method.byol.momentum', '0.9'); "
+            "assert 'torch' in sys.modules and 'sslscale.methods.byol' in sys.modules; "
+            "assert 'sslscale.methods.dino' not in sys.modules, 'another method loaded'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -46,7 +46,7 @@ def test_one_trial_sweep_end_to_end(debug_cfg, ray_local):
     # what Tune saw on health steps (a checkpoint's report at step 3 carries step 2's values), the last in the
     # trial's own final report with the score
     assert [s for s, _ in best["curve"]] == [2, 4, 6]
-    assert result.best_config.method.simclr.temperature == 0.3 and result.best_run_id == child.info.run_id
+    assert result.best_config.method.section("simclr").temperature == 0.3 and result.best_run_id == child.info.run_id
     assert result.command == "sslscale pretrain --recipe debug data.cpus=1 method.simclr.temperature=0.3"
     artifacts = {a.path for a in tracking.client(uri).list_artifacts(result.parent_run_id)}
     assert {"trials.md", "trials.csv", "score_vs_params.png", "parallel_coordinates.png", "health_curves.png",

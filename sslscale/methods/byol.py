@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslscale.methods import MomentumMethod, MomentumSection, projector
+from sslscale.methods.base import MomentumMethod, MomentumSection, projector
 
 
 @dataclass

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from sslscale import dist
-from sslscale.methods import Method, Section, drop_legacy_step_buffer
+from sslscale.methods.base import Method, Section, drop_legacy_step_buffer
 
 
 @dataclass

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslscale import dist
-from sslscale.methods import MomentumMethod, MomentumSection, drop_legacy_step_buffer
+from sslscale.methods.base import MomentumMethod, MomentumSection, drop_legacy_step_buffer
 from sslscale.schedules import teacher_temperature
 
 
@@ -102,7 +102,7 @@ class DINO(MomentumMethod):
     def views(cfg, image_size: int) -> dict:
         d = cfg.data
         return {"n_views": 2, "n_local": d.n_local, "local_size": d.local_size or None,
-                "local_scale": (d.local_min_scale, d.local_max_scale), "per_view": cfg.method.dino.per_view()}
+                "local_scale": (d.local_min_scale, d.local_max_scale), "per_view": cfg.method.section("dino").per_view()}
 
     def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
         glob = torch.cat([batch["view_0"], batch["view_1"]])  # (2n, C, H, W)

@@ -26,7 +26,7 @@ from torch import nn
 
 from sslscale.encoders.text import PAD
 from sslscale.errors import SslscaleError
-from sslscale.methods import Method, Section, token_loss
+from sslscale.methods.base import Method, Section, token_loss
 
 
 @dataclass

@@ -28,7 +28,7 @@ from torch import nn
 
 from sslscale.encoders.vit import Block, ViT, patchify, sincos_2d
 from sslscale.errors import SslscaleError
-from sslscale.methods import Method, Section
+from sslscale.methods.base import Method, Section
 
 
 @dataclass
@@ -94,7 +94,7 @@ class MAE(Method):
     @staticmethod
     def views(cfg, image_size: int) -> dict:
         """One view and its visible patch ids (`keep`)."""
-        return {"n_views": 1, "mask_ratio": cfg.method.mae.mask_ratio,
+        return {"n_views": 1, "mask_ratio": cfg.method.section("mae").mask_ratio,
                 "num_patches": (image_size // cfg.model.patch_size) ** 2}
 
     def decode(self, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

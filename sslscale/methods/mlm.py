@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sslscale.methods import Method, Section, token_loss
+from sslscale.methods.base import Method, Section, token_loss
 
 IGNORE = -100  # modalities.text.mask_tokens' target where a token is not predicted
 

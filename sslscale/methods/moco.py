@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslscale import dist
-from sslscale.methods import MomentumMethod, MomentumSection, projector
+from sslscale.methods.base import MomentumMethod, MomentumSection, projector
 
 
 @dataclass

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslscale.methods import Method, Section, projector
+from sslscale.methods.base import Method, Section, projector
 
 
 @dataclass

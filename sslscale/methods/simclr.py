@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslscale import dist
-from sslscale.methods import HeadSection, Method, encode_pair, projector
+from sslscale.methods.base import HeadSection, Method, encode_pair, projector
 
 
 @dataclass

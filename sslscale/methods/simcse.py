@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslscale import dist
-from sslscale.methods import Method, Section
+from sslscale.methods.base import Method, Section
 
 
 @dataclass

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sslscale.methods import Method, Section, token_loss
+from sslscale.methods.base import Method, Section, token_loss
 from sslscale.methods.mlm import lm_head, masked_lm
 
 
