@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))  # the repo's sslscale and pipelines, installed or
 from pipelines import load_recipe  # noqa: E402
 from sslscale.config import validate  # noqa: E402
 from sslscale.encoders.resnet import ResNet50  # noqa: E402
-from sslscale.methods import build_method, method_class, view_layout  # noqa: E402
+from sslscale.methods import build_method, method_class, view_layouts  # noqa: E402
 from sslscale.optim import build_optimizer  # noqa: E402
 from sslscale.views import ViewSpec, batch_views  # noqa: E402
 
@@ -148,7 +148,7 @@ def synthetic_batch(cfg, s: dict, device: torch.device) -> dict:
     n = cfg.data.batch_size
     images = np.random.default_rng(0).integers(0, 256, (n, s["source"], s["source"], 3), dtype=np.uint8)
     views = batch_views(images, np.arange(n), seed=0, epoch=0, spec=ViewSpec.from_config(cfg, s["size"]),
-                        **view_layout(cfg, s["size"]))
+                        **vars(view_layouts(cfg, {"image": s["size"]})["image"]))
     return {k: torch.from_numpy(v).to(device) for k, v in views.items()}
 
 
@@ -170,7 +170,7 @@ class CorpusViews(torch.utils.data.Dataset):
 
     def __init__(self, pngs: list[bytes], cfg, size: int, steps: int):
         self.pngs, self.batch, self.steps, self.seed = pngs, cfg.data.batch_size, steps, cfg.data.seed
-        self.spec, self.layout = ViewSpec.from_config(cfg, size), view_layout(cfg, size)
+        self.spec, self.layout = ViewSpec.from_config(cfg, size), view_layouts(cfg, {"image": size})["image"]
 
     def __len__(self) -> int:
         return self.steps
@@ -179,7 +179,7 @@ class CorpusViews(torch.utils.data.Dataset):
         at = i * self.batch + np.arange(self.batch)
         ids, epoch = at % len(self.pngs), int(at[0] // len(self.pngs))
         images = np.stack([np.asarray(Image.open(io.BytesIO(self.pngs[j])).convert("RGB")) for j in ids])
-        views = batch_views(images, ids, seed=self.seed, epoch=epoch, spec=self.spec, **self.layout)
+        views = batch_views(images, ids, seed=self.seed, epoch=epoch, spec=self.spec, **vars(self.layout))
         return {k: torch.from_numpy(v) for k, v in views.items()}
 
 

@@ -30,7 +30,7 @@ from common import interleave, line, show, window, write  # noqa: E402
 
 from sslscale import corpus, stream  # noqa: E402
 from sslscale.config import Config  # noqa: E402
-from sslscale.methods import view_layout  # noqa: E402
+from sslscale.methods import view_layouts  # noqa: E402
 from sslscale.modalities.image import decode_image  # noqa: E402
 from sslscale.runtime import ensure_ray, shutdown  # noqa: E402
 from sslscale.views import ViewSpec, batch_views  # noqa: E402
@@ -40,12 +40,13 @@ class BlockViews:
     """webdataset collation: a block of samples -> decoded images -> the method's views (picklable, for workers)."""
 
     def __init__(self, cfg: Config, size: int):
-        self.seed, self.spec, self.layout = cfg.data.seed, ViewSpec.from_config(cfg, size), view_layout(cfg, size)
+        self.seed, self.spec = cfg.data.seed, ViewSpec.from_config(cfg, size)
+        self.layout = view_layouts(cfg, {"image": size})["image"]
 
     def __call__(self, samples: list[dict]) -> dict:
         ids = np.array([int(s["__key__"]) for s in samples], np.int64)
         images = np.stack([decode_image(s["image.png"]) for s in samples])
-        return {"id": ids, **batch_views(images, ids, seed=self.seed, epoch=0, spec=self.spec, **self.layout)}
+        return {"id": ids, **batch_views(images, ids, seed=self.seed, epoch=0, spec=self.spec, **vars(self.layout))}
 
 
 def plain_batches(corpus_dir: str, cfg: Config, workers: int):

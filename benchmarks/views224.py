@@ -39,7 +39,7 @@ SPEC = ViewSpec(size=224, crop_min_scale=0.08, flip=0.5, jitter=0.4, jitter_prob
 def _pngs(corpus_dir: str, n: int) -> list[bytes]:
     manifest, out = corpus.load_manifest(corpus_dir), []
     for shard in manifest["splits"]["train"]["shards"]:
-        out += [r[1] for r in read_shard(os.path.join(corpus_dir, shard["name"]), "webdataset")]
+        out += [r[1][0] for r in read_shard(os.path.join(corpus_dir, shard["name"]), "webdataset")]
         if len(out) >= n:
             break
     return out[:n]

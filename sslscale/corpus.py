@@ -3,10 +3,10 @@
 Writer: `prepare` turns a source (Fashion-MNIST IDX files, scikit-learn's digits, a folder of images, or text:
 a folder of .txt/.md/.jsonl files or the built-in `pydocs`, see text.py; a folder with class subfolders gets a
 seeded, stratified test split) into WebDataset tar shards (`{split}-{index:06d}.tar` holding `{id:08d}.image.png`
-or `{id:08d}.text.ids`, and `{id:08d}.label.cls`) or Parquet shards (`{split}-{index:06d}.parquet`, columns
-id/image or text/label), plus a manifest.json with counts, each field's kind, dtype and shape or length, and
-sha256 checksums: per shard, `sha256` of the whole file, and `chunks`, the sha256 of each consecutive
-`chunk_bytes` of it (shards.CHUNK_BYTES, 8 MiB, unless prepare is given another; the last chunk may be short), so
+or `{id:08d}.text.ids`, a member per data field of a record, and `{id:08d}.label.cls`) or Parquet shards
+(`{split}-{index:06d}.parquet`, columns id, one per data field (image, text) and label), plus a manifest.json
+with counts, each field's kind, dtype and shape or length, and sha256 checksums: per shard, `sha256` of the whole
+file, and `chunks`, the sha256 of each consecutive `chunk_bytes` of it (shards.CHUNK_BYTES, 8 MiB, unless prepare is given another; the last chunk may be short), so
 a reader can check a tar shard as it streams it (shards.py). The corpus is built in `OUT.partial` and renamed
 into place with the manifest written last, so an interrupted run never leaves a complete-looking OUT; the same
 input gives byte-identical shards.
@@ -27,7 +27,7 @@ import tarfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -35,8 +35,8 @@ import pyarrow.parquet as pq
 
 from sslscale import sources, storage
 from sslscale.errors import SslscaleError, reason
-from sslscale.modalities import data_field, labelled
-from sslscale.shards import CHUNK_BYTES, Row, checks, read_shard
+from sslscale.modalities import Modality, data_field, data_fields, labelled
+from sslscale.shards import CHUNK_BYTES, Members, Row, checks, read_shard
 from sslscale.sources import Sample, Source
 
 FORMATS = {"webdataset": ".tar", "parquet": ".parquet"}
@@ -115,55 +115,57 @@ def _remove(path: Path) -> None:
 
 def _build(src: Source, staging: Path, fmt: str, shard_size: int, show_progress: bool, chunk_bytes: int) -> dict:
     progress = _Progress(sum(n for n, _ in src.splits.values()), show_progress)
-    name, entry = src.data
-    field = data_field({"fields": {name: entry}}, src.path)  # its declared kind encodes each sample
-    splits = {split: _write_split(samples, split, staging, fmt, shard_size, progress, field.member, field.encode,
-                                  chunk_bytes) for split, (_, samples) in src.splits.items()}
+    fields = list(data_fields({"fields": src.data}, src.path).values())  # each field's kind encodes its values
+    splits = {split: _write_split(samples, split, staging, fmt, shard_size, progress, fields, chunk_bytes)
+              for split, (_, samples) in src.splits.items()}
     progress.report()
     if not any(s["samples"] for s in splits.values()):
-        raise SslscaleError(f"no {name} under {src.path} could be decoded ({len(src.skipped)} skipped): "
-                            "fix or remove them")
-    fields: dict = {name: entry}
+        raise SslscaleError(f"no {next(iter(src.data))} under {src.path} could be decoded ({len(src.skipped)} "
+                            "skipped): fix or remove them")
+    entries: dict = dict(src.data)
     if src.classes is not None:
-        fields["label"] = {"kind": "label", "classes": src.classes}
+        entries["label"] = {"kind": "label", "classes": src.classes}
     for file_name, data in src.files.items():
         (staging / file_name).write_bytes(data)
     manifest = {"version": 1, "format": fmt, "source": {"kind": src.kind, "path": src.path},
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "fields": fields, "splits": splits, "skipped": src.skipped}
+                "fields": entries, "splits": splits, "skipped": src.skipped}
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
 def _write_split(samples: Iterable[Sample], split: str, staging: Path, fmt: str, shard_size: int,
-                 progress: "_Progress", member: str, encode: Callable[[object], bytes], chunk_bytes: int) -> dict:
+                 progress: "_Progress", fields: list[Modality], chunk_bytes: int) -> dict:
+    """A split's shards: each sample's values encoded by their fields, `shard_size` samples a shard."""
     shards: list[dict] = []
     batch: list[Row] = []
-    for sample_id, (value, label) in enumerate(samples):
-        batch.append((sample_id, encode(value), label))
+    members = tuple(f.member for f in fields)
+    for sample_id, (values, label) in enumerate(samples):
+        batch.append((sample_id, tuple(f.encode(v) for f, v in zip(fields, values, strict=True)), label))
         progress.advance()
         if len(batch) == shard_size:
-            shards.append(_write_shard(staging, split, len(shards), fmt, batch, member, chunk_bytes))
+            shards.append(_write_shard(staging, split, len(shards), fmt, batch, members, chunk_bytes))
             batch = []
     if batch:
-        shards.append(_write_shard(staging, split, len(shards), fmt, batch, member, chunk_bytes))
+        shards.append(_write_shard(staging, split, len(shards), fmt, batch, members, chunk_bytes))
     return {"samples": sum(s["samples"] for s in shards), "shards": shards}
 
 
-def _write_shard(staging: Path, split: str, index: int, fmt: str, rows: list[Row], member: str,
+def _write_shard(staging: Path, split: str, index: int, fmt: str, rows: list[Row], members: Members,
                  chunk_bytes: int) -> dict:
     name = f"{split}-{index:06d}{FORMATS[fmt]}"
-    (_write_tar if fmt == "webdataset" else _write_parquet)(staging / name, rows, member)
+    (_write_tar if fmt == "webdataset" else _write_parquet)(staging / name, rows, members)
     # chunks for parquet shards too (read whole today): the manifest describes every shard's bytes the same way
     sha256, chunks = storage.sha256_chunks(str(staging / name), chunk_bytes)
     return {"name": name, "samples": len(rows), "first_id": rows[0][0], "sha256": sha256,
             "chunk_bytes": chunk_bytes, "chunks": chunks}
 
 
-def _write_tar(path: Path, rows: list[Row], member: str) -> None:
+def _write_tar(path: Path, rows: list[Row], members: Members) -> None:
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for sample_id, data, label in rows:
-            _add_member(tar, f"{sample_id:08d}.{member}", data)
+        for sample_id, values, label in rows:
+            for member, data in zip(members, values):
+                _add_member(tar, f"{sample_id:08d}.{member}", data)
             if label is not None:
                 _add_member(tar, f"{sample_id:08d}.label.cls", str(label).encode())
 
@@ -175,9 +177,9 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _write_parquet(path: Path, rows: list[Row], member: str) -> None:
+def _write_parquet(path: Path, rows: list[Row], members: Members) -> None:
     columns = {"id": pa.array([r[0] for r in rows], pa.int64()),
-               member.partition(".")[0]: pa.array([r[1] for r in rows], pa.binary())}
+               **{m.partition(".")[0]: pa.array([r[1][i] for r in rows], pa.binary()) for i, m in enumerate(members)}}
     if rows[0][2] is not None:
         columns["label"] = pa.array([r[2] for r in rows], pa.int64())
     pq.write_table(pa.table(columns), path)
@@ -261,7 +263,7 @@ def read_split(corpus_dir, split: str, with_labels: bool = True):
     rows: list[Row] = []
     for shard in _split_entry(manifest, split, corpus_dir)["shards"]:
         rows.extend(read_shard(str(Path(corpus_dir) / shard["name"]), manifest["format"], **checks(shard),
-                               labelled=with_labels, member=member))
+                               labelled=with_labels, members=(member,)))
     rows.sort(key=lambda r: r[0])
     ids = np.array([r[0] for r in rows], dtype=np.int64)
     labels = np.array([r[2] for r in rows], dtype=np.int64) if with_labels else None
@@ -272,7 +274,7 @@ def decode_rows(rows: list[Row], manifest: dict) -> np.ndarray:
     """The rows' data, decoded and stacked by the corpus's data field (modalities): images uint8 (N, H, W, C),
     token ids int64 (N, max_length) padded with 0."""
     field = data_field(manifest)
-    return field.stack([field.decode(r[1]) for r in rows])
+    return field.stack([field.decode(r[1][0]) for r in rows])
 
 
 def data_root() -> str:

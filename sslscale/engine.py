@@ -117,8 +117,7 @@ class Engine:
         self.precision = pick_precision(cfg.engine.precision, self.device)
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         self._check_zero3(method)
-        # field -> kind, what to_device moves (the size a text encoder's method does not use)
-        self.inputs = method.inputs(cfg, getattr(method.encoder, "image_size", 0))
+        self.inputs = method.inputs(cfg, method.sizes())  # field -> kind, what to_device moves
         init_distributed(self.device)
         self.optimizer = optimizer = build_optimizer(method, cfg.optim)
         config = ds_config(cfg, self.precision, dist.get_world_size())

@@ -58,7 +58,7 @@ class Classifier(Method):
                                                                      name) else depth + 1)
         return self.encoder_scale * self.layer_decay ** (depth + 1 - layer)
 
-    def inputs(self, cfg, image_size: int) -> dict[str, str]:
+    def inputs(self, cfg, sizes: dict[str, int]) -> dict[str, str]:
         """The data field's labelled view (one view of an image, a passage's token ids), and its class."""
         return {self.field: self.data.labelled_input, "label": "ids"}
 

@@ -26,7 +26,7 @@ from sslscale import checkpoint, corpus, lease, storage, stream, timeline, track
 from sslscale.config import Config, validate
 from sslscale.errors import SslscaleError, root_cause
 from sslscale.export import load_encoder
-from sslscale.modalities import KINDS, Modality, data_field
+from sslscale.modalities import KINDS, Modality, data_field, data_fields
 from sslscale.runtime import ensure_ray, in_job, shutdown
 
 RUN_FILE = "run.json"
@@ -64,23 +64,28 @@ class _Signalled(KeyboardInterrupt):
 
 
 def _data_field(corpus_dir: str, cfg: Config) -> Modality:
-    """The corpus's declared data field (modalities), checked against the method and the model before any worker
-    starts: its `encoder_input` is the encoder's input spec (channels and side, vocabulary and length)."""
+    """The corpus's declared data field (modalities) the encoder reads, checked against the method and the model
+    before any worker starts, as is every field the method's views read (stream.view_parts): its `encoder_input`
+    is the encoder's input spec (channels and side, vocabulary and length)."""
     from sslscale.encoders import ENCODERS
     from sslscale.methods import method_class
 
     corpus.verify_shards(corpus_dir, cfg.data.split, hashes=False)  # the stream checks each shard's sha256 as it reads
-    field = data_field(corpus.load_manifest(corpus_dir), corpus_dir)
+    manifest = corpus.load_manifest(corpus_dir)
+    kinds = {f.kind: f for f in data_fields(manifest, corpus_dir).values()}
     wanted = method_class(cfg.method.name).modality
-    if wanted != field.kind:
+    if wanted not in kinds:
+        holds = " and ".join(f.noun for f in kinds.values())
         raise SslscaleError(f"method.name={cfg.method.name} trains on {KINDS[wanted].noun} but corpus {corpus_dir} "
-                            f"holds {field.noun}: pick a method or a corpus of the other kind (text: docs/text.md)")
+                            f"holds {holds}: pick a method or a corpus of the other kind (text: docs/text.md)")
+    field = data_field(manifest, corpus_dir, wanted)
     if ENCODERS[cfg.model.encoder].modality != field.kind:
         fitting = " or ".join(name for name, cls in ENCODERS.items() if cls.modality == field.kind)
         raise SslscaleError(f"model.encoder={cfg.model.encoder} takes "
                             f"{KINDS[ENCODERS[cfg.model.encoder].modality].noun} but corpus {corpus_dir} holds "
                             f"{field.noun}: set model.encoder={fitting}")
     field.check_model(cfg.model, corpus_dir)
+    stream.view_parts(cfg, manifest, corpus_dir)
     return field
 
 

@@ -30,7 +30,7 @@ def _rows(corpus_dir: str, split: str, rng: np.random.Generator, n: int) -> list
     for i in rng.permutation(len(entries)):
         if len(rows) >= n:
             break
-        rows += read_shard(paths[i], manifest["format"], **checks(entries[i]), member=member)
+        rows += read_shard(paths[i], manifest["format"], **checks(entries[i]), members=(member,))
     return sorted(rows, key=lambda r: r[0])
 
 

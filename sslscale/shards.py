@@ -8,12 +8,13 @@ chunks arrive, so a reader holds about one chunk plus one sample, not the whole 
 A shard of an older manifest (no `chunks`), and every Parquet shard (a Parquet reader needs random access to the
 file's footer), is read whole into memory and checked against the whole file's `sha256` before it is parsed.
 
-A shard is a WebDataset tar of `{id:08d}.image.png` (or another data member, such as text's `text.ids`) /
-`{id:08d}.label.cls` members, a sample's members next to each other, or a parquet table with `id`, `image` (or
-`text`) (and `label`) columns. Tar members with an absolute path, `..`, a folder or a non-file type are rejected:
-nothing in a shard can name a place outside it. `iter_shard` hands rows out as they are checked (the training
-stream, stream.py, per epoch and shard on Ray Data tasks); `read_shard` returns all of a shard's rows or none
-(`corpus.read_split` for transfer evaluation, the probe set).
+A shard is a WebDataset tar of `{id:08d}.image.png` (or another data member, such as text's `text.ids`; a record
+of several data fields has a member each) / `{id:08d}.label.cls` members, a sample's members next to each other,
+or a parquet table with `id`, a column per data field (`image`, `text`) and `label`. A reader names the data
+`members` it wants, and each row holds their bytes in that order. Tar members with an absolute path, `..`, a
+folder or a non-file type are rejected: nothing in a shard can name a place outside it. `iter_shard` hands rows
+out as they are checked (the training stream, stream.py, per epoch and shard on Ray Data tasks); `read_shard`
+returns all of a shard's rows or none (`corpus.read_split` for transfer evaluation, the probe set).
 """
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ import pyarrow.parquet as pq
 from sslscale import storage
 from sslscale.errors import SslscaleError
 
-Row = tuple[int, bytes, Optional[int]]  # (sample id, the data member's bytes (an image, token ids), label or None)
+# (sample id, the bytes of each data member asked for (an image, token ids; a picture and its caption), label or None)
+Row = tuple[int, tuple[bytes, ...], Optional[int]]
+Members = tuple[str, ...]  # the data members a reader asks for, as modalities.Modality.member names them
 REPAIR = "re-run `sslscale data prepare` for this corpus (or set data.on_error=skip to train without it)"
 # the unit a shard is checked and streamed in: few reads per shard (one ranged GET each on S3), little to hold
 CHUNK_BYTES = 8 << 20
@@ -48,36 +51,38 @@ def checks(entry: dict) -> dict:
 
 
 def read_shard(path: str, fmt: str, *, sha256: str = "", chunks: Sequence[str] = (), chunk_bytes: int = 0,
-               labelled: bool = False, member: str = "image.png") -> list[Row]:
-    """All rows of one shard (the bytes of its data `member`, a modalities.Modality's), or ShardError naming the
+               labelled: bool = False,
+               members: Members = ("image.png",)) -> list[Row]:
+    """All rows of one shard (the bytes of its data `members`, modalities.Modality.member's), or ShardError naming the
     shard when it cannot be trusted or read: no rows of a shard that is bad anywhere. Checks as iter_shard's."""
     return list(iter_shard(path, fmt, sha256=sha256, chunks=chunks, chunk_bytes=chunk_bytes, labelled=labelled,
-                           member=member))
+                           members=members))
 
 
 def iter_shard(path: str, fmt: str, *, sha256: str = "", chunks: Sequence[str] = (), chunk_bytes: int = 0,
-               labelled: bool = False, member: str = "image.png") -> Iterator[Row]:
+               labelled: bool = False,
+               members: Members = ("image.png",)) -> Iterator[Row]:
     """The rows of one shard as they are checked: a tar shard with `chunks` streamed, each row once every chunk its
     bytes lie in matched; otherwise all rows once the whole file matched `sha256` (none given: not checked).
     ShardError naming the shard when it cannot be trusted or read, after the rows handed out before the damage."""
     if chunks and chunk_bytes > 0 and fmt == "webdataset":
-        yield from _streamed(path, chunks, chunk_bytes, labelled, member)
+        yield from _streamed(path, chunks, chunk_bytes, labelled, members)
         return
     try:
         data = storage.read_bytes(path)  # a local, shared or object-store path
     except OSError as e:
         raise _unreadable(path, e) from None
     if sha256 and hashlib.sha256(data).hexdigest() != sha256:
-        _refuse(path, [data], fmt, labelled, member, MISMATCH)
-    yield from list(_rows([data], path, fmt, labelled, bool(sha256), member))  # parsed whole: all rows or none
+        _refuse(path, [data], fmt, labelled, members, MISMATCH)
+    yield from list(_rows([data], path, fmt, labelled, bool(sha256), members))  # parsed whole: all rows or none
 
 
-def _streamed(path: str, chunks: Sequence[str], chunk_bytes: int, labelled: bool, member: str) -> Iterator[Row]:
+def _streamed(path: str, chunks: Sequence[str], chunk_bytes: int, labelled: bool, members: Members) -> Iterator[Row]:
     try:
         yield from _rows(_checked(_read(path, chunk_bytes), chunks, chunk_bytes), path, "webdataset", labelled, True,
-                         member)
+                         members)
     except _Mismatch as e:  # the chunks read are gone: read the file again, unchecked, to say what is wrong with it
-        _refuse(path, _read(path, chunk_bytes), "webdataset", labelled, member, str(e))
+        _refuse(path, _read(path, chunk_bytes), "webdataset", labelled, members, str(e))
 
 
 def _read(path: str, chunk_bytes: int) -> Iterator[bytes]:
@@ -103,24 +108,25 @@ def _checked(source: Iterator[bytes], chunks: Sequence[str], chunk_bytes: int) -
         raise _Mismatch(f"it is longer than the {len(chunks)} chunks of {chunk_bytes} bytes manifest.json lists")
 
 
-def _refuse(path: str, data: Iterable[bytes], fmt: str, labelled: bool, member: str, why: str) -> NoReturn:
+def _refuse(path: str, data: Iterable[bytes], fmt: str, labelled: bool, members: Members, why: str) -> NoReturn:
     """The ShardError of a shard whose bytes differ from the prepared ones: truncated or corrupt where its bytes
     (read again, unchecked) no longer parse, else modified after it was prepared."""
     try:
-        for _ in _rows(data, path, fmt, labelled, False, member):
+        for _ in _rows(data, path, fmt, labelled, False, members):
             pass
     except ShardError as e:
         raise ShardError(f"{e} ({MISMATCH})") from None
     raise ShardError(f"shard {path} was modified after it was prepared ({why}): {REPAIR}")
 
 
-def _rows(data: Iterable[bytes], path: str, fmt: str, labelled: bool, verified: bool, member: str) -> Iterator[Row]:
+def _rows(data: Iterable[bytes], path: str, fmt: str, labelled: bool, verified: bool,
+          members: Members) -> Iterator[Row]:
     """The rows of a shard's bytes, given as consecutive chunks (one, for a shard read whole)."""
     try:
         if fmt == "webdataset":
-            yield from _tar_rows(data, path, labelled, verified, member)
+            yield from _tar_rows(data, path, labelled, verified, members)
         else:
-            yield from _parquet_rows(b"".join(data), labelled, member.partition(".")[0])
+            yield from _parquet_rows(b"".join(data), labelled, [m.partition(".")[0] for m in members])
     except ShardError:
         raise
     except (OSError, ValueError, KeyError) as e:
@@ -208,28 +214,28 @@ def _checksum(header: bytes) -> int:
     return int(header[148:156].strip(b" \0") or b"-1", 8)
 
 
-def _tar_rows(data: Iterable[bytes], path: str, labelled: bool, verified: bool, member: str) -> Iterator[Row]:
+def _tar_rows(data: Iterable[bytes], path: str, labelled: bool, verified: bool, members: Members) -> Iterator[Row]:
     """Each sample's row once the member after its last one was read (or the archive's end, all of it checked)."""
     sid, fields, done = -1, {}, set()
     for name, plain_file, content in _tar_members(data, verified):
         key, field = _member_key(name, plain_file, path)
         if key != sid:
             if fields:
-                yield _row(sid, fields, labelled, member)
+                yield _row(sid, fields, labelled, members)
                 done.add(sid)
             if key in done:  # a row is handed out when the next sample starts: its members must be together
                 raise ValueError(f"sample {key}'s members are not next to each other")
             sid, fields = key, {}
         fields[field] = content
     if fields:
-        yield _row(sid, fields, labelled, member)
+        yield _row(sid, fields, labelled, members)
 
 
-def _row(sid: int, fields: dict[str, bytes], labelled: bool, member: str) -> Row:
-    return sid, fields[member], int(fields["label.cls"]) if labelled else None
+def _row(sid: int, fields: dict[str, bytes], labelled: bool, members: Members) -> Row:
+    return sid, tuple(fields[m] for m in members), int(fields["label.cls"]) if labelled else None
 
 
-def _parquet_rows(data: bytes, labelled: bool, column: str) -> list[Row]:
-    table = pq.read_table(io.BytesIO(data), columns=["id", column] + (["label"] if labelled else []))
+def _parquet_rows(data: bytes, labelled: bool, columns: list[str]) -> list[Row]:
+    table = pq.read_table(io.BytesIO(data), columns=["id", *columns] + (["label"] if labelled else []))
     cols = table.to_pydict()
-    return list(zip(cols["id"], cols[column], cols.get("label", [None] * table.num_rows)))
+    return list(zip(cols["id"], zip(*(cols[c] for c in columns)), cols.get("label", [None] * table.num_rows)))

@@ -4,9 +4,10 @@ The run's stream is a plan of (epoch, shard) items, epochs in order and shards i
 the shards a checkpoint consumed whole (manifest: a shard holds ids first_id..first_id+samples-1); a Ray Data task
 reads one item (shards.iter_shard: a tar shard streamed chunk by chunk, each chunk's sha256 checked before its
 samples are used, so a task holds about a chunk and a block, not the shard; member names checked), drops the ids a
-checkpoint already consumed in that epoch (a position.Position), decodes and builds views (the corpus's declared
-data field, a modalities.Modality: images through views.batch_views, passages through modalities.text.text_views,
-vectorised per block) with randomness fixed by (seed, epoch, sample id), and hands them out in blocks of
+checkpoint already consumed in that epoch (a position.Position), decodes and builds views (each `Part`: a data
+field the method reads, a modalities.Modality, with the method's typed layout for it: images through
+views.batch_views, passages through modalities.text.text_views, vectorised per block; a record of several fields
+makes each field's views) with randomness fixed by (seed, epoch, sample id), and hands them out in blocks of
 BLOCK_ROWS as it makes them: one operator, no raw bytes through the object store. It runs at most
 `ingest_options`' budget ahead of training, and Ray Data's scheduling loop is paced so that waiting for training
 costs no CPU (_pace_scheduling). Rows carry `id` and `epoch`, so a worker records what its completed steps
@@ -23,16 +24,16 @@ import os
 import time
 import uuid
 from itertools import islice
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 import ray.data
 
 from sslscale import corpus, storage
 from sslscale.errors import SslscaleError
-from sslscale.modalities import Modality, data_field
+from sslscale.modalities import Layout, Modality, data_field, data_fields
 from sslscale.position import Position
-from sslscale.shards import Row, ShardError, iter_shard
+from sslscale.shards import Members, Row, ShardError, iter_shard
 
 
 BLOCK_ROWS = 256  # views per block handed to a training worker
@@ -88,17 +89,46 @@ def skipped(skip_dir: str) -> dict[str, dict[str, str]]:
     return out
 
 
+class Part(NamedTuple):
+    """What the stream makes from one data field of a record: the field (a modalities.Modality), the method's typed
+    layout for it, and its view options (Modality.view_options: the run's augmentation strengths)."""
+
+    field: Modality
+    layout: Layout
+    options: dict
+
+
+def view_parts(cfg, manifest: dict, where: str) -> list[Part]:
+    """The parts of the run's stream: for each kind of field the method reads (methods.view_layouts), the corpus's
+    field of that kind with the method's layout for it. One line when the corpus lacks a kind or a layout is of
+    another kind, or when two fields would make a batch field of one name."""
+    from sslscale.methods import view_layouts  # here, not at the top: Ray Data's tasks import this module, not torch
+
+    sizes = {field.kind: field.size for field in data_fields(manifest, where).values()}
+    parts = []
+    for kind, layout in view_layouts(cfg, sizes).items():
+        field = data_field(manifest, where, kind)
+        field.check_layout(layout, cfg.method.name)
+        parts.append(Part(field, layout, field.view_options(cfg)))
+    names = [name for part in parts for name in part.layout.fields()]
+    if len(set(names)) < len(names):
+        raise SslscaleError(f"method.name={cfg.method.name} asks fields of {where} for views of one name twice "
+                            f"({', '.join(names)}): give each kind's views their own names")
+    return parts
+
+
 def read_blocks(batch: dict, *, corpus_dir: str, fmt: str, consumed: Position, on_error: str,
-                skip_dir: str | None, member: str = "image.png", chunks: dict | None = None,
+                skip_dir: str | None, members: Members = ("image.png",), chunks: dict | None = None,
                 rows: int = BLOCK_ROWS) -> Iterator[dict]:
     """One plan item {epoch, shard, sha256} (shard_views' input): the shard's rows not yet consumed in that epoch,
-    as {id, epoch, raw: the data member's bytes (an image, token ids), shard name}, in blocks of up to `rows` rows
+    as {id, epoch, raw: the data members' bytes (an image, token ids; a tuple, one per member), shard name}, in
+    blocks of up to `rows` rows
     as the shard is read. `chunks` ({shard name: its manifest entry's chunk_bytes and chunks}; looked up here, not
     carried by every plan item, which epochs x shards would multiply) lets shards.iter_shard check a tar shard
     chunk by chunk. A shard found bad part-way stops the run (fail) or is recorded and the rest of it left out
     (skip); the blocks handed out before were checked."""
     epoch, name = int(batch["epoch"][0]), str(batch["shard"][0])
-    found = iter_shard(storage.join(corpus_dir, name), fmt, sha256=str(batch["sha256"][0]), member=member,
+    found = iter_shard(storage.join(corpus_dir, name), fmt, sha256=str(batch["sha256"][0]), members=members,
                        **(chunks or {}).get(name, {}))
     try:
         for block in _groups(_unseen(found, epoch, consumed), rows):
@@ -122,45 +152,47 @@ def _groups(items: Iterable, n: int) -> Iterator[list]:
         yield group
 
 
-def _unseen(rows: Iterator[Row], epoch: int, consumed: Position) -> Iterator[tuple[int, bytes]]:
+def _unseen(rows: Iterator[Row], epoch: int, consumed: Position) -> Iterator[tuple[int, tuple[bytes, ...]]]:
     """(id, data) of the rows `consumed` does not hold for `epoch`, asked BLOCK_ROWS rows at a time."""
     for group in _groups(rows, BLOCK_ROWS):
         seen = consumed.contains(epoch, np.asarray([r[0] for r in group], np.int64)).tolist()
         yield from ((sid, data) for (sid, data, _), used in zip(group, seen) if not used)
 
 
-def _block(rows: list[tuple[int, bytes]], epoch: int, name: str) -> dict:
+def _block(rows: list[tuple[int, tuple[bytes, ...]]], epoch: int, name: str) -> dict:
     raw = np.empty(len(rows), dtype=object)
-    raw[:] = [r[1] for r in rows]
+    for i, row in enumerate(rows):  # one tuple of members' bytes per row (a slice assignment would unpack them)
+        raw[i] = row[1]
     return {"id": np.asarray([r[0] for r in rows], np.int64), "epoch": np.full(len(rows), epoch, np.int64),
             "raw": raw, "shard": np.full(len(rows), name, dtype=object)}
 
 
-def make_views(batch: dict, *, seed: int, on_error: str, field: Modality, skip_dir: str | None = None,
-               layout: dict | None = None, options: dict | None = None) -> dict:
+def make_views(batch: dict, *, seed: int, on_error: str, parts: list[Part], skip_dir: str | None = None) -> dict:
     """Rows of one epoch {id, epoch, raw bytes, shard} (a block of shard_views) -> {"id", "epoch", "view_0", ...}:
-    the corpus's data `field` decodes each sample and makes the fields of `layout` (the method's, see
-    methods.Method.views; default two views) with its view `options` (Modality.view_options); undecodable samples
-    are skipped (recorded) or stop the run, per on_error."""
-    options = options or {}
+    each part's field decodes its member of every record and makes the fields of its layout (the method's, see
+    methods.base.Method.views) with its view options; a record with a member that cannot be decoded is skipped
+    (recorded) or stops the run, per on_error."""
     samples, kept, epochs = [], [], []
     for sid, epoch, raw, shard in zip(batch["id"].tolist(), batch["epoch"].tolist(), batch["raw"], batch["shard"]):
-        sample = field.decoded_or_none(raw)
-        if sample is None:
-            reason = f"sample {sid} in shard {shard} cannot be decoded as {field.describe()}"
+        decoded = [part.field.decoded_or_none(data) for part, data in zip(parts, raw)]
+        bad = next((part.field for part, sample in zip(parts, decoded) if sample is None), None)
+        if bad is not None:
+            reason = f"sample {sid} in shard {shard} cannot be decoded as {bad.describe()} ({bad.name})"
             if on_error == "fail":
                 raise SslscaleError(f"{reason}; re-prepare the corpus or set data.on_error=skip")
             _log_skip(skip_dir, "sample", str(sid), reason, epoch)
             continue
-        samples.append(sample)
+        samples.append(decoded)
         kept.append(sid)
         epochs.append(epoch)
     ids, epochs = np.asarray(kept, np.int64), np.asarray(epochs, np.int64)
-    layout = layout or {"n_views": 2}
     if not len(ids):  # every sample of the block was skipped: empty fields of the right shapes
-        return {"id": ids, "epoch": epochs, **{k: v[:0] for k, v in _one_row(field, layout, options).items()}}
-    views = field.views(field.stack(samples), ids, seed=seed, epoch=int(epochs[0]), layout=layout, **options)
-    return {"id": ids, "epoch": epochs, **views}
+        return {"id": ids, "epoch": epochs, **{k: v[:0] for k, v in _one_row(parts).items()}}
+    out = {"id": ids, "epoch": epochs}
+    for i, part in enumerate(parts):
+        out.update(part.field.views(part.field.stack([s[i] for s in samples]), ids, seed=seed,
+                                    epoch=int(epochs[0]), layout=part.layout, **part.options))
+    return out
 
 
 def shard_views(item: dict, *, read: dict, views: dict):
@@ -170,16 +202,19 @@ def shard_views(item: dict, *, read: dict, views: dict):
         yield make_views(rows, **views)
 
 
-def _one_row(field: Modality, layout: dict, options: dict | None = None) -> dict:
-    """The fields `field` makes for `layout` from one blank sample: their shapes and dtypes, from the one place
-    that knows."""
-    blank = field.stack([field.blank()])
-    return field.views(blank, np.zeros(1, np.int64), seed=0, epoch=0, layout=layout, **(options or {}))
+def _one_row(parts: list[Part]) -> dict:
+    """The fields the parts make from one blank record: their shapes and dtypes, from the one place that knows."""
+    out = {}
+    for part in parts:
+        blank = part.field.stack([part.field.blank()])
+        out.update(part.field.views(blank, np.zeros(1, np.int64), seed=0, epoch=0, layout=part.layout,
+                                    **part.options))
+    return out
 
 
-def row_bytes(layout: dict, field: Modality) -> int:
-    """Bytes of one row of the view stream (the fields `field` makes for `layout`, plus id and epoch)."""
-    return sum(v.nbytes for v in _one_row(field, layout).values()) + 16
+def row_bytes(parts: list[Part]) -> int:
+    """Bytes of one row of the view stream (the fields the parts make, plus id and epoch)."""
+    return sum(v.nbytes for v in _one_row(parts).values()) + 16
 
 
 def epochs_needed(steps: int, batch_size: int, samples: int) -> int:
@@ -208,7 +243,7 @@ def pretrain_dataset(cfg, corpus_dir: str, *, consumed: Position | None = None,
     manifest = corpus.load_manifest(corpus_dir)
     corpus.shard_paths(manifest, corpus_dir, cfg.data.split)  # one-line error for a missing split
     split = manifest["splits"][cfg.data.split]
-    field = data_field(manifest, corpus_dir)
+    parts = view_parts(cfg, manifest, corpus_dir)
     epochs = epochs_needed(cfg.train.steps, cfg.data.batch_size, split["samples"])
     if cfg.data.on_error == "skip":  # up to half the corpus may turn out bad; unread epochs cost nothing
         epochs = 2 * epochs
@@ -218,21 +253,17 @@ def pretrain_dataset(cfg, corpus_dir: str, *, consumed: Position | None = None,
         raise SslscaleError(f"the checkpoint already consumed all {epochs} epochs this run's train.steps need of "
                             f"{corpus_dir}: nothing is left to stream (raise train.steps)")
     read = dict(corpus_dir=corpus_dir, fmt=manifest["format"], consumed=consumed, on_error=cfg.data.on_error,
-                skip_dir=skip_dir, member=field.member,
+                skip_dir=skip_dir, members=tuple(part.field.member for part in parts),
                 chunks={s["name"]: {"chunk_bytes": s["chunk_bytes"], "chunks": s["chunks"]}
                         for s in split["shards"] if s.get("chunks")})
-    from sslscale.methods import view_layout  # here, not at the top: Ray Data's tasks import this module, not torch
-
-    layout = view_layout(cfg, field.size)
-    views = dict(seed=cfg.data.seed, on_error=cfg.data.on_error, skip_dir=skip_dir, layout=layout, field=field,
-                 options=field.view_options(cfg))
+    views = dict(seed=cfg.data.seed, on_error=cfg.data.on_error, skip_dir=skip_dir, parts=parts)
     # one task per plan item reads its shard and makes its views, in blocks of BLOCK_ROWS rows handed out as
     # they are made: no second operator, no raw bytes through the object store, and the split hands workers
     # small pieces of the same epoch, not an epoch each
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         shard_views, fn_kwargs={"read": read, "views": views}, batch_size=1, batch_format="numpy",
         num_cpus=cfg.data.task_cpus)  # what train's placement check counts
-    dataset.context.target_max_block_size = BLOCK_ROWS * row_bytes(layout, field)
+    dataset.context.target_max_block_size = BLOCK_ROWS * row_bytes(parts)
     return dataset
 
 
@@ -271,10 +302,7 @@ def ingest_options(cfg, corpus_dir: str) -> ray.data.ExecutionOptions:
     on every run (Ray's split gives each block to the worker with the fewest rows so far), which makes a run
     repeatable; otherwise blocks in flight together may arrive out of order, which the per-epoch consumed ids
     account for. (With preserve_order, a union of per-epoch pipelines once stalled the split coordinator.)"""
-    from sslscale.methods import view_layout  # here, not at the top: Ray Data's tasks import this module
-
-    field = data_field(corpus.load_manifest(corpus_dir), corpus_dir)
-    one_row = row_bytes(view_layout(cfg, field.size), field)
+    one_row = row_bytes(view_parts(cfg, corpus.load_manifest(corpus_dir), corpus_dir))
     run_ahead = cfg.data.buffer_mb * 2**20 or RUN_AHEAD_BATCHES * max(cfg.data.batch_size, BLOCK_ROWS) * one_row
     limits = ray.data.ExecutionResources(cpu=cfg.data.cpus, object_store_memory=run_ahead + split_rows(cfg) * one_row)
     return ray.data.ExecutionOptions(resource_limits=limits, preserve_order=cfg.data.deterministic)

@@ -254,18 +254,18 @@ def source(name: str, *, on_error: str, test_fraction: float, seed: int, seq_len
              "vocab_size": tok.get_vocab_size(), "tokenizer": TOKENIZER, "special": list(SPECIAL),
              "sample": "document" if classes is not None else "passage"}
     kind = name if name in builtin_sources() else "text folder"
-    return Source(kind, str(root), ("text", entry), classes, {s: (len(r), iter(r)) for s, r in samples.items()},
+    return Source(kind, str(root), {"text": entry}, classes, {s: (len(r), iter(r)) for s, r in samples.items()},
                   skipped, {TOKENIZER: tok.to_str().encode(), DOCUMENTS: json.dumps(documents, indent=1).encode()})
 
 
 def _samples(docs: list, doc_sentences: list[list[str]], tok, seq_len: int, one_per_document: bool):
-    """(samples, documents): the split's (ids, label) samples and [name, first id, count] per document."""
+    """(samples, documents): the split's ((ids,), label) samples and [name, first id, count] per document."""
     rows, documents = [], []
     for ((name, _), label), sents in zip(docs, doc_sentences):
         ids = [e.ids for e in tok.encode_batch(sents, add_special_tokens=False)] if sents else []
         found = passages(ids, seq_len)[:1] if one_per_document else passages(ids, seq_len)
         documents.append([name, len(rows), len(found)])
-        rows += [(p, label) for p in found]
+        rows += [((p,), label) for p in found]
     return rows, documents
 
 

@@ -224,32 +224,22 @@ def patch_masks(u: np.ndarray, ratio: float) -> np.ndarray:
 KINDS = ("pixels", "ids")  # a batch field: uint8 images (N, C, H, W), or integer ids (patch, token, class)
 
 
-def layout_fields(n_views: int = 2, n_local: int = 0, mask_ratio: float = 0.0, num_patches: int = 0,
-                  text: bool = False, sentence_order: bool = False, **_) -> dict[str, str]:
-    """The fields batch_views (modalities.text.text_views for a `text` layout) makes for a layout (its keyword
-    arguments), in order, each with its kind (KINDS)."""
-    if text:
-        return {"tokens": "ids", **({"order": "ids"} if sentence_order else {}),
-                **({"targets": "ids"} if mask_ratio > 0 else {})}
-    fields = {**{f"view_{v}": "pixels" for v in range(n_views)}, **{f"local_{v}": "pixels" for v in range(n_local)}}
-    return {**fields, **({"keep": "ids"} if mask_ratio > 0 and num_patches > 0 else {})}
-
-
 def batch_views(images: np.ndarray, ids: np.ndarray, *, seed: int, epoch: int, spec: ViewSpec,
                 n_views: int = 2, n_local: int = 0, local_size: int | None = None,
-                local_scale: tuple[float, float] = (0.05, 0.3), mask_ratio: float = 0.0,
+                local_scale: tuple[float, float] = (0.05, 0.3), patch_mask_ratio: float = 0.0,
                 num_patches: int = 0, per_view: tuple[dict, ...] = ()) -> dict[str, np.ndarray]:
     """Views for a batch: images (N, H, W, C) uint8, ids (N,) -> {"view_0": (N, C, S, S) uint8, ...,
     "local_0": (N, C, s, s) uint8, ...} (local views: see local_spec), plus "keep": (N, L') int64 visible patch
-    indices (see patch_masks; view index n_views + n_local) when mask_ratio > 0 and num_patches > 0.
+    indices (see patch_masks; view index n_views + n_local) when patch_mask_ratio > 0 and num_patches > 0. The
+    options are modalities.image.ImageLayout's.
     per_view[v], where given, overrides ViewSpec fields for view v (global views first, then local ones): BYOL's
     blur {"blur": 1.0} on view 0 and {"blur": 0.1, "solarize": 0.2} on view 1."""
     out = {}
-    names = [k for k, kind in layout_fields(n_views, n_local).items() if kind == "pixels"]
+    names = [f"view_{v}" for v in range(n_views)] + [f"local_{v}" for v in range(n_local)]
     for v, name in enumerate(names):
         spec_v = spec if v < n_views else local_spec(spec, local_size, local_scale)
         spec_v = replace(spec_v, **per_view[v]) if v < len(per_view) else spec_v
         out[name] = augment(images, uniforms(seed, epoch, ids, v, SLOTS), spec_v)
-    if mask_ratio > 0 and num_patches > 0:
-        out["keep"] = patch_masks(uniforms(seed, epoch, ids, n_views + n_local, num_patches), mask_ratio)
+    if patch_mask_ratio > 0 and num_patches > 0:
+        out["keep"] = patch_masks(uniforms(seed, epoch, ids, n_views + n_local, num_patches), patch_mask_ratio)
     return out

@@ -11,6 +11,7 @@ from sslscale.encoders import build_encoder
 from sslscale.methods import denoising_ae
 from sslscale.methods.denoising_ae import ConvDecoder, DenoisingAE, corrupt, denoising_loss
 from sslscale.methods.rotation import Rotation, rotate_all
+from sslscale.modalities import ImageLayout
 
 ENCODERS = {
     "resnet": dict(widths=(8, 16), depths=(1, 1)),
@@ -68,7 +69,7 @@ def test_rotation_loss_matches_reference_cross_entropy(encoder):
     assert float(out["rotation_acc"]) == pytest.approx(float((logits.argmax(1) == labels).double().mean()))
     assert out["embeddings"].shape == (6, method.encoder.feature_dim) and not out["embeddings"].requires_grad
     torch.testing.assert_close(out["embeddings"], h[:6])  # the unrotated block
-    assert Rotation.views(None, 8) == {"n_views": 1}
+    assert Rotation.views(None, {"image": 8}) == {"image": ImageLayout(n_views=1)}
 
 
 @pytest.mark.parametrize("encoder", ENCODERS)
@@ -157,7 +158,7 @@ def test_zero_noise_feeds_the_clean_view():
     x = _images()
     method = DenoisingAE(_encoder("resnet"), _cfg("denoising_ae", "method.denoising_ae.noise_std=0"))
     torch.testing.assert_close(_encoder_inputs(method, x), x, rtol=0, atol=0)
-    assert DenoisingAE.views(None, 8) == {"n_views": 1}
+    assert DenoisingAE.views(None, {"image": 8}) == {"image": ImageLayout(n_views=1)}
 
 
 @pytest.mark.parametrize("size", [8, 9, 28, 30, 32])

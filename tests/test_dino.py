@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from distributed import spawn_gloo
 from sslscale.config import Config
-from sslscale.methods import build_method, view_layout
+from sslscale.methods import build_method, view_layouts
 from sslscale.methods.dino import dino_loss
 from sslscale.views import ViewSpec, batch_views
 
@@ -102,9 +102,9 @@ def test_two_workers_centre_on_the_global_batch_and_average_to_the_single_proces
 @pytest.mark.parametrize("encoder", ["resnet", "vit"])
 def test_dino_trains_on_multi_crop_views_from_the_stream_layout(encoder):
     cfg = _cfg(encoder)
-    layout = view_layout(cfg, 8)
+    layout = view_layouts(cfg, {"image": 8})["image"]
     images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1), dtype=np.uint8)
-    views = batch_views(images, np.arange(4), seed=0, epoch=0, spec=ViewSpec(size=8), **layout)
+    views = batch_views(images, np.arange(4), seed=0, epoch=0, spec=ViewSpec(size=8), **vars(layout))
     assert sorted(views) == ["local_0", "local_1", "view_0", "view_1"] and views["local_0"].shape == (4, 1, 4, 4)
     torch.manual_seed(0)
     method = build_method(cfg, in_channels=1, image_size=8)

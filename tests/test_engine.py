@@ -241,15 +241,16 @@ def test_every_method_declares_exactly_what_its_stream_makes():
     apart."""
     from sslscale.methods import NAMES, method_class
     from sslscale.modalities import KINDS
-    from sslscale.stream import _one_row
+    from sslscale.stream import Part, _one_row
 
     fields = {"image": {"kind": "image", "encoding": "png", "shape": [8, 8, 1], "dtype": "uint8"},
               "text": {"kind": "text", "encoding": "ids", "dtype": "uint16", "max_length": 8, "vocab_size": 50}}
     for name, cls in ((n, method_class(n)) for n in NAMES):
         cfg = Config().override([f"method.name={name}", "data.n_local=2", "data.local_size=4",
                                  *(["model.encoder=vit", "model.patch_size=2"] if name == "mae" else [])])
-        layout = cls.views(cfg, 8)
-        made = _one_row(KINDS[cls.modality](cls.modality, fields[cls.modality]), layout)
-        assert list(made) == list(cls.inputs(cfg, 8)), name
+        sizes = {kind: 8 for kind in fields}
+        made = _one_row([Part(KINDS[kind](kind, fields[kind]), layout, {})
+                         for kind, layout in cls.views(cfg, sizes).items()])
+        assert list(made) == list(cls.inputs(cfg, sizes)), name
         assert all(made[k].dtype == (np.uint8 if kind == "pixels" else np.int64)
-                   for k, kind in cls.inputs(cfg, 8).items()), name
+                   for k, kind in cls.inputs(cfg, sizes).items()), name

@@ -190,7 +190,7 @@ def test_a_text_encoder_fine_tunes_on_token_ids_through_the_engine():
     encoder = build_encoder("text", vocab_size=40, max_length=12, dim=16, depth=2, heads=2)
     model = Classifier(encoder, 2, Config(), Text("text", {**PASSAGES.entry, "vocab_size": 40}), encoder_scale=0.1,
                        layer_decay=0.5)
-    assert model.inputs(Config(), 0) == {"tokens": "ids", "label": "ids"}
+    assert model.inputs(Config(), model.sizes()) == {"tokens": "ids", "label": "ids"}
     assert model.lr_scale("encoder.embed.weight") == model.lr_scale("encoder.pos") == pytest.approx(0.1 * 0.5**3)
     assert model.lr_scale("encoder.blocks.1.qkv.weight") == pytest.approx(0.1 * 0.5)
     rng = np.random.default_rng(0)

@@ -80,7 +80,7 @@ def test_the_method_fixes_a_causal_encoder():
                              "model.heads=2"])
     model = build_method(cfg, vocab_size=VOCAB, max_length=16)
     assert model.encoder.causal and model.encoder.spec()["kwargs"]["causal"] is True  # export and transfer keep it
-    assert GPT.inputs(cfg, 16) == {"tokens": "ids"}
+    assert GPT.inputs(cfg, {"text": 16}) == {"tokens": "ids"}
     with pytest.raises(SslscaleError, match="causal"):
         GPT(TextTransformer(vocab_size=VOCAB, max_length=16, dim=32, depth=1, heads=2), GPTSection())
 

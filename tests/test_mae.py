@@ -10,6 +10,7 @@ from sslscale.encoders.resnet import ResNet
 from sslscale.encoders.vit import ViT, patchify, unpatchify
 from sslscale.errors import SslscaleError
 from sslscale.methods.mae import MAE, decoder_heads, mae_loss
+from sslscale.modalities.image import ImageLayout
 from sslscale.views import ViewSpec, batch_views, patch_masks, uniforms
 
 
@@ -55,10 +56,10 @@ def _mae(cfg, channels=1):
 
 
 def _batch(cfg, n=4, channels=1, seed=0):
-    layout = MAE.views(cfg, 8)
+    layout = MAE.views(cfg, {"image": 8})["image"]
     g = torch.Generator().manual_seed(seed)
     return {"view_0": torch.rand(n, channels, 8, 8, generator=g),
-            "keep": _keep(n, layout["num_patches"], layout["mask_ratio"], seed)}
+            "keep": _keep(n, layout.num_patches, layout.patch_mask_ratio, seed)}
 
 
 @pytest.mark.parametrize("ratio", [0.75, 0.5])
@@ -127,10 +128,10 @@ def test_bf16_forward_gives_a_float32_loss():
 @pytest.mark.parametrize("patch,expected", [(2, 16), (4, 4)])
 def test_views_layout_feeds_the_stream(patch, expected):
     cfg = _cfg(patch, mask_ratio=0.75)
-    layout = MAE.views(cfg, 8)
-    assert layout == {"n_views": 1, "mask_ratio": 0.75, "num_patches": expected}
+    layout = MAE.views(cfg, {"image": 8})["image"]
+    assert layout == ImageLayout(n_views=1, patch_mask_ratio=0.75, num_patches=expected)
     images = np.random.default_rng(0).integers(0, 256, (3, 10, 10, 1), dtype=np.uint8)
-    out = batch_views(images, np.arange(3), seed=0, epoch=0, spec=ViewSpec(size=8), **layout)
+    out = batch_views(images, np.arange(3), seed=0, epoch=0, spec=ViewSpec(size=8), **vars(layout))
     assert set(out) == {"view_0", "keep"} and out["keep"].shape == (3, expected // 4)
     method = _mae(cfg)  # and the Method takes that batch as the engine hands it over
     loss = method({"view_0": torch.as_tensor(out["view_0"]).float() / 255, "keep": torch.as_tensor(out["keep"])})

@@ -12,7 +12,7 @@ from distributed import spawn_gloo
 from sslscale.encoders.text import TextTransformer
 from sslscale.methods.base import token_loss
 from sslscale.methods.mlm import IGNORE, MLM, MLMSection
-from sslscale.modalities.text import mask_tokens
+from sslscale.modalities.text import TextLayout, mask_tokens
 
 VOCAB = 50
 
@@ -132,5 +132,5 @@ def test_a_tiny_model_learns_to_fill_in_masked_tokens():
     assert out["perplexity"].item() == pytest.approx(math.exp(out["loss"].item()), rel=1e-5)
     assert out["embeddings"].shape == (32, 32) and not out["embeddings"].requires_grad
     cfg = SimpleNamespace(method=SimpleNamespace(chosen=MLMSection(mask_ratio=0.2)))  # until mlm is registered
-    assert MLM.views(cfg, 16) == {"text": True, "mask_ratio": 0.2}
-    assert MLM.inputs(cfg, 16) == {"tokens": "ids", "targets": "ids"}
+    assert MLM.views(cfg, {"text": 16}) == {"text": TextLayout(token_mask_ratio=0.2)}
+    assert MLM.inputs(cfg, {"text": 16}) == {"tokens": "ids", "targets": "ids"}

@@ -10,13 +10,22 @@ import pytest
 import torch
 from torch import nn
 
+from dataclasses import dataclass
+
 from sslscale import modalities, stream
 from sslscale.errors import SslscaleError
-from sslscale.modalities import Modality
+from sslscale.modalities import ImageLayout, Layout, Modality
 
-CORE = ["stream", "corpus", "transfer", "finetune", "pretraining", "train", "probe", "shards"]
+
+@dataclass(frozen=True)
+class WaveLayout(Layout):
+    def fields(self) -> dict[str, str]:
+        return {"wave": "ids"}
+
+CORE = ["stream", "corpus", "transfer", "finetune", "pretraining", "train", "probe", "shards", "engine"]
 # how the core used to tell kinds apart: by rank, by an encoder's attributes, by a field's or member's name
-SNIFFING = [r"\.ndim\s*[=!]=\s*2\b", r"hasattr\([^)]*(vocab|image|channel|text)", r"[\"']text\.ids[\"']",
+SNIFFING = [r"\.ndim\s*[=!]=\s*2\b", r"(hasattr|getattr)\([^)]*(vocab|image|channel|text|max_length)",
+            r"[\"']text\.ids[\"']",
             r"[\"'](vocab_size|text|image|label)[\"']\s+(not\s+)?in\b", r"\[\"fields\"\]\[\"(image|text|label)\"\]",
             r"\.get\([\"']text[\"']\)"]
 
@@ -44,6 +53,7 @@ class Wave(Modality):
     """A test-only kind: int16 samples of a fixed length, like a waveform (an (N, T) batch, as token ids are)."""
 
     kind, noun, encoding, labelled_field, labelled_input = "wave", "waves", "pcm", "wave", "ids"
+    layout = WaveLayout
 
     @property
     def size(self) -> int:
@@ -98,16 +108,36 @@ def test_a_kind_the_core_has_never_seen_goes_through_the_stream_and_transfer_as_
     assert isinstance(waves, Wave) and waves.member == "clip.pcm"
     clips = np.arange(24, dtype=np.int16).reshape(4, 6)  # (N, T): a text corpus's shape
     raw = np.empty(5, dtype=object)
-    raw[:] = [c.tobytes() for c in clips] + [b"\x01"]
+    for i, members in enumerate([(c.tobytes(),) for c in clips] + [(b"\x01",)]):  # a tuple of members per record
+        raw[i] = members
     rows = {"id": np.arange(5, dtype=np.int64), "epoch": np.full(5, 2, np.int64), "raw": raw,
             "shard": np.full(5, "train-000000.tar", dtype=object)}
-    out = stream.make_views(rows, seed=0, on_error="skip", field=waves, skip_dir=str(tmp_path), layout={})
+    parts = [stream.Part(waves, WaveLayout(), {})]
+    out = stream.make_views(rows, seed=0, on_error="skip", parts=parts, skip_dir=str(tmp_path))
     assert out["id"].tolist() == [0, 1, 2, 3] and np.array_equal(out["wave"], clips.astype(np.int64) * 3)
     assert stream.skipped(str(tmp_path))["sample"] == {"4": "sample 4 in shard train-000000.tar cannot be decoded "
-                                                            "as a waveform"}
-    assert stream.row_bytes({}, waves) == 6 * 8 + 16
+                                                            "as a waveform (clip)"}
+    assert stream.row_bytes(parts) == 6 * 8 + 16
+    with pytest.raises(SslscaleError, match="method.name=simclr asks the wave field 'clip' for ImageLayout views; "
+                                            "a wave field makes WaveLayout"):
+        waves.check_layout(ImageLayout(), "simclr")
     got = features(WaveEncoder(), waves, clips)
     assert torch.allclose(got[:, 0], torch.from_numpy(clips.astype(np.float32)).mean(1))
     batch = next(_batches(waves, clips, np.arange(4) % 2, np.arange(4), 2, 1, seed=0))
     assert set(batch) == {"wave", "label"} and batch["wave"].dtype == np.int64
     assert VIEWS  # image strengths, which a kind without augmentations ignores
+
+
+def test_a_layout_option_its_kind_does_not_have_is_an_error_naming_it():
+    """Layouts are typed (issue 28 item 3): MAE's patch ratio and BERT's token ratio are options of two kinds, and a
+    key one kind does not have no longer vanishes into `**_`."""
+    from sslscale.modalities import TextLayout
+
+    with pytest.raises(TypeError, match="unexpected keyword argument 'mask_ratio'"):
+        ImageLayout(mask_ratio=0.75)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'n_views'"):
+        TextLayout(n_views=2)
+    assert ImageLayout(n_views=1, patch_mask_ratio=0.75, num_patches=16).fields() == {"view_0": "pixels",
+                                                                                     "keep": "ids"}
+    assert TextLayout(token_mask_ratio=0.15, sentence_order=True).fields() == {"tokens": "ids", "order": "ids",
+                                                                               "targets": "ids"}

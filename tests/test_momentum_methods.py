@@ -204,13 +204,13 @@ def test_method_runs_forward_and_backward_on_a_tiny_resnet(name, logs):
 def test_per_view_strengths_reach_the_views_the_stream_makes(name):
     """BYOL's asymmetric views from the method's section: view 0 blurred always and never solarised, view 1 blurred
     at 0.1 and solarised at 0.2; unset, both views take data.blur and data.solarize (no per-view overrides)."""
-    from sslscale.methods import view_layout
+    from sslscale.methods import view_layouts
 
-    assert view_layout(Config().override([f"method.name={name}"]), 8)["per_view"] == ()
+    assert view_layouts(Config().override([f"method.name={name}"]), {"image": 8})["image"].per_view == ()
     cfg = Config().override([f"method.name={name}", f"method.{name}.view_blur=1.0,0.1",
                              f"method.{name}.view_solarize=0,0.2"])
-    assert view_layout(validate(cfg), 8)["per_view"] == ({"blur": 1.0, "solarize": 0.0},
-                                                          {"blur": 0.1, "solarize": 0.2})
+    assert view_layouts(validate(cfg), {"image": 8})["image"].per_view == ({"blur": 1.0, "solarize": 0.0},
+                                                                           {"blur": 0.1, "solarize": 0.2})
     for bad in ("1.5,0", "0.1", "a,b", "0.1,0.2,0.3"):
         with pytest.raises(SslscaleError, match=f"method.{name}.view_blur: must be empty, or two probabilities"):
             validate(cfg.override([f"method.{name}.view_blur={bad}"]))

@@ -20,15 +20,11 @@ def test_two_lockstep_workers_run_through_uneven_blocks_under_the_default_budget
                                                                                  shuffle, steps):
     """The debug recipe's shape (micro-batch 32, shuffle buffer 256) and the demo's (128, 2,048), each under the
     budget ingest_options gives it by default (data.buffer_mb=0)."""
-    from sslscale.methods import view_layout
-    from sslscale.modalities import data_field
-
     cfg = debug_cfg.override([f"data.batch_size={2 * micro}", f"data.shuffle_buffer={shuffle}"])
     corpus_dir = os.path.join(data_root, "digits")
     assert cfg.data.buffer_mb == 0 and cfg.micro_batch() == micro
-    field = data_field(corpus.load_manifest(corpus_dir))
     budget = stream.ingest_options(cfg, corpus_dir).resource_limits.object_store_memory
-    rows = budget // stream.row_bytes(view_layout(cfg, field.size), field)  # what the budget holds
+    rows = budget // stream.row_bytes(stream.view_parts(cfg, corpus.load_manifest(corpus_dir), corpus_dir))
     row = 512  # bytes of a row in the harness: the same number of rows as views
     done = subprocess.run([sys.executable, LOCKSTEP, str(rows * row), str(row), str(micro), str(shuffle), str(steps),
                            "120"], capture_output=True, text=True, timeout=400)

@@ -81,7 +81,7 @@ def test_the_method_fixes_dropout_and_a_tiny_model_learns():
                              "model.heads=2"])
     built = build_method(cfg, vocab_size=VOCAB, max_length=12)
     assert built.encoder.dropout == 0.1 and built.encoder.spec()["kwargs"]["dropout"] == 0.1
-    assert SimCSE.inputs(cfg, 12) == {"tokens": "ids"}
+    assert SimCSE.inputs(cfg, {"text": 12}) == {"tokens": "ids"}
     model = _simcse()
     optimizer, accs = torch.optim.Adam(model.parameters(), lr=3e-3), []
     for step in range(60):

@@ -13,7 +13,7 @@ from distributed import spawn_gloo
 from sslscale.encoders.text import TextTransformer
 from sslscale.methods.mlm import IGNORE
 from sslscale.methods.sop import SOP, SOPSection
-from sslscale.modalities.text import mask_tokens, swap_segments, text_views
+from sslscale.modalities.text import TextLayout, mask_tokens, swap_segments, text_views
 
 VOCAB, SEP = 50, 3
 
@@ -51,8 +51,8 @@ def test_segments_swap_as_albert_does_and_are_a_function_of_seed_epoch_and_id():
     again = swap_segments(tokens[::-1], ids[::-1], seed=3, epoch=1)  # another order: the same rows
     assert np.array_equal(again[0][::-1], swapped) and np.array_equal(again[1][::-1], order)
     assert not np.array_equal(swap_segments(tokens, ids, seed=3, epoch=2)[1], order)
-    fields = text_views(tokens.astype(np.uint16), ids, seed=3, epoch=1, vocab_size=VOCAB, sentence_order=True,
-                        mask_ratio=0.15)  # the stream's order: swap, then mask the swapped passage
+    fields = text_views(tokens.astype(np.uint16), ids, seed=3, epoch=1, vocab_size=VOCAB,
+                        layout=TextLayout(sentence_order=True, token_mask_ratio=0.15))  # swap, then mask the swapped
     assert list(fields) == ["tokens", "order", "targets"] and np.array_equal(fields["order"], order)
     masked = mask_tokens(swapped, ids, seed=3, epoch=1, vocab_size=VOCAB)
     assert np.array_equal(fields["tokens"], masked[0]) and np.array_equal(fields["targets"], masked[1])
@@ -66,8 +66,9 @@ def _sop(mask_ratio=0.15, seed=0):
 def _batch(n=8, seed=0):
     rng = np.random.default_rng(seed)
     tokens = np.array([_passage(rng, [3 + i % 4, 2 + i % 5], 20) for i in range(n)])
+    layout = TextLayout(sentence_order=True, token_mask_ratio=0.15)
     return {k: torch.as_tensor(v) for k, v in text_views(tokens, np.arange(n), seed=seed, epoch=0, vocab_size=VOCAB,
-                                                         sentence_order=True, mask_ratio=0.15).items()}
+                                                         layout=layout).items()}
 
 
 def test_loss_is_the_order_cross_entropy_plus_the_masked_lm():
@@ -112,11 +113,12 @@ def test_a_tiny_model_learns_the_order_of_two_sentences():
     for step in range(150):
         first, second = rng.integers(5, 25, (32, 6)), rng.integers(25, VOCAB, (32, 6))
         tokens = np.concatenate([first, np.full((32, 1), SEP), second, np.full((32, 1), SEP)], axis=1)
-        views = text_views(tokens, np.arange(32) + 32 * step, seed=0, epoch=0, vocab_size=VOCAB, sentence_order=True)
+        views = text_views(tokens, np.arange(32) + 32 * step, seed=0, epoch=0, vocab_size=VOCAB,
+                           layout=TextLayout(sentence_order=True))
         out = model({k: torch.as_tensor(v) for k, v in views.items()}, step)
         optimizer.zero_grad()
         out["loss"].backward()
         optimizer.step()
     assert out["order_acc"].item() > 0.9
     cfg = SimpleNamespace(method=SimpleNamespace(chosen=SOPSection(mask_ratio=0.0)))
-    assert SOP.inputs(cfg, 20) == {"tokens": "ids", "order": "ids"}
+    assert SOP.inputs(cfg, {"text": 20}) == {"tokens": "ids", "order": "ids"}

@@ -87,8 +87,8 @@ def test_prepare_real_text_stores_tokenizer_passages_and_documents(tmp_path):
     pq = corpus.prepare(str(src), tmp_path / "pq", fmt="parquet", seq_len=64, vocab_size=1000, progress=False)
     shard = pq["splits"]["train"]["shards"][0]
     rows = read_shard(str(tmp_path / "pq" / shard["name"]), "parquet", sha256=shard["sha256"],
-                      member=data_field(pq).member)
-    assert np.array_equal(np.frombuffer(rows[0][1], "<u2"), data[0][: lengths[0]])
+                      members=(data_field(pq).member,))
+    assert np.array_equal(np.frombuffer(rows[0][1][0], "<u2"), data[0][: lengths[0]])
 
 
 def test_a_labelled_target_keeps_the_pretraining_tokenizer_and_a_stratified_split(tmp_path):
@@ -170,32 +170,32 @@ def test_the_stream_makes_a_text_methods_fields_from_real_shards(tmp_path):
     (seed, epoch, sample id), the fields the layout declares; a damaged sample is skipped and recorded, or one line."""
     from sslscale import stream
     from sslscale.position import Position
-    from sslscale.modalities.text import text_views
-    from sslscale.views import layout_fields
+    from sslscale.modalities.text import TextLayout, text_views
 
     m = corpus.prepare(str(_pydocs(tmp_path)), tmp_path / "c", seq_len=32, vocab_size=500, progress=False)
     shard = m["splits"]["train"]["shards"][0]
     field = data_field(m)
     assert isinstance(field, Text) and field.member == "text.ids" and field.entry["dtype"] == "uint16"
     assert field.encoder_input() == {"vocab_size": 500, "max_length": 32}
-    layout = {"text": True, "mask_ratio": 0.15}
+    layout = TextLayout(token_mask_ratio=0.15)
     read = dict(corpus_dir=str(tmp_path / "c"), fmt="webdataset", consumed=Position(), on_error="skip",
-                skip_dir=str(tmp_path / "skips"), member=field.member)
-    views = dict(seed=4, on_error="skip", skip_dir=str(tmp_path / "skips"), layout=layout, field=field)
+                skip_dir=str(tmp_path / "skips"), members=(field.member,))
+    parts = [stream.Part(field, layout, {})]
+    views = dict(seed=4, on_error="skip", skip_dir=str(tmp_path / "skips"), parts=parts)
     item = {"epoch": np.array([2]), "shard": np.array([shard["name"]]), "sha256": np.array([shard["sha256"]])}
     rows = stream.read_rows(item, **read)
-    rows["raw"][5] = rows["raw"][5] + b"\x01"  # an odd number of bytes: not uint16 ids
+    rows["raw"][5] = (rows["raw"][5][0] + b"\x01",)  # an odd number of bytes: not uint16 ids
     out = stream.make_views(rows, **views)
     ids, all_ids, tokens = out["id"], rows["id"], corpus.read_split(tmp_path / "c", "train")[1]
     assert 5 not in ids.tolist() and len(ids) == len(all_ids) - 1
-    assert set(out) == {"id", "epoch", *layout_fields(**layout)} and out["tokens"].dtype == np.int64
-    expected = text_views(tokens[ids], ids, seed=4, epoch=2, vocab_size=500, mask_ratio=0.15)
+    assert set(out) == {"id", "epoch", *layout.fields()} and out["tokens"].dtype == np.int64
+    expected = text_views(tokens[ids], ids, seed=4, epoch=2, vocab_size=500, layout=layout)
     assert all(np.array_equal(out[k], expected[k]) for k in expected)
     assert list(stream.skipped(str(tmp_path / "skips"))["sample"]) == ["5"]
     assert sum(len(b["id"]) for b in stream.shard_views(item, read=read, views=views)) == len(all_ids)
     with pytest.raises(SslscaleError, match="sample 5 in shard train-000000.tar cannot be decoded as token ids"):
         stream.make_views(rows, **{**views, "on_error": "fail"})
-    assert stream.row_bytes(layout, field) == 2 * 32 * 8 + 16
+    assert stream.row_bytes(parts) == 2 * 32 * 8 + 16
 
 
 def test_a_run_refuses_mixed_kinds_and_foreign_tokenizers_in_one_line(tmp_path):

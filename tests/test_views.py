@@ -127,7 +127,7 @@ def test_batch_views_local_crops_and_mask():
     imgs, ids = _images(), np.arange(10, 14)
     spec = ViewSpec(size=16, solarize=0.5)
     plain = batch_views(imgs, ids, seed=1, epoch=2, spec=spec)
-    out = batch_views(imgs, ids, seed=1, epoch=2, spec=spec, n_local=2, local_size=8, mask_ratio=0.75,
+    out = batch_views(imgs, ids, seed=1, epoch=2, spec=spec, n_local=2, local_size=8, patch_mask_ratio=0.75,
                       num_patches=16)
     assert sorted(out) == ["keep", "local_0", "local_1", "view_0", "view_1"]
     assert out["local_1"].shape == (4, 3, 8, 8) and out["local_1"].dtype == np.uint8
@@ -135,7 +135,7 @@ def test_batch_views_local_crops_and_mask():
     assert not np.array_equal(out["local_0"], out["local_1"])
     assert out["keep"].shape == (4, 4) and out["keep"].dtype == np.int64
     again = batch_views(imgs[::-1], ids[::-1], seed=1, epoch=2, spec=spec, n_local=2, local_size=8,
-                        mask_ratio=0.75, num_patches=16)  # re-ordered stream
+                        patch_mask_ratio=0.75, num_patches=16)  # re-ordered stream
     assert all(np.array_equal(out[k], again[k][::-1]) for k in out)
     assert batch_views(imgs[:0], ids[:0], seed=0, epoch=0, spec=spec, n_local=1)["local_0"].shape == (0, 3, 8, 8)
 
@@ -155,34 +155,35 @@ def _rows(images, epochs, corrupt=()):
     encode_image = Image("image", {"kind": "image", "shape": list(images.shape[1:])}).encode
 
     raw = np.empty(len(images), dtype=object)
-    raw[:] = [b"not a png" if i in corrupt else encode_image(img) for i, img in enumerate(images)]
+    for i, img in enumerate(images):  # one tuple of member bytes per record
+        raw[i] = (b"not a png" if i in corrupt else encode_image(img),)
     return {"id": np.arange(len(images), dtype=np.int64), "epoch": np.asarray(epochs, np.int64), "raw": raw,
             "shard": np.full(len(images), "train-000000.tar", dtype=object)}
 
 
 def test_stream_rows_carry_the_fields_each_method_layout_asks_for(tmp_path):
-    from sslscale.stream import make_views, row_bytes
-
-    from sslscale.modalities import Image
+    from sslscale.modalities import Image, ImageLayout
+    from sslscale.stream import Part, make_views, row_bytes
 
     imgs = _images(n=5, c=1)
     spec = ViewSpec(size=20)
     field = Image("image", {"kind": "image", "encoding": "png", "shape": [20, 20, 1], "dtype": "uint8"})
-    dino = {"n_views": 2, "n_local": 3, "local_size": 8, "local_scale": (0.05, 0.3)}
-    mae = {"n_views": 1, "mask_ratio": 0.75, "num_patches": 25}
-    for layout, fields in [(None, {"view_0": (1, 20, 20), "view_1": (1, 20, 20)}),
+    dino = ImageLayout(n_views=2, n_local=3, local_size=8, local_scale=(0.05, 0.3))
+    mae = ImageLayout(n_views=1, patch_mask_ratio=0.75, num_patches=25)
+    for layout, fields in [(ImageLayout(), {"view_0": (1, 20, 20), "view_1": (1, 20, 20)}),
                            (dino, {"view_0": (1, 20, 20), "view_1": (1, 20, 20), "local_0": (1, 8, 8),
                                    "local_2": (1, 8, 8)}),
                            (mae, {"view_0": (1, 20, 20), "keep": (6,)})]:
-        out = make_views(_rows(imgs, [1] * 5, corrupt={3}), seed=0, field=field, options={"spec": spec},
-                         on_error="skip", skip_dir=str(tmp_path), layout=layout)
+        parts = [Part(field, layout, {"spec": spec})]
+        out = make_views(_rows(imgs, [1] * 5, corrupt={3}), seed=0, parts=parts, on_error="skip",
+                         skip_dir=str(tmp_path))
         assert list(out["id"]) == [0, 1, 2, 4]  # the corrupt row is left out (and recorded)
         for key, shape in fields.items():
             assert out[key].shape == (4, *shape), key
         # the block's views are those of its epoch: the same as batch_views on the good images alone
-        alone = batch_views(imgs[[0, 1, 2, 4]], np.array([0, 1, 2, 4]), seed=0, epoch=1, spec=spec, **(layout or {}))
-        assert all(np.array_equal(out[k], alone[k]) for k in alone)
-        assert row_bytes(layout or {}, field) >= sum(v[0].nbytes for k, v in out.items() if k not in ("id", "epoch"))
-    empty = make_views(_rows(imgs[:1], [0], corrupt={0}), seed=0, field=field, options={"spec": spec},
-                       on_error="skip", skip_dir=str(tmp_path), layout=dino)
+        alone = batch_views(imgs[[0, 1, 2, 4]], np.array([0, 1, 2, 4]), seed=0, epoch=1, spec=spec, **vars(layout))
+        assert all(np.array_equal(out[k], alone[k]) for k in alone) and list(alone) == list(layout.fields())
+        assert row_bytes(parts) >= sum(v[0].nbytes for k, v in out.items() if k not in ("id", "epoch"))
+    empty = make_views(_rows(imgs[:1], [0], corrupt={0}), seed=0, parts=[Part(field, dino, {"spec": spec})],
+                       on_error="skip", skip_dir=str(tmp_path))
     assert empty["id"].shape == (0,) and empty["local_1"].shape == (0, 1, 8, 8)

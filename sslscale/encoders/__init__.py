@@ -3,7 +3,8 @@ features (N, D).
 
 `ENCODERS` maps a name to a constructor; `build_encoder` makes one from its name, the corpus' input spec (images:
 `in_channels`, `image_size`; text: `vocab_size`, `max_length`) and the constructor's own keyword arguments, which
-`encoder_kwargs` picks out of the model config. Every encoder carries its input spec and `feature_dim`, and
+`encoder_kwargs` picks out of the model config. Every encoder says the kind of data it takes (`modality`) and its
+size (`input_size`: an image's side, a passage's most tokens), carries its input spec and `feature_dim`, and
 `spec()` returns what is needed to rebuild it (`from_spec`; stored in exported safetensors metadata, see export.py).
 """
 from __future__ import annotations

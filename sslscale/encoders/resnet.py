@@ -50,6 +50,11 @@ class ResNet(nn.Module):
                 cin = width
         self.blocks = nn.Sequential(*blocks)
 
+    @property
+    def input_size(self) -> int:
+        """The side of the images it takes (the size its methods' views are made at)."""
+        return self.image_size
+
     def spec(self) -> dict:
         return {"name": "resnet", "in_channels": self.in_channels, "image_size": self.image_size,
                 "feature_dim": self.feature_dim, "kwargs": {"widths": list(self.widths), "depths": list(self.depths)}}
@@ -97,6 +102,11 @@ class ResNet50(nn.Module):
         for m in self.modules():  # as torchvision
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    @property
+    def input_size(self) -> int:
+        """The side of the images it takes (the size its methods' views are made at)."""
+        return self.image_size
 
     def spec(self) -> dict:
         return {"name": "resnet50", "in_channels": self.in_channels, "image_size": self.image_size,

@@ -48,6 +48,11 @@ class TextTransformer(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    @property
+    def input_size(self) -> int:
+        """The most tokens of a passage it takes."""
+        return self.max_length
+
     def spec(self) -> dict:
         kwargs = {"dim": self.dim, "depth": self.depth, "heads": self.heads, "mlp_ratio": self.mlp_ratio,
                   "causal": self.causal, "dropout": self.dropout}

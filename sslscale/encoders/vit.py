@@ -103,6 +103,11 @@ class ViT(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    @property
+    def input_size(self) -> int:
+        """The side of the images it takes (the size its methods' views are made at)."""
+        return self.image_size
+
     def spec(self) -> dict:
         kwargs = {"patch_size": self.patch_size, "dim": self.dim, "depth": self.depth, "heads": self.heads,
                   "mlp_ratio": self.mlp_ratio}

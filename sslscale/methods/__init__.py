@@ -35,6 +35,7 @@ def build_method(cfg, **input_spec):
     return cls(encoder, cfg.method.chosen, **schedule)
 
 
-def view_layout(cfg, image_size: int) -> dict:
-    """The batch_views keyword arguments the method cfg.method.name needs (see Method.views)."""
-    return method_class(cfg.method.name).views(cfg, image_size)
+def view_layouts(cfg, sizes: dict[str, int]) -> dict:
+    """The typed layout of each kind of field the method cfg.method.name reads (see Method.views), for fields of
+    `sizes` by kind."""
+    return method_class(cfg.method.name).views(cfg, sizes)

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslscale import dist
+from sslscale.modalities.base import Layout
+from sslscale.modalities.image import ImageLayout
 from sslscale.schedules import cosine_momentum
-from sslscale.views import layout_fields
 
 
 @dataclass
@@ -103,18 +104,28 @@ class Method(nn.Module):
         self.cfg = cfg
 
     @staticmethod
-    def views(cfg, image_size: int) -> dict:
-        """What the Ray Data stream makes for each image: keyword arguments of views.batch_views (`n_views` global
-        views by default two; DINO adds local views, MAE one view and the visible patch ids). Static, so the driver
-        plans the stream from the config alone."""
-        return {"n_views": 2}
+    def views(cfg, sizes: dict[str, int]) -> dict[str, Layout]:
+        """What the Ray Data stream makes from each record: a typed Layout per kind of field the method reads
+        (modalities: ImageLayout, TextLayout), `sizes` the corpus's fields' sizes by kind (an image's side, a
+        passage's length). By default two global views of the image; DINO adds local views, MAE one view and the
+        visible patch ids, a method of image-caption pairs a layout for each. Static, so the driver plans the
+        stream from the config alone."""
+        return {"image": ImageLayout(n_views=2)}
 
     @classmethod
-    def inputs(cls, cfg, image_size: int) -> dict[str, str]:
+    def inputs(cls, cfg, sizes: dict[str, int]) -> dict[str, str]:
         """The batch fields forward receives, each with its kind (views.KINDS): "pixels" are uint8 (N, C, H, W)
-        that the engine makes floats in [0, 1] in its dtype, "ids" integers it moves as they are. By default the
-        fields the stream makes for `views`; the engine refuses a field not listed here."""
-        return layout_fields(**cls.views(cfg, image_size))
+        that the engine makes floats in [0, 1] in its dtype, "ids" integers it moves as they are: the fields the
+        stream makes for `views`. The engine refuses a field not listed here."""
+        out: dict[str, str] = {}
+        for layout in cls.views(cfg, sizes).values():
+            out.update(layout.fields())
+        return out
+
+    def sizes(self) -> dict[str, int]:
+        """The sizes of the fields it reads, by kind, from its encoder (`views`' and `inputs`' argument on the
+        workers); a method with an encoder per kind names each."""
+        return {self.encoder.modality: self.encoder.input_size}
 
     def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
         """The loss of a batch of `inputs` at `step`, the 0-based index of the optimizer step it is for (skipped
@@ -210,9 +221,9 @@ class MomentumMethod(Method):
         self.total_steps = total_steps
 
     @staticmethod
-    def views(cfg, image_size: int) -> dict:
+    def views(cfg, sizes: dict[str, int]) -> dict[str, Layout]:
         """Two global views, each with its own blur and solarisation where the section says (view_blur, ...)."""
-        return {"n_views": 2, "per_view": cfg.method.chosen.per_view()}
+        return {"image": ImageLayout(n_views=2, per_view=cfg.method.chosen.per_view())}
 
     def pair(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """(h0, p0, p1, t0, t1): online encoder features of view 0 (n, D), online predictions of view 0 and view 1

@@ -26,6 +26,7 @@ from torch import nn
 
 from sslscale import dist
 from sslscale.methods.base import Method, Section, drop_legacy_step_buffer
+from sslscale.modalities.image import ImageLayout
 
 
 @dataclass
@@ -78,8 +79,8 @@ class DenoisingAE(Method):
         self._register_load_state_dict_pre_hook(drop_legacy_step_buffer)
 
     @staticmethod
-    def views(cfg, image_size: int) -> dict:
-        return {"n_views": 1}  # the corruption is made on the trainer
+    def views(cfg, sizes: dict[str, int]) -> dict[str, ImageLayout]:
+        return {"image": ImageLayout(n_views=1)}  # the corruption is made on the trainer
 
     def noise_seed(self, step: int) -> int:
         """Seed of a forward's noise: a function of (step, rank, micro-batch within the step) only (int hashes are

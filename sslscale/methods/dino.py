@@ -31,6 +31,7 @@ from torch import nn
 
 from sslscale import dist
 from sslscale.methods.base import MomentumMethod, MomentumSection, drop_legacy_step_buffer
+from sslscale.modalities.image import ImageLayout
 from sslscale.schedules import teacher_temperature
 
 
@@ -99,10 +100,11 @@ class DINO(MomentumMethod):
         return self.cfg.freeze_last_layer if name == "head.prototypes" else 0
 
     @staticmethod
-    def views(cfg, image_size: int) -> dict:
+    def views(cfg, sizes: dict[str, int]) -> dict[str, ImageLayout]:
         d = cfg.data
-        return {"n_views": 2, "n_local": d.n_local, "local_size": d.local_size or None,
-                "local_scale": (d.local_min_scale, d.local_max_scale), "per_view": cfg.method.section("dino").per_view()}
+        return {"image": ImageLayout(n_views=2, n_local=d.n_local, local_size=d.local_size or None,
+                                     local_scale=(d.local_min_scale, d.local_max_scale),
+                                     per_view=cfg.method.section("dino").per_view())}
 
     def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
         glob = torch.cat([batch["view_0"], batch["view_1"]])  # (2n, C, H, W)

@@ -27,6 +27,7 @@ from torch import nn
 from sslscale.encoders.text import PAD
 from sslscale.errors import SslscaleError
 from sslscale.methods.base import Method, Section, token_loss
+from sslscale.modalities.text import TextLayout
 
 
 @dataclass
@@ -46,9 +47,9 @@ class GPT(Method):
         self.head = nn.Linear(encoder.feature_dim, encoder.vocab_size)  # (M, D) -> (M, V)
 
     @staticmethod
-    def views(cfg, size: int) -> dict:
+    def views(cfg, sizes: dict[str, int]) -> dict[str, TextLayout]:
         """The passage's token ids as they are ("tokens"): modalities.text.text_views without masking."""
-        return {"text": True}
+        return {"text": TextLayout()}
 
     def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
         tokens = batch["tokens"]  # (N, L)

@@ -29,6 +29,7 @@ from torch import nn
 from sslscale.encoders.vit import Block, ViT, patchify, sincos_2d
 from sslscale.errors import SslscaleError
 from sslscale.methods.base import Method, Section
+from sslscale.modalities.image import ImageLayout
 
 
 @dataclass
@@ -92,10 +93,10 @@ class MAE(Method):
         nn.init.normal_(self.mask_token, std=0.02)
 
     @staticmethod
-    def views(cfg, image_size: int) -> dict:
+    def views(cfg, sizes: dict[str, int]) -> dict[str, ImageLayout]:
         """One view and its visible patch ids (`keep`)."""
-        return {"n_views": 1, "mask_ratio": cfg.method.section("mae").mask_ratio,
-                "num_patches": (image_size // cfg.model.patch_size) ** 2}
+        return {"image": ImageLayout(n_views=1, patch_mask_ratio=cfg.method.section("mae").mask_ratio,
+                                     num_patches=(sizes["image"] // cfg.model.patch_size) ** 2)}
 
     def decode(self, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """Encoder tokens (N, 1 + L', D), CLS first, of the visible patches `keep` (N, L') -> pixels (N, L, p*p*C)."""

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from sslscale.methods.base import Method, Section, token_loss
+from sslscale.modalities.text import TextLayout
 
 IGNORE = -100  # modalities.text.mask_tokens' target where a token is not predicted
 
@@ -60,10 +61,10 @@ class MLM(Method):
         self.head = lm_head(encoder.feature_dim, encoder.vocab_size)
 
     @staticmethod
-    def views(cfg, size: int) -> dict:
+    def views(cfg, sizes: dict[str, int]) -> dict[str, TextLayout]:
         """The corrupted passage ("tokens") and the ids to predict ("targets"): modalities.text.text_views with
         masking."""
-        return {"text": True, "mask_ratio": cfg.method.chosen.mask_ratio}
+        return {"text": TextLayout(token_mask_ratio=cfg.method.chosen.mask_ratio)}
 
     def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
         tokens, targets = batch["tokens"], batch["targets"]

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslscale.methods.base import Method, Section, projector
+from sslscale.modalities.image import ImageLayout
 
 
 @dataclass
@@ -60,8 +61,8 @@ class Rotation(Method):
         self.head = projector(encoder.feature_dim, cfg.proj_hidden, ROTATIONS)
 
     @staticmethod
-    def views(cfg, image_size: int) -> dict:
-        return {"n_views": 1}  # the rotations are made on the trainer
+    def views(cfg, sizes: dict[str, int]) -> dict[str, ImageLayout]:
+        return {"image": ImageLayout(n_views=1)}  # the rotations are made on the trainer
 
     def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
         x = batch["view_0"]  # (N, C, S, S)

@@ -24,6 +24,7 @@ from torch import nn
 
 from sslscale import dist
 from sslscale.methods.base import Method, Section
+from sslscale.modalities.text import TextLayout
 
 
 @dataclass
@@ -56,9 +57,9 @@ class SimCSE(Method):
         self.head = nn.Sequential(nn.Linear(dim, dim), nn.Tanh())
 
     @staticmethod
-    def views(cfg, size: int) -> dict:
+    def views(cfg, sizes: dict[str, int]) -> dict[str, TextLayout]:
         """The passage's token ids as they are: the two views are made by dropout, in forward."""
-        return {"text": True}
+        return {"text": TextLayout()}
 
     def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
         tokens = batch["tokens"]

@@ -28,6 +28,7 @@ from torch import nn
 
 from sslscale.methods.base import Method, Section, token_loss
 from sslscale.methods.mlm import lm_head, masked_lm
+from sslscale.modalities.text import TextLayout
 
 
 @dataclass
@@ -51,9 +52,9 @@ class SOP(Method):
         self.head = lm_head(dim, encoder.vocab_size) if cfg.mask_ratio > 0 else None
 
     @staticmethod
-    def views(cfg, size: int) -> dict:
+    def views(cfg, sizes: dict[str, int]) -> dict[str, TextLayout]:
         """The passage with its segments swapped or not ("tokens", "order"), then masked ("targets")."""
-        return {"text": True, "sentence_order": True, "mask_ratio": cfg.method.chosen.mask_ratio}
+        return {"text": TextLayout(sentence_order=True, token_mask_ratio=cfg.method.chosen.mask_ratio)}
 
     def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
         tokens = batch["tokens"]

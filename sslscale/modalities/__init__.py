@@ -8,15 +8,18 @@ member and stacked, its default views, what an encoder takes, the no-learning ba
 probes and fine-tuning. The core never tells kinds apart by array rank, dtype, attribute or member name
 (tests/test_modalities.py greps it).
 
-Adding a kind: one file here with a `Modality` subclass, one line in `KINDS`, an encoder family whose class says
-`modality = "<kind>"` (encoders/), and a source in corpus.prepare that writes the field with its kind.
+A record may hold several data fields (a picture and its caption): a pretext method names a typed Layout for each
+kind it reads (methods.base.Method.views), and the stream reads a member per field from one record.
+
+Adding a kind: one file here with a `Modality` subclass and its `Layout`, one line in `KINDS`, an encoder family
+whose class says `modality = "<kind>"` (encoders/), and a source (sources/) that writes the field with its kind.
 """
 from __future__ import annotations
 
 from sslscale.errors import SslscaleError
-from sslscale.modalities.base import Modality
-from sslscale.modalities.image import Image
-from sslscale.modalities.text import Text
+from sslscale.modalities.base import Layout, Modality
+from sslscale.modalities.image import Image, ImageLayout
+from sslscale.modalities.text import Text, TextLayout
 
 KINDS: dict[str, type[Modality]] = {"image": Image, "text": Text}
 LABEL = "label"  # the kind of a field pretraining never reads: a class index, for transfer targets
@@ -37,13 +40,16 @@ def data_fields(manifest: dict, where="the corpus") -> dict[str, Modality]:
     return out
 
 
-def data_field(manifest: dict, where="the corpus") -> Modality:
-    """The one data field of a single-field corpus (every corpus a single-encoder method trains on); one line when
-    it has none."""
-    fields = data_fields(manifest, where)
-    if not fields:
-        raise SslscaleError(f"{where} holds no data field (only {', '.join(manifest['fields'])}): re-prepare it")
-    return next(iter(fields.values()))
+def data_field(manifest: dict, where="the corpus", kind: str | None = None) -> Modality:
+    """The corpus's data field of `kind` (None: its one data field, as an encoder of one kind reads); one line when
+    it has none, or several that `kind` does not tell apart."""
+    fields = [f for f in data_fields(manifest, where).values() if kind in (None, f.kind)]
+    if len(fields) != 1:
+        has = ", ".join(f"{name} ({entry.get('kind')})" for name, entry in manifest["fields"].items())
+        wanted = f"one {KINDS[kind].noun} field" if kind in KINDS else "one data field"
+        raise SslscaleError(f"{where} holds {len(fields) or 'no'} data fields where {wanted} is read (it has "
+                            f"{has}): prepare a corpus of that kind")
+    return fields[0]
 
 
 def labelled(manifest: dict) -> bool:
@@ -56,4 +62,5 @@ def label_names(manifest: dict) -> list[str]:
     return next(entry["classes"] for entry in manifest["fields"].values() if entry.get("kind") == LABEL)
 
 
-__all__ = ["KINDS", "LABEL", "Image", "Modality", "Text", "data_field", "data_fields", "label_names", "labelled"]
+__all__ = ["KINDS", "LABEL", "Image", "ImageLayout", "Layout", "Modality", "Text", "TextLayout", "data_field",
+           "data_fields", "label_names", "labelled"]

@@ -6,9 +6,21 @@ this package); the methods that make tensors import it inside.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from sslscale.errors import SslscaleError
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a pretext method asks one field's views to make: typed options of that field's kind (image.ImageLayout,
+    text.TextLayout), so an option a kind does not have is an error naming it, never a key silently dropped.
+    `fields` names the batch fields the views make, each with its engine kind (views.KINDS: pixels, ids)."""
+
+    def fields(self) -> dict[str, str]:
+        raise NotImplementedError
 
 
 class Modality:
@@ -16,13 +28,15 @@ class Modality:
 
     Shards: `member` is the field's WebDataset member (`<name>.<encoding>`) and Parquet column (`name`); `encode`
     turns a source's sample into its bytes and `decode` them back into its array, `stack` a list of those into a
-    batch (zero rows: `blank`'s shape). Views: `views` makes a pretext method's fields for a layout (methods.view_layout). Encoders: `encoder_input`
+    batch (zero rows: `blank`'s shape). Views: `views` makes the fields a pretext method's typed `layout` names
+    (methods.view_layouts). Encoders: `encoder_input`
     is the encoder's input spec from the manifest (an encoder class says the kind it takes: `modality`),
     `to_encoder` turns a batch into what an encoder's forward takes. Transfer: `baseline` scores the data without
     a network, `labelled` makes a classifier's batch (probes, fine-tuning), `check_fits` refuses in one line data an
     encoder cannot take."""
 
     kind = ""
+    layout = Layout  # the Layout class a method hands `views` for a field of this kind
     noun = ""  # what a corpus of them holds, for messages: "images", "text"
     encoding = ""  # the member's default encoding, for manifests that leave it out
     labelled_field = ""  # the batch field `labelled` makes (a Classifier reads it)
@@ -75,9 +89,17 @@ class Modality:
         """The keyword arguments `views` takes besides the layout, from the run's config (picklable)."""
         return {}
 
-    def views(self, samples: np.ndarray, ids: np.ndarray, *, seed: int, epoch: int, layout: dict,
+    def views(self, samples: np.ndarray, ids: np.ndarray, *, seed: int, epoch: int, layout: Layout,
               **options) -> dict[str, np.ndarray]:
+        """The fields `layout` names (Layout.fields) for a batch of samples and their ids, random as a function of
+        (seed, epoch, id)."""
         raise NotImplementedError
+
+    def check_layout(self, layout: Layout, method: str) -> None:
+        """One line when `method` hands this field a layout of another kind."""
+        if not isinstance(layout, self.layout):
+            raise SslscaleError(f"method.name={method} asks the {self.kind} field {self.name!r} for "
+                                f"{type(layout).__name__} views; a {self.kind} field makes {self.layout.__name__}")
 
     # ------------------------------------------------------------------ encoders and transfer
     def encoder_input(self) -> dict:

@@ -8,7 +8,9 @@ import numpy as np
 from PIL import Image as PILImage
 
 from sslscale.errors import SslscaleError, reason
-from sslscale.modalities.base import Modality
+from dataclasses import dataclass
+
+from sslscale.modalities.base import Layout, Modality
 from sslscale.views import ViewSpec, batch_views
 
 
@@ -23,10 +25,33 @@ def decode_image(png_bytes: bytes) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
+@dataclass(frozen=True)
+class ImageLayout(Layout):
+    """The views a method asks of an image field (views.batch_views' options): `n_views` global views, `n_local`
+    small local ones of side `local_size` (None: half the image) cropping an area in `local_scale` (DINO),
+    `per_view` ViewSpec overrides per global view (BYOL's asymmetric blur), and with `patch_mask_ratio` > 0 the ids
+    of the visible patches among `num_patches` (MAE)."""
+
+    n_views: int = 2
+    n_local: int = 0
+    local_size: int | None = None
+    local_scale: tuple[float, float] = (0.05, 0.3)
+    patch_mask_ratio: float = 0.0
+    num_patches: int = 0
+    per_view: tuple[dict, ...] = ()
+
+    def fields(self) -> dict[str, str]:
+        """view_0.., local_0.. (uint8 pixels), then `keep` (visible patch ids) when patches are masked."""
+        return {**{f"view_{v}": "pixels" for v in range(self.n_views)},
+                **{f"local_{v}": "pixels" for v in range(self.n_local)},
+                **({"keep": "ids"} if self.patch_mask_ratio > 0 and self.num_patches > 0 else {})}
+
+
 class Image(Modality):
     """A field of images of the manifest's `shape` [H, W, C]."""
 
     kind = "image"
+    layout = ImageLayout
     noun = "images"
     encoding = "png"
     labelled_field = "view_0"
@@ -61,9 +86,11 @@ class Image(Modality):
     def view_options(self, cfg) -> dict:
         return {"spec": ViewSpec.from_config(cfg, self.size)}
 
-    def views(self, samples, ids, *, seed, epoch, layout, spec: ViewSpec | None = None) -> dict[str, np.ndarray]:
+    def views(self, samples, ids, *, seed, epoch, layout: ImageLayout,
+              spec: ViewSpec | None = None) -> dict[str, np.ndarray]:
         """views.batch_views' fields for `layout` (spec: the run's strengths; none: the defaults)."""
-        return batch_views(samples, ids, seed=seed, epoch=epoch, spec=spec or ViewSpec(size=self.size), **layout)
+        return batch_views(samples, ids, seed=seed, epoch=epoch, spec=spec or ViewSpec(size=self.size),
+                           **vars(layout))
 
     def encoder_input(self) -> dict:
         return {"in_channels": self.shape[2], "image_size": self.size}

@@ -4,11 +4,12 @@ here (BERT's masking and ALBERT's sentence order, which the text methods share, 
 encoders take the ids as they are, and the no-learning baseline is TF-IDF."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from sslscale import storage
 from sslscale.errors import SslscaleError
-from sslscale.modalities.base import Modality
+from sslscale.modalities.base import Layout, Modality
 from sslscale.text import MASK, SEP, SPECIAL, TOKENIZER
 from sslscale.views import uniforms
 
@@ -72,18 +73,31 @@ def swap_segments(tokens: np.ndarray, ids: np.ndarray, *, seed: int, epoch: int,
     return np.where(position < end[:, None], np.take_along_axis(tokens, source, axis=1), tokens), order
 
 
+@dataclass(frozen=True)
+class TextLayout(Layout):
+    """The views a text method asks of a text field: with `sentence_order` ALBERT's segment swap, with
+    `token_mask_ratio` > 0 BERT's masking of that share of each passage's plain tokens."""
+
+    token_mask_ratio: float = 0.0
+    sentence_order: bool = False
+
+    def fields(self) -> dict[str, str]:
+        """tokens, then order (sentence order) and targets (masking) where asked: all integer ids."""
+        return {"tokens": "ids", **({"order": "ids"} if self.sentence_order else {}),
+                **({"targets": "ids"} if self.token_mask_ratio > 0 else {})}
+
+
 def text_views(tokens: np.ndarray, ids: np.ndarray, *, seed: int, epoch: int, vocab_size: int,
-               mask_ratio: float = 0.0, sentence_order: bool = False, **_) -> dict[str, np.ndarray]:
+               layout: TextLayout) -> dict[str, np.ndarray]:
     """A text method's fields from passages' token ids (N, L), padded with 0: "tokens" (N, L) int64; with
     sentence_order ALBERT's segment swap first (swap_segments: "tokens" swapped or not, and "order"); with
-    mask_ratio > 0 then BERT's masking (mask_tokens: "tokens" corrupted and "targets"). Takes a text layout (the
-    method's views, which say text=True) as keyword arguments."""
+    token_mask_ratio > 0 then BERT's masking (mask_tokens: "tokens" corrupted and "targets")."""
     out = {"tokens": np.asarray(tokens, np.int64)}
-    if sentence_order:
+    if layout.sentence_order:
         out["tokens"], out["order"] = swap_segments(out["tokens"], ids, seed=seed, epoch=epoch)
-    if mask_ratio > 0:
-        out["tokens"], out["targets"] = mask_tokens(out["tokens"], ids, seed=seed, epoch=epoch, ratio=mask_ratio,
-                                                    vocab_size=vocab_size)
+    if layout.token_mask_ratio > 0:
+        out["tokens"], out["targets"] = mask_tokens(out["tokens"], ids, seed=seed, epoch=epoch,
+                                                    ratio=layout.token_mask_ratio, vocab_size=vocab_size)
     return out
 
 
@@ -91,6 +105,7 @@ class Text(Modality):
     """A field of passages of token ids (dtype, max_length, vocab_size in the manifest)."""
 
     kind = "text"
+    layout = TextLayout
     noun = "text"
     encoding = "ids"
     labelled_field = "tokens"
@@ -113,8 +128,8 @@ class Text(Modality):
     def blank(self) -> np.ndarray:
         return np.zeros(self.size, np.int64)
 
-    def views(self, samples, ids, *, seed, epoch, layout) -> dict[str, np.ndarray]:
-        return text_views(samples, ids, seed=seed, epoch=epoch, vocab_size=self.entry["vocab_size"], **layout)
+    def views(self, samples, ids, *, seed, epoch, layout: TextLayout) -> dict[str, np.ndarray]:
+        return text_views(samples, ids, seed=seed, epoch=epoch, vocab_size=self.entry["vocab_size"], layout=layout)
 
     def encoder_input(self) -> dict:
         return {"vocab_size": self.entry["vocab_size"], "max_length": self.size}
@@ -135,6 +150,8 @@ class Text(Modality):
                                 "prepare the target with the pretraining corpus's --tokenizer and --seq-len")
 
     def check_target(self, target: Modality, target_dir: str, corpus_dir: str | None, where: str) -> None:
+        from sslscale import storage  # here: pyarrow, which a trainer without a corpus (gpu_check) may lack
+
         if corpus_dir and storage.read_bytes(storage.join(target_dir, TOKENIZER)) != storage.read_bytes(
                 storage.join(corpus_dir, TOKENIZER)):
             raise SslscaleError(f"transfer.target {where} was tokenised with another tokenizer than corpus "

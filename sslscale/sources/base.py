@@ -4,19 +4,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
-Sample = tuple[object, Optional[int]]  # (a sample's value, as its field's Modality.encode takes it; label or None)
+# (a sample's values, one per data field in the Source's `data` order, each as its field's Modality.encode takes it;
+#  label or None)
+Sample = tuple[tuple, Optional[int]]
 
 
 @dataclass
 class Source:
-    """A source's samples, ready to write: `data` is the data field's name and its manifest entry (with its
-    `kind`, which picks the Modality that encodes each value), `splits` the samples per split with their expected
-    count, `classes` the label names (None: unlabelled), `skipped` the files left out (--on-error skip), `files`
-    the files written beside the manifest (a tokenizer)."""
+    """A source's samples, ready to write: `data` maps each data field's name to its manifest entry (with its
+    `kind`, which picks the Modality that encodes its values; a picture and its caption are two fields), `splits`
+    the samples per split with their expected count, `classes` the label names (None: unlabelled), `skipped` the
+    files left out (--on-error skip), `files` the files written beside the manifest (a tokenizer)."""
 
     kind: str  # what the source is (fmnist, folder, pydocs, text folder), recorded in the manifest
     path: str
-    data: tuple[str, dict]
+    data: dict[str, dict]
     classes: Optional[list[str]]
     splits: dict[str, tuple[int, Iterable[Sample]]]
     skipped: list[str] = field(default_factory=list)

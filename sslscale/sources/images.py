@@ -53,7 +53,7 @@ def _fmnist(path) -> Source:
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise SslscaleError(f"Fashion-MNIST {split} files in {root} disagree ({images.shape} images, "
                                 f"{labels.shape} labels): reinstall dataset-fashion-mnist")
-        splits[split] = (len(images), zip(images[..., None], labels.tolist()))
+        splits[split] = (len(images), zip(zip(images[..., None]), labels.tolist()))
     return Source("fmnist", str(root), _field((*images.shape[1:], 1)), list(FMNIST_CLASSES), splits)
 
 
@@ -63,7 +63,7 @@ def _digits() -> Source:
     images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]
     labels = digits.target.astype(np.int64)
     test = np.arange(len(images)) % 5 == 0
-    splits = {name: (int(mask.sum()), zip(images[mask], labels[mask].tolist()))
+    splits = {name: (int(mask.sum()), zip(zip(images[mask]), labels[mask].tolist()))
               for name, mask in (("train", ~test), ("test", test))}
     return Source("digits", "sklearn.datasets.load_digits", _field((8, 8, 1)), [str(i) for i in range(10)], splits)
 
@@ -104,7 +104,7 @@ def _folder_samples(files, labels, mode, size, on_error, skipped) -> Iterator[Sa
         except Exception as e:  # PIL raises many exception types for bad files
             _bad_image(p, e, on_error, skipped)
             continue
-        yield np.asarray(img, dtype=np.uint8).reshape(size, size, -1), labels.get(p)  # "L": one channel
+        yield (np.asarray(img, dtype=np.uint8).reshape(size, size, -1),), labels.get(p)  # "L": one channel
 
 
 def _square_resize(img: Image.Image, size: int) -> Image.Image:
@@ -121,9 +121,9 @@ def _bad_image(path: Path, err: Exception, on_error: str, skipped: list[str]) ->
     skipped.append(str(path))
 
 
-def _field(shape: tuple[int, int, int]) -> tuple[str, dict]:
+def _field(shape: tuple[int, int, int]) -> dict[str, dict]:
     """The manifest's image field for images of `shape` (H, W, C)."""
-    return "image", {"kind": "image", "encoding": "png", "shape": list(shape), "dtype": "uint8"}
+    return {"image": {"kind": "image", "encoding": "png", "shape": list(shape), "dtype": "uint8"}}
 
 
 def open_source(name: str, *, on_error: str, test_fraction: float, seed: int, path=None,
