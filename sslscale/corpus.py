@@ -6,8 +6,8 @@ seeded, stratified test split) into WebDataset tar shards (`{split}-{index:06d}.
 or `{id:08d}.text.ids`, a member per data field of a record, and `{id:08d}.label.cls`) or Parquet shards
 (`{split}-{index:06d}.parquet`, columns id, one per data field (image, text) and label), plus a manifest.json
 with counts, each field's kind, dtype and shape or length, and sha256 checksums: per shard, `sha256` of the whole
-file, and `chunks`, the sha256 of each consecutive `chunk_bytes` of it (shards.CHUNK_BYTES, 8 MiB, unless prepare is given another; the last chunk may be short), so
-a reader can check a tar shard as it streams it (shards.py). The corpus is built in `OUT.partial` and renamed
+file, and `chunks`, the sha256 of each consecutive `chunk_bytes` of it (shards.CHUNK_BYTES, 8 MiB, unless prepare
+is given another; the last chunk may be short), so a reader can check a tar shard as it streams it (shards.py). The corpus is built in `OUT.partial` and renamed
 into place with the manifest written last, so an interrupted run never leaves a complete-looking OUT; the same
 input gives byte-identical shards.
 
