@@ -65,7 +65,7 @@ test: install pydocs
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20 -m "not long" tests
 
 test-long: install pydocs browser postgres
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m long tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 -m long tests
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" tests

@@ -1,7 +1,7 @@
 """The DeepSpeed engine against a plain torch optimizer step, in one process, side by side on the same core:
 the demo recipe's model (simclr_fmnist) on one synthetic micro-batch, AdamW with the same parameter groups and
 gradient clipping, contiguous weights on both sides (the engine's memory format), one thread. Engine lines:
-sslscale.engine.Engine.train_step at ZeRO 0, 1 and 2 (steps not logged: only the non-finite guard's flag is
+sslscale.training.engine.Engine.train_step at ZeRO 0, 1 and 2 (steps not logged: only the non-finite guard's flag is
 read back, as on most steps of a run).
 
 Each variant first takes --warmup untimed steps. Then each repeat times, for ZeRO 0, 1 and 2 in turn, one window of
@@ -27,7 +27,7 @@ from common import interleave, line, show, write  # noqa: E402
 from pipelines import load_recipe  # noqa: E402
 from sslscale.config import Config  # noqa: E402
 from sslscale.methods import build_method  # noqa: E402
-from sslscale.optim import param_groups  # noqa: E402
+from sslscale.training.optim import param_groups  # noqa: E402
 
 ZERO = (0, 1, 2)
 
@@ -56,7 +56,7 @@ def _plain_step(cfg: Config):
 
 
 def _engine_step(cfg: Config):
-    from sslscale.engine import Engine
+    from sslscale.training.engine import Engine
 
     torch.manual_seed(cfg.data.seed)
     engine = Engine(build_method(cfg, in_channels=1, image_size=28), cfg)

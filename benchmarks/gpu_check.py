@@ -1,7 +1,7 @@
 """GPU check: training rate, model FLOPs utilisation (MFU) and peak memory of the sslscale engine on one GPU.
 
-Runs the real method and engine code (sslscale.methods, sslscale.engine: DeepSpeed, bf16) without Ray, MLflow or
-pyarrow, which the device machine lacks. Lines, each after a few untimed warm-up steps:
+Runs the real method and engine code (sslscale.methods, sslscale.training.engine: DeepSpeed, bf16) without Ray,
+MLflow or pyarrow, which the device machine lacks. Lines, each after a few untimed warm-up steps:
   mae_vitb16       MAE, ViT-B/16 (768 wide, 12 blocks, 12 heads) and the paper's decoder (512 wide, 8 blocks),
                    224 px, mask 0.75, ZeRO-1, a synthetic batch already on the GPU
   simclr_r50_z{k}  SimCLR, ResNet-50 (2048 -> 2048 -> 128 projector), 224 px, ZeRO-k (0, 1, 2), synthetic batch
@@ -51,11 +51,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repo's sslscale and pipelines, installed or not
 
 from pipelines import load_recipe  # noqa: E402
-from sslscale.config import validate  # noqa: E402
+from sslscale.checks import validate  # noqa: E402
+from sslscale.data.views import ViewSpec, batch_views  # noqa: E402
 from sslscale.encoders.resnet import ResNet50  # noqa: E402
 from sslscale.methods import build_method, method_class, view_layouts  # noqa: E402
-from sslscale.optim import build_optimizer  # noqa: E402
-from sslscale.views import ViewSpec, batch_views  # noqa: E402
+from sslscale.training.optim import build_optimizer  # noqa: E402
 
 PEAKS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12))  # dense bf16 FLOP/s, first match by name
 SIZES = {  # view side, synthetic pictures' side, MAE and SimCLR batches, steps, synthetic SimCLR lines' ZeRO stages
@@ -66,7 +66,7 @@ SIZES = {  # view side, synthetic pictures' side, MAE and SimCLR batches, steps,
 
 
 class TorchLoop:
-    """Stand-in for sslscale.engine.Engine where DeepSpeed cannot be imported: the same method and optimizer
+    """Stand-in for sslscale.training.engine.Engine where DeepSpeed cannot be imported: the same method and optimizer
     (optim.build_optimizer), bf16 autocast over fp32 weights on a GPU, gradient clipping at optim.clip."""
 
     def __init__(self, method: torch.nn.Module, cfg):
@@ -89,18 +89,19 @@ class TorchLoop:
 
 
 def load_engine(plain: bool = False):
-    """(sslscale.engine.Engine, None), or (TorchLoop, why) when DeepSpeed itself cannot be imported or `plain`."""
+    """(sslscale.training.engine.Engine, None), or (TorchLoop, why) when DeepSpeed itself cannot be imported or
+    `plain`."""
     if plain:
         return TorchLoop, "--plain-torch"
     try:
-        from sslscale.engine import Engine
+        from sslscale.training.engine import Engine
         return Engine, None
     except Exception:  # noqa: BLE001 - DeepSpeed's import fails in many ways; tell whose fault it is below
         try:
             import deepspeed  # noqa: F401
         except Exception as e:  # noqa: BLE001
             return TorchLoop, f"DeepSpeed cannot be imported ({type(e).__name__}: {str(e)[:200]})"
-        raise  # DeepSpeed imports: sslscale.engine itself needs something this machine lacks
+        raise  # DeepSpeed imports: sslscale.training.engine itself needs something this machine lacks
 
 
 def make_method(cfg, s: dict) -> torch.nn.Module:

@@ -28,12 +28,12 @@ import webdataset as wds
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import interleave, line, show, window, write  # noqa: E402
 
-from sslscale import corpus, stream  # noqa: E402
 from sslscale.config import Config  # noqa: E402
-from sslscale.methods import view_layouts  # noqa: E402
-from sslscale.modalities.image import decode_image  # noqa: E402
-from sslscale.runtime import ensure_ray, shutdown  # noqa: E402
-from sslscale.views import ViewSpec, batch_views  # noqa: E402
+from sslscale.data import corpus, stream  # noqa: E402
+from sslscale.data.modalities.image import decode_image  # noqa: E402
+from sslscale.data.views import ViewSpec, batch_views  # noqa: E402
+from sslscale.methods import view_layouts, view_parts  # noqa: E402
+from sslscale.runtime.cluster import ensure_ray, shutdown  # noqa: E402
 
 
 class BlockViews:
@@ -62,8 +62,9 @@ def plain_batches(corpus_dir: str, cfg: Config, workers: int):
 
 
 def ray_batches(corpus_dir: str, cfg: Config):
-    ds = stream.pretrain_dataset(cfg, corpus_dir)
-    ds.context.execution_options = stream.ingest_options(cfg, corpus_dir)
+    parts = view_parts(cfg, corpus_dir)
+    ds = stream.pretrain_dataset(cfg, corpus_dir, parts)
+    ds.context.execution_options = stream.ingest_options(cfg, parts)
     yield from ds.iter_torch_batches(batch_size=stream.BLOCK_ROWS)
 
 

@@ -30,7 +30,8 @@ RECIPES = ["simclr_fmnist", "moco_fmnist", "byol_fmnist", "dino_fmnist", "barlow
 
 def step_seconds(cfg, probe_steps: int) -> float:
     """Median seconds per training step (checkpoint time excluded) over a probe run's steps after the 5th."""
-    from sslscale import pretrain, tracking
+    from sslscale import pretrain
+    from sslscale.runtime import tracking
 
     probe = cfg.override([f"train.steps={probe_steps}", f"train.checkpoint_every={probe_steps}",
                           "transfer.enabled=false", "tracking.experiment=methods-table-probes"])
@@ -50,7 +51,8 @@ def budget_overrides(cfg, steps: int) -> list[str]:
 
 def measure(recipe: str, minutes: float, probe_steps: int) -> dict:
     from pipelines import load_recipe
-    from sslscale import pretrain, tracking
+    from sslscale import pretrain
+    from sslscale.runtime import tracking
 
     cfg = load_recipe(recipe).override(["tracking.experiment=methods-table"])
     seconds = step_seconds(cfg, probe_steps)

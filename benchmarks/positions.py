@@ -1,5 +1,5 @@
 """The stream's position in a checkpoint, side by side in one run: the old format (every consumed sample id, per
-epoch, in one JSON file per rank, unioned on resume) against sslscale.position (ranges per epoch and a watermark).
+epoch, in one JSON file per rank, unioned on resume) against sslscale.data.position (ranges per epoch and a watermark).
 
     python benchmarks/positions.py [--quick] [--out docs/positions.json]
 
@@ -35,7 +35,7 @@ import time
 import numpy as np
 
 from sslscale import storage
-from sslscale.position import Position
+from sslscale.data.position import Position
 
 N, SHARD, BLOCK, RANKS, BUFFER, WINDOW = 1_280_000, 5_000, 256, 2, 2048, 4
 HOLES = RANKS * BUFFER

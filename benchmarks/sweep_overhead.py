@@ -27,7 +27,8 @@ import tempfile
 import time
 
 from pipelines import load_recipe
-from sslscale import corpus, tracking
+from sslscale.data import corpus
+from sslscale.runtime import tracking
 
 
 def _parts(uri: str, run, prev_end: float, transfer_s: float) -> dict:
@@ -44,8 +45,8 @@ def _parts(uri: str, run, prev_end: float, transfer_s: float) -> dict:
 
 
 def _transfer_seconds(run, cfg) -> float:
-    from sslscale.export import load_encoder
-    from sslscale.transfer import evaluate
+    from sslscale.evaluation.transfer import evaluate
+    from sslscale.training.export import load_encoder
 
     encoder = load_encoder(os.path.join(run.data.tags["sslscale.run_dir"], "encoder.safetensors"))
     t0 = time.perf_counter()
@@ -79,7 +80,7 @@ def main() -> None:
     p.add_argument("--scheduler", default="fifo", help="fifo (trials reuse their actor) or asha (they do not)")
     p.add_argument("--out", default="docs/sweep_overhead.json")
     args = p.parse_args()
-    from sslscale.runtime import ensure_ray, shutdown
+    from sslscale.runtime.cluster import ensure_ray, shutdown
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("SSLSCALE_DATA", os.path.join(tmp, "data"))

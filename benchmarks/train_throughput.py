@@ -49,10 +49,11 @@ from common import interleave, line, median, show, write  # noqa: E402
 from ingest import BlockViews  # noqa: E402
 
 from pipelines import load_recipe  # noqa: E402
-from sslscale import corpus, tracking  # noqa: E402
 from sslscale.config import Config  # noqa: E402
+from sslscale.data import corpus  # noqa: E402
 from sslscale.methods import build_method  # noqa: E402
-from sslscale.optim import param_groups  # noqa: E402
+from sslscale.runtime import tracking
+from sslscale.training.optim import param_groups  # noqa: E402
 
 WORLD = 2
 DDP = ("fair", "contiguous", "channels_last")
@@ -73,7 +74,7 @@ def logged_rate(result, warmup: int) -> float:
 
 def whole_run_rate(result, cfg: Config) -> float:
     """samples/s from the end of step 1 to the end of the last step (rank 0's timeline marks)."""
-    from sslscale import checkpoint
+    from sslscale.training import checkpoint
 
     marks = checkpoint.read_state(result.checkpoint)["timeline"]
     return cfg.data.batch_size * (cfg.train.steps - 1) / (marks["last_step"] - marks["first_step"])
@@ -156,7 +157,7 @@ def _startup_lines(cold, warm: list) -> list[dict]:
 
 
 def measure(cfg: Config, steps: int, warmup: int, repeats: int) -> list[dict]:
-    from sslscale.runtime import shutdown
+    from sslscale.runtime.cluster import shutdown
 
     cfg = cfg.override([f"train.steps={steps}", "train.log_every=5"])
     with tempfile.TemporaryDirectory(prefix="train_throughput-") as tmp:

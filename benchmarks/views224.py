@@ -27,10 +27,10 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import interleave, line, show, write  # noqa: E402
 
-from sslscale import corpus  # noqa: E402
-from sslscale.modalities.image import decode_image  # noqa: E402
-from sslscale.shards import read_shard  # noqa: E402
-from sslscale.views import ViewSpec, batch_views  # noqa: E402
+from sslscale.data import corpus  # noqa: E402
+from sslscale.data.modalities.image import decode_image  # noqa: E402
+from sslscale.data.shards import read_shard  # noqa: E402
+from sslscale.data.views import ViewSpec, batch_views  # noqa: E402
 
 A100_IMAGES_PER_S = 2470.0
 SPEC = ViewSpec(size=224, crop_min_scale=0.08, flip=0.5, jitter=0.4, jitter_prob=0.8, grayscale=0.2, blur=0.5)

@@ -1,7 +1,8 @@
 """Recipes: each module has a `config()` returning a complete Config. `RECIPES` maps a name to it.
 
 Sweep recipes are data: a base recipe (RECIPE), the overrides that size its trials (SIZING), a search space
-(SPACE, KEY=DIST strings, see sslscale/space.py) and defaults for the sweep's options. `SWEEPS` maps a name to one."""
+(SPACE, KEY=DIST strings, see sslscale/sweeps/space.py) and defaults for the sweep's options. `SWEEPS` maps a name
+to one."""
 from __future__ import annotations
 
 from pipelines import (barlow_fmnist, byol_fmnist, debug, debug_sweep, denoising_ae_fmnist, dino_fmnist, gpt_text,

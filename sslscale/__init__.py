@@ -18,25 +18,25 @@ def pretrain(cfg, **kwargs):
 
 
 def sweep(cfg, space, **kwargs):
-    """A Ray Tune sweep of `pretrain` over `space` (KEY=DIST strings) -> SweepResult; see sslscale.tune.sweep."""
-    from sslscale.tune import sweep as _sweep
+    """A Ray Tune sweep of `pretrain` over `space` (KEY=DIST strings) -> SweepResult; see sslscale.sweeps.tune.sweep."""
+    from sslscale.sweeps.tune import sweep as _sweep
 
     return _sweep(cfg, space, **kwargs)
 
 
 def evaluate(encoder, tcfg, **kwargs):
-    from sslscale.transfer import evaluate as _evaluate
+    from sslscale.evaluation.transfer import evaluate as _evaluate
 
     return _evaluate(encoder, tcfg, **kwargs)
 
 
 def load_encoder(path):
-    from sslscale.export import load_encoder as _load
+    from sslscale.training.export import load_encoder as _load
 
     return _load(path)
 
 
 def save_encoder(encoder, path):
-    from sslscale.export import save_encoder as _save
+    from sslscale.training.export import save_encoder as _save
 
     return _save(encoder, path)

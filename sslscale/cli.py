@@ -122,8 +122,10 @@ def _source_args(p: argparse.ArgumentParser) -> None:
 def _encoder_source(args) -> tuple[str, str, dict, str]:
     """(path holding an encoder, MLflow run id or '', the run's config as a dict or {}, the run folder or '') for
     --run / --checkpoint (a run folder given as --checkpoint counts as --run)."""
-    from sslscale import checkpoint, storage, tracking
-    from sslscale.pretraining import RUN_FILE, find_run_dir, run_field
+    from sslscale import storage
+    from sslscale.training.run_folder import RUN_FILE, find_run_dir, run_field
+    from sslscale.runtime import tracking
+    from sslscale.training import checkpoint
 
     if args.run or storage.isfile(storage.join(args.checkpoint, RUN_FILE)):
         run_dir = find_run_dir(args.run or args.checkpoint, tracking.resolve_uri(args.tracking_uri))
@@ -159,7 +161,7 @@ def evaluate_config(trained_with: dict, flags: list[str], overrides: list[str]):
 
 
 def _cmd_prepare(args) -> None:
-    from sslscale import corpus
+    from sslscale.data import corpus
 
     m = corpus.prepare(args.source, args.out, fmt=args.format, path=args.path, shard_size=args.shard_size,
                        image_size=args.image_size, on_error=args.on_error, overwrite=args.overwrite,
@@ -171,8 +173,9 @@ def _cmd_prepare(args) -> None:
 
 def _cmd_pretrain(args) -> None:
     from pipelines import load_recipe
-    from sslscale import tracking
-    from sslscale.pretraining import pretrain, resume_config
+    from sslscale.pretraining import pretrain
+    from sslscale.training.run_folder import resume_config
+    from sslscale.runtime import tracking
 
     if args.export and not args.export.endswith("encoder.safetensors"):
         raise SslscaleError(f"--export {args.export!r} must end in 'encoder.safetensors', e.g. demo.encoder.safetensors")
@@ -186,7 +189,7 @@ def _cmd_pretrain(args) -> None:
     result = pretrain(cfg, resume=args.resume)
     encoder = result.encoder_path
     if args.export:
-        from sslscale.export import load_encoder, save_encoder
+        from sslscale.training.export import load_encoder, save_encoder
 
         encoder = os.path.abspath(save_encoder(load_encoder(encoder), args.export))
     print(f"\nrun id:      {result.run_id or '(tracking off)'}")
@@ -207,7 +210,7 @@ def _print_scores(scores: dict) -> None:
         if took:
             print(f"  (scored in {took:.0f} s)")
         if any("/frac" in k or "finetune_" in k or "scratch_" in k for k in scores):
-            from sslscale.transfer import efficiency_table
+            from sslscale.evaluation.transfer import efficiency_table
 
             print(efficiency_table(scores))
 
@@ -221,7 +224,7 @@ def _sweep_config(args) -> tuple:
 
 
 def _cmd_sweep(args) -> None:
-    from sslscale import tune
+    from sslscale.sweeps import tune
 
     if args.resume:
         out = [o.partition("=")[2] for o in args.overrides
@@ -239,9 +242,10 @@ def _cmd_sweep(args) -> None:
 
 
 def _cmd_evaluate(args) -> None:
-    from sslscale import storage, tracking
-    from sslscale.export import load_encoder
-    from sslscale.transfer import chosen, timed_evaluate
+    from sslscale import storage
+    from sslscale.evaluation.transfer import chosen, timed_evaluate
+    from sslscale.runtime import tracking
+    from sslscale.training.export import load_encoder
 
     flags = [f"transfer.target={args.target}", f"transfer.baseline={not args.no_baseline}",
              f"transfer.knn_k={args.knn_k}", f"transfer.protocols={args.protocols}",
@@ -265,7 +269,7 @@ def _cmd_evaluate(args) -> None:
 
 
 def _cmd_export(args) -> None:
-    from sslscale.export import load_encoder, save_encoder
+    from sslscale.training.export import load_encoder, save_encoder
 
     path = _encoder_source(args)[0]
     print(f"wrote {save_encoder(load_encoder(path), args.out)}")
@@ -274,7 +278,7 @@ def _cmd_export(args) -> None:
 def _cmd_ui(args) -> None:
     """Print each experiment's page in the classic ML workspace (MLflow opens in GenAI otherwise), then become the
     UI server, without the job runner (8 background processes, ~1.3 GB, that sslscale never uses)."""
-    from sslscale.tracking import experiment_urls, resolve_uri, shown, ui_url
+    from sslscale.runtime.tracking import experiment_urls, resolve_uri, shown, ui_url
 
     uri, base = resolve_uri(args.tracking_uri), f"http://127.0.0.1:{args.port}"
     urls = experiment_urls(uri, base)
@@ -293,7 +297,7 @@ def _job_command(job: list[str]) -> tuple[list[str], dict | None]:
     and the resources its driver reserves: train.driver_resource when the command sets it, else none, and Ray then
     runs the driver on the head node."""
     from pipelines import load_recipe
-    from sslscale.config import driver_resource, validate
+    from sslscale.checks import driver_resource, validate
 
     job = job[1:] if job[:1] == ["--"] else job
     if not job or job[0] not in SUBMITTABLE:
@@ -308,7 +312,7 @@ def _job_command(job: list[str]) -> tuple[list[str], dict | None]:
 
 
 def _cmd_submit(args) -> None:
-    from sslscale.runtime import Jobs
+    from sslscale.runtime.cluster import Jobs
 
     if not (args.list or args.logs or args.stop):
         job, resources = _job_command(args.job)

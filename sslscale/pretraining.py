@@ -3,11 +3,11 @@
 The driver's side of a run: validate the config, check the corpus, open (or reopen) the MLflow run, start the
 Ray Train workers on the view stream, then export the encoder, log the artifacts and score the transfer target.
 The CLI, a Tune trial, a test and a notebook all call this. A run's files live in <train.storage>/<run id>/:
-run.json (what --resume needs), lease.json (which live process writes the run, see lease.py), attempt-N/ (Ray
-Train's checkpoints per driver attempt), encoder.safetensors. SIGINT and SIGTERM (Ctrl-C, `kill`, a Ray job stop)
-end a run as KILLED in MLflow with one line: the step its last intact checkpoint holds and the `--resume` command.
-A driver that dies (SIGKILL, the OOM killer) ends its run too, locally and as a Ray job alike: Ray
-ends the job's actors (Train's controller, then its workers), a local Ray instance dies with its driver, and the
+run.json (what --resume needs, see training/run_folder.py), lease.json (which live process writes the run, see
+lease.py), attempt-N/ (Ray Train's checkpoints per driver attempt), encoder.safetensors. SIGINT and SIGTERM
+(Ctrl-C, `kill`, a Ray job stop) end a run as KILLED in MLflow with one line: the step its last intact checkpoint
+holds and the `--resume` command. A driver that dies (SIGKILL, the OOM killer) ends its run too, locally and as a
+Ray job alike: Ray ends the job's actors (Train's controller, then its workers), a local Ray instance dies with its driver, and the
 workers watch the driver's lease and exit within a second (lease.watch). The run stays RUNNING in MLflow until a
 `--resume`, which takes the dead driver's lease over, continues it from its latest checkpoint.
 """
@@ -22,14 +22,20 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from sslscale import checkpoint, corpus, lease, storage, stream, timeline, tracking, train, transfer
-from sslscale.config import Config, validate
+from sslscale import storage, timeline
+from sslscale.checks import validate
+from sslscale.config import Config
+from sslscale.data import corpus, stream
+from sslscale.data.modalities import KINDS, Modality, data_field, data_fields
 from sslscale.errors import SslscaleError, root_cause
-from sslscale.export import load_encoder
-from sslscale.modalities import KINDS, Modality, data_field, data_fields
-from sslscale.runtime import ensure_ray, in_job, shutdown
+from sslscale.evaluation import transfer
+from sslscale.methods import method_class, view_parts
+from sslscale.runtime import tracking
+from sslscale.runtime.cluster import ensure_ray, in_job, shutdown
+from sslscale.training import checkpoint, lease, train
+from sslscale.training.export import load_encoder
+from sslscale.training.run_folder import find_run_dir, run_field, write_run_file
 
-RUN_FILE = "run.json"
 SKIPPED = "skipped"  # the stream's records of what data.on_error=skip left out; merged into skipped.json
 
 
@@ -68,7 +74,6 @@ def _data_field(corpus_dir: str, cfg: Config) -> Modality:
     before any worker starts, as is every field the method's views read (stream.view_parts): its `encoder_input`
     is the encoder's input spec (channels and side, vocabulary and length)."""
     from sslscale.encoders import ENCODERS
-    from sslscale.methods import method_class
 
     corpus.verify_shards(corpus_dir, cfg.data.split, hashes=False)  # the stream checks each shard's sha256 as it reads
     manifest = corpus.load_manifest(corpus_dir)
@@ -85,56 +90,8 @@ def _data_field(corpus_dir: str, cfg: Config) -> Modality:
                             f"{KINDS[ENCODERS[cfg.model.encoder].modality].noun} but corpus {corpus_dir} holds "
                             f"{field.noun}: set model.encoder={fitting}")
     field.check_model(cfg.model, corpus_dir)
-    stream.view_parts(cfg, manifest, corpus_dir)
+    view_parts(cfg, corpus_dir)  # every field the method's views read: there, and of the kind its layout is for
     return field
-
-
-# Keys a resumed run may change: how long and how it runs, never what it learns from or how it is built.
-RESUMABLE = ("train.steps", "train.checkpoint_every", "train.health_every", "train.log_every",
-             "train.keep_checkpoints", "train.max_failures", "train.max_bad_steps", "train.cpus_per_worker",
-             "train.threads_per_worker", "optim.lr", "optim.clip", "data.cpus", "data.buffer_mb", "tracking.uri",
-             "transfer.")
-
-
-def run_field(run_dir: str, key: str, default=""):
-    """One field of a run folder's run.json, or default when the file or key is missing."""
-    try:
-        return storage.read_json(storage.join(run_dir, RUN_FILE)).get(key, default)
-    except (OSError, ValueError, SslscaleError):
-        return default
-
-
-def find_run_dir(resume: str, uri: str) -> str:
-    """A run folder from a run id (its MLflow tag) or a folder holding run.json."""
-    if storage.isfile(storage.join(resume, RUN_FILE)):
-        return storage.absolute(resume)
-    if storage.is_uri(resume) or os.path.isdir(resume):
-        raise SslscaleError(f"{resume} holds no {RUN_FILE}: pass a run id or the run's folder under train.storage")
-    run = tracking.get_run(uri, resume)
-    run_dir = run.data.tags.get("sslscale.run_dir", "")
-    if run_field(run_dir, "run_id") != resume:
-        raise SslscaleError(f"run {resume} has no run folder of its own at {run_dir!r}: it was moved or deleted; "
-                            f"pass the folder instead")
-    return run_dir
-
-
-def resume_config(resume: str, overrides: list[str], uri: str = "") -> Config:
-    """The resumed run's own config, with its own store, and `overrides` of the RESUMABLE keys applied."""
-    for item in overrides:
-        key = item.partition("=")[0].strip()
-        if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE):
-            raise SslscaleError(f"{key} cannot change when resuming (the checkpoint was made with it); "
-                                f"resumable keys: {', '.join(RESUMABLE)}")
-    run_dir = find_run_dir(resume, tracking.resolve_uri(uri))
-    saved = storage.read_json(storage.join(run_dir, RUN_FILE))
-    cfg = Config.from_dict(saved["config"])
-    cfg.tracking.uri = saved["uri"]
-    return cfg.override(overrides)
-
-
-def _write_run_file(run_dir: str, run_id: str, uri: str, cfg: Config) -> None:
-    storage.write_json(storage.join(run_dir, RUN_FILE), {"run_id": run_id, "uri": uri, "config": cfg.to_dict()},
-                       indent=2)
 
 
 def _open_run(cfg: Config, uri: str, resume: str | None, tags: dict | None = None) -> tuple[str, str, lease.Lease]:
@@ -144,7 +101,7 @@ def _open_run(cfg: Config, uri: str, resume: str | None, tags: dict | None = Non
         run_dir = find_run_dir(resume, uri)
         run_id = run_field(run_dir, "run_id")
         held = lease.acquire(run_dir, run_id or run_dir)
-        _write_run_file(run_dir, run_id, uri, cfg)
+        write_run_file(run_dir, run_id, uri, cfg)
         if run_id:
             tracking.best_effort(tracking.reopen_run, uri, run_id)
             tracking.best_effort(tracking.set_tags, uri, run_id,
@@ -157,7 +114,7 @@ def _open_run(cfg: Config, uri: str, resume: str | None, tags: dict | None = Non
         raise SslscaleError(f"run folder {run_dir} exists already: resume it with --resume, or start a new run")
     storage.makedirs(run_dir)
     held = lease.acquire(run_dir, name)
-    _write_run_file(run_dir, run_id, uri, cfg)
+    write_run_file(run_dir, run_id, uri, cfg)
     if run_id:
         tracking.best_effort(tracking.set_tags, uri, run_id, {"sslscale.run_dir": run_dir})
     return run_id, run_dir, held
@@ -169,10 +126,12 @@ def _attempt(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, 
     last = checkpoint.latest(run_dir)
     samples = corpus.load_manifest(corpus_dir)["splits"][cfg.data.split]["samples"]
     consumed = checkpoint.read_positions(last, samples) if last else None
-    dataset = stream.pretrain_dataset(cfg, corpus_dir, consumed=consumed, skip_dir=storage.join(run_dir, SKIPPED))
+    parts = view_parts(cfg, corpus_dir)
+    dataset = stream.pretrain_dataset(cfg, corpus_dir, parts, consumed=consumed,
+                                      skip_dir=storage.join(run_dir, SKIPPED))
     attempt = len([d for d in storage.listdir(run_dir) if d.startswith("attempt-")])
     marks["fit"] = time.time()  # the last attempt's: rank 0's marks come from its checkpoints
-    train.fit(cfg, datasets={"train": dataset}, ingest=stream.ingest_options(cfg, corpus_dir), run_id=run_id, uri=uri,
+    train.fit(cfg, datasets={"train": dataset}, ingest=stream.ingest_options(cfg, parts), run_id=run_id, uri=uri,
               input_spec=input_spec, storage=run_dir, name=f"attempt-{attempt}", samples=samples, resume_from=last,
               corpus_dir=corpus_dir, **fit_kw)
 

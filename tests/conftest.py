@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from sslscale import corpus
+from sslscale.data import corpus
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +32,7 @@ def debug_cfg(data_root, tmp_path, monkeypatch):
 def ray_local():
     """A local Ray instance shared by one test module, shut down after it (a second instance confuses `ray start`
     clients, and the tests that start Ray in a subprocess need none left running)."""
-    from sslscale.runtime import ensure_ray, shutdown
+    from sslscale.runtime.cluster import ensure_ray, shutdown
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     ensure_ray()

@@ -7,7 +7,8 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from sslscale import corpus, storage
+from sslscale import storage
+from sslscale.data import corpus
 
 
 def copy_corpus(src, dst) -> Path:

@@ -62,7 +62,8 @@ def overrides(method: str, kind: str) -> list[str]:
 
 def prepare_corpora(root: Path, digits: str | None = None) -> dict[str, str]:
     """{"image": the digits corpus (`digits`, else prepared under root), "text": the tiny text corpus}."""
-    from sslscale import corpus, text
+    from sslscale.data import corpus
+    from sslscale.data.sources import text
 
     if digits is None:
         digits = str(root / "digits")
@@ -121,16 +122,17 @@ def losses(method: str, corpora: dict[str, str]) -> list[float]:
     import torch
 
     from pipelines import load_recipe
-    from sslscale import stream, train
-    from sslscale.engine import Engine
-    from sslscale.methods import build_method
+    from sslscale.data import stream
+    from sslscale.methods import build_method, view_parts
     from sslscale.pretraining import preflight
+    from sslscale.training import train
+    from sslscale.training.engine import Engine
 
     kind = methods()[method]
     cfg = load_recipe("debug").override([o.replace(CORPUS, corpora[kind]) for o in overrides(method, kind)])
     corpus_dir, input_spec = preflight(cfg)
     with mock.patch.object(ray.data, "from_items", _Stream):
-        views = stream.pretrain_dataset(cfg, corpus_dir)
+        views = stream.pretrain_dataset(cfg, corpus_dir, view_parts(cfg, corpus_dir))
     groups = train._batches(_Shard(views.blocks()), cfg, rank=0)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.train.threads_per_worker)  # 1, as a worker runs: sums in one order on any machine

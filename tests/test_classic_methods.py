@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from sslscale.config import Config
+from sslscale.data.modalities import ImageLayout
 from sslscale.encoders import build_encoder
 from sslscale.methods import denoising_ae
 from sslscale.methods.denoising_ae import ConvDecoder, DenoisingAE, corrupt, denoising_loss
 from sslscale.methods.rotation import Rotation, rotate_all
-from sslscale.modalities import ImageLayout
 
 ENCODERS = {
     "resnet": dict(widths=(8, 16), depths=(1, 1)),

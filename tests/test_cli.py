@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from sslscale import corpus
+from sslscale.data import corpus
 
 SSLSCALE = os.path.join(os.path.dirname(sys.executable), "sslscale")
 

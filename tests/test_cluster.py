@@ -18,7 +18,7 @@ import pytest
 
 from mlflow_server import MlflowServer
 from ray_nodes import RayNodes
-from sslscale import checkpoint, faults
+from sslscale.training import checkpoint, faults
 
 REPO = pathlib.Path(__file__).parents[1]
 SSLSCALE = os.path.join(os.path.dirname(sys.executable), "sslscale")

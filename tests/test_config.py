@@ -1,7 +1,8 @@
 import pytest
 
 from pipelines import RECIPES, load_recipe
-from sslscale.config import Config, flatten, validate
+from sslscale.checks import validate
+from sslscale.config import Config, flatten
 from sslscale.errors import SslscaleError
 
 
@@ -99,7 +100,7 @@ def test_a_real_run_logs_only_the_chosen_methods_section(tmp_path):
 
     import mlflow
 
-    from sslscale import tracking
+    from sslscale.runtime import tracking
 
     uri = f"sqlite:///{tmp_path}/mlruns.db"
     run_id = tracking.start_run(uri, Config().override(["method.name=dino", "method.dino.out_dim=64"]))
@@ -135,8 +136,29 @@ def test_old_flat_method_keys_set_every_section_that_has_them(capsys):
 
 
 def test_an_old_flat_key_in_a_sweep_space_searches_the_chosen_methods_key():
-    from sslscale import space
+    from sslscale.sweeps import space
 
     base = Config().override(["method.name=moco_v3"])
     assert space.renamed(["method.temperature=uniform:0.1:0.3", "optim.lr=choice:1e-3"], base) == \
         ["method.moco_v3.temperature=uniform:0.1:0.3", "optim.lr=choice:1e-3"]
+
+
+def test_a_run_folder_from_before_plain_data_configs_resumes_with_its_own_values(tmp_path):
+    """run.json written at b39cd67 (before config became plain data, issue 28 item 4: every method's section,
+    built by make_dataclass) resumes: the same values, the chosen method's section checked, other sections read
+    and kept apart."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from sslscale.training.run_folder import RUN_FILE, resume_config
+
+    shutil.copy(Path(__file__).parent / "golden" / "run_b39cd67.json", tmp_path / RUN_FILE)
+    saved = json.loads((tmp_path / RUN_FILE).read_text())["config"]
+    cfg = validate(resume_config(str(tmp_path), ["train.steps=50"], uri="sqlite:///unused.db"))
+    assert cfg.method.name == "dino" and cfg.method.chosen.out_dim == 512 and cfg.train.steps == 50
+    kept = {name: section for name, section in saved["method"].items() if section != {}}  # GPT's has no keys
+    assert cfg.to_dict()["method"] == kept  # every section, as saved
+    now = json.loads(json.dumps(cfg.to_dict()))  # tuples as JSON holds them
+    assert {k: v for k, v in now.items() if k not in ("method", "train")} == \
+        {k: v for k, v in saved.items() if k not in ("method", "train")}

@@ -1,4 +1,4 @@
-"""sslscale.corpus: sources -> shards + manifest, and the reader, on real files in tmp_path."""
+"""sslscale.data.corpus: sources -> shards + manifest, and the reader, on real files in tmp_path."""
 import gzip
 import hashlib
 import struct
@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from sslscale import corpus
+from sslscale.data import corpus
+from sslscale.data.modalities.image import decode_image
+from sslscale.data.shards import CHUNK_BYTES
+from sslscale.data.sources.images import FMNIST_DIR, read_idx
 from sslscale.errors import SslscaleError
-from sslscale.modalities.image import decode_image
-from sslscale.sources.images import FMNIST_DIR, read_idx
-from sslscale.shards import CHUNK_BYTES
 
 FMNIST = Path(FMNIST_DIR)
 

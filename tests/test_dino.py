@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 from distributed import spawn_gloo
 from sslscale.config import Config
+from sslscale.data.views import ViewSpec, batch_views
 from sslscale.methods import build_method, view_layouts
 from sslscale.methods.dino import dino_loss
-from sslscale.views import ViewSpec, batch_views
 
 
 def reference_dino(student, teacher, center, ts, tt):
@@ -133,7 +133,7 @@ def test_teacher_temperature_warms_up_and_teacher_follows_the_student():
 def test_last_layer_stays_frozen_for_the_first_steps_under_deepspeed():
     """method.dino.freeze_last_layer=2: the prototypes (as the head uses them, row-normalised) do not move in steps 1-2
     while the rest of the student trains, and move from step 3 on (ZeRO-1, weight decay on)."""
-    from sslscale.engine import Engine
+    from sslscale.training.engine import Engine
 
     cfg = _cfg().override(["method.dino.freeze_last_layer=2", "optim.weight_decay=0.05", "data.batch_size=4",
                            "train.workers=1", "optim.warmup_steps=0"])

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from sslscale import tracking
-from sslscale.export import load_encoder
+from sslscale.runtime import tracking
+from sslscale.training.export import load_encoder
 
 pytestmark = pytest.mark.slow
 
@@ -59,9 +59,9 @@ def test_labelled_stream_is_the_in_process_batches(data_root, monkeypatch, ray_l
     in the same order, as the in-process batches."""
     import numpy as np
 
-    from sslscale.finetune import VIEWS, _batches, _order
-    from sslscale.stream import in_order, labelled_views
-    from sslscale.transfer import load_target
+    from sslscale.data.stream import in_order, labelled_views
+    from sslscale.evaluation.finetune import VIEWS, _batches, _order
+    from sslscale.evaluation.transfer import load_target
 
     monkeypatch.setenv("SSLSCALE_DATA", data_root)
     import ray.data

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from sslscale import checkpoint
 from sslscale.config import Config
-from sslscale.engine import Engine
+from sslscale.data.position import Position
 from sslscale.errors import SslscaleError
-from sslscale.health import health_metrics
 from sslscale.methods import build_method
-from sslscale.position import Position
 from sslscale.schedules import cosine_weight_decay, warmup_cosine
+from sslscale.training import checkpoint
+from sslscale.training.engine import Engine
+from sslscale.training.health import health_metrics
 
 from distributed import spawn_gloo
 
@@ -198,7 +198,7 @@ def test_crash_while_saving_leaves_the_previous_checkpoint_loadable(fp32_engine,
 def _logged_and_local(rank, world):
     """A quiet step, then a logged one on this rank's own batch: the loss the engine logs, and this rank's loss
     alone on the same weights."""
-    from sslscale.engine import Engine
+    from sslscale.training.engine import Engine
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
     cfg = _cfg()
@@ -239,9 +239,9 @@ def test_to_device_moves_what_the_method_declares_and_refuses_the_rest(fp32_engi
 def test_every_method_declares_exactly_what_its_stream_makes():
     """Method.inputs and the Ray Data stream's rows (stream.make_views, on one blank image or passage) cannot drift
     apart."""
+    from sslscale.data.modalities import KINDS
+    from sslscale.data.stream import Part, _one_row
     from sslscale.methods import NAMES, method_class
-    from sslscale.modalities import KINDS
-    from sslscale.stream import Part, _one_row
 
     fields = {"image": {"kind": "image", "encoding": "png", "shape": [8, 8, 1], "dtype": "uint8"},
               "text": {"kind": "text", "encoding": "ids", "dtype": "uint16", "max_length": 8, "vocab_size": 50}}

@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from sslscale.config import Config, validate
+from sslscale.checks import validate
+
+from sslscale.config import Config
+from sslscale.data.modalities import Image, Text
 from sslscale.encoders import build_encoder
 from sslscale.errors import SslscaleError
-from sslscale.export import save_encoder
-from sslscale.finetune import Classifier, _batches, _candidates, _split
-from sslscale.modalities import Image, Text
-from sslscale.optim import param_groups
-from sslscale.transfer import PICTURES
+from sslscale.evaluation.finetune import Classifier, _batches, _candidates, _split
+from sslscale.evaluation.transfer import PICTURES
+from sslscale.training.export import save_encoder
+from sslscale.training.optim import param_groups
 
 SSLSCALE = os.path.join(os.path.dirname(sys.executable), "sslscale")
 
@@ -131,7 +133,7 @@ def test_finetune_and_scratch_score_digits_through_the_cli(tmp_path, data_root):
 
 
 def test_efficiency_curves_table_and_headline_from_score_names(tmp_path):
-    from sslscale.transfer import efficiency, efficiency_plot, efficiency_table
+    from sslscale.evaluation.transfer import efficiency, efficiency_plot, efficiency_table
 
     scores = {"fmnist/knn_top1": 0.83, "fmnist/knn_top1/frac0.01": 0.70, "fmnist/finetune_top1": 0.90,
               "fmnist/finetune_top1/frac0.01": 0.75, "fmnist/scratch_top1/frac0.01": 0.60, "fmnist/scratch_top1": 0.91,
@@ -148,7 +150,7 @@ def test_efficiency_curves_table_and_headline_from_score_names(tmp_path):
 
 def test_a_stream_that_runs_dry_is_an_error_not_a_less_trained_model():
     from sslscale.config import TransferConfig
-    from sslscale.finetune import train
+    from sslscale.evaluation.finetune import train
 
     torch.manual_seed(0)
     enc = build_encoder("resnet", in_channels=1, image_size=8, widths=(4, 8), depths=(1, 1))
@@ -171,7 +173,7 @@ def test_evaluate_fine_tunes_on_the_runs_engine_and_this_machines_workers():
 
 
 def test_learning_rates_follow_scale_and_freeze_per_group():
-    from sslscale.optim import set_learning_rates
+    from sslscale.training.optim import set_learning_rates
 
     opt = torch.optim.SGD([{"params": [torch.zeros(1)]}, {"params": [torch.zeros(1)], "lr_scale": 0.1},
                            {"params": [torch.zeros(1)], "frozen_steps": 3}], lr=1.0)
@@ -185,7 +187,7 @@ def test_a_text_encoder_fine_tunes_on_token_ids_through_the_engine():
     """Text targets: the classifier reads token ids (no augmentation) through the real DeepSpeed engine, fine-tuned
     and from scratch; layer-wise decay counts the token embedding and positions as layer 0."""
     from sslscale.config import TransferConfig
-    from sslscale.finetune import top1
+    from sslscale.evaluation.finetune import top1
 
     encoder = build_encoder("text", vocab_size=40, max_length=12, dim=16, depth=2, heads=2)
     model = Classifier(encoder, 2, Config(), Text("text", {**PASSAGES.entry, "vocab_size": 40}), encoder_scale=0.1,

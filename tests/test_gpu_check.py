@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from sslscale import corpus
 from sslscale.config import Config
+from sslscale.data import corpus
 from sslscale.encoders import build_encoder, encoder_kwargs
 from sslscale.encoders.resnet import ResNet50
-from sslscale.export import load_encoder, save_encoder
+from sslscale.training.export import load_encoder, save_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE_LACKS = ["ray", "mlflow", "pyarrow", "safetensors"]

@@ -7,12 +7,14 @@ from PIL import Image
 from test_cli import one_line_error, run
 from test_corpus import _png
 
-from sslscale import corpus
-from sslscale.config import Config, TransferConfig, validate
+from sslscale.checks import validate
+
+from sslscale.checks import PROTOCOLS
+from sslscale.config import Config, TransferConfig
+from sslscale.data import corpus
 from sslscale.encoders import build_encoder
 from sslscale.errors import SslscaleError
-from sslscale.config import PROTOCOLS
-from sslscale.transfer import evaluate, label_subset, scores
+from sslscale.evaluation.transfer import evaluate, label_subset, scores
 
 SIZES = (100, 50, 7, 1000)  # an imbalanced four-class split
 

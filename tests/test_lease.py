@@ -1,4 +1,4 @@
-"""The run folder's lease (sslscale/lease.py): one live writer per run, taken over once its holder is gone, and
+"""The run folder's lease (sslscale/training/lease.py): one live writer per run, taken over once its holder is gone, and
 workers that stop when their driver died, released the run or lost it. Real processes, no Ray; a few seconds."""
 import json
 import os
@@ -10,14 +10,14 @@ import time
 
 import pytest
 
-from sslscale import lease
 from sslscale.errors import SslscaleError
+from sslscale.training import lease
 
 # a holder in its own process: takes the lease, prints what workers get, then lives until killed
-HOLD = ("import json, sys, time; from sslscale import lease; held = lease.acquire(sys.argv[1], 'r'); "
+HOLD = ("import json, sys, time; from sslscale.training import lease; held = lease.acquire(sys.argv[1], 'r'); "
         "print(json.dumps(held.for_workers()), flush=True); time.sleep(120)")
 # a worker's watch in its own process, checking every 0.1 s
-WATCH = ("import json, sys, time; from sslscale import lease; lease.WATCH_S = 0.1; "
+WATCH = ("import json, sys, time; from sslscale.training import lease; lease.WATCH_S = 0.1; "
          "lease.watch(json.loads(sys.argv[1])); time.sleep(60)")
 
 
@@ -99,7 +99,7 @@ def test_a_reused_pid_or_an_unreadable_lease_does_not_hold_the_run(tmp_path):
 
 def test_only_one_of_several_racing_processes_takes_a_free_lease(tmp_path):
     """Four processes taking a free lease at once: exactly one holds it, the others are refused."""
-    code = ("import sys, time; from sslscale import lease\ntry:\n    lease.acquire(sys.argv[1], 'r')\n"
+    code = ("import sys, time; from sslscale.training import lease\ntry:\n    lease.acquire(sys.argv[1], 'r')\n"
             "    print('won', flush=True); time.sleep(5)\nexcept Exception as e:\n    print('lost', flush=True)")
     procs = [_python(code, str(tmp_path), stdout=subprocess.PIPE) for _ in range(4)]
     outcomes = sorted(p.stdout.readline().strip() for p in procs)

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from sslscale.config import Config
+from sslscale.data.modalities.image import ImageLayout
+from sslscale.data.views import ViewSpec, batch_views, patch_masks, uniforms
 from sslscale.encoders.resnet import ResNet
 from sslscale.encoders.vit import ViT, patchify, unpatchify
 from sslscale.errors import SslscaleError
 from sslscale.methods.mae import MAE, decoder_heads, mae_loss
-from sslscale.modalities.image import ImageLayout
-from sslscale.views import ViewSpec, batch_views, patch_masks, uniforms
 
 
 def reference_mae(pred, target, keep, eps=1e-6):

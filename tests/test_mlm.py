@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from distributed import spawn_gloo
+from sslscale.data.modalities.text import TextLayout, mask_tokens
 from sslscale.encoders.text import TextTransformer
 from sslscale.methods.base import token_loss
 from sslscale.methods.mlm import IGNORE, MLM, MLMSection
-from sslscale.modalities.text import TextLayout, mask_tokens
 
 VOCAB = 50
 

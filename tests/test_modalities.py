@@ -12,9 +12,9 @@ from torch import nn
 
 from dataclasses import dataclass
 
-from sslscale import modalities, stream
+from sslscale.data import modalities, stream
+from sslscale.data.modalities import ImageLayout, Layout, Modality
 from sslscale.errors import SslscaleError
-from sslscale.modalities import ImageLayout, Layout, Modality
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,8 @@ class WaveLayout(Layout):
     def fields(self) -> dict[str, str]:
         return {"wave": "ids"}
 
-CORE = ["stream", "corpus", "transfer", "finetune", "pretraining", "train", "probe", "shards", "engine"]
+CORE = ["data/stream", "data/corpus", "evaluation/transfer", "evaluation/finetune", "pretraining", "training/train",
+        "data/probe", "data/shards", "training/engine"]
 # how the core used to tell kinds apart: by rank, by an encoder's attributes, by a field's or member's name
 SNIFFING = [r"\.ndim\s*[=!]=\s*2\b", r"(hasattr|getattr)\([^)]*(vocab|image|channel|text|max_length)",
             r"[\"']text\.ids[\"']",
@@ -102,8 +103,8 @@ def waves(monkeypatch):
 
 
 def test_a_kind_the_core_has_never_seen_goes_through_the_stream_and_transfer_as_declared(waves, tmp_path):
-    from sslscale.finetune import VIEWS, _batches
-    from sslscale.transfer import features
+    from sslscale.evaluation.finetune import VIEWS, _batches
+    from sslscale.evaluation.transfer import features
 
     assert isinstance(waves, Wave) and waves.member == "clip.pcm"
     clips = np.arange(24, dtype=np.int16).reshape(4, 6)  # (N, T): a text corpus's shape
@@ -131,7 +132,7 @@ def test_a_kind_the_core_has_never_seen_goes_through_the_stream_and_transfer_as_
 def test_a_layout_option_its_kind_does_not_have_is_an_error_naming_it():
     """Layouts are typed (issue 28 item 3): MAE's patch ratio and BERT's token ratio are options of two kinds, and a
     key one kind does not have no longer vanishes into `**_`."""
-    from sslscale.modalities import TextLayout
+    from sslscale.data.modalities import TextLayout
 
     with pytest.raises(TypeError, match="unexpected keyword argument 'mask_ratio'"):
         ImageLayout(mask_ratio=0.75)

@@ -12,14 +12,15 @@ import torch.distributed as tdist
 from torch import nn
 
 from distributed import spawn_gloo
-from sslscale import checkpoint
-from sslscale.config import Config, validate
+from sslscale.checks import validate
+from sslscale.config import Config
 from sslscale.errors import SslscaleError
-from sslscale.export import load_encoder
 from sslscale.methods import build_method
 from sslscale.methods.byol import byol_loss
 from sslscale.methods.moco import moco_v3_loss
-from sslscale.optim import param_groups
+from sslscale.training import checkpoint
+from sslscale.training.export import load_encoder
+from sslscale.training.optim import param_groups
 
 
 def reference_byol(p, z):
@@ -117,7 +118,7 @@ def _snapshot(params):
 
 
 def _ema_worker(rank, world, stage, folder):
-    from sslscale.engine import Engine  # deepspeed only in the spawned processes
+    from sslscale.training.engine import Engine  # deepspeed only in the spawned processes
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
     cfg = _cfg(f"engine.zero_stage={stage}", "engine.zero3_persist=0")  # ZeRO-3: even tiny tensors partitioned
@@ -228,7 +229,7 @@ def test_validate_rejects_bad_momentum(name, items, key):
 
 
 def test_bf16_zero3_with_a_teacher_is_refused_in_one_line():
-    from sslscale.engine import Engine
+    from sslscale.training.engine import Engine
 
     cfg = _cfg("engine.zero_stage=3", "engine.precision=bf16", "train.workers=1")
     with pytest.raises(SslscaleError, match="ZeRO-3 would partition in bf16: use engine.zero_stage=1 or 2") as e:
@@ -238,7 +239,7 @@ def test_bf16_zero3_with_a_teacher_is_refused_in_one_line():
 
 def test_teacher_stays_fp32_under_bf16_and_moves_by_the_ema_step():
     """bf16 cannot hold a (1 - 0.99) x (student - teacher) step; the engine keeps the teacher in fp32."""
-    from sslscale.engine import Engine
+    from sslscale.training.engine import Engine
 
     cfg = _cfg("engine.precision=bf16", "train.workers=1")
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from sslscale.runtime import describe, fits, slots
+from sslscale.runtime.cluster import describe, fits, slots
 
 SSLSCALE = os.path.join(os.path.dirname(sys.executable), "sslscale")
 
@@ -67,7 +67,7 @@ def test_a_run_that_fits_once_the_autoscaler_adds_nodes_says_so_and_one_that_nev
     """Against the real local instance (4 logical CPUs) and a `ray up` head's launcher config: 4 training workers
     and their Ray Data task need 5 CPUs, which only the config's node types provide."""
     from sslscale.errors import SslscaleError
-    from sslscale.train import check_workers
+    from sslscale.training.train import check_workers
 
     check_workers(debug_cfg, 3, "train.workers")  # 3 + 1 CPUs: fits now, nothing said
     assert capsys.readouterr().out == ""

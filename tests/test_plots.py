@@ -7,8 +7,8 @@ from PIL import Image
 
 from sslscale.encoders import build_encoder
 from sslscale.errors import SslscaleError
+from sslscale.evaluation.transfer import _project, embedding_map
 from sslscale.plots import _normalise, health_overlay, parallel_coordinates, score_vs_params
-from sslscale.transfer import _project, embedding_map
 
 KEYS, LOG_KEYS = ["optim.lr", "method.simclr.temperature", "method.name"], ("optim.lr",)
 METRIC = "transfer/digits/knn_top1"

@@ -1,4 +1,4 @@
-"""sslscale.position against a plain set of (epoch, id) pairs: adds, merges of interleaved ranks, the stream's
+"""sslscale.data.position against a plain set of (epoch, id) pairs: adds, merges of interleaved ranks, the stream's
 filter, counts, the watermark, JSON and legacy round trips; its size; and the positions benchmark's smoke run."""
 import json
 import pathlib
@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from sslscale.position import Position, decode, encode, union
+from sslscale.data.position import Position, decode, encode, union
 
 SEEDS = range(6)
 ROOT = pathlib.Path(__file__).parents[1]

@@ -4,8 +4,9 @@ import json
 
 import mlflow
 
-from sslscale import redact, tracking
+from sslscale import redact
 from sslscale.config import Config
+from sslscale.runtime import tracking
 
 
 def test_whole_segments_decide_what_is_secret():

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from distributed import spawn_gloo
-from sslscale.config import Config, validate
+from sslscale.checks import validate
+from sslscale.config import Config
 from sslscale.encoders.resnet import ResNet
 from sslscale.errors import SslscaleError
 from sslscale.methods import method_class

@@ -16,8 +16,10 @@ import torch
 
 from damage import copy_corpus, rewrite_tar, truncate
 from mlflow_server import MlflowServer
-from sslscale import checkpoint, corpus, faults, tracking
+from sslscale.data import corpus
 from sslscale.errors import SslscaleError
+from sslscale.runtime import tracking
+from sslscale.training import checkpoint, faults
 
 pytestmark = pytest.mark.slow
 

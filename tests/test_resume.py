@@ -11,7 +11,8 @@ import time
 import psutil
 import pytest
 
-from sslscale import checkpoint, tracking
+from sslscale.runtime import tracking
+from sslscale.training import checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.long]
 SSLSCALE = os.path.join(os.path.dirname(sys.executable), "sslscale")

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from sslscale import corpus, stream
+from sslscale.data import stream
+from sslscale.methods import view_parts
 
 pytestmark = pytest.mark.slow
 LOCKSTEP = os.path.join(os.path.dirname(__file__), "lockstep.py")
@@ -23,8 +24,9 @@ def test_two_lockstep_workers_run_through_uneven_blocks_under_the_default_budget
     cfg = debug_cfg.override([f"data.batch_size={2 * micro}", f"data.shuffle_buffer={shuffle}"])
     corpus_dir = os.path.join(data_root, "digits")
     assert cfg.data.buffer_mb == 0 and cfg.micro_batch() == micro
-    budget = stream.ingest_options(cfg, corpus_dir).resource_limits.object_store_memory
-    rows = budget // stream.row_bytes(stream.view_parts(cfg, corpus.load_manifest(corpus_dir), corpus_dir))
+    parts = view_parts(cfg, corpus_dir)
+    budget = stream.ingest_options(cfg, parts).resource_limits.object_store_memory
+    rows = budget // stream.row_bytes(parts)  # what the budget holds
     row = 512  # bytes of a row in the harness: the same number of rows as views
     done = subprocess.run([sys.executable, LOCKSTEP, str(rows * row), str(row), str(micro), str(shuffle), str(steps),
                            "120"], capture_output=True, text=True, timeout=400)

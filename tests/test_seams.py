@@ -4,7 +4,7 @@ import re
 
 SEAMS = {"ray.data": "stream.py", "ray.train": "train.py", "ray.tune": "tune.py", "deepspeed": "engine.py",
          "mlflow": "tracking.py"}
-PLAIN_RAY = "runtime.py"
+PLAIN_RAY = "cluster.py"
 
 
 def _imports(text):
@@ -34,7 +34,7 @@ def test_ray_datas_scheduling_loop_is_paced_in_a_process_that_imports_the_stream
     renames or moves it, this fails instead of the stream silently spinning a core again."""
     from ray.data._internal.execution import streaming_executor
 
-    from sslscale import stream
+    from sslscale.data import stream
 
     assert stream.LOOP_PERIOD_S > 0 and getattr(streaming_executor.process_completed_tasks, "paced", False)
 
@@ -45,8 +45,9 @@ def test_a_training_worker_imports_mlflow_only_when_it_logs():
     import subprocess
     import sys
 
-    code = ("import sys, sslscale.train; assert 'mlflow' not in sys.modules, 'mlflow imported'; "
-            "from sslscale import tracking; tracking.client('sqlite:///:memory:'); assert 'mlflow' in sys.modules")
+    code = ("import sys, sslscale.training.train; assert 'mlflow' not in sys.modules, 'mlflow imported'; "
+            "from sslscale.runtime import tracking; tracking.client('sqlite:///:memory:'); "
+            "assert 'mlflow' in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
 
@@ -67,3 +68,28 @@ def test_a_config_loads_no_method_and_no_torch_until_a_methods_keys_are_read():
             "assert 'sslscale.methods.dino' not in sys.modules, 'another method loaded'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# docs/design.md's layers, lowest first: a module imports (at its top or inside a function) its own layer's and
+# lower layers' modules only, so the folder tree reads as the architecture and nothing runs back up
+LAYERS = [{"errors", "redact", "timeline", "plots", "storage", "dist", "schedules"}, {"data"}, {"encoders"},
+          {"methods"}, {"config", "checks"}, {"runtime"}, {"training"}, {"evaluation"}, {"pretraining"}, {"sweeps"},
+          {"cli", "__init__"}]
+
+
+def _layer(dotted: str) -> int:
+    top = dotted.split(".")[1] if "." in dotted else "__init__"
+    return next(i for i, layer in enumerate(LAYERS) if top in layer)
+
+
+def test_no_import_runs_back_up_a_layer():
+    pkg = pathlib.Path(__file__).parents[1] / "sslscale"
+    found = []
+    for path in sorted(pkg.rglob("*.py")):
+        own = "sslscale." + ".".join(path.relative_to(pkg).with_suffix("").parts)
+        text = path.read_text()
+        targets = [m for m in _imports(text) if m.startswith("sslscale.")]
+        targets += [f"sslscale.{name.strip()}" for names in re.findall(r"^\s*from sslscale import ([\w, ]+)", text,
+                                                                       flags=re.M) for name in names.split(",")]
+        found += [f"{own} imports {t}" for t in targets if _layer(t) > _layer(own)]
+    assert not found, "imports that run up a layer (docs/design.md):\n" + "\n".join(found)

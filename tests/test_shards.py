@@ -10,10 +10,11 @@ import pytest
 from PIL import Image
 
 from damage import copy_corpus, rewrite_tar, truncate
-from sslscale import corpus, storage, stream
+from sslscale import storage
 from sslscale.config import Config
-from sslscale.position import Position
-from sslscale.shards import ShardError, checks, iter_shard, read_shard
+from sslscale.data import corpus, stream
+from sslscale.data.position import Position
+from sslscale.data.shards import ShardError, checks, iter_shard, read_shard
 
 CHUNK = 1000  # bytes: not a multiple of tar's 512-byte blocks, so chunk edges fall inside headers and data
 
@@ -84,6 +85,12 @@ def _cfg(on_error):
                               "train.steps=10"])
 
 
+def _parts(folder):
+    from sslscale.methods import view_parts
+
+    return view_parts(_cfg("fail"), str(folder))
+
+
 def _damaged(digits3, tmp_path):
     folder = copy_corpus(digits3, tmp_path / "damaged")
     truncate(_shard(folder, 1)[0])  # train ids 500-999
@@ -94,7 +101,7 @@ def _damaged(digits3, tmp_path):
 def test_stream_skips_and_records_bad_shards_and_images(digits3, tmp_path, ray_local):
     folder = _damaged(digits3, tmp_path)
     skip_dir = str(tmp_path / "skipped")
-    rows = stream.pretrain_dataset(_cfg("skip"), str(folder), skip_dir=skip_dir).select_columns(
+    rows = stream.pretrain_dataset(_cfg("skip"), str(folder), _parts(folder), skip_dir=skip_dir).select_columns(
         ["id", "epoch"]).take_all()
     per_epoch = {}
     for row in rows:
@@ -110,7 +117,7 @@ def test_stream_fails_with_one_line_naming_the_shard(digits3, tmp_path, ray_loca
     folder = _damaged(digits3, tmp_path)
     # whichever the plan reaches first: both name their shard
     with pytest.raises(Exception, match=r"shard \S*train-000001.tar is truncated|in shard train-000002.tar cannot"):
-        stream.pretrain_dataset(_cfg("fail"), str(folder)).take_all()
+        stream.pretrain_dataset(_cfg("fail"), str(folder), _parts(folder)).take_all()
 
 
 # ---------------------------------------------------------------- chunk by chunk (manifest `chunks`)
@@ -304,7 +311,7 @@ def _pairs(n: int = 40):
 def paired(request, tmp_path_factory):
     """A corpus prepared by the real writer from a source of image-caption records (the CLIP-style issue's sources
     come later; this one is built here), in both shard formats."""
-    from sslscale.sources import Source
+    from sslscale.data.sources import Source
 
     images, captions = _pairs()
     src = Source("pairs", "test", {"image": {"kind": "image", "encoding": "png", "shape": [8, 8, 1],
@@ -318,7 +325,7 @@ def paired(request, tmp_path_factory):
 
 
 def test_a_record_holds_a_picture_and_its_caption_in_one_shard_row(paired):
-    from sslscale.modalities import Image, Text, data_field, data_fields
+    from sslscale.data.modalities import Image, Text, data_field, data_fields
 
     manifest = corpus.load_manifest(paired)
     assert list(manifest["fields"]) == ["image", "caption", "label"]
@@ -338,19 +345,19 @@ def test_a_record_holds_a_picture_and_its_caption_in_one_shard_row(paired):
         data_field(manifest, str(paired))  # an encoder of one kind names the kind it reads
 
 
-def test_the_stream_makes_each_fields_views_from_one_record(paired, tmp_path, ray_local, monkeypatch):
+def test_the_stream_makes_each_fields_views_from_one_record(paired, tmp_path, ray_local):
     """A method that reads both fields (as CLIP will) names a typed layout for each; the stream, on real Ray Data
     tasks, decodes both members of every record and makes both fields' views, row by row."""
-    from sslscale import methods
-    from sslscale.modalities import ImageLayout, TextLayout
+    from sslscale.data.modalities import ImageLayout, TextLayout
 
-    monkeypatch.setattr(methods, "view_layouts", lambda cfg, sizes: {
-        "image": ImageLayout(n_views=1), "text": TextLayout(token_mask_ratio=0.5)})
+    def views(cfg, sizes):  # a method's Method.views
+        return {"image": ImageLayout(n_views=1), "text": TextLayout(token_mask_ratio=0.5)}
+
     cfg = Config().override(["data.split=train", "data.batch_size=8", "train.steps=2", "data.seed=3"])
-    parts = stream.view_parts(cfg, corpus.load_manifest(paired), str(paired))
+    parts = stream.view_parts(cfg, corpus.load_manifest(paired), str(paired), views)
     assert [(p.field.name, type(p.layout).__name__) for p in parts] == [("image", "ImageLayout"),
                                                                          ("caption", "TextLayout")]
-    rows = stream.pretrain_dataset(cfg, str(paired)).take_all()
+    rows = stream.pretrain_dataset(cfg, str(paired), parts).take_all()
     first = [r for r in rows if r["epoch"] == 0]
     assert sorted(r["id"] for r in first) == list(range(40))
     assert set(first[0]) == {"id", "epoch", "view_0", "tokens", "targets"}
@@ -360,6 +367,5 @@ def test_the_stream_makes_each_fields_views_from_one_record(paired, tmp_path, ra
         expected = parts[1].field.views(parts[1].field.stack([parts[1].field.decode(
             parts[1].field.encode(captions[sid]))]), np.array([sid]), seed=3, epoch=0, layout=parts[1].layout)
         assert np.array_equal(row["targets"], expected["targets"][0]) and row["view_0"].shape == (1, 8, 8)
-    monkeypatch.setattr(methods, "view_layouts", lambda cfg, sizes: {"text": ImageLayout()})
     with pytest.raises(Exception, match="asks the text field 'caption' for ImageLayout views"):
-        stream.view_parts(cfg, corpus.load_manifest(paired), str(paired))
+        stream.view_parts(cfg, corpus.load_manifest(paired), str(paired), lambda cfg, sizes: {"text": ImageLayout()})

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from distributed import spawn_gloo
+from sslscale.data.modalities.text import TextLayout, mask_tokens, swap_segments, text_views
 from sslscale.encoders.text import TextTransformer
 from sslscale.methods.mlm import IGNORE
 from sslscale.methods.sop import SOP, SOPSection
-from sslscale.modalities.text import TextLayout, mask_tokens, swap_segments, text_views
 
 VOCAB, SEP = 50, 3
 

@@ -2,9 +2,10 @@
 takes its own options, and an option of another kind is one line before anything is written."""
 import pytest
 
-from sslscale import corpus, sources, text
+from sslscale.data import corpus, sources
+from sslscale.data.sources import text
+from sslscale.data.sources import images
 from sslscale.errors import SslscaleError
-from sslscale.sources import images
 
 
 def test_a_name_or_a_folder_goes_to_its_kinds_provider(tmp_path):

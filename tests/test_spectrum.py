@@ -9,11 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from sslscale import corpus, probe, tracking
-from sslscale.config import Config, validate
+from sslscale.checks import validate
+
+from sslscale.config import Config
+from sslscale.data import corpus, probe
 from sslscale.errors import SslscaleError
-from sslscale.health import effective_rank, spectrum, spectrum_metrics
 from sslscale.plots import spectrum_plot
+from sslscale.runtime import tracking
+from sslscale.training.health import effective_rank, spectrum, spectrum_metrics
 
 
 def _reference(emb: np.ndarray, k: int) -> np.ndarray:
@@ -73,8 +76,8 @@ def test_probe_set_is_fixed_by_its_seed(data_root, tmp_path, monkeypatch):
 
 def test_probe_forward_is_eval_chunked_and_restores_train_mode():
     from sslscale.encoders import build_encoder
-    from sslscale.engine import Engine
-    from sslscale.train import _embed
+    from sslscale.training.engine import Engine
+    from sslscale.training.spectrum import embed
 
     torch.manual_seed(0)
     encoder = build_encoder("resnet", in_channels=1, image_size=8, widths=(8, 16), depths=(1, 1))
@@ -82,7 +85,7 @@ def test_probe_forward_is_eval_chunked_and_restores_train_mode():
                              inputs={"view_0": "pixels"})
     engine.to_device = lambda batch: Engine.to_device(engine, batch)
     images = torch.randint(0, 256, (300, 1, 8, 8), dtype=torch.uint8)  # more than one chunk of 256
-    emb = _embed(engine, images)
+    emb = embed(engine, images)
     assert encoder.training and emb.shape == (300, encoder.feature_dim) and not emb.requires_grad
     with torch.no_grad():
         expected = encoder.eval()(images.float() / 255)

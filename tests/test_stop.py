@@ -16,7 +16,8 @@ import psutil
 import pytest
 
 from ray_nodes import RayNodes
-from sslscale import checkpoint, tracking
+from sslscale.runtime import tracking
+from sslscale.training import checkpoint
 
 SSLSCALE = os.path.join(os.path.dirname(sys.executable), "sslscale")
 STEPS = 150  # far beyond where the stops land (the first checkpoints), short enough to finish in a minute or two
@@ -171,8 +172,8 @@ def test_resume_while_a_live_process_holds_the_run_is_refused_naming_it(data_roo
     cfg = load_recipe("debug")
     cfg.tracking.enabled = False
     (run_dir / "run.json").write_text(json.dumps({"run_id": "", "uri": "", "config": cfg.to_dict()}))
-    hold = ("import sys, time; from sslscale import lease; lease.acquire(sys.argv[1], 'r'); print(1, flush=True); "
-            "time.sleep(120)")
+    hold = ("import sys, time; from sslscale.training import lease; lease.acquire(sys.argv[1], 'r'); "
+            "print(1, flush=True); time.sleep(120)")
     holder = subprocess.Popen([sys.executable, "-c", hold, str(run_dir)], stdout=subprocess.PIPE, text=True)
     try:
         holder.stdout.readline()

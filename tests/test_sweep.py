@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from sslscale import tracking
+from sslscale.runtime import tracking
 
 pytestmark = pytest.mark.slow
 

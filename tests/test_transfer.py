@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from sslscale.config import TransferConfig
+from sslscale.data.modalities import Image, Text
 from sslscale.encoders import build_encoder
 from sslscale.errors import SslscaleError
-from sslscale.export import load_encoder, read_spec, save_encoder
-from sslscale.modalities import Image, Text
-from sslscale.transfer import evaluate, features, knn_accuracy, linear_probe_accuracy
+from sslscale.evaluation.transfer import evaluate, features, knn_accuracy, linear_probe_accuracy
+from sslscale.training.export import load_encoder, read_spec, save_encoder
 
 
 def _blobs(n, seed):
@@ -66,7 +66,7 @@ def test_shape_or_kind_mismatch_is_one_line():
 
 
 def test_confusion_counts_rows_are_true_classes():
-    from sslscale.transfer import confusion_counts
+    from sslscale.evaluation.transfer import confusion_counts
 
     counts = confusion_counts(np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 0, 2]), 4)
     assert counts.tolist() == [[1, 1, 0, 0], [0, 1, 0, 0], [1, 0, 2, 0], [0, 0, 0, 0]]
@@ -74,7 +74,7 @@ def test_confusion_counts_rows_are_true_classes():
 
 def test_pictures_of_a_scored_encoder(data_root, monkeypatch, tmp_path):
     """The linear probe's confusion matrix and the embedding map as files; one fraction: no efficiency curve."""
-    from sslscale.transfer import PICTURES, _evaluate
+    from sslscale.evaluation.transfer import PICTURES, _evaluate
 
     monkeypatch.setenv("SSLSCALE_DATA", data_root)
     torch.manual_seed(0)
@@ -90,7 +90,7 @@ def test_pictures_of_a_scored_encoder(data_root, monkeypatch, tmp_path):
 
 def test_a_target_that_cannot_score_the_encoder_fails_before_training(debug_cfg, tmp_path):
     from sslscale import pretrain
-    from sslscale.transfer import check_target
+    from sslscale.evaluation.transfer import check_target
 
     check_target(TransferConfig(target="digits"), _images(8))  # the debug corpus' own size
     with pytest.raises(SslscaleError, match=r"^transfer.target digits has 8x8x1 images but the encoder takes the "

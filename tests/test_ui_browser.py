@@ -2,8 +2,9 @@
 
 The browser check of a real sweep (its parent run listing the trials nested under it) is in test_sweep.py.
 """
-from sslscale import cli, tracking
+from sslscale import cli
 from sslscale.config import Config
+from sslscale.runtime import tracking
 
 
 def test_ui_url_opens_the_ml_workspace():

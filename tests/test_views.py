@@ -2,7 +2,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from sslscale.views import SLOTS, ViewSpec, batch_views, patch_masks, uniforms
+from sslscale.data.views import SLOTS, ViewSpec, batch_views, patch_masks, uniforms
 
 SPEC = ViewSpec(size=16, blur=0.5, grayscale=0.5)
 PLAIN = dict(crop_min_scale=1.0, flip=0.0, jitter=0.0, grayscale=0.0, blur=0.0)  # a full-area crop, nothing else
@@ -150,7 +150,7 @@ def test_patch_masks_keep_exactly_the_right_count():
     assert np.array_equal(a, patch_masks(uniforms(0, 0, np.arange(2), 3, 49), 0.75)) and not np.array_equal(a[0], a[1])
 def _rows(images, epochs, corrupt=()):
     """make_views' input: {id, epoch, raw (PNG bytes), shard}, with the rows in `corrupt` not decodable."""
-    from sslscale.modalities import Image
+    from sslscale.data.modalities import Image
 
     encode_image = Image("image", {"kind": "image", "shape": list(images.shape[1:])}).encode
 
@@ -162,8 +162,8 @@ def _rows(images, epochs, corrupt=()):
 
 
 def test_stream_rows_carry_the_fields_each_method_layout_asks_for(tmp_path):
-    from sslscale.modalities import Image, ImageLayout
-    from sslscale.stream import Part, make_views, row_bytes
+    from sslscale.data.modalities import Image, ImageLayout
+    from sslscale.data.stream import Part, make_views, row_bytes
 
     imgs = _images(n=5, c=1)
     spec = ViewSpec(size=20)

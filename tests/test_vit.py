@@ -1,12 +1,14 @@
 import pytest
 import torch
 
-from sslscale.config import Config, validate
+from sslscale.checks import validate
+
+from sslscale.config import Config
 from sslscale.encoders import build_encoder, encoder_kwargs
 from sslscale.encoders.vit import VIT_PRESETS, ViT, patchify, unpatchify
 from sslscale.errors import SslscaleError
-from sslscale.export import load_encoder, save_encoder
 from sslscale.methods import build_method
+from sslscale.training.export import load_encoder, save_encoder
 
 TINY = dict(in_channels=3, image_size=16, patch_size=4, dim=32, depth=2, heads=2)
 

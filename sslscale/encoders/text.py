@@ -19,7 +19,7 @@ from torch import nn
 from sslscale.encoders.vit import Block
 from sslscale.errors import SslscaleError
 
-PAD, MASK = 0, 4  # text.PAD and text.MASK: the tokenizer's padding and mask ids
+PAD, MASK = 0, 4  # modalities.text.PAD and MASK: the tokenizer's padding and mask ids
 
 
 class TextTransformer(nn.Module):

@@ -35,6 +35,14 @@ def build_method(cfg, **input_spec):
     return cls(encoder, cfg.method.chosen, **schedule)
 
 
+def view_parts(cfg, corpus_dir: str) -> list:
+    """What the run's stream makes from each record of the corpus for the method cfg.method.name: data.stream.Part
+    for each field it reads, with the method's typed layout (data.stream.view_parts, given Method.views)."""
+    from sslscale.data import corpus, stream  # here: the registry imports nothing (config reads it)
+
+    return stream.view_parts(cfg, corpus.load_manifest(corpus_dir), corpus_dir, method_class(cfg.method.name).views)
+
+
 def view_layouts(cfg, sizes: dict[str, int]) -> dict:
     """The typed layout of each kind of field the method cfg.method.name reads (see Method.views), for fields of
     `sizes` by kind."""

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslscale import dist
-from sslscale.modalities.base import Layout
-from sslscale.modalities.image import ImageLayout
+from sslscale.data.modalities.base import Layout
+from sslscale.data.modalities.image import ImageLayout
 from sslscale.schedules import cosine_momentum
 
 
@@ -32,7 +32,7 @@ class Section:
     declares the method's keys with their defaults and a comment each, and `checks` its own values."""
 
     def checks(self, cfg) -> list[tuple[str, bool, str]]:
-        """(key, ok, allowed) for config.validate, which reports the first that fails; a key without a dot is one of
+        """(key, ok, allowed) for checks.validate, which reports the first that fails; a key without a dot is one of
         this section's, one with a dot is the whole config's (cfg: the Config, for checks across sections)."""
         return []
 

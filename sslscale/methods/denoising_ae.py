@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from sslscale import dist
+from sslscale.data.modalities.image import ImageLayout
 from sslscale.methods.base import Method, Section, drop_legacy_step_buffer
-from sslscale.modalities.image import ImageLayout
 
 
 @dataclass

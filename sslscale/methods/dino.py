@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslscale import dist
+from sslscale.data.modalities.image import ImageLayout
 from sslscale.methods.base import MomentumMethod, MomentumSection, drop_legacy_step_buffer
-from sslscale.modalities.image import ImageLayout
 from sslscale.schedules import teacher_temperature
 
 

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sslscale.data.modalities.text import TextLayout
 from sslscale.encoders.text import PAD
 from sslscale.errors import SslscaleError
 from sslscale.methods.base import Method, Section, token_loss
-from sslscale.modalities.text import TextLayout
 
 
 @dataclass

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sslscale.data.modalities.image import ImageLayout
 from sslscale.encoders.vit import Block, ViT, patchify, sincos_2d
 from sslscale.errors import SslscaleError
 from sslscale.methods.base import Method, Section
-from sslscale.modalities.image import ImageLayout
 
 
 @dataclass

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sslscale.data.modalities.text import TextLayout
 from sslscale.methods.base import Method, Section, token_loss
-from sslscale.modalities.text import TextLayout
 
 IGNORE = -100  # modalities.text.mask_tokens' target where a token is not predicted
 

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslscale.data.modalities.image import ImageLayout
 from sslscale.methods.base import Method, Section, projector
-from sslscale.modalities.image import ImageLayout
 
 
 @dataclass

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslscale import dist
+from sslscale.data.modalities.text import TextLayout
 from sslscale.methods.base import Method, Section
-from sslscale.modalities.text import TextLayout
 
 
 @dataclass

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sslscale.data.modalities.text import TextLayout
 from sslscale.methods.base import Method, Section, token_loss
 from sslscale.methods.mlm import lm_head, masked_lm
-from sslscale.modalities.text import TextLayout
 
 
 @dataclass

@@ -8,11 +8,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sslscale.data.modalities.base import Layout, Modality
+from sslscale.data.views import uniforms
 from sslscale.errors import SslscaleError
-from sslscale.modalities.base import Layout, Modality
-from sslscale.text import MASK, SEP, SPECIAL, TOKENIZER
-from sslscale.views import uniforms
 
+SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # the tokenizer's special tokens, ids 0-4 in this order
+PAD, UNK, CLS, SEP, MASK = range(len(SPECIAL))
+TOKENIZER = "tokenizer.json"  # a text corpus's tokenizer, beside its manifest
 FIRST_PLAIN = len(SPECIAL)  # ids below this are special tokens: never masked, left out of TF-IDF
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sslscale.data.sources.base import Provider, Sample, Source
 from sslscale.errors import SslscaleError
-from sslscale.sources.base import Provider, Sample, Source
 
 
 def providers() -> tuple[Provider, ...]:
     """Every kind's provider, in the order a folder is matched (imported here: text.py imports sources.base)."""
-    from sslscale import text
-    from sslscale.sources import images
+    from sslscale.data.sources import text
+    from sslscale.data.sources import images
 
     return images.PROVIDER, text.PROVIDER
 

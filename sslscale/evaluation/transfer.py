@@ -23,12 +23,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sslscale import corpus, plots, storage
-from sslscale.config import Config, list_items, score_name, transfer_checks
+from sslscale import plots, storage
+from sslscale.checks import list_items, score_name, transfer_checks
+from sslscale.config import Config
+from sslscale.data import corpus
+from sslscale.data.modalities import KINDS, Modality, data_field, label_names, labelled
+from sslscale.data.splits import stratified_pick
 from sslscale.encoders import from_spec
 from sslscale.errors import SslscaleError
-from sslscale.modalities import KINDS, Modality, data_field, label_names, labelled
-from sslscale.splits import stratified_pick
 
 FEATURE_PROTOCOLS = ("knn", "linear")  # fit on frozen features
 TRAINED_PROTOCOLS = ("finetune", "scratch")  # train the network (finetune.py)
@@ -242,7 +244,7 @@ def trained(encoder: torch.nn.Module, data: dict, tcfg, cfg) -> dict[str, float]
     protocols, fractions = chosen(tcfg)
     if not set(protocols) & set(TRAINED_PROTOCOLS):
         return {}
-    from sslscale import finetune  # here, not at the top: it imports DeepSpeed (engine.py)
+    from sslscale.evaluation import finetune  # here, not at the top: it imports DeepSpeed (engine.py)
 
     labels, result = data["train"][1].numpy(), {}
     for text in fractions:

@@ -10,8 +10,8 @@ from PIL import Image as PILImage
 from sslscale.errors import SslscaleError, reason
 from dataclasses import dataclass
 
-from sslscale.modalities.base import Layout, Modality
-from sslscale.views import ViewSpec, batch_views
+from sslscale.data.modalities.base import Layout, Modality
+from sslscale.data.views import ViewSpec, batch_views
 
 
 def decode_image(png_bytes: bytes) -> np.ndarray:

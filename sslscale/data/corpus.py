@@ -1,7 +1,7 @@
 """Corpus preparation and reading: sources -> deterministic shards + manifest.json, and back.
 
 Writer: `prepare` turns a source (Fashion-MNIST IDX files, scikit-learn's digits, a folder of images, or text:
-a folder of .txt/.md/.jsonl files or the built-in `pydocs`, see text.py; a folder with class subfolders gets a
+a folder of .txt/.md/.jsonl files or the built-in `pydocs`, see sources/text.py; a folder with class subfolders gets a
 seeded, stratified test split) into WebDataset tar shards (`{split}-{index:06d}.tar` holding `{id:08d}.image.png`
 or `{id:08d}.text.ids`, a member per data field of a record, and `{id:08d}.label.cls`) or Parquet shards
 (`{split}-{index:06d}.parquet`, columns id, one per data field (image, text) and label), plus a manifest.json
@@ -33,11 +33,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sslscale import sources, storage
+from sslscale import storage
+from sslscale.data import sources
+from sslscale.data.modalities import Modality, data_field, data_fields, labelled
+from sslscale.data.shards import CHUNK_BYTES, Members, Row, checks, read_shard
+from sslscale.data.sources import Sample, Source
 from sslscale.errors import SslscaleError, reason
-from sslscale.modalities import Modality, data_field, data_fields, labelled
-from sslscale.shards import CHUNK_BYTES, Members, Row, checks, read_shard
-from sslscale.sources import Sample, Source
 
 FORMATS = {"webdataset": ".tar", "parquet": ".parquet"}
 MANIFEST = "manifest.json"

@@ -12,7 +12,7 @@ import io
 import math
 import shlex
 
-from sslscale.space import as_overrides
+from sslscale.sweeps.space import as_overrides
 
 STATUS_ORDER = {"finished": 0, "stopped": 1, "error": 2}
 

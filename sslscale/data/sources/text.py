@@ -28,15 +28,13 @@ from typing import Optional
 
 import numpy as np
 
+from sslscale.data.modalities.text import SEP, SPECIAL, TOKENIZER
+from sslscale.data.sources.base import Provider, Source
+from sslscale.data.splits import folder_labels, folder_splits
 from sslscale.errors import SslscaleError
-from sslscale.sources.base import Provider, Source
-from sslscale.splits import folder_labels, folder_splits
 
 TEXT_EXTENSIONS = (".txt", ".md", ".jsonl")
 PYDOCS_DIR = "/usr/share/doc/python3.11/html/_sources"
-SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0-4, in this order
-PAD, UNK, CLS, SEP, MASK = range(len(SPECIAL))
-TOKENIZER = "tokenizer.json"
 DOCUMENTS = "documents.json"
 
 
@@ -222,7 +220,7 @@ def source(name: str, *, on_error: str, test_fraction: float, seed: int, seq_len
     """The samples of a text folder, `pydocs` or `bbcnews` (see the module docstring), tokenised; bbcnews with
     pydocs's tokenizer unless told otherwise (it is the transfer target of pydocs's runs)."""
     if name == "bbcnews" and not tokenizer:
-        from sslscale.corpus import resolve
+        from sslscale.data.corpus import resolve
 
         tokenizer = resolve("pydocs")
     if not 8 <= seq_len <= 4096 or not len(SPECIAL) < vocab_size <= 2**31:

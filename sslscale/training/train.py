@@ -7,7 +7,7 @@ ranks in one all-reduce (other steps read nothing back but the non-finite guard'
 `train.checkpoint_every` steps the ids every rank consumed are gathered into rank 0's position (position.py), all
 workers save and `ray.train.report` the checkpoint; rank 0 then sends the metrics the checkpoint covers to MLflow
 (see tracking.MetricBuffer). Rank 0 prints a progress line and marks its start-up (timeline.py). On health steps
-rank 0 also measures the embedding spectrum of the run's fixed probe set (_Spectrum).
+rank 0 also measures the embedding spectrum of the run's fixed probe set (spectrum.Spectrum).
 """
 from __future__ import annotations
 
@@ -27,19 +27,21 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from sslscale import corpus, dist, faults, lease, storage, tracking
-from sslscale.checkpoint import read_positions
-from sslscale.config import Config, resources
-from sslscale.engine import Engine
+from sslscale import dist, storage
+from sslscale.checks import resources
+from sslscale.config import Config
+from sslscale.data.position import Position
 from sslscale.errors import SslscaleError, root_cause
-from sslscale.health import HEALTH_KEYS, health_metrics, spectrum, spectrum_metrics
 from sslscale.methods import build_method
-from sslscale.modalities import data_field
-from sslscale.position import Position
-from sslscale.probe import probe_images
-from sslscale.progress import Progress
+from sslscale.runtime import tracking
+from sslscale.runtime.cluster import Need, cluster_resources, require
 from sslscale.timeline import IMPORTED_AT, Marks
-from sslscale.runtime import Need, cluster_resources, require
+from sslscale.training import faults, lease
+from sslscale.training.checkpoint import read_positions
+from sslscale.training.engine import Engine
+from sslscale.training.health import HEALTH_KEYS, health_metrics
+from sslscale.training.progress import Progress
+from sslscale.training.spectrum import Spectrum
 
 
 def _batches(shard, cfg: Config, rank: int):
@@ -114,68 +116,13 @@ def _restore(engine: Engine, loop_config: dict, rank: int, buffer) -> tuple[int,
 def _step_metrics(out: dict, cfg: Config, step: int, interval: dict, spectrum_part: dict) -> dict:
     """What a step logs: on a logged step its finite scalars (a skipped step's NaN loss is left out; `skipped`
     counts it) and `interval` (_Interval.tick); the health metrics on their steps, with `spectrum_part`
-    (_Spectrum.measure); `lr` with anything logged, since tracking.MetricBuffer learns from it which steps the store
+    (Spectrum.measure); `lr` with anything logged, since tracking.MetricBuffer learns from it which steps the store
     already holds."""
     metrics = {k: v for k, v in out.items() if k not in ("embeddings", "skipped", "lr") and math.isfinite(v)}
     metrics.update(interval)
     if step % cfg.train.health_every == 0 and not out["skipped"]:
         metrics.update(health_metrics(out["embeddings"]), **spectrum_part)
     return {**metrics, "lr": out["lr"]} if metrics else {}
-
-
-PROBE_CHUNK = 256  # probe images per encoder forward
-
-
-class _Spectrum:
-    """The stepwise spectrum (health.spectrum, train.spectrum_k eigenvalues) of the encoder's features of the run's
-    fixed probe set (probe.py, train.probe_samples images), measured on health steps that were not skipped. Rank 0
-    loads the set once and measures; under ZeRO-3, whose forward gathers the partitioned parameters in a
-    collective, every rank loads it and joins the forward. A probe set that cannot be read turns the spectrum off
-    with one line: it is a monitor, and the stream reports bad data its own way."""
-
-    def __init__(self, cfg: Config, where: dict | None, rank: int):
-        self.cfg, self.rank = cfg, rank
-        self.zero3 = cfg.engine.zero_stage == 3
-        wanted = bool(cfg.train.spectrum_k and where) and (rank == 0 or self.zero3)
-        self.images = _load_probe(cfg, where) if wanted else None  # uint8 (n, C, H, W), or token ids (n, L)
-        if self.zero3 and wanted:  # every rank joins the forward, or none does
-            loaded = dist.all_reduce_sum(torch.tensor([float(self.images is not None)]))
-            self.images = self.images if int(loaded[0]) == dist.world_size() else None
-
-    def measure(self, engine: Engine, step: int, skipped: bool) -> dict:
-        """spectrum_metrics of this step's encoder on a health step (on rank 0), else {}."""
-        if self.images is None or skipped or step % self.cfg.train.health_every:
-            return {}
-        emb = _embed(engine, self.images)
-        return spectrum_metrics(spectrum(emb, self.cfg.train.spectrum_k)) if self.rank == 0 else {}
-
-
-def _load_probe(cfg: Config, where: dict) -> torch.Tensor | None:
-    """The probe set as the engine takes it (the corpus's data field's Modality.to_engine: images uint8
-    (n, C, H, W), token ids (n, L)), or None (said in one line) when it cannot be read."""
-    try:
-        samples = probe_images(where["corpus"], where["split"], cfg.data.seed, cfg.train.probe_samples)
-        field = data_field(corpus.load_manifest(where["corpus"]), where["corpus"])
-    except Exception as e:  # noqa: BLE001 - a monitor: storage errors too must not stop the training
-        print(f"the embedding spectrum is off for this run: its probe set cannot be read ({e})", flush=True)
-        return None
-    return torch.from_numpy(field.to_engine(samples))
-
-
-@torch.no_grad()
-def _embed(engine: Engine, images: torch.Tensor) -> torch.Tensor:
-    """The encoder's features (n, D), float32, of uint8 images (n, C, H, W) (or token ids (n, L)) converted as the
-    engine converts the method's first input (Engine.to_device: views, or tokens), in eval mode and chunks of
-    PROBE_CHUNK; the encoder's mode is restored after."""
-    encoder = engine.method.encoder
-    field = next(iter(engine.inputs))  # view_0, or a text method's tokens
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        return torch.cat([encoder(engine.to_device({field: images[i : i + PROBE_CHUNK]})[field]).float()
-                          for i in range(0, len(images), PROBE_CHUNK)])
-    finally:
-        encoder.train(was_training)
 
 
 class _Prefetch:
@@ -244,7 +191,7 @@ def train_loop(loop_config: dict) -> None:
     engine = Engine(build_method(cfg, **input_spec), cfg)
     buffer = tracking.MetricBuffer(loop_config["uri"], run_id) if rank == 0 and run_id else None
     step, position, repeated = _restore(engine, loop_config, rank, buffer)
-    spectrum_probe = _Spectrum(cfg, loop_config.get("probe"), rank)
+    spectrum_probe = Spectrum(cfg, loop_config.get("probe"), rank)
     marks.mark("engine")
     first = first.result()
     fresh, rows = Position(loop_config["samples"]), 0  # what this rank consumed since the last checkpoint

@@ -25,11 +25,15 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
-from sslscale import corpus, space as spaces, storage, sweep_artifacts, sweep_report, tracking
-from sslscale.config import Config, driver_resource, score_names
+from sslscale import storage
+from sslscale.checks import driver_resource, score_names
+from sslscale.config import Config
+from sslscale.data import corpus
 from sslscale.errors import SslscaleError
-from sslscale.health import HEALTH_KEYS
-from sslscale.runtime import Need, capacities, cluster_resources, describe, ensure_ray, fits, require
+from sslscale.runtime import tracking
+from sslscale.runtime.cluster import Need, capacities, cluster_resources, describe, ensure_ray, fits, require
+from sslscale.sweeps import artifacts, report, space as spaces
+from sslscale.training.health import HEALTH_KEYS
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter honours verbose=0; _Progress prints instead
 SIGNAL = "health/rankme"  # ASHA's default metric: label-free, cheap, reported on every health step
@@ -40,7 +44,7 @@ class SweepResult:
     name: str
     folder: str
     parent_run_id: str
-    trials: list  # ranked trial records (see sweep_report); empty when a finished sweep is resumed
+    trials: list  # ranked trial records (see report.py); empty when a finished sweep is resumed
     best_config: Config | None
     best_run_id: str
     table: str  # markdown
@@ -85,7 +89,7 @@ def _one_writer(requested: int, uri: str) -> bool:
 def trial_needs(cfg: Config, use_gpu: bool) -> list[Need]:
     """What one trial holds at once: its driver (train.driver_resource), its training workers and their Ray Data
     task (train.worker_needs)."""
-    from sslscale import train  # here, not at the top: it imports Ray Train and DeepSpeed
+    from sslscale.training import train  # here, not at the top: it imports Ray Train and DeepSpeed
 
     return [(driver_resource(cfg.train.driver_resource), 1), *train.worker_needs(cfg, cfg.train.workers, use_gpu)]
 
@@ -134,7 +138,7 @@ def trial(point: dict, setup: dict) -> None:
     trial_id = ray.tune.get_context().get_trial_id()
     uri, metric = cfg.tracking.uri, setup["metric"]
     cfg.tracking.parent_run_id, cfg.tracking.run_name = setup["parent"], f"{setup['name']}/{trial_id}"
-    prior = sweep_artifacts.children_by_trial(uri, setup["parent"]).get(trial_id)  # a restored or retried trial's
+    prior = artifacts.children_by_trial(uri, setup["parent"]).get(trial_id)  # a restored or retried trial's
     if prior is not None and prior.info.status == "FINISHED" and metric in prior.data.metrics:
         run_id, scores = prior.info.run_id, {k: v for k, v in prior.data.metrics.items() if k.startswith("transfer/")}
     else:  # new, or continue its own child run from its latest checkpoint
@@ -262,7 +266,7 @@ def _check_driver_resource(cfg: Config) -> None:
 
 def _placed(cfg: Config, max_concurrent: int) -> int:
     """How many trials run at once; one line now where even one trial can never be placed on this cluster."""
-    from sslscale.train import uses_gpu
+    from sslscale.training.train import uses_gpu
 
     use_gpu = uses_gpu(cfg)
     trial = trial_needs(cfg, use_gpu)
@@ -299,9 +303,9 @@ def sweep(cfg: Config, space_items: list[str], *, samples: int = 8, scheduler: s
     ensure_ray(log_to_driver=False)
     _check_driver_resource(cfg)
     state["max_concurrent"] = _placed(cfg, max_concurrent)
-    state["parent"] = sweep_artifacts.open_parent(cfg, state)
+    state["parent"] = artifacts.open_parent(cfg, state)
     storage.makedirs(folder)
-    sweep_artifacts.write_state(state)
+    artifacts.write_state(state)
     print(f"sweep {name}: {samples} sample(s) of {len(space)} key(s), {scheduler} on {SIGNAL}, ranked by "
           f"{state['metric']}, {state['max_concurrent']} trial(s) at a time; parent run {state['parent']}, "
           f"folder {folder}", flush=True)
@@ -336,9 +340,9 @@ def resume(name: str, root: str | None = None) -> SweepResult:
     train.storage)."""
     folder = _folder(root or Config().train.storage, name)
     try:
-        state = storage.read_json(storage.join(folder, sweep_artifacts.STATE))
+        state = storage.read_json(storage.join(folder, artifacts.STATE))
     except (OSError, ValueError):
-        raise SslscaleError(f"no sweep {name!r} in {storage.parent(folder)} (no readable {sweep_artifacts.STATE}); "
+        raise SslscaleError(f"no sweep {name!r} in {storage.parent(folder)} (no readable {artifacts.STATE}); "
                             f"check the name and train.storage") from None
     if state.get("finished"):
         print(f"sweep {name} finished already (parent run {state['parent']}):\n{state['table']}", flush=True)
@@ -368,7 +372,7 @@ def _fit(state: dict, make_tuner) -> SweepResult:
 # --- after the trials ---------------------------------------------------------------------------------------------
 
 def _record(result, state: dict, children: dict) -> dict:
-    """A trial record (see sweep_report) from Tune's result and the trial's child run. Its health rows keep the
+    """A trial record (see report.py) from Tune's result and the trial's child run. Its health rows keep the
     last value per health step (a restored trial reports again from its checkpoint)."""
     metrics, keys = result.metrics or {}, [d.key for d in spaces.parse(state["space"]).values()]
     trial_id = metrics["trial_id"]
@@ -396,18 +400,18 @@ def _finish(state: dict, grid) -> SweepResult:
     if grid.num_terminated + grid.num_errors < len(grid):
         raise SslscaleError(f"sweep {name} was interrupted with {len(grid) - grid.num_terminated - grid.num_errors} "
                             f"trial(s) unfinished; continue it with `sslscale sweep --resume {name}`")
-    children = tracking.best_effort(sweep_artifacts.children_by_trial, uri, state["parent"]) or {}
+    children = tracking.best_effort(artifacts.children_by_trial, uri, state["parent"]) or {}
     records = [_record(r, state, children) for r in grid]
     for rec in records:
-        tracking.best_effort(sweep_artifacts.close_child, uri, rec, children.get(rec["trial_id"]))
-    ranked = sweep_report.rank(records, state["mode"])
+        tracking.best_effort(artifacts.close_child, uri, rec, children.get(rec["trial_id"]))
+    ranked = report.rank(records, state["mode"])
     keys = list(spaces.parse(state["space"]))
-    table = sweep_report.markdown(ranked, keys, state["metric"], SIGNAL)
+    table = report.markdown(ranked, keys, state["metric"], SIGNAL)
     best = ranked[0] if ranked and ranked[0]["status"] == "finished" else None
-    command = sweep_report.retrain_command(state["recipe"], state["retrain_overrides"], best["params"]) if best else ""
-    sweep_artifacts.log(state, Config.from_dict(state["config"]), ranked, table, best)
+    command = report.retrain_command(state["recipe"], state["retrain_overrides"], best["params"]) if best else ""
+    artifacts.log(state, Config.from_dict(state["config"]), ranked, table, best)
     state.update(finished=True, table=table, command=command, best_run_id=best["run_id"] if best else "")
-    sweep_artifacts.write_state(state)
+    artifacts.write_state(state)
     print(f"\nsweep {name}: {len(records)} trial(s), ranked by {state['metric']}\n{table}", flush=True)
     for rec in ranked:
         if rec["error"]:

@@ -13,10 +13,14 @@ import math
 import os
 import tempfile
 
-from sslscale import checkpoint, plots, space as spaces, storage, sweep_report, tracking, transfer
+from sslscale import plots, storage
 from sslscale.config import Config
-from sslscale.export import load_encoder
-from sslscale.health import HEALTH_KEYS
+from sslscale.evaluation import transfer
+from sslscale.runtime import tracking
+from sslscale.sweeps import report, space as spaces
+from sslscale.training import checkpoint
+from sslscale.training.export import load_encoder
+from sslscale.training.health import HEALTH_KEYS
 
 logger = logging.getLogger(__name__)
 STATE = "sweep.json"  # our part of the sweep folder: what resume needs (Tune's own state sits beside it)
@@ -87,7 +91,7 @@ def _files(state: dict, ranked: list[dict], table: str, best: dict | None, targe
     keys, log_keys = list(space), [d.key for d in space.values() if d.log]
     out = lambda name: os.path.join(local, name)  # noqa: E731
     files = [_safe(_write, out("trials.md"), table),
-             _safe(_write, out("trials.csv"), sweep_report.to_csv(ranked, keys, metric, signal)),
+             _safe(_write, out("trials.csv"), report.to_csv(ranked, keys, metric, signal)),
              _safe(plots.score_vs_params, ranked, keys, metric, out("score_vs_params.png"), log_keys),
              _safe(plots.parallel_coordinates, ranked, keys, metric, out("parallel_coordinates.png"), log_keys),
              _safe(plots.health_overlay, ranked, signal, out("health_curves.png"))]

@@ -24,16 +24,17 @@ import os
 import time
 import uuid
 from itertools import islice
-from typing import Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import ray.data
 
-from sslscale import corpus, storage
+from sslscale import storage
+from sslscale.data import corpus
+from sslscale.data.modalities import Layout, Modality, data_field, data_fields
+from sslscale.data.position import Position
+from sslscale.data.shards import Members, Row, ShardError, iter_shard
 from sslscale.errors import SslscaleError
-from sslscale.modalities import Layout, Modality, data_field, data_fields
-from sslscale.position import Position
-from sslscale.shards import Members, Row, ShardError, iter_shard
 
 
 BLOCK_ROWS = 256  # views per block handed to a training worker
@@ -98,15 +99,14 @@ class Part(NamedTuple):
     options: dict
 
 
-def view_parts(cfg, manifest: dict, where: str) -> list[Part]:
-    """The parts of the run's stream: for each kind of field the method reads (methods.view_layouts), the corpus's
-    field of that kind with the method's layout for it. One line when the corpus lacks a kind or a layout is of
-    another kind, or when two fields would make a batch field of one name."""
-    from sslscale.methods import view_layouts  # here, not at the top: Ray Data's tasks import this module, not torch
-
+def view_parts(cfg, manifest: dict, where: str, views: Callable[[object, dict], dict]) -> list[Part]:
+    """The parts of the run's stream: for each kind of field the method reads (`views`, the method's
+    Method.views: methods.view_parts passes it, so that data knows nothing of methods), the corpus's field of that
+    kind with the method's layout for it. One line when the corpus lacks a kind or a layout is of another kind, or
+    when two fields would make a batch field of one name."""
     sizes = {field.kind: field.size for field in data_fields(manifest, where).values()}
     parts = []
-    for kind, layout in view_layouts(cfg, sizes).items():
+    for kind, layout in views(cfg, sizes).items():
         field = data_field(manifest, where, kind)
         field.check_layout(layout, cfg.method.name)
         parts.append(Part(field, layout, field.view_options(cfg)))
@@ -236,14 +236,13 @@ def plan(shards: list[dict], epochs: int, seed: int, consumed: Position | None =
     return items
 
 
-def pretrain_dataset(cfg, corpus_dir: str, *, consumed: Position | None = None,
+def pretrain_dataset(cfg, corpus_dir: str, parts: list[Part], *, consumed: Position | None = None,
                      skip_dir: str | None = None) -> ray.data.Dataset:
-    """The run's view stream; `consumed` (checkpoint.read_positions) drops what a checkpoint already used,
-    `skip_dir` records what data.on_error=skip leaves out."""
+    """The run's view stream of `parts` (methods.view_parts); `consumed` (checkpoint.read_positions) drops what a
+    checkpoint already used, `skip_dir` records what data.on_error=skip leaves out."""
     manifest = corpus.load_manifest(corpus_dir)
     corpus.shard_paths(manifest, corpus_dir, cfg.data.split)  # one-line error for a missing split
     split = manifest["splits"][cfg.data.split]
-    parts = view_parts(cfg, manifest, corpus_dir)
     epochs = epochs_needed(cfg.train.steps, cfg.data.batch_size, split["samples"])
     if cfg.data.on_error == "skip":  # up to half the corpus may turn out bad; unread epochs cost nothing
         epochs = 2 * epochs
@@ -291,7 +290,7 @@ def split_rows(cfg) -> int:
     return cfg.train.workers * per_worker + math.ceil(cfg.data.cpus) * BLOCK_ROWS
 
 
-def ingest_options(cfg, corpus_dir: str) -> ray.data.ExecutionOptions:
+def ingest_options(cfg, parts: list[Part]) -> ray.data.ExecutionOptions:
     """Bound what the view pipeline may use, so it runs just ahead of training instead of competing with it
     for the same cores: `data.cpus` CPUs and an object-store budget of `data.buffer_mb` for views not yet
     consumed (0, the default: RUN_AHEAD_BATCHES global batches of the method's views), never less than the
@@ -302,7 +301,7 @@ def ingest_options(cfg, corpus_dir: str) -> ray.data.ExecutionOptions:
     on every run (Ray's split gives each block to the worker with the fewest rows so far), which makes a run
     repeatable; otherwise blocks in flight together may arrive out of order, which the per-epoch consumed ids
     account for. (With preserve_order, a union of per-epoch pipelines once stalled the split coordinator.)"""
-    one_row = row_bytes(view_parts(cfg, corpus.load_manifest(corpus_dir), corpus_dir))
+    one_row = row_bytes(parts)
     run_ahead = cfg.data.buffer_mb * 2**20 or RUN_AHEAD_BATCHES * max(cfg.data.batch_size, BLOCK_ROWS) * one_row
     limits = ray.data.ExecutionResources(cpu=cfg.data.cpus, object_store_memory=run_ahead + split_rows(cfg) * one_row)
     return ray.data.ExecutionOptions(resource_limits=limits, preserve_order=cfg.data.deterministic)

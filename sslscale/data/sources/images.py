@@ -11,9 +11,9 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from sslscale.data.sources.base import Provider, Sample, Source
+from sslscale.data.splits import folder_labels, folder_splits
 from sslscale.errors import SslscaleError, reason
-from sslscale.sources.base import Provider, Sample, Source
-from sslscale.splits import folder_labels, folder_splits
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

@@ -23,13 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslscale.config import Config, list_items
+from sslscale.checks import list_items
+
+from sslscale.config import Config
+from sslscale.data.modalities import Modality
+from sslscale.data.splits import stratified_pick
 from sslscale.encoders import from_spec
-from sslscale.engine import Engine
 from sslscale.errors import SslscaleError
 from sslscale.methods.base import Method
-from sslscale.splits import stratified_pick
-from sslscale.modalities import Modality
+from sslscale.training.engine import Engine
 
 VIEWS = {"crop_min_scale": 0.5, "flip": 0.5, "jitter": 0.0, "jitter_prob": 0.0, "grayscale": 0.0}  # crop + flip
 EVAL_BATCH = 512
@@ -199,9 +201,9 @@ def _on_workers(job: dict, images: np.ndarray, labels: np.ndarray, fit_idx: np.n
     one worker group): the training views come from evaluation's labelled Ray Data stream (stream.labelled_views,
     in _order and kept in order, each global batch split across the workers), the rest of `job` travels with the
     loop's config."""
-    from sslscale import stream
-    from sslscale import train as ray_train
-    from sslscale.runtime import ensure_ray
+    from sslscale.data import stream
+    from sslscale.runtime.cluster import ensure_ray
+    from sslscale.training import train as ray_train
 
     tcfg, workers = job["tcfg"], job["tcfg"].finetune_workers
     ensure_ray()
@@ -217,7 +219,7 @@ def _on_workers(job: dict, images: np.ndarray, labels: np.ndarray, fit_idx: np.n
 def _worker_loop(loop_config: dict) -> None:
     """On each Ray Train worker of _on_workers: _select on its share of the stream; every rank scores the whole
     validation and test sets (under ZeRO-3 a forward is a collective all ranks join), rank 0 reports."""
-    from sslscale import train as ray_train
+    from sslscale.training import train as ray_train
 
     cfg, job = Config.from_dict(loop_config["config"]), loop_config["job"]
     rank = ray_train.worker_setup(cfg)

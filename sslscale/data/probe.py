@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from sslscale import corpus
+from sslscale.data import corpus
+from sslscale.data.modalities import data_field
+from sslscale.data.shards import Row, checks, read_shard
 from sslscale.errors import SslscaleError
-from sslscale.modalities import data_field
-from sslscale.shards import Row, checks, read_shard
 
 SALT = 0x9B0BE  # keeps the probe's random stream apart from other users of data.seed
 

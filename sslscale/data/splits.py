@@ -1,5 +1,6 @@
 """Seeded, stratified subsets of a labelled split: the test split a folder corpus gets at prepare time (corpus.py,
-text.py: `folder_labels`, `folder_splits`) and the label fractions transfer scores are measured on (transfer.py).
+sources/text.py: `folder_labels`, `folder_splits`) and the label fractions transfer scores are measured on
+(evaluation/transfer.py).
 
 One sampler serves both. Each class's indices are put in one seeded order that depends only on the labels and the
 seed, and a subset takes a prefix of each order, so with the same seed a smaller subset lies inside a larger one

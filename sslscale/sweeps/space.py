@@ -14,7 +14,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sslscale.config import Config, flat_method_key, get_key, key_type, note_renamed, validate
+from sslscale.checks import validate
+
+from sslscale.config import Config, flat_method_key, get_key, key_type, note_renamed
 from sslscale.errors import SslscaleError
 
 KINDS = ("choice", "grid", "uniform", "loguniform", "randint")

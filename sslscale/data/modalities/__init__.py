@@ -16,10 +16,10 @@ whose class says `modality = "<kind>"` (encoders/), and a source (sources/) that
 """
 from __future__ import annotations
 
+from sslscale.data.modalities.base import Layout, Modality
+from sslscale.data.modalities.image import Image, ImageLayout
+from sslscale.data.modalities.text import Text, TextLayout
 from sslscale.errors import SslscaleError
-from sslscale.modalities.base import Layout, Modality
-from sslscale.modalities.image import Image, ImageLayout
-from sslscale.modalities.text import Text, TextLayout
 
 KINDS: dict[str, type[Modality]] = {"image": Image, "text": Text}
 LABEL = "label"  # the kind of a field pretraining never reads: a class index, for transfer targets

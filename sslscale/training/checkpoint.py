@@ -2,7 +2,7 @@
 
 A checkpoint folder holds DeepSpeed's files (under `ds/`), the encoder as safetensors (rank 0), `state.json`
 (rank 0: step, world size, MLflow run id, config), `position.rank0.json` (rank 0: what every rank's completed steps
-consumed, as sslscale.position writes it; older checkpoints hold one such file per rank, as lists of ids per epoch)
+consumed, as sslscale.data.position writes it; older checkpoints hold one such file per rank, as lists of ids per epoch)
 and, from every rank r, `manifest.rank{r}.json` (sha256 of every file rank r wrote).
 Ranks may write to different machines; Ray Train merges their folders. `verify` checks every rank's manifest
 before anything in the folder is unpickled, so a half-copied or tampered checkpoint is never loaded. Reading works
@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 
 from sslscale import storage
+from sslscale.data.position import Position
 from sslscale.errors import SslscaleError
-from sslscale.position import Position
 from sslscale.storage import write_json
 
 STATE = "state.json"

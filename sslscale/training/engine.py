@@ -30,11 +30,11 @@ from deepspeed.runtime.fp16.loss_scaler import LossScaler  # noqa: E402
 from deepspeed.runtime.zero.config import ZeroStageEnum  # noqa: E402
 from deepspeed.utils.tensor_fragment import fragment_address  # noqa: E402
 
+from sslscale.data.position import Position  # noqa: E402
 from sslscale.errors import SslscaleError  # noqa: E402
 from sslscale.methods.base import Method  # noqa: E402
-from sslscale.optim import build_optimizer, set_learning_rates, set_weight_decay  # noqa: E402
-from sslscale.position import Position  # noqa: E402
 from sslscale.schedules import cosine_weight_decay, warmup_cosine  # noqa: E402
+from sslscale.training.optim import build_optimizer, set_learning_rates, set_weight_decay  # noqa: E402
 
 DS_TAG = "ds"
 STREAM_FIELDS = ("id", "epoch")  # what the stream adds to every row for positions (position.py), never moved
@@ -256,8 +256,10 @@ class Engine:
     def save(self, folder: str, *, rank: int, position: Position | None, state: dict | None) -> None:
         """Collective: every rank writes its DeepSpeed shard and manifest into its own `folder`; rank 0 the run's
         position and state too."""
-        from sslscale import checkpoint  # here, not at the top: checkpoint and export need pyarrow (storage.py)
-        from sslscale.export import save_encoder  # and safetensors, which training alone does not (gpu_check.py)
+        # here, not at the top: checkpoint and export need pyarrow (storage.py) and safetensors, which training alone
+        # does not (gpu_check.py)
+        from sslscale.training import checkpoint
+        from sslscale.training.export import save_encoder
 
         self.ds.save_checkpoint(folder, tag=DS_TAG, save_latest=False)
         with self.gathered(self.method.encoder):  # every rank joins the gather; one writes
@@ -268,7 +270,7 @@ class Engine:
     def load(self, folder: str) -> dict:
         """Verify the folder's checksums, then restore weights, optimizer state and DeepSpeed's step count (every
         schedule follows from it). Returns state.json."""
-        from sslscale import checkpoint
+        from sslscale.training import checkpoint
 
         state = checkpoint.verify(folder)
         try:
