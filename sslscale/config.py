@@ -15,6 +15,7 @@ import sys
 import typing
 from dataclasses import dataclass, field
 
+from sslscale.encoders import NAMES as ENCODER_NAMES
 from sslscale.errors import SslscaleError
 from sslscale.methods import NAMES
 
@@ -58,7 +59,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     # resnet50: the bottleneck ImageNet ResNet-50; text: a transformer on token ids (dim, vit_depth, heads as vit)
-    encoder: str = _choice("resnet", "resnet", "resnet50", "vit", "text")
+    encoder: str = _choice("resnet", *ENCODER_NAMES)  # a family of encoders/ (REGISTRY)
     widths: tuple = (32, 64, 128)  # resnet: channels per stage
     depths: tuple = (1, 1, 1)  # resnet: residual blocks per stage
     patch_size: int = 4  # vit: side of a square patch in pixels; must divide the image size

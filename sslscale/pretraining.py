@@ -73,7 +73,7 @@ def _data_field(corpus_dir: str, cfg: Config) -> Modality:
     """The corpus's declared data field (modalities) the encoder reads, checked against the method and the model
     before any worker starts, as is every field the method's views read (stream.view_parts): its `encoder_input`
     is the encoder's input spec (channels and side, vocabulary and length)."""
-    from sslscale.encoders import ENCODERS
+    from sslscale.encoders import NAMES as ENCODER_NAMES, encoder_class
 
     corpus.verify_shards(corpus_dir, cfg.data.split, hashes=False)  # the stream checks each shard's sha256 as it reads
     manifest = corpus.load_manifest(corpus_dir)
@@ -84,11 +84,11 @@ def _data_field(corpus_dir: str, cfg: Config) -> Modality:
         raise SslscaleError(f"method.name={cfg.method.name} trains on {KINDS[wanted].noun} but corpus {corpus_dir} "
                             f"holds {holds}: pick a method or a corpus of the other kind (text: docs/text.md)")
     field = data_field(manifest, corpus_dir, wanted)
-    if ENCODERS[cfg.model.encoder].modality != field.kind:
-        fitting = " or ".join(name for name, cls in ENCODERS.items() if cls.modality == field.kind)
-        raise SslscaleError(f"model.encoder={cfg.model.encoder} takes "
-                            f"{KINDS[ENCODERS[cfg.model.encoder].modality].noun} but corpus {corpus_dir} holds "
-                            f"{field.noun}: set model.encoder={fitting}")
+    takes = encoder_class(cfg.model.encoder).modality
+    if takes != field.kind:
+        fitting = " or ".join(name for name in ENCODER_NAMES if encoder_class(name).modality == field.kind)
+        raise SslscaleError(f"model.encoder={cfg.model.encoder} takes {KINDS[takes].noun} but corpus {corpus_dir} "
+                            f"holds {field.noun}: set model.encoder={fitting}")
     field.check_model(cfg.model, corpus_dir)
     view_parts(cfg, corpus_dir)  # every field the method's views read: there, and of the kind its layout is for
     return field

@@ -159,3 +159,32 @@ def test_a_sweep_file_that_fails_costs_one_warning_not_the_sweep(caplog):
 
     assert artifacts._safe(broken_plot) is None
     assert "sweep artifact broken_plot not written (ValueError: no finished trial)" in caplog.text
+
+
+def test_a_sweep_saved_before_the_modules_moved_is_refused_in_one_line(tmp_path, monkeypatch):
+    """Tune's state is pickled, and pickles name modules by path: a sweep saved before 0.1's layers (sslscale.tune,
+    now sslscale.sweeps.tune) cannot be restored, and says so instead of a traceback from inside Tune."""
+    import json
+
+    import ray.tune
+
+    from sslscale.config import Config
+    from sslscale.errors import SslscaleError
+    from sslscale.sweeps import artifacts, tune
+
+    folder = tmp_path / "sweeps" / "old"
+    folder.mkdir(parents=True)
+    cfg = Config().override([f"tracking.uri=sqlite:///{tmp_path}/mlruns.db"])
+    (folder / artifacts.STATE).write_text(json.dumps({"config": cfg.to_dict(), "parent": "p", "space": [],
+                                                      "name": "old", "metric": "transfer/digits/knn_top1",
+                                                      "driver_resource": "CPU:0.25"}))
+
+    def restore(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'sslscale.tune'", name="sslscale.tune")
+
+    monkeypatch.setattr(ray.tune.Tuner, "can_restore", staticmethod(lambda path: True))
+    monkeypatch.setattr(ray.tune.Tuner, "restore", staticmethod(restore))
+    monkeypatch.setattr(tune, "ensure_ray", lambda **kw: None)
+    with pytest.raises(SslscaleError, match="sweep 'old' was saved by an sslscale whose module sslscale.tune has "
+                                            "since moved: its Tune state cannot be read; start it again"):
+        tune.resume("old", str(tmp_path))

@@ -1,46 +1,45 @@
 """Encoders: plain PyTorch modules mapping float images (N, C, H, W) in [0, 1], or token ids (N, L) (text), to
-features (N, D).
+features (N, D), and their registry.
 
-`ENCODERS` maps a name to a constructor; `build_encoder` makes one from its name, the corpus' input spec (images:
-`in_channels`, `image_size`; text: `vocab_size`, `max_length`) and the constructor's own keyword arguments, which
-`encoder_kwargs` picks out of the model config. Every encoder says the kind of data it takes (`modality`) and its
-size (`input_size`: an image's side, a passage's most tokens), carries its input spec and `feature_dim`, and
-`spec()` returns what is needed to rebuild it (`from_spec`; stored in exported safetensors metadata, see export.py).
+`REGISTRY` maps a name to the file and class that implement it and imports nothing (config.py reads its names for
+model.encoder without loading torch); `encoder_class` loads one. `build_encoder` makes one from its name, the
+corpus' input spec (images: `in_channels`, `image_size`; text: `vocab_size`, `max_length`) and the constructor's
+own keyword arguments, which `encoder_kwargs` asks the class to pick out of the model config (`model_kwargs`).
+Every encoder says the kind of data it takes (`modality`) and its size (`input_size`: an image's side, a
+passage's most tokens), carries its input spec and `feature_dim`, and `spec()` returns what is needed to rebuild
+it (`from_spec`; stored in exported safetensors metadata, see export.py). Adding a family: its file, one line in
+REGISTRY.
 """
 from __future__ import annotations
 
-from torch import nn
+import importlib
 
-from sslscale.encoders.resnet import ResNet, ResNet50
-from sslscale.encoders.text import TextTransformer
-from sslscale.encoders.vit import VIT_PRESETS, ViT
 from sslscale.errors import SslscaleError
 
-ENCODERS = {"resnet": ResNet, "resnet50": ResNet50, "vit": ViT, "text": TextTransformer}
+# name -> "module:Class" under sslscale.encoders
+REGISTRY = {"resnet": "resnet:ResNet", "resnet50": "resnet:ResNet50", "vit": "vit:ViT", "text": "text:TextTransformer"}
+NAMES = tuple(REGISTRY)
+
+
+def encoder_class(name: str) -> type:
+    """The class of the encoder family `name`; one line for a name no family has."""
+    if name not in REGISTRY:
+        raise SslscaleError(f"unknown encoder {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    module, _, cls = REGISTRY[name].partition(":")
+    return getattr(importlib.import_module(f"sslscale.encoders.{module}"), cls)
 
 
 def encoder_kwargs(model_cfg) -> dict:
-    """The constructor keyword arguments of the encoder `model_cfg.encoder` names, from its model.* keys
-    (model.vit_preset tiny or small, where set, in place of model.dim, vit_depth and heads; resnet50 has none)."""
-    m = model_cfg
-    if m.encoder == "vit":
-        return {"patch_size": m.patch_size, **VIT_PRESETS.get(m.vit_preset, dict(dim=m.dim, depth=m.vit_depth,
-                                                                                   heads=m.heads))}
-    if m.encoder == "resnet50":
-        return {}
-    if m.encoder == "text":
-        return {"dim": m.dim, "depth": m.vit_depth, "heads": m.heads}
-    return {"widths": tuple(m.widths), "depths": tuple(m.depths)}
+    """The constructor keyword arguments of the encoder `model_cfg.encoder` names, from its model.* keys."""
+    return encoder_class(model_cfg.encoder).model_kwargs(model_cfg)
 
 
-def build_encoder(name: str, **kwargs) -> nn.Module:
+def build_encoder(name: str, **kwargs):
     """The encoder `name` from its input spec and its own keyword arguments."""
-    if name not in ENCODERS:
-        raise SslscaleError(f"unknown encoder {name!r}; known: {', '.join(sorted(ENCODERS))}")
-    return ENCODERS[name](**kwargs)
+    return encoder_class(name)(**kwargs)
 
 
-def from_spec(spec: dict) -> nn.Module:
+def from_spec(spec: dict):
     """A freshly initialised encoder of the architecture an encoder's `spec()` describes."""
     inputs = {k: v for k, v in spec.items() if k not in ("name", "feature_dim", "kwargs")}
     return build_encoder(spec["name"], **inputs, **spec["kwargs"])

@@ -36,6 +36,11 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     modality = "image"  # the kind of data it takes (modalities.KINDS)
 
+    @staticmethod
+    def model_kwargs(model_cfg) -> dict:
+        """Its constructor's own keyword arguments from the model.* keys: widths and depths."""
+        return {"widths": tuple(model_cfg.widths), "depths": tuple(model_cfg.depths)}
+
     def __init__(self, *, in_channels: int, image_size: int, widths=(32, 64, 128), depths=(1, 1, 1)):
         super().__init__()
         self.in_channels, self.image_size = in_channels, image_size
@@ -85,6 +90,11 @@ class Bottleneck(nn.Module):
 
 class ResNet50(nn.Module):
     modality = "image"
+
+    @staticmethod
+    def model_kwargs(model_cfg) -> dict:
+        """None from the model.* keys: the ImageNet ResNet-50 is fixed."""
+        return {}
     STAGES = ((1, 3, 1), (2, 4, 2), (4, 6, 2), (8, 3, 2))  # (width / `width`, blocks, stride of the first block)
 
     def __init__(self, *, in_channels: int, image_size: int, width: int = 64):

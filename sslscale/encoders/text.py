@@ -25,6 +25,11 @@ PAD, MASK = 0, 4  # modalities.text.PAD and MASK: the tokenizer's padding and ma
 class TextTransformer(nn.Module):
     modality = "text"  # the kind of data it takes (modalities.KINDS)
 
+    @staticmethod
+    def model_kwargs(model_cfg) -> dict:
+        """Its constructor's own keyword arguments from the model.* keys it shares with the ViT."""
+        return {"dim": model_cfg.dim, "depth": model_cfg.vit_depth, "heads": model_cfg.heads}
+
     def __init__(self, *, vocab_size: int, max_length: int, dim: int = 256, depth: int = 4, heads: int = 4,
                  mlp_ratio: float = 4.0, causal: bool = False, dropout: float = 0.0):
         super().__init__()

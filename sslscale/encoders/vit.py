@@ -80,6 +80,14 @@ class Block(nn.Module):
 class ViT(nn.Module):
     modality = "image"  # the kind of data it takes (modalities.KINDS)
 
+    @staticmethod
+    def model_kwargs(model_cfg) -> dict:
+        """Its constructor's own keyword arguments from the model.* keys: patch_size, and dim, vit_depth and heads
+        (or the model.vit_preset tiny or small in their place)."""
+        m = model_cfg
+        return {"patch_size": m.patch_size,
+                **VIT_PRESETS.get(m.vit_preset, dict(dim=m.dim, depth=m.vit_depth, heads=m.heads))}
+
     def __init__(self, *, in_channels: int, image_size: int, patch_size: int = 4, dim: int = 192, depth: int = 12,
                  heads: int = 3, mlp_ratio: float = 4.0):
         super().__init__()

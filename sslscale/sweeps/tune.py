@@ -354,9 +354,17 @@ def resume(name: str, root: str | None = None) -> SweepResult:
     print(f"resuming sweep {name} (parent run {state['parent']}) from {folder}", flush=True)
     tracking.best_effort(tracking.set_tags, state["config"]["tracking"]["uri"], state["parent"],
                          {"sslscale.resumed": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    return _fit(state, lambda: ray.tune.Tuner.restore(folder, _trainable(state), resume_unfinished=True,
-                                                      resume_errored=False,
-                                                      param_space=_domains(spaces.parse(state["space"]))))
+    def restore():
+        try:
+            return ray.tune.Tuner.restore(folder, _trainable(state), resume_unfinished=True, resume_errored=False,
+                                          param_space=_domains(spaces.parse(state["space"])))
+        except ModuleNotFoundError as e:  # Tune's pickles name our modules by path; 0.1's layers moved them
+            if not (e.name or "").startswith("sslscale"):
+                raise
+            raise SslscaleError(f"sweep {name!r} was saved by an sslscale whose module {e.name} has since moved: "
+                                "its Tune state cannot be read; start it again under a new --name") from None
+
+    return _fit(state, restore)
 
 
 def _fit(state: dict, make_tuner) -> SweepResult:
