@@ -122,8 +122,7 @@ def read_blocks(batch: dict, *, corpus_dir: str, fmt: str, consumed: Position, o
                 rows: int = BLOCK_ROWS) -> Iterator[dict]:
     """One plan item {epoch, shard, sha256} (shard_views' input): the shard's rows not yet consumed in that epoch,
     as {id, epoch, raw: the data members' bytes (an image, token ids; a tuple, one per member), shard name}, in
-    blocks of up to `rows` rows
-    as the shard is read. `chunks` ({shard name: its manifest entry's chunk_bytes and chunks}; looked up here, not
+    blocks of up to `rows` rows as the shard is read. `chunks` ({shard name: its manifest entry's chunk_bytes and chunks}; looked up here, not
     carried by every plan item, which epochs x shards would multiply) lets shards.iter_shard check a tar shard
     chunk by chunk. A shard found bad part-way stops the run (fail) or is recorded and the rest of it left out
     (skip); the blocks handed out before were checked."""
