@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # a crash in native code (Ray, torch, gloo) prints every thread's Python stack instead of a bare "Segmentation fault"
 export PYTHONFAULTHANDLER := 1
 
-.PHONY: install demo sweep test test-long test-fast fmnist pydocs benchmark benchmark-quick reliability ui clean
+.PHONY: install demo sweep test test-long test-fast fmnist pydocs tuxpaint benchmark benchmark-quick reliability ui clean
 
 $(BIN)/sslscale: pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,6 +35,15 @@ $(PYDOCS):
 	$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11-doc
 
 pydocs: $(PYDOCS)
+
+# Spoken names of Tux Paint's pictures in about 12 languages (Debian tuxpaint-stamps-default): the built-in audio
+# corpus `tuxpaint_speech`
+TUXPAINT := /usr/share/tuxpaint/stamps
+
+$(TUXPAINT):
+	$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tuxpaint-stamps-default
+
+tuxpaint: $(TUXPAINT)
 
 # Headless Chromium and its WebDriver, for the MLflow UI check in make test-long (tests/test_ui_browser.py).
 .PHONY: browser
@@ -61,10 +70,10 @@ sweep: install data/fmnist/manifest.json
 
 # make test stays within 12 minutes on a fresh 2-core machine (.venv included); the runs of minutes each are `long` (make
 # test-long), and CI (.ci/run) runs both.
-test: install pydocs
+test: install pydocs tuxpaint
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20 -m "not long" tests
 
-test-long: install pydocs browser postgres
+test-long: install pydocs tuxpaint browser postgres
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 -m long tests
 
 test-fast: install

@@ -1,7 +1,7 @@
 """The kind of data is declared, not guessed (docs/design.md, modalities): the core modules hold no rank, attribute
 or member-name sniffing, a manifest field of an unknown or undeclared kind is refused in one line, and a kind the
-core has never seen (here a test-only waveform kind: int16 (N, T), the shape of token ids) goes through the
-stream, transfer and fine-tuning's batches as that kind, never as text."""
+core did not know before (audio: int16 (N, T), the shape of token ids) goes through the stream, transfer and
+fine-tuning's batches as that kind, never as text."""
 import re
 from pathlib import Path
 
@@ -10,17 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from dataclasses import dataclass
-
 from sslscale.data import modalities, stream
-from sslscale.data.modalities import ImageLayout, Layout, Modality
+from sslscale.data.modalities import AudioLayout, ImageLayout
 from sslscale.errors import SslscaleError
-
-
-@dataclass(frozen=True)
-class WaveLayout(Layout):
-    def fields(self) -> dict[str, str]:
-        return {"wave": "ids"}
 
 CORE = ["data/stream", "data/corpus", "evaluation/transfer", "evaluation/finetune", "pretraining", "training/train",
         "data/probe", "data/shards", "training/engine"]
@@ -42,7 +34,7 @@ def test_the_core_never_sniffs_the_kind_of_data():
 
 def test_a_field_of_an_unknown_or_undeclared_kind_is_one_line():
     for entry, words in (({"kind": "smell"}, "field 'x' of c has kind 'smell', which this version does not know "
-                                             r"\(known: image, text, label\): re-prepare it"),
+                                             r"\(known: image, text, audio, label\): re-prepare it"),
                          ({"encoding": "png"}, "field 'x' of c has kind None")):
         with pytest.raises(SslscaleError, match=words):
             modalities.data_fields({"fields": {"x": entry}}, "c")
@@ -50,82 +42,53 @@ def test_a_field_of_an_unknown_or_undeclared_kind_is_one_line():
         modalities.data_field({"fields": {"label": {"kind": "label", "classes": ["a"]}}}, "c")
 
 
-class Wave(Modality):
-    """A test-only kind: int16 samples of a fixed length, like a waveform (an (N, T) batch, as token ids are)."""
+class AudioEncoder(nn.Module):
+    """Takes what the audio modality hands an encoder (int16 PCM) and says so: the mean and spread of each clip."""
 
-    kind, noun, encoding, labelled_field, labelled_input = "wave", "waves", "pcm", "wave", "ids"
-    layout = WaveLayout
-
-    @property
-    def size(self) -> int:
-        return self.entry["length"]
-
-    def describe(self) -> str:
-        return "a waveform"
-
-    def decode(self, data: bytes) -> np.ndarray:
-        if len(data) != 2 * self.size:
-            raise SslscaleError("not a waveform")
-        return np.frombuffer(data, "<i2").copy()
-
-    def blank(self) -> np.ndarray:
-        return np.zeros(self.size, np.int16)
-
-    def views(self, samples, ids, *, seed, epoch, layout) -> dict:
-        return {"wave": samples.astype(np.int64) * (1 + epoch)}
-
-    def to_encoder(self, batch):
-        return torch.from_numpy(np.asarray(batch, np.float32))
-
-    def check_fits(self, encoder, batch, where: str = "target") -> None:
-        pass
-
-    def baseline(self, train_x, test_x):
-        return "raw", self.to_encoder(train_x), self.to_encoder(test_x)
-
-    def labelled(self, samples, view_ids, *, seed: int, views: dict) -> dict:
-        return {"wave": np.asarray(samples, np.int64)}
-
-
-class WaveEncoder(nn.Module):
-    modality = "wave"
+    modality, sample_rate, feature_dim = "audio", 16000, 2
 
     def forward(self, x):
+        assert x.dtype == torch.int16  # audio, never token ids (int64) or pixels (float)
+        x = x.float()
         return torch.stack([x.mean(1), x.std(1)], 1)
 
 
 @pytest.fixture
-def waves(monkeypatch):
-    monkeypatch.setitem(modalities.KINDS, "wave", Wave)
-    manifest = {"fields": {"clip": {"kind": "wave", "encoding": "pcm", "length": 6},
+def clips_field():
+    manifest = {"fields": {"clip": {"kind": "audio", "encoding": "pcm16", "sample_rate": 16000, "max_samples": 6},
                            "label": {"kind": "label", "classes": ["a", "b"]}}}
-    return modalities.data_field(manifest, "the wave corpus")
+    return modalities.data_field(manifest, "the audio corpus")
 
 
-def test_a_kind_the_core_has_never_seen_goes_through_the_stream_and_transfer_as_declared(waves, tmp_path):
-    from sslscale.evaluation.finetune import VIEWS, _batches
+def test_an_int16_audio_batch_goes_through_the_stream_transfer_and_fine_tuning_as_audio(clips_field, tmp_path):
+    """An int16 (N, T) batch, the shape of token ids, is made, scored and fine-tuned on as the audio it is declared."""
+    from sslscale.evaluation.finetune import Classifier, VIEWS, _batches
     from sslscale.evaluation.transfer import features
 
-    assert isinstance(waves, Wave) and waves.member == "clip.pcm"
-    clips = np.arange(24, dtype=np.int16).reshape(4, 6)  # (N, T): a text corpus's shape
+    assert isinstance(clips_field, modalities.Audio) and clips_field.member == "clip.pcm16"
+    clips = np.arange(1, 25, dtype=np.int16).reshape(4, 6)  # (N, T): a text corpus's shape
     raw = np.empty(5, dtype=object)
     for i, members in enumerate([(c.tobytes(),) for c in clips] + [(b"\x01",)]):  # a tuple of members per record
         raw[i] = members
     rows = {"id": np.arange(5, dtype=np.int64), "epoch": np.full(5, 2, np.int64), "raw": raw,
             "shard": np.full(5, "train-000000.tar", dtype=object)}
-    parts = [stream.Part(waves, WaveLayout(), {})]
+    parts = [stream.Part(clips_field, AudioLayout(), {})]
     out = stream.make_views(rows, seed=0, on_error="skip", parts=parts, skip_dir=str(tmp_path))
-    assert out["id"].tolist() == [0, 1, 2, 3] and np.array_equal(out["wave"], clips.astype(np.int64) * 3)
+    assert out["id"].tolist() == [0, 1, 2, 3] and out["wave"].dtype == np.int16 and np.array_equal(out["wave"], clips)
     assert stream.skipped(str(tmp_path))["sample"] == {"4": "sample 4 in shard train-000000.tar cannot be decoded "
-                                                            "as a waveform (clip)"}
-    assert stream.row_bytes(parts) == 6 * 8 + 16
-    with pytest.raises(SslscaleError, match="method.name=simclr asks the wave field 'clip' for ImageLayout views; "
-                                            "a wave field makes WaveLayout"):
-        waves.check_layout(ImageLayout(), "simclr")
-    got = features(WaveEncoder(), waves, clips)
+                                                            "as a mono clip of 16-bit samples at 16000 Hz (clip)"}
+    assert stream.row_bytes(parts) == 6 * 2 + 16
+    with pytest.raises(SslscaleError, match="method.name=simclr asks the audio field 'clip' for ImageLayout views; "
+                                            "a audio field makes AudioLayout"):
+        clips_field.check_layout(ImageLayout(), "simclr")
+    got = features(AudioEncoder(), clips_field, clips)
     assert torch.allclose(got[:, 0], torch.from_numpy(clips.astype(np.float32)).mean(1))
-    batch = next(_batches(waves, clips, np.arange(4) % 2, np.arange(4), 2, 1, seed=0))
-    assert set(batch) == {"wave", "label"} and batch["wave"].dtype == np.int64
+    batch = next(_batches(clips_field, clips, np.arange(4) % 2, np.arange(4), 2, 1, seed=0))
+    assert set(batch) == {"wave", "label"} and batch["wave"].dtype == np.int16
+    classifier = Classifier(AudioEncoder(), 2, None, clips_field)
+    assert classifier.inputs(None, {}) == {"wave": "ids", "label": "ids"}  # moved as they are, not as pixels
+    assert classifier({"wave": torch.as_tensor(batch["wave"]), "label": batch["label"]})["loss"].isfinite()
+    assert clips_field.baseline(clips, clips)[0] == "logmel"
     assert VIEWS  # image strengths, which a kind without augmentations ignores
 
 

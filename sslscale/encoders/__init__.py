@@ -17,7 +17,8 @@ import importlib
 from sslscale.errors import SslscaleError
 
 # name -> "module:Class" under sslscale.encoders
-REGISTRY = {"resnet": "resnet:ResNet", "resnet50": "resnet:ResNet50", "vit": "vit:ViT", "text": "text:TextTransformer"}
+REGISTRY = {"resnet": "resnet:ResNet", "resnet50": "resnet:ResNet50", "vit": "vit:ViT", "text": "text:TextTransformer",
+            "wav2vec": "wav2vec:Wav2Vec"}
 NAMES = tuple(REGISTRY)
 
 

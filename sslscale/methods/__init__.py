@@ -13,7 +13,8 @@ import importlib
 REGISTRY = {"simclr": "simclr:SimCLR", "barlow_twins": "barlow:BarlowTwins", "vicreg": "vicreg:VICReg",
             "byol": "byol:BYOL", "moco_v3": "moco:MoCoV3", "dino": "dino:DINO", "mae": "mae:MAE",
             "rotation": "rotation:Rotation", "denoising_ae": "denoising_ae:DenoisingAE", "mlm": "mlm:MLM",
-            "gpt": "gpt:GPT", "sop": "sop:SOP", "simcse": "simcse:SimCSE"}
+            "gpt": "gpt:GPT", "sop": "sop:SOP", "simcse": "simcse:SimCSE",
+            "wav2vec2": "wav2vec2:Wav2Vec2"}
 NAMES = tuple(REGISTRY)
 
 

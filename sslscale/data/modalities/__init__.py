@@ -16,12 +16,13 @@ whose class says `modality = "<kind>"` (encoders/), and a source (sources/) that
 """
 from __future__ import annotations
 
+from sslscale.data.modalities.audio import Audio, AudioLayout
 from sslscale.data.modalities.base import Layout, Modality
 from sslscale.data.modalities.image import Image, ImageLayout
 from sslscale.data.modalities.text import Text, TextLayout
 from sslscale.errors import SslscaleError
 
-KINDS: dict[str, type[Modality]] = {"image": Image, "text": Text}
+KINDS: dict[str, type[Modality]] = {"image": Image, "text": Text, "audio": Audio}
 LABEL = "label"  # the kind of a field pretraining never reads: a class index, for transfer targets
 
 
@@ -62,5 +63,5 @@ def label_names(manifest: dict) -> list[str]:
     return next(entry["classes"] for entry in manifest["fields"].values() if entry.get("kind") == LABEL)
 
 
-__all__ = ["KINDS", "LABEL", "Image", "ImageLayout", "Layout", "Modality", "Text", "TextLayout", "data_field",
+__all__ = ["KINDS", "LABEL", "Audio", "AudioLayout", "Image", "ImageLayout", "Layout", "Modality", "Text", "TextLayout", "data_field",
            "data_fields", "label_names", "labelled"]

@@ -1,10 +1,11 @@
 """Where a corpus's samples come from, by kind of data: built-in corpora and folders, for corpus.prepare.
 
-Each kind offers its sources as a `Provider` (sources/base.py): images (sources/images.py: fmnist, digits, a
-folder of images) and text (text.py: pydocs, bbcnews, a folder of .txt/.md/.jsonl files). A built-in name goes
-to the provider that knows it; a folder to the first provider, in `providers()` order, whose files it holds (images
-first: a folder with both images and text files is an image folder); a folder of neither is read as images, whose
-error then names what was looked for. Adding a kind of data adds its provider to `providers()`.
+Each kind offers its sources as a `Provider` (sources/base.py): images (sources/images.py: fmnist, digits, a folder
+of images), text (text.py: pydocs, bbcnews, a folder of .txt/.md/.jsonl files) and audio (audio.py: tuxpaint_speech,
+a folder of .ogg/.wav/.flac files). A built-in name goes to the provider that knows it; a folder to the first
+provider, in `providers()` order, whose files it holds (images first: a folder with both images and text files is an
+image folder); a folder of neither is read as images, whose error then names what was looked for. Adding a kind of
+data adds its provider to `providers()`.
 """
 from __future__ import annotations
 
@@ -16,10 +17,9 @@ from sslscale.errors import SslscaleError
 
 def providers() -> tuple[Provider, ...]:
     """Every kind's provider, in the order a folder is matched (imported here: text.py imports sources.base)."""
-    from sslscale.data.sources import text
-    from sslscale.data.sources import images
+    from sslscale.data.sources import audio, images, text
 
-    return images.PROVIDER, text.PROVIDER
+    return images.PROVIDER, text.PROVIDER, audio.PROVIDER
 
 
 def builtin_sources() -> tuple[str, ...]:

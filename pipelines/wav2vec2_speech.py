@@ -1,0 +1,24 @@
+"""wav2vec 2.0 (Baevski et al. 2020) on spoken words: the built-in `tuxpaint_speech` corpus (Tux Paint's picture
+names read aloud in 12 languages, 6,447 distinct clips of up to 3 s at 16 kHz, 5,199 in the train split), scored
+by spoken-language identification on the held-out pictures' clips (kNN and a linear probe on the mean-pooled
+context features, next to a random-init encoder of the same shape and log-mel statistics).
+
+Paper (BASE): 7 conv layers of 512 channels, 12 blocks 768 wide, crops of up to 15.6 s, masks p = 0.065 and
+M = 10, G = 2 x V = 320 codes, K = 100 distractors, 400k updates of 1.6 h of audio each, Adam at 5e-4. Scaled here
+to 2 CPU cores and ~10 minutes: 4 blocks 128 wide (conv 64 channels), 2 s crops, the paper's masks, 2 x 16 codes,
+K = 20, batches of 32 clips, 600 steps of AdamW at lr 1e-3 after 50 warm-up steps.
+"""
+from sslscale.config import Config
+
+
+def config() -> Config:
+    cfg = Config()
+    cfg.method.name = "wav2vec2"
+    cfg.data.corpus, cfg.data.batch_size = "tuxpaint_speech", 32
+    cfg.model.encoder, cfg.model.dim, cfg.model.vit_depth, cfg.model.heads = "wav2vec", 128, 4, 4
+    cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.warmup_steps = 1e-3, 0.01, 50
+    cfg.engine.zero_stage = 1
+    cfg.train.steps, cfg.train.checkpoint_every, cfg.train.health_every = 600, 200, 50
+    cfg.train.probe_samples = 256
+    cfg.transfer.target, cfg.transfer.protocols = "tuxpaint_speech", "knn,linear"
+    return cfg
