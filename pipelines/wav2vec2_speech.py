@@ -15,6 +15,10 @@ def config() -> Config:
     cfg = Config()
     cfg.method.name = "wav2vec2"
     cfg.data.corpus, cfg.data.batch_size = "tuxpaint_speech", 32
+    # a view is 80 KB (2 s of int16 and its masks), 300 times a 28 px picture's: a shuffle buffer of 256 views per
+    # worker (the default's 2,048 would hold 160 MB each), and 512 MB of views made ahead; with the defaults a run
+    # stalled at step 416 (Ray Data's split waiting on a backpressured operator)
+    cfg.data.shuffle_buffer, cfg.data.buffer_mb = 256, 512
     cfg.model.encoder, cfg.model.dim, cfg.model.vit_depth, cfg.model.heads = "wav2vec", 128, 4, 4
     cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.warmup_steps = 1e-3, 0.01, 50
     cfg.engine.zero_stage = 1

@@ -20,11 +20,13 @@ def _parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="prepare a corpus").add_subparsers(dest="action", required=True)
     prep = data.add_parser("prepare", help="write WebDataset (or Parquet) shards and a manifest")
-    prep.add_argument("source", help="fmnist | digits | pydocs (text) | a folder of images, or of .txt/.md/.jsonl "
-                      "text (searched recursively; first-level class subfolders give labels)")
+    prep.add_argument("source", help="fmnist | digits | pydocs (text) | tuxpaint_speech (audio) | a folder of images, "
+                      "of .txt/.md/.jsonl text, or of .ogg/.wav/.flac audio (searched recursively; first-level class "
+                      "subfolders give labels)")
     prep.add_argument("--out", required=True, help="output folder")
     prep.add_argument("--format", default="webdataset", choices=["webdataset", "parquet"])
-    prep.add_argument("--path", help="fmnist only: a folder with your copy of the IDX .gz files")
+    prep.add_argument("--path", help="fmnist: a folder with your copy of the IDX .gz files; tuxpaint_speech: a copy "
+                      "of Tux Paint's stamps folder")
     prep.add_argument("--shard-size", type=int, default=5000, help="samples per shard")
     prep.add_argument("--image-size", type=int, help="image folders: resize to this square size (default 32)")
     prep.add_argument("--on-error", default="fail", choices=["fail", "skip"],

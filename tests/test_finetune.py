@@ -114,7 +114,8 @@ def test_finetune_and_scratch_score_digits_through_the_cli(tmp_path, data_root):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     scores = dict(re.findall(r"^  (digits/\S+)\s+([\d.]+)$", done.stdout, re.M))
     assert set(scores) == {f"digits/{p}_top1{s}" for p in ("knn", "linear", "finetune", "scratch")
-                           for s in ("", "/frac0.2")}
+                           for s in ("", "/frac0.2")} | {f"digits/{p}_balanced{s}" for p in ("knn", "linear")
+                                                         for s in ("", "/frac0.2")} | {"digits/majority"}
     assert all(0 <= float(v) <= 1 for v in scores.values())
     assert float(scores["digits/finetune_top1"]) > 0.4 and float(scores["digits/scratch_top1"]) > 0.4  # chance 0.1
     assert re.search(r"^digits finetune_top1/frac0\.2: 0\.\d+ with \{'lr': 0\.01, 'encoder_scale': 1\.0", done.stdout,

@@ -46,7 +46,9 @@ def test_evaluate_digits_with_baselines(data_root, monkeypatch):
     torch.manual_seed(0)
     enc = build_encoder("resnet", in_channels=1, image_size=8, widths=(8, 16), depths=(1, 1))
     scores = evaluate(enc, TransferConfig(target="digits"))
-    assert set(scores) == {f"digits/{p}{m}" for p in ("", "random_init/", "pixels/") for m in ("knn_top1", "linear_top1")}
+    assert set(scores) == {f"digits/{p}{m}" for p in ("", "random_init/", "pixels/")
+                           for m in ("knn_top1", "linear_top1", "knn_balanced", "linear_balanced")} | {"digits/majority"}
+    assert 0.1 <= scores["digits/majority"] < 0.15  # ten classes about as common
     assert scores["digits/pixels/knn_top1"] > 0.9  # the digits are easy from pixels: the pipeline reads them right
     assert all(0.1 <= v <= 1.0 for v in scores.values())
 
@@ -109,3 +111,11 @@ def test_transfer_seed_draws_other_label_fractions(data_root, monkeypatch):
     zero, one = evaluate(enc, tcfg), evaluate(enc, TransferConfig(**{**tcfg.__dict__, "seed": 1}))
     assert zero["digits/knn_top1"] == one["digits/knn_top1"]  # all labels: the seed draws nothing
     assert zero["digits/knn_top1/frac0.05"] != one["digits/knn_top1/frac0.05"]
+
+
+def test_balanced_accuracy_is_the_mean_recall_of_the_classes_present():
+    from sslscale.evaluation.transfer import balanced_accuracy
+
+    truth = torch.tensor([0, 0, 0, 0, 1, 2])
+    guess = torch.tensor([0, 0, 0, 0, 0, 2])  # the common class right, one of the rare ones wrong: top-1 5/6
+    assert balanced_accuracy(guess, truth, classes=4) == pytest.approx((1 + 0 + 1) / 3)  # class 3 absent

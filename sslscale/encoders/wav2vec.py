@@ -3,12 +3,13 @@
 The feature encoder is the paper's seven temporal convolutions (kernels 10,3,3,3,3,2,2, strides 5,2,2,2,2,2,2: a
 400-sample receptive field every 320 samples, 25 ms every 20 ms at 16 kHz) with `conv_dim` channels (512 in the
 paper; dim / 2 here), each followed by a LayerNorm over its channels and GELU (the paper's large models' variant:
-the BASE model's GroupNorm normalises over time, so a clip's padding would change its features), then a
-LayerNorm: `frames` returns these local features, which wav2vec 2.0 quantises. `embed.proj` maps them to the transformer's width. The context network adds
-a convolutional relative position embedding (the paper's kernel 128 over 16 groups; kernel 31 over `heads` groups
-here) and runs the ViT's pre-norm blocks (vit.Block) with padded frames never attended to, then a LayerNorm:
-`context`. `forward` is the mean of the valid frames' context features (for transfer and the health metrics).
-A frame is valid when its whole receptive field lies inside the clip (modalities.audio.frame_count).
+the BASE model's GroupNorm normalises over time, so a clip's padding would change its features), then a LayerNorm:
+`frames` returns these local features, which wav2vec 2.0 quantises. `embed.proj` maps them to the transformer's
+width. The context network adds a convolutional relative position embedding (the paper's kernel 128 over 16 groups;
+kernel 31 over `heads` groups here) and runs the ViT's pre-norm blocks (vit.Block) with padded frames never attended
+to, then a LayerNorm: `context`. `forward` is the mean of the valid frames' context features (for transfer and the
+health metrics). A frame is valid when its whole receptive field lies inside the clip
+(modalities.audio.frame_count).
 
     >>> enc = Wav2Vec(sample_rate=16000, max_samples=16000, dim=32, depth=1, heads=2)
     >>> enc(torch.zeros(3, 16000, dtype=torch.int16)).shape  # (N, dim)
@@ -97,7 +98,8 @@ class Wav2Vec(nn.Module):
         n = (wave != PAD).sum(dim=1)
         x = torch.where(wave == PAD, 0, wave).to(dtype) / 32768
         z = self.embed(x)
-        valid = torch.arange(z.shape[1], device=z.device)[None, :] < ((n - RECEPTIVE) // HOP + 1)[:, None]  # frame_count
+        frames = (n - RECEPTIVE) // HOP + 1  # modalities.audio.frame_count, in torch
+        valid = torch.arange(z.shape[1], device=z.device)[None, :] < frames[:, None]
         return z, valid
 
     def context(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

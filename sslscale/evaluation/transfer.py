@@ -170,6 +170,13 @@ def linear_probe_predictions(train_f, train_y, test_f, *, classes: int, iters: i
         return probe(test_f).argmax(1)
 
 
+def balanced_accuracy(guess: torch.Tensor, truth: torch.Tensor, classes: int) -> float:
+    """The mean over the classes in `truth` of each one's recall (top-1 when every class is as common)."""
+    hits = torch.zeros(classes).scatter_add_(0, truth, (guess == truth).float())
+    count = torch.bincount(truth, minlength=classes).float()
+    return float((hits[count > 0] / count[count > 0]).mean())
+
+
 def _predict(protocol: str, train_f, train_y, test_f, classes: int, tcfg) -> torch.Tensor:
     if protocol == "knn":
         return knn_predictions(train_f, train_y, test_f, k=tcfg.knn_k, classes=classes)
@@ -179,7 +186,8 @@ def _predict(protocol: str, train_f, train_y, test_f, classes: int, tcfg) -> tor
 def scores(train_f, test_f, data: dict, tcfg, predicted: dict | None = None) -> dict[str, float]:
     """Test accuracy of each of tcfg.protocols fit on each of tcfg.label_fractions of the train features
     (label_subset, seeded by data["seed"]), keyed `<protocol>_top1` for fraction 1 and `<protocol>_top1/frac<f>`
-    (f as written) for the others; the test split is always whole. `predicted`, when given, receives each
+    (f as written) for the others, and its balanced accuracy beside it (`<protocol>_balanced`, for targets whose
+    classes are unevenly covered); the test split is always whole. `predicted`, when given, receives each
     score's predicted test classes under the same key."""
     protocols, fractions = chosen(tcfg)
     (_, train_y), (_, test_y) = data["train"], data["test"]
@@ -190,6 +198,8 @@ def scores(train_f, test_f, data: dict, tcfg, predicted: dict | None = None) -> 
         for protocol in (p for p in protocols if p in FEATURE_PROTOCOLS):
             guess = _predict(protocol, train_f[keep], train_y[keep], test_f, data["classes"], tcfg)
             result[score_name(protocol, text)] = float((guess == test_y).float().mean())
+            result[score_name(protocol, text).replace("_top1", "_balanced")] = balanced_accuracy(
+                guess, test_y, data["classes"])
             if predicted is not None:
                 predicted[score_name(protocol, text)] = guess
     return result
@@ -215,7 +225,8 @@ def _evaluate(encoder: torch.nn.Module, tcfg, *, baseline: bool | None = None, c
     if frozen and (tcfg.baseline if baseline is None else baseline):
         torch.manual_seed(tcfg.seed)
         encoders["random_init/"] = from_spec(encoder.spec())
-    result, predicted, test_f = {}, {}, None
+    test_y = data["test"][1]
+    result, predicted, test_f = {f"{name}/majority": float(torch.bincount(test_y).max()) / len(test_y)}, {}, None
     for prefix, enc in encoders.items():
         got_test = features(enc, field, test_x, tcfg.batch_size)
         got = scores(features(enc, field, train_x, tcfg.batch_size), got_test, data, tcfg,
