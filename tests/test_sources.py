@@ -3,8 +3,7 @@ takes its own options, and an option of another kind is one line before anything
 import pytest
 
 from sslscale.data import corpus, sources
-from sslscale.data.sources import text
-from sslscale.data.sources import images
+from sslscale.data.sources import audio, images, text
 from sslscale.errors import SslscaleError
 
 
@@ -15,8 +14,12 @@ def test_a_name_or_a_folder_goes_to_its_kinds_provider(tmp_path):
     assert sources.provider(str(tmp_path / "docs")) is text.PROVIDER
     (tmp_path / "docs" / "a" / "y.png").write_bytes(b"")  # images and text files together: an image folder
     assert sources.provider(str(tmp_path / "docs")) is images.PROVIDER
-    with pytest.raises(SslscaleError, match=r"source '.*/nowhere' is neither a built-in \(fmnist, digits, pydocs, "
-                                            r"bbcnews\) nor an existing folder"):
+    (tmp_path / "speech").mkdir()
+    (tmp_path / "speech" / "1.flac").write_bytes(b"")
+    (tmp_path / "speech" / "1.txt").write_text("its transcript")  # audio and transcripts: an audio folder
+    assert sources.provider(str(tmp_path / "speech")) is audio.PROVIDER
+    with pytest.raises(SslscaleError, match=r"source '.*/nowhere' is neither a built-in \(fmnist, digits, "
+                                            r"tuxpaint_speech, pydocs, bbcnews\) nor an existing folder"):
         sources.provider(str(tmp_path / "nowhere"))
 
 

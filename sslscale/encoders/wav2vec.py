@@ -69,9 +69,11 @@ class Wav2Vec(nn.Module):
     def __init__(self, *, sample_rate: int, max_samples: int, dim: int = 256, depth: int = 4, heads: int = 4,
                  mlp_ratio: float = 4.0, conv_dim: int | None = None):
         super().__init__()
-        if heads <= 0 or dim % heads or max_samples < RECEPTIVE:
-            raise SslscaleError(f"wav2vec encoder: model.dim={dim} must be a multiple of model.heads={heads}, and "
-                                f"the corpus's clips ({max_samples} samples) at least {RECEPTIVE} samples long")
+        if heads <= 0 or dim % heads:
+            raise SslscaleError(f"wav2vec encoder: model.dim={dim} must be a multiple of model.heads={heads}")
+        if max_samples < RECEPTIVE:
+            raise SslscaleError(f"wav2vec encoder: the corpus's clips hold at most {max_samples} samples, less than "
+                                f"one frame ({RECEPTIVE}): prepare clips of at least {RECEPTIVE} samples")
         self.sample_rate, self.max_samples = sample_rate, max_samples
         self.dim, self.depth, self.heads, self.mlp_ratio = dim, depth, heads, mlp_ratio
         self.conv_dim = conv_dim or max(dim // 2, 1)

@@ -165,12 +165,12 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tenso
     workers is the single-process loss on the concatenated batch (workers hold different numbers of chosen tokens,
     so the mean of per-worker means would not be); accuracy: the global batch's share of chosen positions whose
     top score is the original id, and perplexity: exp of the global mean cross-entropy, the same on every worker."""
-    ce = F.cross_entropy(logits.float(), targets, reduction="sum")
+    ce = F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets, reduction="sum")
     correct = (logits.argmax(dim=-1) == targets).sum()
-    local = torch.stack([torch.tensor(float(len(targets)), device=ce.device), correct.float(), ce.detach()])
+    local = torch.stack([torch.tensor(float(len(targets)), device=ce.device), correct.float(), ce.detach().float()])
     count, right, summed = dist.all_reduce_sum(local).unbind()
     count = count.clamp(min=1)
-    return ce * (dist.world_size() / count), right / count, (summed / count).exp()
+    return ce * (dist.world_size() / count.to(ce.dtype)), right / count, (summed / count).exp()
 
 
 def encode_pair(encoder: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor]):

@@ -18,13 +18,13 @@ codes averaged over the global batch's frames, pushes the quantiser to use every
 x L_d. The temperature tau decays from gumbel_start by gumbel_decay a step to gumbel_end (the paper: 2 to 0.5 by
 0.999995 over 400k updates; here by 0.998, which reaches 0.5 after ~700 steps).
 
-Scaled to 2 CPU cores: a 4-block transformer 128 wide on 2 s crops (the paper's BASE: 12 blocks, 768 wide, 512 conv
-channels, crops of up to 15.6 s), G = 2 groups of V = 16 codes (paper 2 x 320; on this corpus 400 steps of a tiny
-model reached a contrastive loss of 2.94 with V = 16 and 3.01 with V = 64, chance 3.04), K = 20 distractors (paper
-100), a 64-wide comparison space (paper 256). Left out: the paper's L2 penalty on the local features and dropout.
-Logged: contrastive and diversity terms, the masked frames' accuracy (the positive ranked first), prob_perplexity
-(sum over groups of exp of the averaged soft choices' entropy) and code_perplexity (the same of the hard choices:
-how many codes are in use), and the temperature.
+Scaled to 2 CPU cores: a 4-block transformer 128 wide on 1 s crops (the median clip is 1.1 s long) (the paper's
+BASE: 12 blocks, 768 wide, 512 conv channels, crops of up to 15.6 s), G = 2 groups of V = 16 codes (paper 2 x 320;
+on this corpus 400 steps of a tiny model reached a contrastive loss of 2.94 with V = 16 and 3.01 with V = 64, chance
+3.04), K = 20 distractors (paper 100), a 64-wide comparison space (paper 256). Left out: the paper's L2 penalty on
+the local features and dropout. Logged: contrastive and diversity terms, the masked frames' accuracy (the positive
+ranked first), prob_perplexity (sum over groups of exp of the averaged soft choices' entropy) and code_perplexity
+(the same of the hard choices: how many codes are in use), and the temperature.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ from sslscale.methods.base import Method, Section, token_loss
 class Wav2Vec2Section(Section):
     """method.wav2vec2.* (the paper's values where they fit these CPUs; see the module docstring)."""
 
-    crop: int = 32000  # samples of each clip a step reads: a random window of a longer clip (2 s at 16 kHz)
+    crop: int = 16000  # samples of each clip a step reads: a random window of a longer clip (1 s at 16 kHz)
     mask_prob: float = 0.065  # probability that a frame starts a masked span
     mask_length: int = 10  # frames a span masks (M)
     num_negatives: int = 20  # distractors per masked frame, from the same clip (K)
@@ -90,7 +90,8 @@ class Quantizer(nn.Module):
 
     def forward(self, z: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(codes (..., dim), logits (..., G, V), each group's chosen code (..., G))."""
-        logits = self.weight_proj(z).float().unflatten(-1, (self.groups, self.entries))  # (..., G, V)
+        logits = self.weight_proj(z)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).unflatten(-1, (self.groups, self.entries))
         scores = logits
         if self.training and self.noise:
             scores = logits - torch.empty_like(logits).exponential_().log()  # + Gumbel(0, 1) noise
@@ -110,10 +111,12 @@ def perplexity(probs: torch.Tensor) -> torch.Tensor:
 
 def contrastive_logits(c: torch.Tensor, q: torch.Tensor, negatives: torch.Tensor, same: torch.Tensor,
                        temperature: float) -> torch.Tensor:
-    """(M, 1 + K) float32 cosine similarities / temperature of each context c (M, D) with its target q (M, D)
-    (column 0) and its distractors (M, K, D); a distractor whose codes are the target's (`same`, (M, K)) is -inf."""
-    targets = torch.cat([q[:, None], negatives], dim=1).float()  # (M, 1 + K, D)
-    logits = F.cosine_similarity(c.float()[:, None], targets, dim=-1) / temperature
+    """(M, 1 + K) cosine similarities / temperature, in float32 or wider, of each context c (M, D) with its target
+    q (M, D) (column 0) and its distractors (M, K, D); a distractor whose codes are the target's (`same`, (M, K))
+    is -inf."""
+    dtype = torch.promote_types(c.dtype, torch.float32)
+    targets = torch.cat([q[:, None], negatives], dim=1).to(dtype)  # (M, 1 + K, D)
+    logits = F.cosine_similarity(c.to(dtype)[:, None], targets, dim=-1) / temperature
     return torch.cat([logits[:, :1], logits[:, 1:].masked_fill(same, float("-inf"))], dim=1)
 
 

@@ -106,12 +106,14 @@ def audio_views(batch: np.ndarray, ids: np.ndarray, *, seed: int, epoch: int,
     return out
 
 
-def log_mel(batch: np.ndarray, sample_rate: int = SAMPLE_RATE):
+def log_mel(batch: np.ndarray, sample_rate: int = SAMPLE_RATE, chunk: int = 256):
     """The log-mel baseline's features (N, 2 x MEL_BINS) float32 of PAD-padded clips: torch.stft power spectra of
     25 ms Hann windows every 10 ms, an 80-bin HTK mel filterbank from 0 Hz to Nyquist, log(mel + 1e-6), then each
-    bin's mean and standard deviation over the clip's own frames (its padding left out)."""
+    bin's mean and standard deviation over the clip's own frames (its padding left out); `chunk` clips at a time."""
     import torch
 
+    if len(batch) > chunk:
+        return torch.cat([log_mel(batch[i:i + chunk], sample_rate, chunk) for i in range(0, len(batch), chunk)])
     short = max(0, MEL_WINDOW - batch.shape[1])  # clips shorter than a window: one window, zero-padded
     wave = torch.from_numpy(np.pad(np.where(batch == PAD, 0, batch), ((0, 0), (0, short))).astype(np.float32) / 32768)
     spec = torch.stft(wave, MEL_WINDOW, MEL_HOP, window=torch.hann_window(MEL_WINDOW), center=False,

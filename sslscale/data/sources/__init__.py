@@ -19,7 +19,7 @@ def providers() -> tuple[Provider, ...]:
     """Every kind's provider, in the order a folder is matched (imported here: text.py imports sources.base)."""
     from sslscale.data.sources import audio, images, text
 
-    return images.PROVIDER, text.PROVIDER, audio.PROVIDER
+    return images.PROVIDER, audio.PROVIDER, text.PROVIDER
 
 
 def builtin_sources() -> tuple[str, ...]:

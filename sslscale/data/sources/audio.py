@@ -9,8 +9,11 @@ MIN_CLIPS clips. The test split holds whole pictures: the variants of one pictur
 languages share its base name, and a seeded test_fraction of the base names goes to test.
 
 Every file is read with soundfile (libsndfile, in its wheels), mixed to mono, resampled to 16 kHz with soxr, cut
-to its first MAX_SECONDS and stored as int16 (modalities/audio.py). A clip whose bytes equal an earlier file's is
-dropped; a file that cannot be read, or is shorter than MIN_SECONDS, is skipped or stops the prepare (--on-error).
+to its first MAX_SECONDS and stored as int16 (modalities/audio.py). A file whose bytes equal an earlier file's is
+dropped, and so is a clip whose samples equal an earlier clip's (the same recording tagged anew); a file that
+cannot be read, or is shorter than MIN_SECONDS, is skipped or stops the prepare (--on-error). Variants named
+`<stamp>-<n>` count as one picture; other numbered names (`sunglasses_01`, `yen001`) stay apart, as some are
+different pictures.
 """
 from __future__ import annotations
 
@@ -78,14 +81,27 @@ def _bad(path: Path, err: SslscaleError, on_error: str, skipped: list[str]) -> N
     skipped.append(str(path))
 
 
-def _clips(files: list[Path], labels: dict[Path, int], on_error: str, skipped: list[str]) -> Iterator[Sample]:
+def _clips(files: list[Path], labels: dict[Path, int], on_error: str, skipped: list[str],
+           seen: set) -> Iterator[Sample]:
+    """Each file's clip and label, less the clips whose samples are in `seen` (shared by the splits, which are
+    written in turn: a recording under two names is kept once, on the side written first)."""
     for p in files:
         try:
             clip = read_clip(p)
         except SslscaleError as e:
             _bad(p, e, on_error, skipped)
             continue
-        yield (clip,), labels.get(p)
+        digest = hashlib.sha256(clip.tobytes()).digest()
+        if digest not in seen:
+            seen.add(digest)
+            yield (clip,), labels.get(p)
+
+
+def _splits(parts: dict[str, list[Path]], labels: dict[Path, int], on_error: str, skipped: list[str]) -> dict:
+    """Source.splits: each split's expected count (before duplicates of decoded samples drop out) and clips."""
+    seen: set = set()
+    return {split: (len(part), _clips(part, labels, on_error, skipped, seen)) for split, part in parts.items()
+            if part}
 
 
 def _shuffled(parts: dict[str, list[Path]], seed: int) -> dict[str, list[Path]]:
@@ -104,9 +120,7 @@ def _folder(root: Path, on_error: str, test_fraction: float, seed: int) -> Sourc
     files = _distinct(files, on_error, skipped)
     classes, labels = folder_labels(root, files)
     parts = _shuffled(folder_splits(root, files, classes, labels, test_fraction, seed), seed)
-    return Source("audio folder", str(root), _field(), classes,
-                  {split: (len(part), _clips(part, labels, on_error, skipped)) for split, part in parts.items()},
-                  skipped)
+    return Source("audio folder", str(root), _field(), classes, _splits(parts, labels, on_error, skipped), skipped)
 
 
 def spoken_names(root: Path) -> list[tuple[Path, str, str]]:
@@ -126,13 +140,14 @@ def _tuxpaint(path, on_error: str, test_fraction: float, seed: int) -> Source:
     if not named:
         raise SslscaleError(f"no spoken names (<stamp>_desc[_<lang>].ogg) under {root}: install the Debian package "
                             "tuxpaint-stamps-default (make tuxpaint), or pass --path to a copy of its stamps folder")
-    counts: dict[str, int] = {}
-    for _, _, lang in named:
-        counts[lang] = counts.get(lang, 0) + 1
-    classes = sorted(lang for lang, n in counts.items() if n >= MIN_CLIPS)
-    index = {lang: i for i, lang in enumerate(classes)}
+    languages = {p: lang for p, _, lang in named}
     skipped: list[str] = []
-    kept = set(_distinct([p for p, _, lang in named if lang in index], on_error, skipped))
+    counts: dict[str, int] = {}
+    for p in _distinct([p for p, _, _ in named], on_error, skipped):
+        counts[languages[p]] = counts.get(languages[p], 0) + 1
+    classes = sorted(lang for lang, n in counts.items() if n >= MIN_CLIPS)  # distinct files of each language
+    index = {lang: i for i, lang in enumerate(classes)}
+    kept = set(_distinct([p for p, _, lang in named if lang in index], on_error, []))
     named = [(p, stamp, lang) for p, stamp, lang in named if p in kept]
     stamps = sorted({stamp for _, stamp, _ in named})
     order = np.random.default_rng(seed).permutation(len(stamps))
@@ -140,9 +155,7 @@ def _tuxpaint(path, on_error: str, test_fraction: float, seed: int) -> Source:
     parts = _shuffled({"train": [p for p, stamp, _ in named if stamp not in test],
                        "test": [p for p, stamp, _ in named if stamp in test]}, seed)
     labels = {p: index[lang] for p, _, lang in named}
-    return Source("tuxpaint_speech", str(root), _field(), classes,
-                  {split: (len(part), _clips(part, labels, on_error, skipped)) for split, part in parts.items()
-                   if part}, skipped)
+    return Source("tuxpaint_speech", str(root), _field(), classes, _splits(parts, labels, on_error, skipped), skipped)
 
 
 def open_source(name: str, *, on_error: str, test_fraction: float, seed: int, path=None) -> Source:
