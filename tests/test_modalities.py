@@ -79,7 +79,7 @@ def test_an_int16_audio_batch_goes_through_the_stream_transfer_and_fine_tuning_a
                                                             "as a mono clip of 16-bit samples at 16000 Hz (clip)"}
     assert stream.row_bytes(parts) == 6 * 2 + 16
     with pytest.raises(SslscaleError, match="method.name=simclr asks the audio field 'clip' for ImageLayout views; "
-                                            "a audio field makes AudioLayout"):
+                                            "audio fields make AudioLayout"):
         clips_field.check_layout(ImageLayout(), "simclr")
     got = features(AudioEncoder(), clips_field, clips)
     assert torch.allclose(got[:, 0], torch.from_numpy(clips.astype(np.float32)).mean(1))

@@ -48,9 +48,9 @@ def test_evaluate_digits_with_baselines(data_root, monkeypatch):
     scores = evaluate(enc, TransferConfig(target="digits"))
     assert set(scores) == {f"digits/{p}{m}" for p in ("", "random_init/", "pixels/")
                            for m in ("knn_top1", "linear_top1", "knn_balanced", "linear_balanced")} | {"digits/majority"}
-    assert 0.1 <= scores["digits/majority"] < 0.15  # ten classes about as common
+    assert 0.05 <= scores["digits/majority"] < 0.15  # ten classes about as common
     assert scores["digits/pixels/knn_top1"] > 0.9  # the digits are easy from pixels: the pipeline reads them right
-    assert all(0.1 <= v <= 1.0 for v in scores.values())
+    assert all(0.1 <= v <= 1.0 for k, v in scores.items() if k != "digits/majority")
 
 
 def _images(side: int, channels: int = 1) -> Image:
@@ -113,9 +113,13 @@ def test_transfer_seed_draws_other_label_fractions(data_root, monkeypatch):
     assert zero["digits/knn_top1/frac0.05"] != one["digits/knn_top1/frac0.05"]
 
 
-def test_balanced_accuracy_is_the_mean_recall_of_the_classes_present():
+def test_balanced_accuracy_and_the_majority_rate():
     from sslscale.evaluation.transfer import balanced_accuracy
 
     truth = torch.tensor([0, 0, 0, 0, 1, 2])
     guess = torch.tensor([0, 0, 0, 0, 0, 2])  # the common class right, one of the rare ones wrong: top-1 5/6
     assert balanced_accuracy(guess, truth, classes=4) == pytest.approx((1 + 0 + 1) / 3)  # class 3 absent
+    from sslscale.evaluation.transfer import majority
+
+    assert majority(torch.tensor([2, 2, 1]), truth) == pytest.approx(1 / 6)  # always "2", the train split's commonest
+    assert majority(torch.tensor([], dtype=torch.long), truth) == 0.0

@@ -177,6 +177,13 @@ def balanced_accuracy(guess: torch.Tensor, truth: torch.Tensor, classes: int) ->
     return float((hits[count > 0] / count[count > 0]).mean())
 
 
+def majority(train_y: torch.Tensor, test_y: torch.Tensor) -> float:
+    """Test accuracy of always guessing the train split's most common class (0 for an empty split)."""
+    if not len(train_y) or not len(test_y):
+        return 0.0
+    return float((test_y == torch.bincount(train_y).argmax()).float().mean())
+
+
 def _predict(protocol: str, train_f, train_y, test_f, classes: int, tcfg) -> torch.Tensor:
     if protocol == "knn":
         return knn_predictions(train_f, train_y, test_f, k=tcfg.knn_k, classes=classes)
@@ -225,8 +232,7 @@ def _evaluate(encoder: torch.nn.Module, tcfg, *, baseline: bool | None = None, c
     if frozen and (tcfg.baseline if baseline is None else baseline):
         torch.manual_seed(tcfg.seed)
         encoders["random_init/"] = from_spec(encoder.spec())
-    test_y = data["test"][1]
-    result, predicted, test_f = {f"{name}/majority": float(torch.bincount(test_y).max()) / len(test_y)}, {}, None
+    result, predicted, test_f = {f"{name}/majority": majority(data["train"][1], data["test"][1])}, {}, None
     for prefix, enc in encoders.items():
         got_test = features(enc, field, test_x, tcfg.batch_size)
         got = scores(features(enc, field, train_x, tcfg.batch_size), got_test, data, tcfg,

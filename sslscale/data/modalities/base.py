@@ -99,7 +99,7 @@ class Modality:
         """One line when `method` hands this field a layout of another kind."""
         if not isinstance(layout, self.layout):
             raise SslscaleError(f"method.name={method} asks the {self.kind} field {self.name!r} for "
-                                f"{type(layout).__name__} views; a {self.kind} field makes {self.layout.__name__}")
+                                f"{type(layout).__name__} views; {self.kind} fields make {self.layout.__name__}")
 
     # ------------------------------------------------------------------ encoders and transfer
     def encoder_input(self) -> dict:
