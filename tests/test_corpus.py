@@ -290,7 +290,7 @@ def test_bad_options(tmp_path):
         corpus.prepare("digits", tmp_path / "out", path="/x")
     with pytest.raises(SslscaleError, match=r"chunk size \(0\) must be positive"):
         corpus.prepare("digits", tmp_path / "out", chunk_bytes=0)
-    assert corpus.builtin_sources() == ("fmnist", "digits", "pydocs", "bbcnews")
+    assert corpus.builtin_sources() == ("fmnist", "digits", "tuxpaint_speech", "pydocs", "bbcnews")
 
 
 # ---------------------------------------------------------------- IDX / Fashion-MNIST

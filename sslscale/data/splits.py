@@ -1,5 +1,5 @@
 """Seeded, stratified subsets of a labelled split: the test split a folder corpus gets at prepare time (corpus.py,
-sources/text.py: `folder_labels`, `folder_splits`) and the label fractions transfer scores are measured on
+sources/: `folder_files`, `folder_labels`, `folder_splits`, `shuffled`) and the label fractions transfer scores are measured on
 (evaluation/transfer.py).
 
 One sampler serves both. Each class's indices are put in one seeded order that depends only on the labels and the
@@ -26,6 +26,25 @@ def stratified_pick(labels: np.ndarray, counts: np.ndarray, seed: int) -> np.nda
     rng = np.random.default_rng(seed)
     picked = [rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in enumerate(counts)]
     return np.sort(np.concatenate(picked or [np.zeros(0, np.int64)])).astype(np.int64)
+
+
+def folder_files(root: Path, extensions: tuple[str, ...], noun: str) -> list[Path]:
+    """The files under `root` whose suffix is one of `extensions` (any case), in path order; one line naming what
+    was looked for when there are none ("no images found under ...")."""
+    files = sorted((p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file()),
+                   key=lambda p: p.relative_to(root).as_posix())
+    if not files:
+        raise SslscaleError(f"no {noun} found under {root} (looked for {', '.join(extensions)}): point the source at "
+                            f"a folder of {noun}")
+    return files
+
+
+def shuffled(parts: dict[str, list], seed: int) -> dict[str, list]:
+    """Each split's items in a seeded order: in path order a class folder (or a topic's documents) would fill whole
+    shards, and the stream's batches (a few shards in flight, a local shuffle buffer) would hold one or two classes
+    at a time."""
+    return {split: [part[i] for i in np.random.default_rng([seed, n]).permutation(len(part))]
+            for n, (split, part) in enumerate(parts.items())}
 
 
 def folder_labels(root: Path, files: list[Path]) -> tuple[Optional[list[str]], dict[Path, int]]:

@@ -26,7 +26,7 @@ import numpy as np
 
 from sslscale.data.modalities.audio import SAMPLE_RATE, to_pcm16
 from sslscale.data.sources.base import Provider, Sample, Source
-from sslscale.data.splits import folder_labels, folder_splits
+from sslscale.data.splits import folder_files, folder_labels, folder_splits, shuffled
 from sslscale.errors import SslscaleError, reason
 
 AUDIO_EXTENSIONS = (".ogg", ".wav", ".flac")
@@ -104,22 +104,12 @@ def _splits(parts: dict[str, list[Path]], labels: dict[Path, int], on_error: str
             if part}
 
 
-def _shuffled(parts: dict[str, list[Path]], seed: int) -> dict[str, list[Path]]:
-    """Each split in a seeded order, so that a shard is not one class (as image folders are written)."""
-    return {split: [part[i] for i in np.random.default_rng([seed, n]).permutation(len(part))]
-            for n, (split, part) in enumerate(parts.items())}
-
-
 def _folder(root: Path, on_error: str, test_fraction: float, seed: int) -> Source:
-    files = sorted((p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()),
-                   key=lambda p: p.relative_to(root).as_posix())
-    if not files:
-        raise SslscaleError(f"no audio files under {root} (looked for {', '.join(AUDIO_EXTENSIONS)}): point the "
-                            "source at a folder of audio")
+    files = folder_files(root, AUDIO_EXTENSIONS, "audio files")
     skipped: list[str] = []
     files = _distinct(files, on_error, skipped)
     classes, labels = folder_labels(root, files)
-    parts = _shuffled(folder_splits(root, files, classes, labels, test_fraction, seed), seed)
+    parts = shuffled(folder_splits(root, files, classes, labels, test_fraction, seed), seed)
     return Source("audio folder", str(root), _field(), classes, _splits(parts, labels, on_error, skipped), skipped)
 
 
@@ -152,7 +142,7 @@ def _tuxpaint(path, on_error: str, test_fraction: float, seed: int) -> Source:
     stamps = sorted({stamp for _, stamp, _ in named})
     order = np.random.default_rng(seed).permutation(len(stamps))
     test = {stamps[i] for i in order[:int(round(test_fraction * len(stamps)))]}
-    parts = _shuffled({"train": [p for p, stamp, _ in named if stamp not in test],
+    parts = shuffled({"train": [p for p, stamp, _ in named if stamp not in test],
                        "test": [p for p, stamp, _ in named if stamp in test]}, seed)
     labels = {p: index[lang] for p, _, lang in named}
     return Source("tuxpaint_speech", str(root), _field(), classes, _splits(parts, labels, on_error, skipped), skipped)

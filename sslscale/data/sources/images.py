@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from sslscale.data.sources.base import Provider, Sample, Source
-from sslscale.data.splits import folder_labels, folder_splits
+from sslscale.data.splits import folder_files, folder_labels, folder_splits, shuffled
 from sslscale.errors import SslscaleError, reason
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -69,11 +69,7 @@ def _digits() -> Source:
 
 
 def _folder(root: Path, image_size: int, on_error: str, test_fraction: float, seed: int) -> Source:
-    files = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
-                   key=lambda p: p.relative_to(root).as_posix())
-    if not files:
-        raise SslscaleError(f"no images found under {root} (looked for {', '.join(IMAGE_EXTENSIONS)}): "
-                            "point the source at a folder of images")
+    files = folder_files(root, IMAGE_EXTENSIONS, "images")
     skipped: list[str] = []
     modes = {}
     for p in files:
@@ -85,11 +81,7 @@ def _folder(root: Path, image_size: int, on_error: str, test_fraction: float, se
     mode = "L" if all(m in GRAY_MODES for m in modes.values()) else "RGB"
     classes, labels = folder_labels(root, files)
     kept = [p for p in files if p in modes]
-    parts = folder_splits(root, kept, classes, labels, test_fraction, seed)
-    # a seeded order within each split: in path order a class folder would fill whole shards, and the stream's
-    # batches (a few shards in flight, a local shuffle buffer) would hold one or two classes at a time
-    parts = {split: [part[i] for i in np.random.default_rng([seed, n]).permutation(len(part))]
-             for n, (split, part) in enumerate(parts.items())}
+    parts = shuffled(folder_splits(root, kept, classes, labels, test_fraction, seed), seed)
     shape = (image_size, image_size, 1 if mode == "L" else 3)
     return Source("folder", str(root), _field(shape), classes, {
         split: (len(part), _folder_samples(part, labels, mode, image_size, on_error, skipped))

@@ -30,7 +30,7 @@ import numpy as np
 
 from sslscale.data.modalities.text import SEP, SPECIAL, TOKENIZER
 from sslscale.data.sources.base import Provider, Source
-from sslscale.data.splits import folder_labels, folder_splits
+from sslscale.data.splits import folder_files, folder_labels, folder_splits, shuffled
 from sslscale.errors import SslscaleError
 
 TEXT_EXTENSIONS = (".txt", ".md", ".jsonl")
@@ -59,12 +59,7 @@ def bbcnews_dir() -> Path:
 # ---------------------------------------------------------------- documents and sentences
 
 def _files(root: Path) -> list[Path]:
-    files = sorted((p for p in root.rglob("*") if p.suffix.lower() in TEXT_EXTENSIONS and p.is_file()),
-                   key=lambda p: p.relative_to(root).as_posix())
-    if not files:
-        raise SslscaleError(f"no text files under {root} (looked for {', '.join(TEXT_EXTENSIONS)}): point the "
-                            "source at a folder of text")
-    return files
+    return folder_files(root, TEXT_EXTENSIONS, "text files")
 
 
 def read_documents(path: Path, root: Path, on_error: str, skipped: list[str]) -> list[tuple[str, str]]:
@@ -233,9 +228,7 @@ def source(name: str, *, on_error: str, test_fraction: float, seed: int, seq_len
     classes, labels = folder_labels(root, files)
     # documents in a seeded order within each split, as image folders' (sources/images.py): in path order a folder of
     # one topic (or class) would fill whole shards, and the stream's batches would hold one topic at a time
-    parts = folder_splits(root, files, classes, labels, test_fraction, seed)
-    parts = {split: [part[i] for i in np.random.default_rng([seed, n]).permutation(len(part))]
-             for n, (split, part) in enumerate(parts.items())}
+    parts = shuffled(folder_splits(root, files, classes, labels, test_fraction, seed), seed)
     splits = {split: [(doc, labels.get(p)) for p in part for doc in read_documents(p, root, on_error, skipped)]
               for split, part in parts.items()}
     split_sentences = {split: [sentences(text) for (_, text), _ in docs] for split, docs in splits.items()}
