@@ -9,7 +9,8 @@ stand-in for its dataset shard (`_Shard`: Ray's iter_torch_batches without a loc
 data.shuffle_buffer=0); the real DeepSpeed `Engine` (fp32, CPU, one torch thread as a worker has) takes the steps,
 on the method built after torch.manual_seed(data.seed) as train_loop builds it. Image methods run the debug recipe
 on the digits corpus, text methods the debug recipe with the text tests' smallest encoder (test_e2e) on the tiny
-text corpus of test_text_corpus (five of Python's documentation sources, 32-token passages, a 500-id BPE).
+text corpus of test_text_corpus (five of Python's documentation sources, 32-token passages, a 500-id BPE), audio
+methods the debug recipe with test_audio_e2e's encoder on its subset of real spoken names (tests/speech.py).
 
     .venv/bin/python tests/golden_losses.py             # prints today's losses, writes nothing
     .venv/bin/python tests/golden_losses.py --record    # rewrites tests/golden/losses.json: an intended change only
@@ -43,12 +44,15 @@ IMAGE = {"byol": ["method.byol.view_blur=1.0,0.1", "method.byol.view_solarize=0,
          "mae": ["model.encoder=vit", "model.patch_size=2", "model.dim=16", "model.vit_depth=1", "model.heads=2",
                  "method.mae.decoder_dim=16", "method.mae.decoder_depth=1"]}
 TEXT = ["model.encoder=text", "model.dim=16", "model.vit_depth=1", "model.heads=2"]  # test_e2e's TEXT
+AUDIO = ["model.encoder=wav2vec", "model.dim=16", "model.vit_depth=1", "model.heads=2", "method.wav2vec2.crop=8000",
+         "method.wav2vec2.num_negatives=4"]  # test_audio_e2e's, on its real subset (tests/speech.py)
+KIND_OVERRIDES = {"text": TEXT, "audio": AUDIO}
 PYDOCS = ["tutorial/introduction.rst.txt", "tutorial/controlflow.rst.txt", "faq/general.rst.txt",
           "howto/sorting.rst.txt", "glossary.rst.txt"]  # test_text_corpus's tiny corpus
 
 
 def methods() -> dict[str, str]:
-    """Every registered method -> the kind of corpus it trains on ("image" or "text")."""
+    """Every registered method -> the kind of corpus it trains on ("image", "text" or "audio")."""
     from sslscale.methods import NAMES, method_class
 
     return {name: method_class(name).modality for name in NAMES}
@@ -56,12 +60,14 @@ def methods() -> dict[str, str]:
 
 def overrides(method: str, kind: str) -> list[str]:
     """The debug recipe's overrides for `method` (CORPUS in place of the corpus folder)."""
-    return [f"method.name={method}", f"data.corpus={CORPUS}", *COMMON, *(TEXT if kind == "text" else []),
+    return [f"method.name={method}", f"data.corpus={CORPUS}", *COMMON, *KIND_OVERRIDES.get(kind, []),
             *IMAGE.get(method, [])]
 
 
 def prepare_corpora(root: Path, digits: str | None = None) -> dict[str, str]:
-    """{"image": the digits corpus (`digits`, else prepared under root), "text": the tiny text corpus}."""
+    """{"image": the digits corpus (`digits`, else prepared under root), "text": the tiny text corpus, "audio": the
+    spoken-names subset}."""
+    from speech import speech_subset
     from sslscale.data import corpus
     from sslscale.data.sources import text
 
@@ -76,7 +82,8 @@ def prepare_corpora(root: Path, digits: str | None = None) -> dict[str, str]:
     paragraphs = (Path(text.PYDOCS_DIR) / PYDOCS[0]).read_text().split("\n\n")[:20]
     (docs / "part" / "lines.jsonl").write_text("".join(json.dumps({"text": p}) + "\n" for p in paragraphs))
     corpus.prepare(str(docs), root / "text", seq_len=32, vocab_size=500, progress=False)
-    return {"image": digits, "text": str(root / "text")}
+    corpus.prepare("tuxpaint_speech", root / "audio", path=str(speech_subset(root / "stamps")), progress=False)
+    return {"image": digits, "text": str(root / "text"), "audio": str(root / "audio")}
 
 
 class _Stream:

@@ -244,7 +244,8 @@ def test_every_method_declares_exactly_what_its_stream_makes():
     from sslscale.methods import NAMES, method_class
 
     fields = {"image": {"kind": "image", "encoding": "png", "shape": [8, 8, 1], "dtype": "uint8"},
-              "text": {"kind": "text", "encoding": "ids", "dtype": "uint16", "max_length": 8, "vocab_size": 50}}
+              "text": {"kind": "text", "encoding": "ids", "dtype": "uint16", "max_length": 8, "vocab_size": 50},
+              "audio": {"kind": "audio", "encoding": "pcm16", "sample_rate": 16000, "max_samples": 4000}}
     for name, cls in ((n, method_class(n)) for n in NAMES):
         cfg = Config().override([f"method.name={name}", "data.n_local=2", "data.local_size=4",
                                  *(["model.encoder=vit", "model.patch_size=2"] if name == "mae" else [])])
@@ -252,5 +253,6 @@ def test_every_method_declares_exactly_what_its_stream_makes():
         made = _one_row([Part(KINDS[kind](kind, fields[kind]), layout, {})
                          for kind, layout in cls.views(cfg, sizes).items()])
         assert list(made) == list(cls.inputs(cfg, sizes)), name
-        assert all(made[k].dtype == (np.uint8 if kind == "pixels" else np.int64)
+        assert all(made[k].dtype == np.uint8 if kind == "pixels" else  # ids: integers (int16 PCM) or flags (masks)
+                   np.issubdtype(made[k].dtype, np.integer) or made[k].dtype == np.bool_
                    for k, kind in cls.inputs(cfg, sizes).items()), name

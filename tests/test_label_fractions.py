@@ -97,10 +97,11 @@ def test_score_names_for_full_and_fractional_labels():
     (xtr, ytr), (xte, yte) = _blobs(300, 0), _blobs(90, 1)
     data = {"name": "blobs", "classes": 3, "seed": 0, "train": (None, ytr), "test": (None, yte)}
     got = scores(xtr, xte, data, TransferConfig(label_fractions="0.02,1"))  # 0.02: 2 per class, fewer than knn_k
-    assert list(got) == ["knn_top1/frac0.02", "linear_top1/frac0.02", "knn_top1", "linear_top1"]
+    assert list(got) == ["knn_top1/frac0.02", "knn_balanced/frac0.02", "linear_top1/frac0.02",
+                         "linear_balanced/frac0.02", "knn_top1", "knn_balanced", "linear_top1", "linear_balanced"]
     assert got["knn_top1"] > 0.95 and got["linear_top1"] > 0.95 and all(0 <= v <= 1 for v in got.values())
     assert list(scores(xtr, xte, data, TransferConfig(protocols="linear", label_fractions="0.10"))) == [
-        "linear_top1/frac0.10"]  # the fraction as written
+        "linear_top1/frac0.10", "linear_balanced/frac0.10"]  # the fraction as written
 
 
 # ---------------------------------------------------------------- folder sources get a test split
@@ -153,8 +154,9 @@ def test_prepared_folder_is_a_target_with_fractions(pets, tmp_path):
     torch.manual_seed(0)
     enc = build_encoder("resnet", in_channels=1, image_size=8, widths=(4,), depths=(1,))
     got = evaluate(enc, TransferConfig(target=str(out), label_fractions="0.5,1.0", knn_k=3))
-    assert set(got) == {f"pets/{base}{p}_top1{frac}" for base in ("", "random_init/", "pixels/")
-                        for p in ("knn", "linear") for frac in ("", "/frac0.5")}
+    assert set(got) == {f"pets/{base}{p}_{metric}{frac}" for base in ("", "random_init/", "pixels/")
+                        for p in ("knn", "linear") for metric in ("top1", "balanced")
+                        for frac in ("", "/frac0.5")} | {"pets/majority"}
     # the stripe tells the classes apart: the pipeline read the images and the labels right
     assert [got[f"pets/pixels/{p}_top1{frac}"] for p in ("knn", "linear") for frac in ("", "/frac0.5")] == [1.0] * 4
 
