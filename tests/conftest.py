@@ -51,3 +51,23 @@ def record(request):
             with open(path, "a") as f:
                 f.write(json.dumps({"test": request.node.name, **row}) + "\n")
     return _record
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config.sslscale_exit_status = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """End the test process with pytest's exit status once it has reported everything, without Python's own
+    finalization: on 2026-12-07 a fresh-clone `make test` passed all 540 tests and then died of a segmentation fault
+    at interpreter exit (after faulthandler was off, so inside a native library's teardown: Ray, gloo, DeepSpeed,
+    libsndfile or soxr), which failed make; the next run did not. What crashed is not found yet (see issue 28's
+    note); SSLSCALE_TEST_FINALIZE=1 keeps the normal exit, to look for it."""
+    status = getattr(config, "sslscale_exit_status", None)
+    if status is not None and os.environ.get("SSLSCALE_TEST_FINALIZE") != "1":
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
