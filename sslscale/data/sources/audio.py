@@ -60,17 +60,23 @@ def _field() -> dict[str, dict]:
                       "max_samples": int(MAX_SECONDS * SAMPLE_RATE)}}
 
 
-def _distinct(files: list[Path], on_error: str, skipped: list[str]) -> list[Path]:
-    """`files` less those whose bytes equal an earlier one's (and those that cannot be opened: skipped or fatal)."""
-    seen, out = set(), []
+def _digests(files: list[Path], on_error: str, skipped: list[str]) -> dict[Path, bytes]:
+    """Each readable file's sha256 (one that cannot be opened: skipped or fatal, per on_error)."""
+    out = {}
     for p in files:
         try:
-            digest = hashlib.sha256(p.read_bytes()).digest()
+            out[p] = hashlib.sha256(p.read_bytes()).digest()
         except OSError as e:
             _bad(p, SslscaleError(f"cannot read audio file {p}: {reason(e)}"), on_error, skipped)
-            continue
-        if digest not in seen:
-            seen.add(digest)
+    return out
+
+
+def _first(files: list[Path], digests: dict[Path, bytes]) -> list[Path]:
+    """`files` (readable ones) less those whose bytes equal an earlier one's."""
+    seen, out = set(), []
+    for p in (p for p in files if p in digests):
+        if digests[p] not in seen:
+            seen.add(digests[p])
             out.append(p)
     return out
 
@@ -107,7 +113,7 @@ def _splits(parts: dict[str, list[Path]], labels: dict[Path, int], on_error: str
 def _folder(root: Path, on_error: str, test_fraction: float, seed: int) -> Source:
     files = folder_files(root, AUDIO_EXTENSIONS, "audio files")
     skipped: list[str] = []
-    files = _distinct(files, on_error, skipped)
+    files = _first(files, _digests(files, on_error, skipped))
     classes, labels = folder_labels(root, files)
     parts = shuffled(folder_splits(root, files, classes, labels, test_fraction, seed), seed)
     return Source("audio folder", str(root), _field(), classes, _splits(parts, labels, on_error, skipped), skipped)
@@ -133,11 +139,12 @@ def _tuxpaint(path, on_error: str, test_fraction: float, seed: int) -> Source:
     languages = {p: lang for p, _, lang in named}
     skipped: list[str] = []
     counts: dict[str, int] = {}
-    for p in _distinct([p for p, _, _ in named], on_error, skipped):
+    digests = _digests([p for p, _, _ in named], on_error, skipped)  # each file read once
+    for p in _first([p for p, _, _ in named], digests):
         counts[languages[p]] = counts.get(languages[p], 0) + 1
     classes = sorted(lang for lang, n in counts.items() if n >= MIN_CLIPS)  # distinct files of each language
     index = {lang: i for i, lang in enumerate(classes)}
-    kept = set(_distinct([p for p, _, lang in named if lang in index], on_error, []))
+    kept = set(_first([p for p, _, lang in named if lang in index], digests))
     named = [(p, stamp, lang) for p, stamp, lang in named if p in kept]
     stamps = sorted({stamp for _, stamp, _ in named})
     order = np.random.default_rng(seed).permutation(len(stamps))
