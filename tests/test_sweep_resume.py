@@ -1,6 +1,7 @@
 """A sweep driver killed mid-trial, then `sslscale sweep --resume NAME`: the same Tune experiment and parent run;
 the finished trial is not rerun, the interrupted one continues its own child run from its last checkpoint, and no
 step is logged twice. Real processes (the CLI in its own session, its local Ray killed with it). Long."""
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,20 +24,20 @@ def _children(uri):
     return parents, {r.data.tags["sslscale.tune_trial_id"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
 
 
-def _wait_for_checkpointed_second_trial(uri, proc, limit=400):
-    """Until the second trial's child run has metrics up to a checkpoint (they are sent when one lands)."""
+def _wait_for_checkpointed_second_trial(uri, proc, log, limit=400):
+    """Until the second trial's child run has metrics up to a checkpoint (they are sent when one lands). The store
+    is opened only once the driver has printed its parent run: opening a sqlite store that does not exist yet runs
+    MLflow's schema migrations, and two processes migrating one file at once can fail the driver's."""
     deadline = time.time() + limit
     while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(uri[len("sqlite:///"):]):
-            try:
-                _, children = _children(uri)
-            except Exception:  # noqa: BLE001 - the store may be mid-creation
-                children = {}
+        if "parent run" in open(log).read():
+            _, children = _children(uri)
             second = [r for t, r in children.items() if t.endswith("_00001")]
             if second and len(tracking.history(uri, second[0].info.run_id, "loss")) >= 10:
                 return second[0].info.run_id
         time.sleep(2)
-    raise AssertionError(f"the second trial never checkpointed (driver exit code {proc.poll()})")
+    raise AssertionError(f"the second trial never checkpointed (driver exit code {proc.poll()}); its log ends:\n"
+                         + open(log).read()[-3000:])
 
 
 @pytest.mark.timeout(1200)
@@ -53,9 +54,10 @@ def test_killed_sweep_resumes_the_same_experiment_and_runs(data_root, tmp_path):
         proc = subprocess.Popen([SSLSCALE, *args], cwd=tmp_path, env=slow, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
-            interrupted = _wait_for_checkpointed_second_trial(uri, proc)
+            interrupted = _wait_for_checkpointed_second_trial(uri, proc, tmp_path / "first.log")
         finally:
-            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray instance it started
+            with contextlib.suppress(ProcessLookupError):  # the group is gone when the driver failed alone
+                os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray instance it started
             proc.wait()
     _, before = _children(uri)
     first = next(r for t, r in before.items() if t.endswith("_00000"))

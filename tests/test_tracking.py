@@ -1,5 +1,10 @@
 """MLflow against a real sqlite store: nested runs, flat params, each step once, a store that is away."""
 
+import os
+import subprocess
+import sys
+import time
+
 import pytest
 
 from sslscale.config import Config
@@ -13,6 +18,30 @@ def test_resolve_uri_is_absolute(tmp_path, monkeypatch):
     assert tracking.resolve_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///x.db")
     assert tracking.resolve_uri() == f"sqlite:///{tmp_path}/x.db"
+
+
+OPEN_AT_ONCE = """
+import os, sys, time
+from sslscale.runtime import tracking
+open(sys.argv[2] + f".{os.getpid()}", "w").close()
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.01)
+tracking.client(sys.argv[1]).search_experiments()
+"""
+
+
+def test_processes_opening_one_new_sqlite_store_at_once_all_succeed(tmp_path):
+    """Opening a new store creates its tables; without the lock one of two processes migrating at once fails."""
+    uri, go = f"sqlite:///{tmp_path}/new.db", tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, uri, str(go)], stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    # each has imported sslscale and waits for the same moment
+    while len(list(tmp_path.glob("go.*"))) < 3 and all(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    go.touch()
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [e[-500:] for e in errors]
+    assert os.path.getsize(tmp_path / "new.db") > 0
 
 
 def test_runs_nest_with_flat_params_and_steps_log_once(tmp_path):

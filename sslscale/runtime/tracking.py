@@ -8,6 +8,7 @@ already in the store is never logged again, so a restarted run continues its ste
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -66,7 +67,33 @@ def client(uri: str) -> MlflowClient:
     imports this module never logs, and skips it."""
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    if not uri.startswith("sqlite:///") or uri in _opened:
+        return MlflowClient(tracking_uri=uri)
+    with _folder_lock(os.path.dirname(uri[len("sqlite:///"):]) or "."):
+        c = MlflowClient(tracking_uri=uri)  # the first one in a process opens the store: creates its tables
+    _opened.add(uri)
+    return c
+
+
+_opened: set[str] = set()
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: str):
+    """An exclusive lock on a sqlite store's folder while the store is first opened: opening a new file creates the
+    tables (MLflow's migrations), and two processes migrating one file at once fail one of them (two runs started
+    together in a new folder, or a test watching a run's store)."""
+    import fcntl
+
+    if not os.path.isdir(folder):
+        yield  # MLflow's own error names the missing folder
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _metrics(items) -> list:
