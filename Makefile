@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # a crash in native code (Ray, torch, gloo) prints every thread's Python stack instead of a bare "Segmentation fault"
 export PYTHONFAULTHANDLER := 1
 
-.PHONY: install demo sweep test test-long test-fast fmnist pydocs tuxpaint benchmark benchmark-quick reliability ui clean
+.PHONY: install demo sweep test test-long test-fast fmnist pydocs tuxpaint openclipart benchmark benchmark-quick reliability ui clean
 
 $(BIN)/sslscale: pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -45,6 +45,15 @@ $(TUXPAINT):
 
 tuxpaint: $(TUXPAINT)
 
+# Public-domain clip art in topic folders, titled by file name (Debian openclipart-png, 131 MB): the built-in
+# picture-caption corpus `openclipart`; Tux Paint's stamps with their captions are `tuxpaint_captions`
+OPENCLIPART := /usr/share/openclipart/png
+
+$(OPENCLIPART):
+	$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openclipart-png
+
+openclipart: $(OPENCLIPART)
+
 # Headless Chromium and its WebDriver, for the MLflow UI check in make test-long (tests/test_ui_browser.py).
 .PHONY: browser
 browser:
@@ -70,10 +79,10 @@ sweep: install data/fmnist/manifest.json
 
 # make test stays within 12 minutes on a fresh 2-core machine (.venv included); the runs of minutes each are `long` (make
 # test-long), and CI (.ci/run) runs both.
-test: install pydocs tuxpaint
+test: install pydocs tuxpaint openclipart
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20 -m "not long" tests
 
-test-long: install pydocs tuxpaint browser postgres
+test-long: install pydocs tuxpaint openclipart browser postgres
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 -m long tests
 
 test-fast: install

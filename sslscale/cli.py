@@ -20,15 +20,18 @@ def _parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="prepare a corpus").add_subparsers(dest="action", required=True)
     prep = data.add_parser("prepare", help="write WebDataset (or Parquet) shards and a manifest")
-    prep.add_argument("source", help="fmnist | digits | pydocs (text) | tuxpaint_speech (audio) | a folder of images, "
-                      "of .txt/.md/.jsonl text, or of .ogg/.wav/.flac audio (searched recursively; first-level class "
-                      "subfolders give labels)")
+    prep.add_argument("source", help="fmnist | digits | pydocs (text) | tuxpaint_speech (audio) | openclipart, "
+                      "tuxpaint_captions (pictures with captions) | a folder of images, of .txt/.md/.jsonl text, of "
+                      ".ogg/.wav/.flac audio, or of pictures with captions (x.png beside x.txt), searched recursively, "
+                      "first-level class subfolders giving labels | a .jsonl file of {\"image\": path, \"text\": "
+                      "caption} lines")
     prep.add_argument("--out", required=True, help="output folder")
     prep.add_argument("--format", default="webdataset", choices=["webdataset", "parquet"])
-    prep.add_argument("--path", help="fmnist: a folder with your copy of the IDX .gz files; tuxpaint_speech: a copy "
-                      "of Tux Paint's stamps folder")
+    prep.add_argument("--path", help="fmnist: a folder with your copy of the IDX .gz files; tuxpaint_speech, "
+                      "tuxpaint_captions: a copy of Tux Paint's stamps folder; openclipart: a copy of its png folder")
     prep.add_argument("--shard-size", type=int, default=5000, help="samples per shard")
-    prep.add_argument("--image-size", type=int, help="image folders: resize to this square size (default 32)")
+    prep.add_argument("--image-size", type=int,
+                      help="image folders: resize to this square size (default 32; pictures with captions: 64)")
     prep.add_argument("--on-error", default="fail", choices=["fail", "skip"],
                       help="undecodable images or text files")
     prep.add_argument("--test-fraction", type=float, default=0.2,
@@ -37,11 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("--seed", type=int, default=0, help="folder sources: seed of the test split")
     prep.add_argument("--overwrite", action="store_true", help="replace an existing prepared corpus")
     prep.add_argument("--seq-len", type=int,
-                      help="text: tokens per sample, a passage of sentences (default 128)")
-    prep.add_argument("--vocab-size", type=int, help="text: the BPE tokenizer's vocabulary (default 8192)")
+                      help="text: tokens per sample, a passage of sentences (default 128; captions: 32)")
+    prep.add_argument("--vocab-size", type=int,
+                      help="text: the BPE tokenizer's vocabulary (default 8192; captions: 4096)")
     prep.add_argument("--tokenizer", metavar="CORPUS",
-                      help="text: use this prepared text corpus's tokenizer (a transfer target: the pretraining "
-                      "corpus's) instead of training one")
+                      help="text and captions: use this prepared corpus's tokenizer (a transfer target: the "
+                      "pretraining corpus's) instead of training one")
 
     pre = sub.add_parser("pretrain", help="pretrain an encoder (then score it on the transfer target)")
     pre.add_argument("--recipe", default="simclr_fmnist", help="a recipe from pipelines/ (simclr_fmnist, debug)")

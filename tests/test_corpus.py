@@ -286,11 +286,14 @@ def test_decode_image(tmp_path):
 def test_bad_options(tmp_path):
     with pytest.raises(SslscaleError, match="unknown format 'zip': use one of webdataset, parquet"):
         corpus.prepare("digits", tmp_path / "out", fmt="zip")
-    with pytest.raises(SslscaleError, match="--path only applies to the fmnist source"):
+    with pytest.raises(SslscaleError, match=r"^--path only applies to the built-in sources fmnist, tuxpaint_speech, "
+                                            r"openclipart, tuxpaint_captions \(a copy of their files\), not to "
+                                            r"'digits': pass a folder"):
         corpus.prepare("digits", tmp_path / "out", path="/x")
     with pytest.raises(SslscaleError, match=r"chunk size \(0\) must be positive"):
         corpus.prepare("digits", tmp_path / "out", chunk_bytes=0)
-    assert corpus.builtin_sources() == ("fmnist", "digits", "tuxpaint_speech", "pydocs", "bbcnews")
+    assert corpus.builtin_sources() == ("fmnist", "digits", "tuxpaint_speech", "pydocs", "bbcnews", "openclipart",
+                                        "tuxpaint_captions")
 
 
 # ---------------------------------------------------------------- IDX / Fashion-MNIST

@@ -19,7 +19,8 @@ def test_a_name_or_a_folder_goes_to_its_kinds_provider(tmp_path):
     (tmp_path / "speech" / "1.txt").write_text("its transcript")  # audio and transcripts: an audio folder
     assert sources.provider(str(tmp_path / "speech")) is audio.PROVIDER
     with pytest.raises(SslscaleError, match=r"source '.*/nowhere' is neither a built-in \(fmnist, digits, "
-                                            r"tuxpaint_speech, pydocs, bbcnews\) nor an existing folder"):
+                                            r"tuxpaint_speech, pydocs, bbcnews, openclipart, tuxpaint_captions\) nor an "
+                                            r"existing folder"):
         sources.provider(str(tmp_path / "nowhere"))
 
 

@@ -125,7 +125,8 @@ def _build(src: Source, staging: Path, fmt: str, shard_size: int, show_progress:
                             "skipped): fix or remove them")
     entries: dict = dict(src.data)
     if src.classes is not None:
-        entries["label"] = {"kind": "label", "classes": src.classes}
+        entries["label"] = {"kind": "label", "classes": src.classes,
+                            **({"words": src.class_words} if src.class_words else {})}
     for file_name, data in src.files.items():
         (staging / file_name).write_bytes(data)
     manifest = {"version": 1, "format": fmt, "source": {"kind": src.kind, "path": src.path},

@@ -1,9 +1,11 @@
 """Where a corpus's samples come from, by kind of data: built-in corpora and folders, for corpus.prepare.
 
 Each kind offers its sources as a `Provider` (sources/base.py): images (sources/images.py: fmnist, digits, a folder
-of images), text (text.py: pydocs, bbcnews, a folder of .txt/.md/.jsonl files) and audio (audio.py: tuxpaint_speech,
-a folder of .ogg/.wav/.flac files). A built-in name goes to the provider that knows it; a folder to the first
-provider, in `providers()` order, whose files it holds (images first: a folder with both images and text files is an
+of images), text (text.py: pydocs, bbcnews, a folder of .txt/.md/.jsonl files), audio (audio.py: tuxpaint_speech,
+a folder of .ogg/.wav/.flac files) and picture-caption pairs (pairs.py: openclipart, tuxpaint_captions, a folder of
+x.png beside x.txt, a .jsonl file). A built-in name goes to the provider that knows it; a folder or file to the first
+provider that claims it (pairs: captioned pictures, a .jsonl file), else a folder to the first provider, in
+`providers()` order, whose files it holds (images before text: a folder of images and unrelated text files is an
 image folder); a folder of neither is read as images, whose error then names what was looked for. Adding a kind of
 data adds its provider to `providers()`.
 """
@@ -17,9 +19,9 @@ from sslscale.errors import SslscaleError
 
 def providers() -> tuple[Provider, ...]:
     """Every kind's provider, in the order a folder is matched (imported here: text.py imports sources.base)."""
-    from sslscale.data.sources import audio, images, text
+    from sslscale.data.sources import audio, images, pairs, text
 
-    return images.PROVIDER, audio.PROVIDER, text.PROVIDER
+    return images.PROVIDER, audio.PROVIDER, text.PROVIDER, pairs.PROVIDER
 
 
 def builtin_sources() -> tuple[str, ...]:
@@ -33,11 +35,15 @@ def provider(source: str) -> Provider:
         if source in p.builtins:
             return p
     root = Path(source)
+    claimed = [p for p in providers() if p.claims and p.claims(root)]
+    if claimed:
+        return claimed[0]
     if not root.is_dir():
         raise SslscaleError(f"source {source!r} is neither a built-in ({', '.join(builtin_sources())}) "
                             "nor an existing folder: pass a built-in name or the path to a folder of samples")
     suffixes = {p.suffix.lower() for p in root.rglob("*") if p.is_file()}
-    return next((p for p in providers() if suffixes & set(p.extensions)), providers()[0])
+    images = next(p for p in providers() if p.kind == "image")
+    return next((p for p in providers() if suffixes & set(p.extensions)), images)
 
 
 def open_source(source: str, *, on_error: str, test_fraction: float, seed: int, **options) -> Source:

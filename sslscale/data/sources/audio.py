@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 
 from sslscale.data.modalities.audio import SAMPLE_RATE, to_pcm16
-from sslscale.data.sources.base import Provider, Sample, Source
+from sslscale.data.sources.base import Provider, Sample, Source, path_not_taken
 from sslscale.data.splits import folder_files, folder_labels, folder_splits, shuffled
 from sslscale.errors import SslscaleError, reason
 
@@ -160,8 +160,7 @@ def open_source(name: str, *, on_error: str, test_fraction: float, seed: int, pa
     if name == "tuxpaint_speech":
         return _tuxpaint(path, on_error, test_fraction, seed)
     if path is not None:
-        raise SslscaleError("--path only applies to the fmnist and tuxpaint_speech sources: pass a folder as the "
-                            "source itself")
+        raise path_not_taken(name)
     return _folder(Path(name).absolute(), on_error, test_fraction, seed)
 
 

@@ -11,7 +11,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from sslscale.data.sources.base import Provider, Sample, Source
+from sslscale.data.sources.base import Provider, Sample, Source, path_not_taken
 from sslscale.data.splits import folder_files, folder_labels, folder_splits, shuffled
 from sslscale.errors import SslscaleError, reason
 
@@ -124,7 +124,7 @@ def open_source(name: str, *, on_error: str, test_fraction: float, seed: int, pa
     if name == "fmnist":
         return _fmnist(path)
     if path is not None:
-        raise SslscaleError("--path only applies to the fmnist source: pass a folder as the source itself")
+        raise path_not_taken(name)
     if name == "digits":
         return _digits()
     if image_size < 1:
