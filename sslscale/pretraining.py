@@ -29,7 +29,7 @@ from sslscale.data import corpus, stream
 from sslscale.data.modalities import KINDS, Modality, data_field, data_fields
 from sslscale.errors import SslscaleError, root_cause
 from sslscale.evaluation import transfer
-from sslscale.methods import method_class, view_parts
+from sslscale.methods import kinds_read, view_parts
 from sslscale.runtime import tracking
 from sslscale.runtime.cluster import ensure_ray, in_job, shutdown
 from sslscale.training import checkpoint, lease, train
@@ -69,21 +69,24 @@ class _Signalled(KeyboardInterrupt):
         self.signum = signum
 
 
-def _data_field(corpus_dir: str, cfg: Config) -> Modality:
-    """The corpus's declared data field (modalities) the encoder reads, checked against the method and the model
-    before any worker starts, as is every field the method's views read (stream.view_parts): its `encoder_input`
-    is the encoder's input spec (channels and side, vocabulary and length)."""
+def _data_fields(corpus_dir: str, cfg: Config) -> dict[str, Modality]:
+    """The corpus's declared data fields (modalities) the method's encoder and towers read, by kind (the
+    encoder's first), checked against the method and the model before any worker starts, as is every field the
+    method's views read (stream.view_parts): each one's `encoder_input` is its encoder's input spec (channels and
+    side, vocabulary and length)."""
     from sslscale.encoders import NAMES as ENCODER_NAMES, encoder_class
 
     corpus.verify_shards(corpus_dir, cfg.data.split, hashes=False)  # the stream checks each shard's sha256 as it reads
     manifest = corpus.load_manifest(corpus_dir)
     kinds = {f.kind: f for f in data_fields(manifest, corpus_dir).values()}
-    wanted = method_class(cfg.method.name).modality
-    if wanted not in kinds:
-        holds = " and ".join(f.noun for f in kinds.values())
-        raise SslscaleError(f"method.name={cfg.method.name} trains on {KINDS[wanted].noun} but corpus {corpus_dir} "
-                            f"holds {holds}: pick a method or a corpus of the other kind (text: docs/text.md)")
-    field = data_field(manifest, corpus_dir, wanted)
+    for wanted in kinds_read(cfg):
+        if wanted not in kinds:
+            holds = " and ".join(f.noun for f in kinds.values())
+            raise SslscaleError(f"method.name={cfg.method.name} trains on {KINDS[wanted].noun} but corpus "
+                                f"{corpus_dir} holds {holds}: pick a method or a corpus of the other kind (docs/"
+                                "methods.md)")
+    fields = {kind: data_field(manifest, corpus_dir, kind) for kind in kinds_read(cfg)}
+    field = next(iter(fields.values()))
     takes = encoder_class(cfg.model.encoder).modality
     if takes != field.kind:
         fitting = " or ".join(name for name in ENCODER_NAMES if encoder_class(name).modality == field.kind)
@@ -91,7 +94,7 @@ def _data_field(corpus_dir: str, cfg: Config) -> Modality:
                             f"holds {field.noun}: set model.encoder={fitting}")
     field.check_model(cfg.model, corpus_dir)
     view_parts(cfg, corpus_dir)  # every field the method's views read: there, and of the kind its layout is for
-    return field
+    return fields
 
 
 def _open_run(cfg: Config, uri: str, resume: str | None, tags: dict | None = None) -> tuple[str, str, lease.Lease]:
@@ -120,7 +123,7 @@ def _open_run(cfg: Config, uri: str, resume: str | None, tags: dict | None = Non
     return run_id, run_dir, held
 
 
-def _attempt(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, input_spec: dict, marks,
+def _attempt(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, inputs: dict, marks,
              **fit_kw) -> None:
     """One TorchTrainer fit from the run's latest checkpoint, on a stream that skips what it consumed."""
     last = checkpoint.latest(run_dir)
@@ -132,7 +135,7 @@ def _attempt(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, 
     attempt = len([d for d in storage.listdir(run_dir) if d.startswith("attempt-")])
     marks["fit"] = time.time()  # the last attempt's: rank 0's marks come from its checkpoints
     train.fit(cfg, datasets={"train": dataset}, ingest=stream.ingest_options(cfg, parts), run_id=run_id, uri=uri,
-              input_spec=input_spec, storage=run_dir, name=f"attempt-{attempt}", samples=samples, resume_from=last,
+              inputs=inputs, storage=run_dir, name=f"attempt-{attempt}", samples=samples, resume_from=last,
               corpus_dir=corpus_dir, **fit_kw)
 
 
@@ -158,7 +161,7 @@ def _done(run_dir: str, steps: int) -> str | None:
     return last if last and checkpoint.read_state(last)["step"] >= steps else None
 
 
-def _train(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, input_spec: dict, held: lease.Lease,
+def _train(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, inputs: dict, held: lease.Lease,
            marks, **fit_kw) -> str:
     """Train to cfg.train.steps, retrying a failed attempt (a dead worker or node) from the latest checkpoint up to
     train.max_failures times. Each retry rebuilds the stream without the samples already consumed, which Ray's own
@@ -168,7 +171,7 @@ def _train(cfg: Config, run_id: str, uri: str, run_dir: str, corpus_dir: str, in
         if _done(run_dir, cfg.train.steps):
             break
         try:
-            _attempt(cfg, run_id, uri, run_dir, corpus_dir, input_spec, marks, lease_info=held.for_workers(),
+            _attempt(cfg, run_id, uri, run_dir, corpus_dir, inputs, marks, lease_info=held.for_workers(),
                      **fit_kw)
         except Exception as e:  # noqa: BLE001 - Ray wraps worker errors; the user needs the root cause in one line
             if held.lost:  # its workers stopped because another process took the run over: not a failure to retry
@@ -310,15 +313,15 @@ def _stopped(signum: int, cfg: Config, run_id: str, uri: str, run_dir: str, held
 
 
 def preflight(cfg: Config) -> tuple[str, dict]:
-    """(corpus folder, the encoder's input spec) after what a run checks before it opens anything: the config, the
+    """(corpus folder, the input spec of each encoder by kind: {kind: spec}, the encoder's first) after what a run checks before it opens anything: the config, the
     corpus and its images against the model, and the transfer target against them (a target that cannot score the
     encoder fails now, not after the last step). A sweep checks its base config the same way."""
     validate(cfg)
     corpus_dir = corpus.resolve(cfg.data.corpus)
-    field = _data_field(corpus_dir, cfg)
+    fields = _data_fields(corpus_dir, cfg)
     if cfg.transfer.enabled:
-        transfer.check_target(cfg.transfer, field, corpus_dir)
-    return corpus_dir, field.encoder_input()
+        transfer.check_target(cfg.transfer, next(iter(fields.values())), corpus_dir)
+    return corpus_dir, {kind: field.encoder_input() for kind, field in fields.items()}
 
 
 def pretrain(cfg: Config, *, resume: str | None = None, tags: dict | None = None, callbacks: tuple = (),
@@ -329,7 +332,7 @@ def pretrain(cfg: Config, *, resume: str | None = None, tags: dict | None = None
     SIGINT or SIGTERM (in the main thread) raise RunStopped after ending the run as KILLED."""
     marks = timeline.Marks()
     marks.mark("start")
-    corpus_dir, input_spec = preflight(cfg)
+    corpus_dir, inputs = preflight(cfg)
     uri = tracking.resolve_uri(cfg.tracking.uri)
     run_id, run_dir, held = _open_run(cfg, uri, resume, tags)
     print(f"run {run_id or '(tracking off)'}: {cfg.method.name} on {corpus_dir}, {cfg.train.steps} steps, "
@@ -341,7 +344,7 @@ def pretrain(cfg: Config, *, resume: str | None = None, tags: dict | None = None
         _check_placement(cfg, run_id, uri)
         with _signals_stop_the_run():
             try:
-                final = _train(cfg, run_id, uri, run_dir, corpus_dir, input_spec, held, marks, callbacks=callbacks,
+                final = _train(cfg, run_id, uri, run_dir, corpus_dir, inputs, held, marks, callbacks=callbacks,
                                report_extra=report_extra)
             finally:
                 _report_skipped(run_dir, uri, run_id)  # also when the run failed: what was left out may be why

@@ -10,7 +10,8 @@ data.shuffle_buffer=0); the real DeepSpeed `Engine` (fp32, CPU, one torch thread
 on the method built after torch.manual_seed(data.seed) as train_loop builds it. Image methods run the debug recipe
 on the digits corpus, text methods the debug recipe with the text tests' smallest encoder (test_e2e) on the tiny
 text corpus of test_text_corpus (five of Python's documentation sources, 32-token passages, a 500-id BPE), audio
-methods the debug recipe with test_audio_e2e's encoder on its subset of real spoken names (tests/speech.py).
+methods the debug recipe with test_audio_e2e's encoder on its subset of real spoken names (tests/speech.py), and
+image-text methods the debug recipe with test_clip's towers on 48 real captioned stamps (tests/captions.py).
 
     .venv/bin/python tests/golden_losses.py             # prints today's losses, writes nothing
     .venv/bin/python tests/golden_losses.py --record    # rewrites tests/golden/losses.json: an intended change only
@@ -46,16 +47,20 @@ IMAGE = {"byol": ["method.byol.view_blur=1.0,0.1", "method.byol.view_solarize=0,
 TEXT = ["model.encoder=text", "model.dim=16", "model.vit_depth=1", "model.heads=2"]  # test_e2e's TEXT
 AUDIO = ["model.encoder=wav2vec", "model.dim=16", "model.vit_depth=1", "model.heads=2", "method.wav2vec2.crop=8000",
          "method.wav2vec2.num_negatives=4"]  # test_audio_e2e's, on its real subset (tests/speech.py)
-KIND_OVERRIDES = {"text": TEXT, "audio": AUDIO}
+CAPTIONS = ["model.widths=8,16", "method.clip.text_dim=16", "method.clip.text_depth=1", "method.clip.text_heads=2",
+            "method.clip.embed_dim=16"]  # test_clip's towers, on 48 real captioned stamps (tests/captions.py)
+KIND_OVERRIDES = {"text": TEXT, "audio": AUDIO, "image+text": CAPTIONS}
 PYDOCS = ["tutorial/introduction.rst.txt", "tutorial/controlflow.rst.txt", "faq/general.rst.txt",
           "howto/sorting.rst.txt", "glossary.rst.txt"]  # test_text_corpus's tiny corpus
 
 
 def methods() -> dict[str, str]:
-    """Every registered method -> the kind of corpus it trains on ("image", "text" or "audio")."""
-    from sslscale.methods import NAMES, method_class
+    """Every registered method -> the kind of corpus it trains on ("image", "text", "audio", or "image+text": the
+    kinds of its fields)."""
+    from sslscale.config import Config
+    from sslscale.methods import NAMES, kinds_read
 
-    return {name: method_class(name).modality for name in NAMES}
+    return {name: "+".join(kinds_read(Config().override([f"method.name={name}"]))) for name in NAMES}
 
 
 def overrides(method: str, kind: str) -> list[str]:
@@ -66,7 +71,8 @@ def overrides(method: str, kind: str) -> list[str]:
 
 def prepare_corpora(root: Path, digits: str | None = None) -> dict[str, str]:
     """{"image": the digits corpus (`digits`, else prepared under root), "text": the tiny text corpus, "audio": the
-    spoken-names subset}."""
+    spoken-names subset, "image+text": 48 captioned stamps at 8 px}."""
+    from captions import captioned_folder
     from speech import speech_subset
     from sslscale.data import corpus
     from sslscale.data.sources import text
@@ -83,7 +89,10 @@ def prepare_corpora(root: Path, digits: str | None = None) -> dict[str, str]:
     (docs / "part" / "lines.jsonl").write_text("".join(json.dumps({"text": p}) + "\n" for p in paragraphs))
     corpus.prepare(str(docs), root / "text", seq_len=32, vocab_size=500, progress=False)
     corpus.prepare("tuxpaint_speech", root / "audio", path=str(speech_subset(root / "stamps")), progress=False)
-    return {"image": digits, "text": str(root / "text"), "audio": str(root / "audio")}
+    corpus.prepare(str(captioned_folder(root / "pics", 48)), root / "captions", image_size=8, seq_len=16,
+                   vocab_size=300, progress=False)
+    return {"image": digits, "text": str(root / "text"), "audio": str(root / "audio"),
+            "image+text": str(root / "captions")}
 
 
 class _Stream:
@@ -137,7 +146,7 @@ def losses(method: str, corpora: dict[str, str]) -> list[float]:
 
     kind = methods()[method]
     cfg = load_recipe("debug").override([o.replace(CORPUS, corpora[kind]) for o in overrides(method, kind)])
-    corpus_dir, input_spec = preflight(cfg)
+    corpus_dir, inputs = preflight(cfg)
     with mock.patch.object(ray.data, "from_items", _Stream):
         views = stream.pretrain_dataset(cfg, corpus_dir, view_parts(cfg, corpus_dir))
     groups = train._batches(_Shard(views.blocks()), cfg, rank=0)
@@ -145,7 +154,7 @@ def losses(method: str, corpora: dict[str, str]) -> list[float]:
     torch.set_num_threads(cfg.train.threads_per_worker)  # 1, as a worker runs: sums in one order on any machine
     try:
         torch.manual_seed(cfg.data.seed)
-        engine = Engine(build_method(cfg, **input_spec), cfg)
+        engine = Engine(build_method(cfg, inputs), cfg)
         return [engine.train_step(next(groups))["loss"] for _ in range(STEPS)]
     finally:
         torch.set_num_threads(threads)

@@ -173,15 +173,16 @@ def test_prepare_from_the_command_line_and_its_help(speech, tmp_path):
 
 def test_a_run_refuses_an_audio_corpus_with_another_kinds_method_or_encoder_in_one_line(speech):
     from sslscale.config import Config
-    from sslscale.pretraining import _data_field
+    from sslscale.pretraining import _data_fields
 
     _, m, out = speech
     with pytest.raises(SslscaleError, match=f"method.name=simclr trains on images but corpus {out} holds audio"):
-        _data_field(str(out), Config())
+        _data_fields(str(out), Config())
     with pytest.raises(SslscaleError, match="model.encoder=resnet takes images but corpus .* holds audio: set "
                                             "model.encoder=wav2vec"):
-        _data_field(str(out), Config().override(["method.name=wav2vec2"]))
-    assert _data_field(str(out), Config().override(["method.name=wav2vec2", "model.encoder=wav2vec"])).kind == "audio"
+        _data_fields(str(out), Config().override(["method.name=wav2vec2"]))
+    assert list(_data_fields(str(out), Config().override(["method.name=wav2vec2", "model.encoder=wav2vec"]))) == [
+        "audio"]
     slow = Audio("audio", {**m["fields"]["audio"], "sample_rate": 8000})
     with pytest.raises(SslscaleError, match="transfer.target t is sampled at 8000 Hz but the encoder takes the "
                                             "corpus' 16000 Hz: pick a target at that rate"):

@@ -214,7 +214,7 @@ def test_a_run_refuses_mixed_kinds_and_foreign_tokenizers_in_one_line(tmp_path):
                                               "model.encoder=text", f"transfer.target={tmp_path / 't'}",
                                               "transfer.protocols=knn,linear"])
     vocab = corpus.load_manifest(tmp_path / "pre")["fields"]["text"]["vocab_size"]  # what BPE reached, <= 300
-    assert preflight(text_run)[1] == {"vocab_size": vocab, "max_length": 128}
+    assert preflight(text_run)[1] == {"text": {"vocab_size": vocab, "max_length": 128}}
     for overrides, words in (
             (["method.name=simclr"], "method.name=simclr trains on images but corpus .*/pre holds text"),
             (["model.encoder=resnet"], "model.encoder=resnet takes images but corpus .*/pre holds text: set "

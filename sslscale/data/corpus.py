@@ -255,13 +255,13 @@ def verify_shards(corpus_dir, split: str, hashes: bool = True) -> None:
             raise SslscaleError(f"shard {path} does not match its sha256 in manifest.json: {redo}")
 
 
-def read_split(corpus_dir, split: str, with_labels: bool = True):
+def read_split(corpus_dir, split: str, with_labels: bool = True, kind: str | None = None):
     """(ids int64[N], data, labels int64[N] or None) of SPLIT, in id order, every shard checked against its sha256
-    or its chunks' (shards.read_shard); data: images uint8[N,H,W,C], or for text token ids int64[N, max_length]
-    padded with 0."""
+    or its chunks' (shards.read_shard); data: the data field of `kind` (None: the corpus's one data field), images
+    uint8[N,H,W,C], or for text token ids int64[N, max_length] padded with 0."""
     manifest = load_manifest(corpus_dir)
     with_labels = with_labels and labelled(manifest)
-    member = data_field(manifest, corpus_dir).member
+    member = data_field(manifest, corpus_dir, kind).member
     rows: list[Row] = []
     for shard in _split_entry(manifest, split, corpus_dir)["shards"]:
         rows.extend(read_shard(str(Path(corpus_dir) / shard["name"]), manifest["format"], **checks(shard),
@@ -269,13 +269,14 @@ def read_split(corpus_dir, split: str, with_labels: bool = True):
     rows.sort(key=lambda r: r[0])
     ids = np.array([r[0] for r in rows], dtype=np.int64)
     labels = np.array([r[2] for r in rows], dtype=np.int64) if with_labels else None
-    return ids, decode_rows(rows, manifest), labels
+    return ids, decode_rows(rows, manifest, kind), labels
 
 
-def decode_rows(rows: list[Row], manifest: dict) -> np.ndarray:
-    """The rows' data, decoded and stacked by the corpus's data field (modalities): images uint8 (N, H, W, C),
-    token ids int64 (N, max_length) padded with 0."""
-    field = data_field(manifest)
+def decode_rows(rows: list[Row], manifest: dict, kind: str | None = None) -> np.ndarray:
+    """The rows' data (each row read with one member), decoded and stacked by the corpus's data field of `kind`
+    (modalities; None: its one data field): images uint8 (N, H, W, C), token ids int64 (N, max_length) padded
+    with 0."""
+    field = data_field(manifest, kind=kind)
     return field.stack([field.decode(r[1][0]) for r in rows])
 
 

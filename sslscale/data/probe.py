@@ -20,12 +20,12 @@ from sslscale.errors import SslscaleError
 SALT = 0x9B0BE  # keeps the probe's random stream apart from other users of data.seed
 
 
-def _rows(corpus_dir: str, split: str, rng: np.random.Generator, n: int) -> list[Row]:
+def _rows(corpus_dir: str, split: str, rng: np.random.Generator, n: int, kind: str | None) -> list[Row]:
     """The rows of the fewest shards, in a seeded order, that hold at least n samples (all when fewer), by id."""
     manifest = corpus.load_manifest(corpus_dir)
     paths = corpus.shard_paths(manifest, corpus_dir, split)  # one line naming a missing split
     entries = manifest["splits"][split]["shards"]
-    member = data_field(manifest, corpus_dir).member
+    member = data_field(manifest, corpus_dir, kind).member
     rows: list[Row] = []
     for i in rng.permutation(len(entries)):
         if len(rows) >= n:
@@ -34,14 +34,14 @@ def _rows(corpus_dir: str, split: str, rng: np.random.Generator, n: int) -> list
     return sorted(rows, key=lambda r: r[0])
 
 
-def probe_images(corpus_dir: str, split: str, seed: int, n: int) -> np.ndarray:
+def probe_images(corpus_dir: str, split: str, seed: int, n: int, kind: str | None = None) -> np.ndarray:
     """n images (all of the split's when it holds fewer) of SPLIT, chosen by `seed`, as uint8 (n, H, W, C) in id
     order (a text corpus: token ids (n, L), corpus.decode_rows); the same set on every call with the same
-    arguments."""
+    arguments. `kind`: the data field read (None: the corpus's one data field)."""
     rng = np.random.default_rng([SALT, seed % 2**63])
-    rows = _rows(corpus_dir, split, rng, n)
+    rows = _rows(corpus_dir, split, rng, n, kind)
     if not rows:
         raise SslscaleError(f"split {split!r} of corpus {corpus_dir} holds no samples: prepare it again from a "
                             f"source with images")
     chosen = np.sort(rng.choice(len(rows), size=min(n, len(rows)), replace=False))
-    return corpus.decode_rows([rows[j] for j in chosen], corpus.load_manifest(corpus_dir))
+    return corpus.decode_rows([rows[j] for j in chosen], corpus.load_manifest(corpus_dir), kind)

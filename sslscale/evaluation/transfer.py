@@ -27,7 +27,7 @@ from sslscale import plots, storage
 from sslscale.checks import list_items, score_name, transfer_checks
 from sslscale.config import Config
 from sslscale.data import corpus
-from sslscale.data.modalities import KINDS, Modality, data_field, label_names, labelled
+from sslscale.data.modalities import KINDS, Modality, data_field, data_fields, label_names, labelled
 from sslscale.data.splits import stratified_pick
 from sslscale.encoders import from_spec
 from sslscale.errors import SslscaleError
@@ -51,24 +51,27 @@ def check_target(tcfg, field: Modality, corpus_dir: str | None = None) -> None:
     cannot take (images of another size, text of another tokenizer)."""
     chosen(tcfg)
     folder, manifest = _labelled(tcfg.target)
-    target = data_field(manifest, folder)
-    if target.kind != field.kind:
-        raise SslscaleError(f"transfer.target {tcfg.target} holds {target.noun} but the encoder takes {field.noun}: "
+    kinds = {f.kind: f for f in data_fields(manifest, folder).values()}
+    if field.kind not in kinds:
+        holds = " and ".join(f.noun for f in kinds.values())
+        raise SslscaleError(f"transfer.target {tcfg.target} holds {holds} but the encoder takes {field.noun}: "
                             f"pick a target of {field.noun} (or transfer.enabled=false)")
+    target = data_field(manifest, folder, field.kind)
     field.check_target(target, folder, corpus_dir, tcfg.target)
 
 
-def load_target(target: str, train_samples: int = 0, seed: int = 0) -> dict:
+def load_target(target: str, train_samples: int = 0, seed: int = 0, kind: str | None = None) -> dict:
     """{"name", "classes", "names", "seed", "field": the target's data field (a modalities.Modality), "train":
     (its samples: images uint8 (N, H, W, C), token ids (N, L), labels), "test": (...)}; with train_samples > 0 the
     train split is a seeded random subset of that many samples (sweeps fit kNN and the probe on it to stay fast),
-    the test whole; `seed` also draws the label fractions (`scores`) from that train split."""
+    the test whole; `seed` also draws the label fractions (`scores`) from that train split. `kind`: the data field
+    read (an encoder's modality; None: the target's one data field)."""
     folder, manifest = _labelled(target)
     names = label_names(manifest)
     data = {"name": storage.name(folder), "classes": len(names), "names": names, "seed": seed,
-            "field": data_field(manifest, folder)}
+            "field": data_field(manifest, folder, kind)}
     for split in ("train", "test"):
-        _, images, labels = corpus.read_split(folder, split)
+        _, images, labels = corpus.read_split(folder, split, kind=kind)
         data[split] = (images, torch.as_tensor(labels))
     images, labels = data["train"]
     if 0 < train_samples < len(labels):
@@ -223,7 +226,7 @@ def _evaluate(encoder: torch.nn.Module, tcfg, *, baseline: bool | None = None, c
               out_dir: str | None = None) -> tuple[dict[str, float], list[str]]:
     """(evaluate's scores, the `pictures` written to out_dir: none without it)."""
     chosen(tcfg)  # a malformed key fails before the features are computed
-    data = load_target(tcfg.target, tcfg.train_samples, tcfg.seed)
+    data = load_target(tcfg.target, tcfg.train_samples, tcfg.seed, encoder.modality)
     (train_x, _), (test_x, _), field = data["train"], data["test"], data["field"]
     name = data["name"]
     check_fits(encoder, field, train_x)
@@ -361,8 +364,8 @@ def embedding_map(encoder: torch.nn.Module, target: str, out_png: str, *, sample
     (a seeded random subsample; all of them when fewer), coloured by class, written to `out_png`; returns its path."""
     _embedding_method(method)
     folder, manifest = _labelled(target)
-    _, images, labels = corpus.read_split(folder, "test")
-    return _map(encoder, data_field(manifest, folder), images, labels, label_names(manifest), storage.name(folder),
+    _, images, labels = corpus.read_split(folder, "test", kind=encoder.modality)
+    return _map(encoder, data_field(manifest, folder, encoder.modality), images, labels, label_names(manifest), storage.name(folder),
                 out_png, samples=samples, seed=seed, method=method)
 
 

@@ -24,16 +24,28 @@ def method_class(name: str) -> type:
     return getattr(importlib.import_module(f"sslscale.methods.{module}"), cls)
 
 
-def build_method(cfg, **input_spec):
+def build_method(cfg, inputs: dict | None = None, **input_spec):
     """The method named by cfg.method.name, with its section of cfg.method, around the encoder cfg.model describes
-    for the corpus's `input_spec` (in_channels and image_size, or text's vocab_size and max_length)."""
+    and the method's further towers (Method.towers), each for its kind's input spec in `inputs` ({kind: spec}, as
+    pretraining.preflight returns it; images: in_channels and image_size, text: vocab_size and max_length), or
+    for `input_spec` alone (a method of one encoder)."""
     from sslscale.encoders import build_encoder, encoder_kwargs
     from sslscale.methods.base import MomentumMethod
 
     cls = method_class(cfg.method.name)
-    encoder = build_encoder(cfg.model.encoder, **input_spec, **{**encoder_kwargs(cfg.model), **cls.ENCODER})
-    schedule = {"total_steps": cfg.train.steps} if issubclass(cls, MomentumMethod) else {}
-    return cls(encoder, cfg.method.chosen, **schedule)
+    specs = inputs or {cls.modality: input_spec}
+    encoder = build_encoder(cfg.model.encoder, **specs[cls.modality], **{**encoder_kwargs(cfg.model), **cls.ENCODER})
+    towers = {kind: build_encoder(family, **specs[kind], **kwargs)
+              for kind, (family, kwargs) in cls.towers(cfg.method.chosen).items()}
+    extra = {"total_steps": cfg.train.steps} if issubclass(cls, MomentumMethod) else {}
+    return cls(encoder, cfg.method.chosen, **extra, **({"towers": towers} if towers else {}))
+
+
+def kinds_read(cfg) -> tuple[str, ...]:
+    """The kinds of data the method cfg.method.name reads: its encoder's first, then its further towers' (CLIP:
+    image, text)."""
+    cls = method_class(cfg.method.name)
+    return cls.modality, *cls.towers(cfg.method.chosen)
 
 
 def view_parts(cfg, corpus_dir: str) -> list:

@@ -21,13 +21,14 @@ class Spectrum:
     fixed probe set (probe.py, train.probe_samples images), measured on health steps that were not skipped. Rank 0
     loads the set once and measures; under ZeRO-3, whose forward gathers the partitioned parameters in a
     collective, every rank loads it and joins the forward. A probe set that cannot be read turns the spectrum off
-    with one line: it is a monitor, and the stream reports bad data its own way."""
+    with one line: it is a monitor, and the stream reports bad data its own way. `kind`: the encoder's modality,
+    the data field of the corpus the probe set is read from."""
 
-    def __init__(self, cfg: Config, where: dict | None, rank: int):
+    def __init__(self, cfg: Config, where: dict | None, rank: int, kind: str):
         self.cfg, self.rank = cfg, rank
         self.zero3 = cfg.engine.zero_stage == 3
         wanted = bool(cfg.train.spectrum_k and where) and (rank == 0 or self.zero3)
-        self.images = load_probe(cfg, where) if wanted else None  # uint8 (n, C, H, W), or token ids (n, L)
+        self.images = load_probe(cfg, where, kind) if wanted else None  # uint8 (n, C, H, W), or token ids (n, L)
         if self.zero3 and wanted:  # every rank joins the forward, or none does
             loaded = dist.all_reduce_sum(torch.tensor([float(self.images is not None)]))
             self.images = self.images if int(loaded[0]) == dist.world_size() else None
@@ -40,12 +41,12 @@ class Spectrum:
         return spectrum_metrics(spectrum(emb, self.cfg.train.spectrum_k)) if self.rank == 0 else {}
 
 
-def load_probe(cfg: Config, where: dict) -> torch.Tensor | None:
-    """The probe set as the engine takes it (the corpus's data field's Modality.to_engine: images uint8
-    (n, C, H, W), token ids (n, L)), or None (said in one line) when it cannot be read."""
+def load_probe(cfg: Config, where: dict, kind: str) -> torch.Tensor | None:
+    """The probe set as the engine takes it (the corpus's data field of the encoder's `kind`, Modality.to_engine:
+    images uint8 (n, C, H, W), token ids (n, L)), or None (said in one line) when it cannot be read."""
     try:
-        samples = probe_images(where["corpus"], where["split"], cfg.data.seed, cfg.train.probe_samples)
-        field = data_field(corpus.load_manifest(where["corpus"]), where["corpus"])
+        samples = probe_images(where["corpus"], where["split"], cfg.data.seed, cfg.train.probe_samples, kind)
+        field = data_field(corpus.load_manifest(where["corpus"]), where["corpus"], kind)
     except Exception as e:  # noqa: BLE001 - a monitor: storage errors too must not stop the training
         print(f"the embedding spectrum is off for this run: its probe set cannot be read ({e})", flush=True)
         return None

@@ -182,16 +182,16 @@ def train_loop(loop_config: dict) -> None:
     """Runs on every Ray Train worker."""
     marks = Marks(imported=IMPORTED_AT)
     marks.mark("loop")
-    cfg, run_id, input_spec = Config.from_dict(loop_config["config"]), loop_config["run_id"], loop_config["input"]
+    cfg, run_id, inputs = Config.from_dict(loop_config["config"]), loop_config["run_id"], loop_config["input"]
     lease.watch(loop_config["lease"])  # exit, writing nothing more, once the driver died or stopped the run
     rank = worker_setup(cfg)
     groups = _batches(ray.train.get_dataset_shard("train"), cfg, rank)
     first = _Prefetch(groups)  # Ray Data starts and makes views while DeepSpeed initialises
     torch.manual_seed(cfg.data.seed)  # the same initial weights on every worker
-    engine = Engine(build_method(cfg, **input_spec), cfg)
+    engine = Engine(build_method(cfg, inputs), cfg)
     buffer = tracking.MetricBuffer(loop_config["uri"], run_id) if rank == 0 and run_id else None
     step, position, repeated = _restore(engine, loop_config, rank, buffer)
-    spectrum_probe = Spectrum(cfg, loop_config.get("probe"), rank)
+    spectrum_probe = Spectrum(cfg, loop_config.get("probe"), rank, engine.method.encoder.modality)
     marks.mark("engine")
     first = first.result()
     fresh, rows = Position(loop_config["samples"]), 0  # what this rank consumed since the last checkpoint
@@ -272,7 +272,7 @@ def _scaling(cfg: Config, workers: int, key: str) -> tuple[Config, ScalingConfig
                               resources_per_worker={k: v for k, v in bundle.items() if k != "GPU"})
 
 
-def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spec: dict, storage: str, name: str,
+def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, inputs: dict, storage: str, name: str,
         samples: int, resume_from: str | None = None, callbacks: tuple = (), report_extra: dict | None = None,
         lease_info: dict | None = None, corpus_dir: str = ""):
     """Launch the TorchTrainer; returns Ray's Result (its `.checkpoint` is the last one reported). `callbacks` go to
@@ -286,7 +286,7 @@ def fit(cfg: Config, *, datasets: dict, ingest, run_id: str, uri: str, input_spe
         train_loop,
         # Ray Train V2 has no resume_from_checkpoint: the folder travels in the loop config (a path on the
         # storage every worker reads), and get_checkpoint() covers restarts within this fit.
-        train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "uri": uri, "input": input_spec,
+        train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "uri": uri, "input": inputs,
                            "resume_from": resume_from, "faults": faults.spec(), "report_extra": report_extra or {},
                            "report_health": bool(callbacks), "lease": lease_info or {}, "samples": samples,
                            "probe": {"corpus": corpus_dir, "split": cfg.data.split} if corpus_dir else None},
