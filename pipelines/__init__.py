@@ -5,8 +5,8 @@ Sweep recipes are data: a base recipe (RECIPE), the overrides that size its tria
 to one."""
 from __future__ import annotations
 
-from pipelines import (barlow_fmnist, byol_fmnist, debug, debug_sweep, denoising_ae_fmnist, dino_fmnist, gpt_text,
-                       mae_fmnist, mlm_text, moco_fmnist, rotation_fmnist, simclr_fmnist, simclr_fmnist_sweep,
+from pipelines import (barlow_fmnist, byol_fmnist, clip_openclipart, debug, debug_sweep, denoising_ae_fmnist,
+                       dino_fmnist, gpt_text, mae_fmnist, mlm_text, moco_fmnist, rotation_fmnist, simclr_fmnist, simclr_fmnist_sweep,
                        simcse_text, sop_text, vicreg_fmnist, wav2vec2_speech)
 
 RECIPES = {"simclr_fmnist": simclr_fmnist.config, "barlow_fmnist": barlow_fmnist.config,
@@ -15,7 +15,8 @@ RECIPES = {"simclr_fmnist": simclr_fmnist.config, "barlow_fmnist": barlow_fmnist
            "rotation_fmnist": rotation_fmnist.config, "denoising_ae_fmnist": denoising_ae_fmnist.config,
            "mlm_text": mlm_text.config, "gpt_text": gpt_text.config,
            "sop_text": sop_text.config, "simcse_text": simcse_text.config,
-           "wav2vec2_speech": wav2vec2_speech.config, "debug": debug.config}
+           "wav2vec2_speech": wav2vec2_speech.config, "clip_openclipart": clip_openclipart.config,
+           "debug": debug.config}
 SWEEPS = {"simclr_fmnist_sweep": simclr_fmnist_sweep, "debug_sweep": debug_sweep}
 
 

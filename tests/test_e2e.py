@@ -78,6 +78,37 @@ def test_labelled_stream_is_the_in_process_batches(data_root, monkeypatch, ray_l
     assert (rows["label"] == np.concatenate([b["label"].numpy() for b in local])).all()
 
 
+def test_clip_pretrains_on_pictures_and_captions_and_scores_its_image_tower(debug_cfg, tmp_path, ray_local):
+    """`sslscale data prepare` of a captioned folder and of the tuxpaint_captions built-in (a subset, through
+    --path, with the pretraining corpus's tokenizer), then CLIP on 2 workers: both towers under one DeepSpeed
+    engine, records of two fields streamed by Ray Data, the image tower scored on the two-field target."""
+    from captions import captioned_folder, stamps_subset
+    from sslscale import pretrain
+    from sslscale.data import corpus
+
+    pics = tmp_path / "pics"
+    corpus.prepare(str(captioned_folder(tmp_path / "folder", 64)), pics, image_size=16, seq_len=16, vocab_size=300,
+                   progress=False)
+    target = tmp_path / "target"
+    corpus.prepare("tuxpaint_captions", target, path=str(stamps_subset(tmp_path / "stamps", 8)), tokenizer=str(pics),
+                   image_size=16, test_fraction=0.25, progress=False)
+    result = pretrain(debug_cfg.override([
+        "method.name=clip", f"data.corpus={pics}", "data.batch_size=16", "model.widths=8,16",
+        "method.clip.text_dim=16", "method.clip.text_depth=1", "method.clip.text_heads=2", "method.clip.embed_dim=16",
+        f"transfer.target={target}", "transfer.protocols=knn,linear"]))
+    uri, run_id = result.tracking_uri, result.run_id
+    run = tracking.get_run(uri, run_id)
+    assert run.info.status == "FINISHED" and run.data.params["train.workers"] == "2"
+    assert [s for s, _ in tracking.history(uri, run_id, "loss")] == list(range(1, 7))
+    assert 0 < run.data.metrics["contrastive_acc"] <= 1 and run.data.metrics["logit_scale"] > 1 / 0.07 * 0.9
+    assert [s for s, _ in tracking.history(uri, run_id, "health/rankme")] == [2, 4, 6]  # the image tower's
+    scores = {k.removeprefix("transfer/target/"): v for k, v in run.data.metrics.items()
+              if k.startswith("transfer/target/")}
+    assert {"knn_top1", "linear_top1", "random_init/knn_top1", "pixels/knn_top1", "majority"} <= set(scores)
+    encoder = load_encoder(result.encoder_path)
+    assert encoder.spec()["name"] == "resnet" and (encoder.in_channels, encoder.image_size) == (3, 16)
+
+
 # what each method needs beyond the debug recipe: DINO's local crops, MAE's ViT (8x8 digits, 2x2 patches); BYOL
 # with its paper's asymmetric views (each view its own blur and solarisation)
 METHOD_OVERRIDES = {"byol": ["method.byol.view_blur=1.0,0.1", "method.byol.view_solarize=0,0.2"],

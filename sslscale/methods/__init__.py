@@ -14,7 +14,7 @@ REGISTRY = {"simclr": "simclr:SimCLR", "barlow_twins": "barlow:BarlowTwins", "vi
             "byol": "byol:BYOL", "moco_v3": "moco:MoCoV3", "dino": "dino:DINO", "mae": "mae:MAE",
             "rotation": "rotation:Rotation", "denoising_ae": "denoising_ae:DenoisingAE", "mlm": "mlm:MLM",
             "gpt": "gpt:GPT", "sop": "sop:SOP", "simcse": "simcse:SimCSE",
-            "wav2vec2": "wav2vec2:Wav2Vec2"}
+            "wav2vec2": "wav2vec2:Wav2Vec2", "clip": "clip:CLIP"}
 NAMES = tuple(REGISTRY)
 
 
