@@ -107,10 +107,7 @@ reliability: install
 
 # Real RGB pictures for the 224 px view benchmark and the GPU check: ~1,900 public-domain clip-art pictures (Debian
 # openclipart-png, the files over 20 KiB), prepared at 256 px.
-CLIPART := /usr/share/openclipart/png
-
-$(CLIPART):
-	$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openclipart-png
+CLIPART := $(OPENCLIPART)
 
 data/clipart/manifest.json: | install $(CLIPART)
 	rm -rf data/clipart.files && mkdir -p data/clipart.files

@@ -1,4 +1,4 @@
-"""The `sslscale` command: data prepare | pretrain | sweep | evaluate | export | ui | submit.
+"""The `sslscale` command: data prepare | pretrain | sweep | evaluate | export | embed | ui | submit.
 
 Every user error is one line (`sslscale: error: ...`) and a non-zero exit; `--debug` shows the traceback.
 """
@@ -92,8 +92,22 @@ def _parser() -> argparse.ArgumentParser:
     _source_args(ex)
     ex.add_argument("--out", required=True, help="file name ending in encoder.safetensors")
 
-    sb = sub.add_parser("submit", help="run pretrain | sweep | evaluate as a Ray job on a cluster",
-                        usage="sslscale submit [--address URL] [--no-wait] -- pretrain|sweep|evaluate ARGS...\n"
+    em = sub.add_parser("embed", help="turn pictures, lines of text or a prepared corpus into vectors (Parquet)",
+                        description="One row per input: its path, line number, or split and id, and its vector. An "
+                        "encoder gives its features; a CLIP export the joint embedding of its image or text tower.")
+    em.add_argument("--encoder", required=True, help="an exported *encoder.safetensors file (or a run folder)")
+    em.add_argument("--input", required=True, help="a folder of pictures (or audio), a text file (one document a "
+                    "line), or a prepared corpus folder")
+    em.add_argument("--out", required=True, help="the .parquet file to write")
+    em.add_argument("--workers", type=int, default=0, help="embed on Ray Data with this many actors (0: here)")
+    em.add_argument("--batch-size", type=int, default=256)
+    em.add_argument("--on-error", default="fail", choices=["fail", "skip"], help="a file that cannot be decoded")
+    em.add_argument("--tokenizer", metavar="CORPUS", help="text: this prepared corpus's tokenizer (for files "
+                    "exported before they carried theirs)")
+    em.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+    sb = sub.add_parser("submit", help="run pretrain | sweep | evaluate | embed as a Ray job on a cluster",
+                        usage="sslscale submit [--address URL] [--no-wait] -- pretrain|sweep|evaluate|embed ARGS...\n"
                               "       sslscale submit [--address URL] --list | --logs ID | --stop ID",
                         description="Sends this folder (without .git and what .gitignore lists) to the cluster and "
                         "runs the command there as a Ray job, printing its output. The cluster's auth token comes "
@@ -115,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 JOB_SERVER = "http://127.0.0.1:8265"
-SUBMITTABLE = ("pretrain", "sweep", "evaluate")
+SUBMITTABLE = ("pretrain", "sweep", "evaluate", "embed")
 
 
 def _source_args(p: argparse.ArgumentParser) -> None:
@@ -195,9 +209,9 @@ def _cmd_pretrain(args) -> None:
     result = pretrain(cfg, resume=args.resume)
     encoder = result.encoder_path
     if args.export:
-        from sslscale.training.export import load_encoder, save_encoder
+        from sslscale.training.export import copy_export
 
-        encoder = os.path.abspath(save_encoder(load_encoder(encoder), args.export))
+        encoder = os.path.abspath(copy_export(encoder, args.export))
     print(f"\nrun id:      {result.run_id or '(tracking off)'}")
     print(f"checkpoint:  {result.checkpoint}")
     print(f"encoder:     {encoder}  (load it with sslscale.load_encoder)")
@@ -249,6 +263,7 @@ def _cmd_sweep(args) -> None:
 
 def _cmd_evaluate(args) -> None:
     from sslscale import storage
+    from sslscale.evaluation import zeroshot
     from sslscale.evaluation.transfer import chosen, timed_evaluate
     from sslscale.runtime import tracking
     from sslscale.training.export import load_encoder
@@ -261,6 +276,7 @@ def _cmd_evaluate(args) -> None:
     cfg = evaluate_config(trained_with, flags, args.overrides)
     os.makedirs(args.out, exist_ok=True)  # an unwritable folder fails before the scoring, not after
     scores, plots = timed_evaluate(load_encoder(path), cfg.transfer, cfg, args.out)
+    scores.update(zeroshot.evaluate_export(path, cfg.transfer))  # a CLIP export on a captioned target
     _print_scores(scores)
     if plots:
         print("plots:\n" + "\n".join(f"  {p}" for p in plots))
@@ -275,10 +291,10 @@ def _cmd_evaluate(args) -> None:
 
 
 def _cmd_export(args) -> None:
-    from sslscale.training.export import load_encoder, save_encoder
+    from sslscale.training.export import copy_export
 
     path = _encoder_source(args)[0]
-    print(f"wrote {save_encoder(load_encoder(path), args.out)}")
+    print(f"wrote {copy_export(path, args.out)}")
 
 
 def _cmd_ui(args) -> None:
@@ -351,8 +367,17 @@ def _cmd_submit(args) -> None:
         raise SslscaleError(f"job {job_id} {status.value}" + (f": {message[-1]}" if message else ""))
 
 
+def _cmd_embed(args) -> None:
+    from sslscale.evaluation.embed import embed
+
+    got = embed(args.encoder, args.input, args.out, workers=args.workers, batch_size=args.batch_size,
+                on_error=args.on_error, tokenizer=args.tokenizer, overwrite=args.overwrite)
+    skipped = f"; {len(got['skipped'])} left out: {', '.join(got['skipped'][:5])}" if got["skipped"] else ""
+    print(f"wrote {got['out']}: {got['rows']} vectors of {got['dim']}{skipped}")
+
+
 COMMANDS = {"prepare": _cmd_prepare, "pretrain": _cmd_pretrain, "sweep": _cmd_sweep, "evaluate": _cmd_evaluate,
-            "export": _cmd_export, "ui": _cmd_ui, "submit": _cmd_submit}
+            "export": _cmd_export, "embed": _cmd_embed, "ui": _cmd_ui, "submit": _cmd_submit}
 
 
 def main(argv: list[str] | None = None) -> int:

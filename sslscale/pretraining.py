@@ -28,7 +28,7 @@ from sslscale.config import Config
 from sslscale.data import corpus, stream
 from sslscale.data.modalities import KINDS, Modality, data_field, data_fields
 from sslscale.errors import SslscaleError, root_cause
-from sslscale.evaluation import transfer
+from sslscale.evaluation import transfer, zeroshot
 from sslscale.methods import kinds_read, view_parts
 from sslscale.runtime import tracking
 from sslscale.runtime.cluster import ensure_ray, in_job, shutdown
@@ -242,6 +242,7 @@ def _finish(cfg: Config, run_id: str, uri: str, run_dir: str, final: str) -> tup
                 print(f"scoring the encoder on {cfg.transfer.target} ({cfg.transfer.protocols}; kNN "
                       f"k={cfg.transfer.knn_k}, label fractions {cfg.transfer.label_fractions})...", flush=True)
                 scores, made = transfer.timed_evaluate(load_encoder(encoder_path), cfg.transfer, cfg, pictures)
+                scores.update(zeroshot.evaluate_export(encoder_path, cfg.transfer))
         except Exception:  # a stop (KeyboardInterrupt) ends the run KILLED in pretrain()
             if run_id:
                 safe(tracking.end_run, uri, run_id, "FAILED")
@@ -319,9 +320,10 @@ def preflight(cfg: Config) -> tuple[str, dict]:
     validate(cfg)
     corpus_dir = corpus.resolve(cfg.data.corpus)
     fields = _data_fields(corpus_dir, cfg)
-    if cfg.transfer.enabled:
-        transfer.check_target(cfg.transfer, next(iter(fields.values())), corpus_dir)
-    return corpus_dir, {kind: field.encoder_input() for kind, field in fields.items()}
+    if cfg.transfer.enabled:  # the encoder's kind in the target, and a tower's where the target holds it
+        for i, read in enumerate(fields.values()):
+            transfer.check_target(cfg.transfer, read, corpus_dir, required=i == 0)
+    return corpus_dir, {kind: read.encoder_input() for kind, read in fields.items()}
 
 
 def pretrain(cfg: Config, *, resume: str | None = None, tags: dict | None = None, callbacks: tuple = (),

@@ -147,3 +147,83 @@ def test_a_tiny_model_learns_to_match_pairs():
         optimizer.step()
     assert before < 0.2 and top1(1001) > 0.6
     assert out["loss"].item() < 0.5 * math.log(32)
+
+
+def test_recall_counts_a_shared_caption_as_a_match_and_chance_is_exact():
+    from sslscale.evaluation.zeroshot import _same_caption, chance_recall, recall
+
+    captions = np.array([[7, 3, 0], [8, 3, 0], [7, 3, 0], [9, 3, 0]])  # items 0 and 2 share a caption
+    same = _same_caption(captions)
+    assert same.tolist() == [[True, False, True, False], [False, True, False, False],
+                             [True, False, True, False], [False, False, False, True]]
+    sim = torch.tensor([[0.1, 0.2, 0.9, 0.0],   # item 0's best is item 2: the same caption, a hit at 1
+                        [0.9, 0.1, 0.8, 0.7],   # item 1's own is last: a hit at 4 only
+                        [0.5, 0.4, 0.3, 0.2],
+                        [0.1, 0.2, 0.3, 0.4]])
+    assert [recall(sim, same, k) for k in (1, 2, 4)] == [0.75, 0.75, 1.0]
+    # random ranking of 4: one match in top 1 with p 1/4, two matches with p 1/2
+    assert chance_recall(same, 1) == pytest.approx((0.5 + 0.25 + 0.5 + 0.25) / 4)
+    assert chance_recall(same, 10) == 1.0  # k beyond the split: every item
+
+
+def test_prompts_and_the_words_the_tokenizer_splits():
+    from sslscale.evaluation.zeroshot import TEMPLATES, prompt_ids, split_words
+
+    tok = train_tokenizer(["a picture of a cat.", "a drawing of a cat.", "a photo of a cat.", "clip art of a cat."],
+                          300)
+    ids = prompt_ids(tok, ["cat", "natural forces"], 12)
+    assert ids.shape == (2 * len(TEMPLATES), 12) and (ids[:, 0] > 4).all()
+    assert tok.decode([int(i) for i in ids[0] if i > 4]).strip() == "a picture of a cat."
+    assert all(3 in row for row in ids)  # each ends in [SEP], as a prepared caption does
+    assert split_words(tok, ["cat", "natural", "forces"]) == 2  # never seen: pieces
+
+
+def test_the_export_holds_both_towers_and_the_tokenizer_and_older_files_still_load(tmp_path):
+    from sslscale.errors import SslscaleError
+    from sslscale.training.export import (fresh_like, has_method, load_encoder, load_model, load_tokenizer,
+                                          save_encoder)
+
+    model = _model(seed=4).eval()
+    images, ids = _pairs(8)
+    tok = train_tokenizer(["a cat.", "a dog."], 300)
+    path = save_encoder(model.encoder, str(tmp_path / "clip.encoder.safetensors"), method=model,
+                        tokenizer=tok.to_str().encode())
+    batch = _batch(images, ids)
+    back = load_model(path)
+    with torch.no_grad():
+        assert torch.equal(model.embed_images(batch["view_0"])[1], back.embed_images(batch["view_0"])[1])
+        assert torch.equal(model.encoder(batch["view_0"]), load_encoder(path)(batch["view_0"]))
+        assert torch.equal(model.embed_texts(batch["tokens"]), back.embed_texts(batch["tokens"]))
+        assert not torch.equal(fresh_like(model).embed_texts(batch["tokens"]), back.embed_texts(batch["tokens"]))
+    assert has_method(path) and load_tokenizer(path).to_str() == tok.to_str()
+    old = save_encoder(model.encoder, str(tmp_path / "old.encoder.safetensors"))  # an encoder alone, as before
+    assert not has_method(old) and load_tokenizer(old) is None and load_encoder(old).spec() == model.encoder.spec()
+    with pytest.raises(SslscaleError, match="holds an encoder alone, not a method with towers"):
+        load_model(old)
+
+
+def test_a_target_whose_captions_the_text_tower_cannot_read_is_refused_before_training(tmp_path):
+    """A captioned target with longer captions, or another tokenizer, than the pretraining corpus: one line each,
+    before anything starts; tuxpaint_captions takes the corpus's caption length with its tokenizer by default."""
+    from captions import captioned_folder, stamps_subset
+    from sslscale.data import corpus
+    from sslscale.errors import SslscaleError
+    from sslscale.pretraining import preflight
+
+    pics, pics2, stamps = tmp_path / "pics", tmp_path / "pics2", stamps_subset(tmp_path / "stamps", 3)
+    corpus.prepare(str(captioned_folder(tmp_path / "folder", 24)), pics, image_size=16, seq_len=16, vocab_size=300,
+                   progress=False)
+    corpus.prepare(str(tmp_path / "folder"), tmp_path / "pics2", image_size=16, seq_len=16, vocab_size=200,
+                   progress=False)  # the same captions, another vocabulary: another tokenizer
+    for name, options in (("long", {"seq_len": 24, "tokenizer": str(pics)}), ("other", {"tokenizer": str(pics2)}),
+                          ("fits", {"tokenizer": str(pics)})):
+        corpus.prepare("tuxpaint_captions", tmp_path / name, path=str(stamps), image_size=16, progress=False,
+                       **options)
+    cfg = _cfg().override([f"data.corpus={pics}", "transfer.protocols=knn"])
+    with pytest.raises(SslscaleError, match=r"holds passages of up to 24 tokens but the encoder takes the corpus' 16: "
+                                            r"prepare it with --seq-len 16$"):
+        preflight(cfg.override([f"transfer.target={tmp_path / 'long'}"]))
+    with pytest.raises(SslscaleError, match="was tokenised with another tokenizer than corpus"):
+        preflight(cfg.override([f"transfer.target={tmp_path / 'other'}"]))
+    assert preflight(cfg.override([f"transfer.target={tmp_path / 'fits'}"]))[1] == {
+        "image": {"in_channels": 3, "image_size": 16}, "text": {"vocab_size": 300, "max_length": 16}}

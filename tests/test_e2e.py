@@ -78,7 +78,8 @@ def test_labelled_stream_is_the_in_process_batches(data_root, monkeypatch, ray_l
     assert (rows["label"] == np.concatenate([b["label"].numpy() for b in local])).all()
 
 
-def test_clip_pretrains_on_pictures_and_captions_and_scores_its_image_tower(debug_cfg, tmp_path, ray_local):
+def test_clip_pretrains_on_pictures_and_captions_and_scores_its_image_tower(debug_cfg, tmp_path, ray_local,
+                                                                               capsys):
     """`sslscale data prepare` of a captioned folder and of the tuxpaint_captions built-in (a subset, through
     --path, with the pretraining corpus's tokenizer), then CLIP on 2 workers: both towers under one DeepSpeed
     engine, records of two fields streamed by Ray Data, the image tower scored on the two-field target."""
@@ -107,6 +108,27 @@ def test_clip_pretrains_on_pictures_and_captions_and_scores_its_image_tower(debu
     assert {"knn_top1", "linear_top1", "random_init/knn_top1", "pixels/knn_top1", "majority"} <= set(scores)
     encoder = load_encoder(result.encoder_path)
     assert encoder.spec()["name"] == "resnet" and (encoder.in_channels, encoder.image_size) == (3, 16)
+    # zero-shot on the target's categories and retrieval of its captions, against a random-init pair and chance
+    zero = {"zeroshot_top1", "zeroshot_balanced", "random_init/zeroshot_top1", "chance/zeroshot_top1",
+            "prompt_words", "prompt_words_split"}
+    for way in ("image_to_text", "text_to_image"):
+        zero |= {f"{prefix}retrieval/{way}_r{k}" for prefix in ("", "random_init/", "chance/") for k in (1, 5, 10)}
+    assert zero <= set(scores) and scores["chance/zeroshot_top1"] == pytest.approx(1 / 3)
+    assert scores["prompt_words"] == 3 and 0 <= scores["prompt_words_split"] <= 3
+    assert all(0 <= scores[k] <= 1 for k in zero if "prompt" not in k)
+    # the export holds both towers and the corpus's tokenizer: the model loads back whole
+    from sslscale.training.export import load_model, load_tokenizer
+
+    assert load_tokenizer(result.encoder_path).to_str().encode() == (pics / "tokenizer.json").read_bytes()
+    model = load_model(result.encoder_path)
+    assert model.text.spec()["kwargs"]["dim"] == 16 and model.logit_scale.item() != 0
+    # `sslscale evaluate` on the exported file scores zero-shot too (no baselines: the pretrained pair alone)
+    from sslscale.cli import main
+
+    assert main(["evaluate", "--checkpoint", result.encoder_path, "--target", str(target), "--no-baseline",
+                 "--protocol", "knn", "--out", str(tmp_path / "ev")]) == 0
+    printed = capsys.readouterr().out
+    assert "zeroshot_top1" in printed and "retrieval/text_to_image_r5" in printed and "random_init" not in printed
 
 
 # what each method needs beyond the debug recipe: DINO's local crops, MAE's ViT (8x8 digits, 2x2 patches); BYOL
@@ -165,7 +187,8 @@ def test_masked_lm_pretrains_on_text_and_scores_on_bbc_news(debug_cfg, ray_local
     """The masked LM end to end: Python's documentation prepared on first use (BPE tokenizer, passages), BERT's
     masking on the Ray Data tasks, a text transformer on 2 Ray Train workers under DeepSpeed ZeRO-1, masked-token
     accuracy, perplexity and the health metrics in MLflow, then kNN and a linear probe on BBC News (tokenised with
-    the pretraining corpus's tokenizer) beside a random-init encoder and TF-IDF; the exported encoder reads ids."""
+    the pretraining corpus's tokenizer) beside a random-init encoder and TF-IDF; the exported encoder reads ids and
+    carries the corpus's tokenizer."""
     import torch
 
     from sslscale import pretrain
@@ -182,6 +205,11 @@ def test_masked_lm_pretrains_on_text_and_scores_on_bbc_news(debug_cfg, ray_local
     assert result.scores["bbcnews/tfidf/linear_top1"] > 0.8  # BBC News's topics are easy for bag-of-words
     encoder = load_encoder(result.encoder_path)
     assert encoder.spec()["name"] == "text" and encoder(torch.randint(5, 100, (2, 16))).shape == (2, 16)
+    from sslscale.data.corpus import resolve
+    from sslscale.training.export import load_tokenizer
+
+    with open(os.path.join(resolve("pydocs"), "tokenizer.json"), "rb") as f:  # the export reads text on its own
+        assert load_tokenizer(result.encoder_path).to_str().encode() == f.read()
 
 
 @pytest.mark.long

@@ -30,12 +30,13 @@ def test_one_trial_sweep_end_to_end(debug_cfg, ray_local):
                    name="one", recipe="debug", retrain_overrides=["train.steps=6", "data.cpus=1"])
     uri = tracking.resolve_uri("")
     parent, children = _runs(uri, result.parent_run_id)
-    assert parent.info.status == "FINISHED" and parent.info.run_name == "one"
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "sweep one"
     assert parent.data.params["sweep.space.method.simclr.temperature"] == "choice:0.3"
     assert parent.data.params["sweep.scheduler"] == "fifo" and parent.data.params["sweep.search"] == "optuna"
     assert parent.data.params["train.steps"] == "6"
     [(trial_id, child)] = children.items()
     assert child.info.status == "FINISHED" and child.data.params["method.simclr.temperature"] == "0.3"
+    assert child.info.run_name == f"debug: simclr on digits, trial {trial_id}"  # what it is, not a random name
     assert _steps(uri, child.info.run_id, "loss") == [1, 2, 3, 4, 5, 6]
     assert _steps(uri, child.info.run_id, "health/rankme") == [2, 4, 6]
     [best] = result.trials

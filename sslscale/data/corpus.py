@@ -115,7 +115,7 @@ def _remove(path: Path) -> None:
 
 
 def _build(src: Source, staging: Path, fmt: str, shard_size: int, show_progress: bool, chunk_bytes: int) -> dict:
-    progress = _Progress(sum(n for n, _ in src.splits.values()), show_progress)
+    progress = Progress(sum(n for n, _ in src.splits.values()), show_progress)
     fields = list(data_fields({"fields": src.data}, src.path).values())  # each field's kind encodes its values
     splits = {split: _write_split(samples, split, staging, fmt, shard_size, progress, fields, chunk_bytes)
               for split, (_, samples) in src.splits.items()}
@@ -137,7 +137,7 @@ def _build(src: Source, staging: Path, fmt: str, shard_size: int, show_progress:
 
 
 def _write_split(samples: Iterable[Sample], split: str, staging: Path, fmt: str, shard_size: int,
-                 progress: "_Progress", fields: list[Modality], chunk_bytes: int) -> dict:
+                 progress: "Progress", fields: list[Modality], chunk_bytes: int) -> dict:
     """A split's shards: each sample's values encoded by their fields, `shard_size` samples a shard."""
     shards: list[dict] = []
     batch: list[Row] = []
@@ -187,16 +187,17 @@ def _write_parquet(path: Path, rows: list[Row], members: Members) -> None:
     pq.write_table(pa.table(columns), path)
 
 
-class _Progress:
-    """Samples written, rate and ETA on stderr: redrawn with '\\r' on a TTY, else a line every ~5 s."""
+class Progress:
+    """Samples done, rate and ETA on stderr: redrawn with '\\r' on a TTY, else a line every ~5 s; `what` names the
+    work (prepare, embed)."""
 
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self.done = total, enabled, 0
+    def __init__(self, total: int, enabled: bool, what: str = "prepare"):
+        self.total, self.enabled, self.done, self.what = total, enabled, 0, what
         self.tty = enabled and sys.stderr.isatty()
         self.start = self.last = time.monotonic()
 
-    def advance(self) -> None:
-        self.done += 1
+    def advance(self, n: int = 1) -> None:
+        self.done += n
         if self.enabled and time.monotonic() - self.last >= (0.2 if self.tty else 5.0):
             self.report(final=False)
 
@@ -206,7 +207,7 @@ class _Progress:
         self.last = time.monotonic()
         rate = self.done / max(self.last - self.start, 1e-9)
         eta = (self.total - self.done) / rate if rate else 0.0
-        line = f"prepare: {self.done}/{self.total} samples, {rate:,.0f} samples/s, ETA {eta:.0f}s"
+        line = f"{self.what}: {self.done}/{self.total} samples, {rate:,.0f} samples/s, ETA {eta:.0f}s"
         sys.stderr.write(("\r" if self.tty else "") + line + ("\n" if final or not self.tty else ""))
         sys.stderr.flush()
 

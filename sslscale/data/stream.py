@@ -328,6 +328,15 @@ def labelled_views(field: Modality, images: np.ndarray, labels: np.ndarray, samp
                                                                               num_cpus=task_cpus)
 
 
+def map_in_actors(rows: list[dict], actor: type, kwargs: dict, batch_size: int, workers: int) -> list[dict]:
+    """Every row through `workers` Ray Data actors of class `actor` (constructed once each with `kwargs`, then
+    called on batches of `batch_size` rows as dicts of columns), one CPU each; the rows they return, in no fixed
+    order (`sslscale embed --workers`)."""
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
+    return ds.map_batches(actor, fn_constructor_kwargs=kwargs, batch_size=batch_size, concurrency=workers,
+                          num_cpus=1, batch_format="numpy").take_all()
+
+
 def in_order() -> ray.data.ExecutionOptions:
     """Ingest options that keep a stream's row order (labelled_views: the same seed gives the same batches)."""
     return ray.data.ExecutionOptions(preserve_order=True)

@@ -45,13 +45,16 @@ def _labelled(target: str) -> tuple[str, dict]:
     return folder, manifest
 
 
-def check_target(tcfg, field: Modality, corpus_dir: str | None = None) -> None:
+def check_target(tcfg, field: Modality, corpus_dir: str | None = None, required: bool = True) -> None:
     """Before training: one line when tcfg.target cannot score an encoder of the pretraining corpus's data `field`
     (of corpus_dir): it is missing, has no labels or splits, holds another kind of data, or data the encoder
-    cannot take (images of another size, text of another tokenizer)."""
+    cannot take (images of another size, text of another tokenizer or longer). A tower's field (required=False)
+    is checked where the target holds its kind (zero-shot reads it), and passes where it does not."""
     chosen(tcfg)
     folder, manifest = _labelled(tcfg.target)
     kinds = {f.kind: f for f in data_fields(manifest, folder).values()}
+    if field.kind not in kinds and not required:
+        return
     if field.kind not in kinds:
         holds = " and ".join(f.noun for f in kinds.values())
         raise SslscaleError(f"transfer.target {tcfg.target} holds {holds} but the encoder takes {field.noun}: "

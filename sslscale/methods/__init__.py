@@ -24,6 +24,12 @@ def method_class(name: str) -> type:
     return getattr(importlib.import_module(f"sslscale.methods.{module}"), cls)
 
 
+def name_of(cls: type) -> str:
+    """The registered name of a method class (the inverse of method_class)."""
+    return next(name for name, where in REGISTRY.items()
+                if where == f"{cls.__module__.rpartition('.')[2]}:{cls.__name__}")
+
+
 def build_method(cfg, inputs: dict | None = None, **input_spec):
     """The method named by cfg.method.name, with its section of cfg.method, around the encoder cfg.model describes
     and the method's further towers (Method.towers), each for its kind's input spec in `inputs` ({kind: spec}, as

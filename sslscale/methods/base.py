@@ -111,6 +111,10 @@ class Method(nn.Module):
         must hold a field of each kind. `encoder` stays the one probed, monitored and exported as the encoder."""
         return {}
 
+    def tower_modules(self) -> dict[str, nn.Module]:
+        """The towers build_method handed __init__, by kind ({} without): what an export carries beside `encoder`."""
+        return {}
+
     @staticmethod
     def views(cfg, sizes: dict[str, int]) -> dict[str, Layout]:
         """What the Ray Data stream makes from each record: a typed Layout per kind of field the method reads
@@ -227,14 +231,6 @@ class MomentumMethod(Method):
         self.head, self.predictor = head, predictor
         self.teacher = ema_copy(nn.Sequential(encoder, head))
         self.total_steps = total_steps
-
-    @classmethod
-    def towers(cls, section) -> dict[str, tuple[str, dict]]:
-        """Encoders besides `encoder`, one per further kind of data the method reads: {kind: (encoder family, its
-        keyword arguments)} from the method's `section` (CLIP: {"text": ("text", {dim, depth, heads})}).
-        build_method builds each for its field's input spec and hands them to __init__ as `towers`; the corpus
-        must hold a field of each kind. `encoder` stays the one probed, monitored and exported as the encoder."""
-        return {}
 
     @staticmethod
     def views(cfg, sizes: dict[str, int]) -> dict[str, Layout]:

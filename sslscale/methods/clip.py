@@ -91,6 +91,9 @@ class CLIP(Method):
         # shape (1,), not a 0-d scalar as CLIP's: DeepSpeed's broadcast of the initial weights views each as bytes
         self.logit_scale = nn.Parameter(torch.full((1,), math.log(1 / cfg.init_temperature)))
 
+    def tower_modules(self) -> dict[str, nn.Module]:
+        return {"text": self.text}
+
     def sizes(self) -> dict[str, int]:
         return {"image": self.encoder.input_size, "text": self.text.input_size}
 

@@ -139,6 +139,15 @@ def provenance() -> dict[str, str]:
     return tags
 
 
+def run_name(cfg, tags: dict) -> str:
+    """A name that says what a run is, where tracking.run_name gives none: its recipe, method and corpus, and a
+    sweep trial's id ("clip_openclipart: clip on openclipart, trial 0f26d_00001"), in place of MLflow's random one."""
+    corpus = os.path.basename(str(cfg.data.corpus).rstrip("/")) or str(cfg.data.corpus)
+    trial = tags.get("sslscale.tune_trial_id")
+    return (f"{cfg.recipe}: " if cfg.recipe else "") + f"{cfg.method.name} on {corpus}" + (
+        f", trial {trial}" if trial else "")
+
+
 def start_run(uri: str, cfg, tags: dict | None = None) -> str:
     """Create the run (nested under cfg.tracking.parent_run_id if set) with the whole config as flat params."""
     c = client(uri)
@@ -147,7 +156,7 @@ def start_run(uri: str, cfg, tags: dict | None = None) -> str:
         all_tags = {**provenance(), **(tags or {})}
         if cfg.tracking.parent_run_id:
             all_tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
-        run = c.create_run(exp_id, run_name=cfg.tracking.run_name or None, tags=all_tags)
+        run = c.create_run(exp_id, run_name=cfg.tracking.run_name or run_name(cfg, all_tags), tags=all_tags)
     except Exception as e:  # noqa: BLE001 - any store failure is one line for the user
         raise SslscaleError(f"cannot create an MLflow run at {shown(uri)} ({type(e).__name__}: {str(e)[:200]}); "
                             f"check tracking.uri or MLFLOW_TRACKING_URI, or set tracking.enabled=false") from None

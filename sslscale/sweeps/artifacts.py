@@ -33,7 +33,7 @@ def write_state(state: dict) -> None:
 def open_parent(cfg: Config, state: dict) -> str:
     """The sweep's parent run: the base config, and the space and options as `sweep.*` params."""
     parent_cfg = Config.from_dict(cfg.to_dict())
-    parent_cfg.tracking.run_name = state["name"]
+    parent_cfg.tracking.run_name = f"sweep {state['name']}"
     run_id = tracking.start_run(cfg.tracking.uri, parent_cfg, {"sslscale.sweep": state["name"],
                                                                "sslscale.sweep_folder": state["folder"]})
     params = {f"sweep.space.{d.key}": d.spec for d in spaces.parse(state["space"]).values()}

@@ -113,6 +113,7 @@ class Engine:
 
     def __init__(self, method: torch.nn.Module, cfg):
         self.cfg = cfg
+        self.tokenizer: bytes | None = None  # the corpus's tokenizer.json, which each exported encoder carries
         self.device = pick_device(cfg.train.use_gpu)
         self.precision = pick_precision(cfg.engine.precision, self.device)
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
@@ -262,9 +263,11 @@ class Engine:
         from sslscale.training.export import save_encoder
 
         self.ds.save_checkpoint(folder, tag=DS_TAG, save_latest=False)
-        with self.gathered(self.method.encoder):  # every rank joins the gather; one writes
+        exported = self.method if self.method.tower_modules() else self.method.encoder  # what the export holds
+        with self.gathered(exported):  # every rank joins the gather; one writes
             if state is not None:
-                save_encoder(self.method.encoder, os.path.join(folder, checkpoint.ENCODER))
+                save_encoder(self.method.encoder, os.path.join(folder, checkpoint.ENCODER), method=self.method,
+                             tokenizer=self.tokenizer)
         checkpoint.write_rank_files(folder, rank, position, state)
 
     def load(self, folder: str) -> dict:

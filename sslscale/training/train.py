@@ -30,6 +30,7 @@ from ray.train.torch import TorchTrainer
 from sslscale import dist, storage
 from sslscale.checks import resources
 from sslscale.config import Config
+from sslscale.data import corpus
 from sslscale.data.position import Position
 from sslscale.errors import SslscaleError, root_cause
 from sslscale.methods import build_method
@@ -178,6 +179,15 @@ def _check_bad_steps(in_row: int, cfg: Config, step: int, last_saved: int) -> No
                             f"were skipped; {where}")
 
 
+def _tokenizer(where: dict | None) -> bytes | None:
+    """The corpus's tokenizer.json, which a text field names, for the exported encoder; None without one."""
+    if not where:
+        return None
+    manifest = corpus.load_manifest(where["corpus"])
+    names = [e["tokenizer"] for e in manifest["fields"].values() if e.get("kind") == "text" and e.get("tokenizer")]
+    return storage.read_bytes(storage.join(where["corpus"], names[0])) if names else None
+
+
 def train_loop(loop_config: dict) -> None:
     """Runs on every Ray Train worker."""
     marks = Marks(imported=IMPORTED_AT)
@@ -192,6 +202,7 @@ def train_loop(loop_config: dict) -> None:
     buffer = tracking.MetricBuffer(loop_config["uri"], run_id) if rank == 0 and run_id else None
     step, position, repeated = _restore(engine, loop_config, rank, buffer)
     spectrum_probe = Spectrum(cfg, loop_config.get("probe"), rank, engine.method.encoder.modality)
+    engine.tokenizer = _tokenizer(loop_config.get("probe")) if rank == 0 else None
     marks.mark("engine")
     first = first.result()
     fresh, rows = Position(loop_config["samples"]), 0  # what this rank consumed since the last checkpoint

@@ -159,6 +159,9 @@ class Text(Modality):
             raise SslscaleError(f"transfer.target {where} was tokenised with another tokenizer than corpus "
                                 f"{corpus_dir}: prepare it with `sslscale data prepare SOURCE --tokenizer "
                                 f"{corpus_dir}`")
+        if target.size > self.size:
+            raise SslscaleError(f"transfer.target {where} holds passages of up to {target.size} tokens but the "
+                                f"encoder takes the corpus' {self.size}: prepare it with --seq-len {self.size}")
 
     def baseline(self, train_x: np.ndarray, test_x: np.ndarray):
         """TF-IDF (sklearn's smoothed idf from the train split, rows L2-normalised; special ids left out)."""

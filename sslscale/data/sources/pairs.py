@@ -7,7 +7,7 @@ Sources:
 - `openclipart` (Debian openclipart-png, ~6,900 public-domain pictures in topic folders), for pretraining: a
   picture's title is its file name cleaned into words (`full_moon_dan_gerhards_01.png` -> "full moon dan
   gerhards"), and its caption the title with its topic folders' words ("full moon dan gerhards, science
-  astronomy"). Pictures whose bytes equal an earlier one's are left out (`unsorted/duplicates`);
+  astronomy"). A picture whose bytes equal an earlier one's is left out (1,221 of its 8,121 paths are links);
 - `tuxpaint_captions` (Debian tuxpaint-stamps-default), the evaluation target: Tux Paint's stamps with the
   human-written names in `<stamp>.txt`, labelled by their category folder (`animals`, `naturalforces`, ...). The
   manifest's label field carries each category as words for prompts (`words`: "natural forces"). A stamp's mirrored
@@ -21,7 +21,8 @@ whitespace collapsed. A built-in's picture that cannot be decoded is left out an
 Pictures are composited on white where transparent, padded with white to a square (clip art is drawn to its
 edges, where a centre crop would cut it) and resized to `image_size` (default 64) in RGB. Captions go through the
 text modality's tokenizer (sources/text.py): trained on the train split's captions, or a prepared corpus's with
-`--tokenizer`; a caption is its ids and [SEP], at most `seq_len` (default 32) of them.
+`--tokenizer` (whose caption length is then the default); a caption is its ids and [SEP], at most `seq_len`
+(default 32) of them.
 """
 from __future__ import annotations
 
@@ -164,39 +165,22 @@ def caption_splits(pairs: list[Pair], classes: list[str], test_fraction: float, 
 # ---------------------------------------------------------------- the source corpus.prepare writes
 
 def source(name: str, *, on_error: str, test_fraction: float, seed: int, path=None, image_size: int = 64,
-           seq_len: int = 32, vocab_size: int = 4096, tokenizer: Optional[str] = None) -> Source:
+           seq_len: Optional[int] = None, vocab_size: int = 4096, tokenizer: Optional[str] = None) -> Source:
     """The pairs of a captioned folder, a .jsonl file, `openclipart` or `tuxpaint_captions` (module docstring);
     tuxpaint_captions with openclipart's tokenizer unless told otherwise (it is the target of openclipart's runs)."""
     if name == "tuxpaint_captions" and not tokenizer:
         from sslscale.data.corpus import resolve
 
         tokenizer = resolve("openclipart")
+    seq_len = seq_len or _length_of(tokenizer) or 32
     if image_size < 1 or not 4 <= seq_len <= 4096 or not len(SPECIAL) < vocab_size <= 2**31:
         raise SslscaleError(f"--image-size {image_size}, --seq-len {seq_len}, --vocab-size {vocab_size}: use a "
                             f"positive size, 4-4096 tokens and more than {len(SPECIAL)} ids (e.g. 64, 32, 4096)")
     if path is not None and name not in BUILTINS:
         raise path_not_taken(name)
     skipped: list[str] = []
-    classes, words = None, None
     on_error = "skip" if name in BUILTINS else on_error  # a packaged picture PIL refuses cannot be fixed: left out
-    if name == "openclipart":
-        root = Path(path or OPENCLIPART_DIR).absolute()
-        parts = {"train": _openclipart(root)}
-    elif name == "tuxpaint_captions":
-        root = Path(path or TUXPAINT_DIR).absolute()
-        pairs, classes = _tuxpaint(root)
-        words = [CATEGORY_WORDS.get(c, c.replace("_", " ")) for c in classes]
-        parts = caption_splits(pairs, classes, test_fraction, seed)
-    else:
-        root = Path(name).absolute()
-        if root.is_file():
-            parts = {"train": _jsonl_pairs(root, on_error, skipped)}
-        else:
-            pairs, classes = _folder_pairs(root)
-            by_file = {q[0]: q for q in pairs}
-            files = folder_splits(root, list(by_file), classes, {p: q[2] for p, q in by_file.items()},
-                                  test_fraction, seed)
-            parts = {split: [by_file[p] for p in chosen] for split, chosen in files.items()}
+    root, parts, classes, words = _pairs_of(name, path, on_error, skipped, test_fraction, seed)
     parts = shuffled(parts, seed)
     tok = load_tokenizer(tokenizer) if tokenizer else train_tokenizer([c for _, c, _ in parts["train"]], vocab_size)
     entry = {"kind": "text", "encoding": "ids", "dtype": ids_dtype(tok.get_vocab_size()).name, "max_length": seq_len,
@@ -207,6 +191,35 @@ def source(name: str, *, on_error: str, test_fraction: float, seed: int, path=No
     splits = {split: (len(part), _samples(part, tok, image_size, seq_len, on_error, skipped))
               for split, part in parts.items()}
     return Source(kind, str(root), data, classes, splits, skipped, {TOKENIZER: tok.to_str().encode()}, words)
+
+
+def _pairs_of(name: str, path, on_error: str, skipped: list[str], test_fraction: float, seed: int):
+    """(root, pairs per split, class names or None, class words or None) of a source (module docstring)."""
+    if name == "openclipart":
+        root = Path(path or OPENCLIPART_DIR).absolute()
+        return root, {"train": _openclipart(root)}, None, None
+    if name == "tuxpaint_captions":
+        root = Path(path or TUXPAINT_DIR).absolute()
+        pairs, classes = _tuxpaint(root)
+        words = [CATEGORY_WORDS.get(c, c.replace("_", " ")) for c in classes]
+        return root, caption_splits(pairs, classes, test_fraction, seed), classes, words
+    root = Path(name).absolute()
+    if root.is_file():
+        return root, {"train": _jsonl_pairs(root, on_error, skipped)}, None, None
+    pairs, classes = _folder_pairs(root)
+    by_file = {q[0]: q for q in pairs}
+    files = folder_splits(root, list(by_file), classes, {p: q[2] for p, q in by_file.items()}, test_fraction, seed)
+    return root, {split: [by_file[p] for p in chosen] for split, chosen in files.items()}, classes, None
+
+
+def _length_of(corpus_dir: Optional[str]) -> Optional[int]:
+    """The caption or passage length of the prepared corpus whose tokenizer a target takes (None: no such corpus),
+    so that the target's captions fit the text tower trained on it."""
+    manifest = Path(corpus_dir or "") / "manifest.json"
+    if not corpus_dir or not manifest.is_file():
+        return None
+    fields = json.loads(manifest.read_text())["fields"].values()
+    return next((e["max_length"] for e in fields if e.get("kind") == "text"), None)
 
 
 def _samples(pairs: list[Pair], tok, size: int, seq_len: int, on_error: str, skipped: list[str]) -> Iterator[Sample]:
