@@ -137,7 +137,8 @@ def trial(point: dict, setup: dict) -> None:
     cfg = spaces.apply(Config.from_dict(setup["config"]), point)
     trial_id = ray.tune.get_context().get_trial_id()
     uri, metric = cfg.tracking.uri, setup["metric"]
-    cfg.tracking.parent_run_id, cfg.tracking.run_name = setup["parent"], f"{setup['name']}/{trial_id}"
+    # named by tracking.run_name: recipe, method, corpus and this trial's id, under the sweep's parent run
+    cfg.tracking.parent_run_id, cfg.tracking.run_name = setup["parent"], ""
     prior = artifacts.children_by_trial(uri, setup["parent"]).get(trial_id)  # a restored or retried trial's
     if prior is not None and prior.info.status == "FINISHED" and metric in prior.data.metrics:
         run_id, scores = prior.info.run_id, {k: v for k, v in prior.data.metrics.items() if k.startswith("transfer/")}
