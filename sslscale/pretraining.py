@@ -337,6 +337,10 @@ def pretrain(cfg: Config, *, resume: str | None = None, tags: dict | None = None
     corpus_dir, inputs = preflight(cfg)
     uri = tracking.resolve_uri(cfg.tracking.uri)
     run_id, run_dir, held = _open_run(cfg, uri, resume, tags)
+    if run_id and not resume:  # what it reads, on MLflow's run page
+        target = corpus.resolve(cfg.transfer.target, False) if cfg.transfer.enabled else corpus_dir
+        corpora = {"training": corpus_dir, **({"evaluation": target} if target != corpus_dir else {})}
+        tracking.best_effort(tracking.log_datasets, uri, run_id, corpora)
     print(f"run {run_id or '(tracking off)'}: {cfg.method.name} on {corpus_dir}, {cfg.train.steps} steps, "
           f"{cfg.train.workers} workers, files in {run_dir}", flush=True)
     try:

@@ -1,6 +1,7 @@
 """Real end-to-end runs: Ray Train with 2 workers, DeepSpeed ZeRO-1, Ray Data, an sqlite MLflow store, real files.
 
 Slow (tens of seconds each); `make test` runs them, and the runs of minutes are `long` (make test-long)."""
+import json
 import math
 import os
 
@@ -21,6 +22,12 @@ def test_pretrain_function_logs_everything(debug_cfg, ray_local):
     uri, run_id = result.tracking_uri, result.run_id
     run = tracking.get_run(uri, run_id)
     assert run.info.status == "FINISHED" and run.data.params["train.workers"] == "2"
+    assert run.info.run_name == "debug: simclr on digits"  # what it is, not MLflow's random name
+    # the corpus and the target as the run's dataset inputs (MLflow's "Datasets" on the run page)
+    datasets = {t.value: d.dataset for d in run.inputs.dataset_inputs for t in d.tags if t.key == "mlflow.data.context"}
+    assert {k: (d.name, json.loads(d.schema)) for k, d in datasets.items()} == {
+        "training": ("digits", {"image": "image", "label": "label"})}  # its target is the same corpus: once
+    assert json.loads(datasets["training"].source)["kind"] == "digits" and len(datasets["training"].digest) == 12
     for key in ("loss", "samples_per_s", "skipped"):  # every train.log_every steps, and the last step
         assert [s for s, _ in tracking.history(uri, run_id, key)] == [4, 6], key
     assert [s for s, _ in tracking.history(uri, run_id, "lr")] == [2, 4, 6]  # with every step that logs anything
@@ -120,6 +127,8 @@ def test_clip_pretrains_on_pictures_and_captions_and_scores_its_image_tower(debu
     from sslscale.training.export import load_model, load_tokenizer
 
     assert load_tokenizer(result.encoder_path).to_str().encode() == (pics / "tokenizer.json").read_bytes()
+    datasets = {t.value: d.dataset.name for d in run.inputs.dataset_inputs for t in d.tags}
+    assert datasets == {"training": "pics", "evaluation": "target"}  # the run page's Datasets
     model = load_model(result.encoder_path)
     assert model.text.spec()["kwargs"]["dim"] == 16 and model.logit_scale.item() != 0
     # `sslscale evaluate` on the exported file scores zero-shot too (no baselines: the pretrained pair alone)

@@ -167,6 +167,30 @@ def start_run(uri: str, cfg, tags: dict | None = None) -> str:
     return run_id
 
 
+def log_datasets(uri: str, run_id: str, corpora: dict[str, str]) -> None:
+    """Each prepared corpus as a dataset input of the run, by context ({"training": corpus folder, "evaluation":
+    target folder; MLflow keeps one input per dataset, so a target that is the corpus is logged once): its folder's
+    name, a digest of its manifest.json, where it came from (the folder and the
+    manifest's source) and its fields' kinds, so MLflow's run page shows what the run read."""
+    import hashlib
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    from sslscale import storage
+
+    inputs = []
+    for context, folder in corpora.items():
+        manifest = storage.read_bytes(storage.join(folder, "manifest.json"))
+        meta = json.loads(manifest)
+        dataset = Dataset(name=os.path.basename(folder.rstrip("/")), digest=hashlib.sha256(manifest).hexdigest()[:12],
+                          source_type="s3" if folder.startswith("s3://") else "local",
+                          source=json.dumps({"uri": folder, **meta.get("source", {})}),
+                          schema=json.dumps({k: v.get("kind") for k, v in meta["fields"].items()}),
+                          profile=json.dumps({k: v["samples"] for k, v in meta["splits"].items()}))
+        inputs.append(DatasetInput(dataset, [InputTag("mlflow.data.context", context)]))
+    client(uri).log_inputs(run_id, datasets=inputs)
+
+
 def get_run(uri: str, run_id: str):
     try:
         return client(uri).get_run(run_id)
