@@ -13,7 +13,7 @@ import torch
 from captions import captioned_folder
 from sslscale.cli import main
 from sslscale.data import corpus
-from sslscale.data.sources.images import _square_resize
+from sslscale.data.sources.images import square_resize
 from sslscale.data.sources.pairs import picture
 from sslscale.data.sources.text import train_tokenizer
 from sslscale.encoders.resnet import ResNet
@@ -52,7 +52,7 @@ def test_pictures_round_trip_through_an_exported_encoder_and_bad_files(tmp_path)
     from PIL import Image
 
     with torch.no_grad():
-        arrays = np.stack([np.asarray(_square_resize(Image.open(p).convert("RGB"), 16)) for p in files])
+        arrays = np.stack([np.asarray(square_resize(Image.open(p).convert("RGB"), 16)) for p in files])
         direct = encoder(torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 255).numpy()
     np.testing.assert_allclose(vectors, direct, rtol=1e-5, atol=1e-6)
 

@@ -73,7 +73,7 @@ class Embedder:
     def _picture(self, path: Path) -> np.ndarray:
         from PIL import Image
 
-        from sslscale.data.sources.images import _square_resize
+        from sslscale.data.sources.images import square_resize
         from sslscale.data.sources.pairs import picture
 
         size, channels = self.encoder.image_size, self.encoder.in_channels
@@ -82,7 +82,7 @@ class Embedder:
             return rgb if channels == 3 else rgb.mean(2, keepdims=True).round().astype(np.uint8)
         try:
             with Image.open(path) as im:
-                img = _square_resize(im.convert("L" if channels == 1 else "RGB"), size)
+                img = square_resize(im.convert("L" if channels == 1 else "RGB"), size)
         except Exception as e:  # PIL raises many exception types for bad files
             raise SslscaleError(f"cannot decode image {path}: {reason(e)}") from None
         return np.asarray(img, np.uint8).reshape(size, size, channels)

@@ -134,10 +134,9 @@ def fresh_like(model: torch.nn.Module) -> torch.nn.Module:
     return type(model)(from_spec(model.encoder.spec()), model.cfg, towers=towers).eval()
 
 
-def load_model(path: str, *, weights: bool = True) -> torch.nn.Module:
-    """The eval-mode method (CLIP: both towers, the projections, the temperature) an exported file holds; with
-    weights=False freshly initialised (torch's RNG as it is): the random-init baseline. One line for a file of
-    an encoder alone."""
+def load_model(path: str) -> torch.nn.Module:
+    """The eval-mode method (CLIP: both towers, the projections, the temperature) an exported file holds; one line
+    for a file of an encoder alone."""
     from sslscale.methods import method_class
 
     with storage.local(_resolve(path)) as local:
@@ -148,9 +147,6 @@ def load_model(path: str, *, weights: bool = True) -> torch.nn.Module:
         cls = method_class(info["name"])
         towers = {kind: from_spec(spec) for kind, spec in info["towers"].items()}
         model = cls(from_spec(json.loads(meta[META_KEY])), cls.section(**info["section"]), towers=towers)
-        if weights:
-            tensors = load_file(local)
-            state = {("encoder." + k if not k.startswith(METHOD_PREFIX) else k[len(METHOD_PREFIX):]): v
-                     for k, v in tensors.items()}
-            model.load_state_dict(state)
+        model.load_state_dict({("encoder." + k if not k.startswith(METHOD_PREFIX) else k[len(METHOD_PREFIX):]): v
+                               for k, v in load_file(local).items()})
     return model.eval()

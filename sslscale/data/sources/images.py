@@ -92,14 +92,14 @@ def _folder_samples(files, labels, mode, size, on_error, skipped) -> Iterator[Sa
     for p in files:
         try:
             with Image.open(p) as im:
-                img = _square_resize(im.convert(mode), size)
+                img = square_resize(im.convert(mode), size)
         except Exception as e:  # PIL raises many exception types for bad files
             _bad_image(p, e, on_error, skipped)
             continue
         yield (np.asarray(img, dtype=np.uint8).reshape(size, size, -1),), labels.get(p)  # "L": one channel
 
 
-def _square_resize(img: Image.Image, size: int) -> Image.Image:
+def square_resize(img: Image.Image, size: int) -> Image.Image:
     w, h = img.size
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
