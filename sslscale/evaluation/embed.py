@@ -185,9 +185,9 @@ def embed_items(model: Embedder, items: list, batch_size: int, on_error: str,
             if on_error == "fail":
                 raise SslscaleError(f"{e}: fix or remove it, or pass --on-error skip") from None
             skipped.append(k)
-    stacked = np.stack(arrays) if arrays else np.zeros((0,), np.float32)
-    vectors = _batched(model, stacked, batch_size, progress) if arrays else np.zeros((0, 0), np.float32)
-    return keys, vectors, skipped
+    if not arrays:
+        return keys, np.zeros((0, 0), np.float32), skipped
+    return keys, _batched(model, np.stack(arrays), batch_size, progress), skipped
 
 
 class EmbedActor:

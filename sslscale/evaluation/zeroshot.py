@@ -40,17 +40,20 @@ def applies(model) -> bool:
 
 def has_captions(target: str) -> bool:
     """Whether a target holds pictures with captions and labels (zero-shot needs them; kNN and the probe do not)."""
-    manifest = corpus.load_manifest(corpus.resolve(target))
+    return _captioned(corpus.load_manifest(corpus.resolve(target)))
+
+
+def _captioned(manifest: dict) -> bool:
     return {"image", "text"} <= {e.get("kind") for e in manifest["fields"].values()} and labelled(manifest)
 
 
 def load_pairs(target: str, tokenizer) -> dict:
-    """The target's test split: pictures, caption ids, labels, class words; one line when it is not an image-text
+    """The target's test split: pictures, caption ids, labels, which items share a caption (`same`), class words;
+    one line when it is not an image-text
     target with labels, or was tokenised with another tokenizer than the model's."""
     folder = corpus.resolve(target)
     manifest = corpus.load_manifest(folder)
-    kinds = {e.get("kind") for e in manifest["fields"].values()}
-    if not {"image", "text"} <= kinds or not labelled(manifest) or "test" not in manifest["splits"]:
+    if not _captioned(manifest) or "test" not in manifest["splits"]:
         raise SslscaleError(f"zero-shot target {folder} needs pictures, captions, labels and a test split: prepare "
                             "one like `sslscale data prepare tuxpaint_captions --tokenizer CORPUS`")
     text = data_field(manifest, folder, "text")
@@ -61,8 +64,8 @@ def load_pairs(target: str, tokenizer) -> dict:
     _, captions, _ = corpus.read_split(folder, "test", with_labels=False, kind="text")
     label = next(e for e in manifest["fields"].values() if e.get("kind") == "label")
     return {"name": storage.name(folder), "images": images, "captions": captions, "labels": labels,
-            "words": label.get("words") or label_names(manifest), "image": data_field(manifest, folder, "image"),
-            "text": text}
+            "same": _same_caption(captions), "words": label.get("words") or label_names(manifest),
+            "image": data_field(manifest, folder, "image"), "text": text}
 
 
 def prompt_ids(tokenizer, words: list[str], length: int) -> np.ndarray:
@@ -116,10 +119,9 @@ def _scores(model, pairs: dict, prompts: np.ndarray, batch_size: int) -> dict[st
     guess = (images @ classes.T).argmax(1)
     out = {"zeroshot_top1": float((guess == labels).float().mean()),
            "zeroshot_balanced": balanced_accuracy(guess, labels, len(pairs["words"]))}
-    same = _same_caption(pairs["captions"])
     for k in RECALL_AT:
-        out[f"retrieval/image_to_text_r{k}"] = recall(images @ captions.T, same, k)
-        out[f"retrieval/text_to_image_r{k}"] = recall(captions @ images.T, same, k)
+        out[f"retrieval/image_to_text_r{k}"] = recall(images @ captions.T, pairs["same"], k)
+        out[f"retrieval/text_to_image_r{k}"] = recall(captions @ images.T, pairs["same"], k)
     return out
 
 
@@ -145,11 +147,10 @@ def evaluate(model, tokenizer, target: str, *, baseline: bool = True, seed: int 
         torch.manual_seed(seed)
         out.update({f"{name}/random_init/{k}": v
                     for k, v in _scores(fresh_like(model), pairs, prompts, batch_size).items()})
-        same = _same_caption(pairs["captions"])
         out[f"{name}/chance/zeroshot_top1"] = 1 / len(pairs["words"])
         for k in RECALL_AT:
-            out[f"{name}/chance/retrieval/image_to_text_r{k}"] = chance_recall(same, k)
-            out[f"{name}/chance/retrieval/text_to_image_r{k}"] = chance_recall(same.T, k)
+            out[f"{name}/chance/retrieval/image_to_text_r{k}"] = chance_recall(pairs["same"], k)
+            out[f"{name}/chance/retrieval/text_to_image_r{k}"] = chance_recall(pairs["same"].T, k)
     return out
 
 

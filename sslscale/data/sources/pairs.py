@@ -215,10 +215,11 @@ def _pairs_of(name: str, path, on_error: str, skipped: list[str], test_fraction:
 def _length_of(corpus_dir: Optional[str]) -> Optional[int]:
     """The caption or passage length of the prepared corpus whose tokenizer a target takes (None: no such corpus),
     so that the target's captions fit the text tower trained on it."""
-    manifest = Path(corpus_dir or "") / "manifest.json"
-    if not corpus_dir or not manifest.is_file():
+    from sslscale.data.corpus import MANIFEST, load_manifest  # here: corpus imports the sources
+
+    if not corpus_dir or not (Path(corpus_dir) / MANIFEST).is_file():
         return None
-    fields = json.loads(manifest.read_text())["fields"].values()
+    fields = load_manifest(corpus_dir)["fields"].values()
     return next((e["max_length"] for e in fields if e.get("kind") == "text"), None)
 
 
