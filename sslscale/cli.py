@@ -69,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--max-concurrent", type=int, default=0, help="trials at once (default: from cluster CPUs)")
     sw.add_argument("--name", default="", help="the sweep's name (folder under train.storage/sweeps)")
     sw.add_argument("--resume", metavar="NAME", help="continue a stopped sweep of this name")
+    sw.add_argument("--register", default="", metavar="MODEL",
+                    help="register the best trial's encoder in MLflow's model registry under this name (with "
+                    "--resume: a finished sweep's winner too)")
     sw.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every trial")
 
     ev = sub.add_parser("evaluate", help="score an encoder on a labelled target (kNN, linear probe, fine-tuning)")
@@ -252,13 +255,13 @@ def _cmd_sweep(args) -> None:
         if args.space or args.samples is not None or len(out) != len(args.overrides):
             raise SslscaleError("--resume continues a sweep as it was started: pass only its name (and "
                                 "train.storage=... if it was not the default)")
-        tune.resume(args.resume, out[0] if out else None)
+        tune.resume(args.resume, out[0] if out else None, register=args.register)
         return
     recipe, cfg = _sweep_config(args)
     tune.sweep(cfg, args.space or recipe["space"], samples=recipe["samples"] if args.samples is None else args.samples,
                scheduler=args.scheduler or recipe["scheduler"], search=args.search or recipe["search"],
                metric=args.metric, mode=args.mode, max_concurrent=args.max_concurrent, name=args.name,
-               recipe=recipe["recipe"], retrain_overrides=args.overrides)
+               recipe=recipe["recipe"], retrain_overrides=args.overrides, register=args.register)
 
 
 def _cmd_evaluate(args) -> None:

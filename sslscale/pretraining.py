@@ -231,9 +231,12 @@ def _finish(cfg: Config, run_id: str, uri: str, run_dir: str, final: str) -> tup
     storage.copy_file(storage.join(final, checkpoint.ENCODER), encoder_path)
     safe = tracking.best_effort
     if run_id:  # what training made reaches the run before scoring, which may fail (a bad target, memory)
+        from sslscale.evaluation import mlflow_model  # imports mlflow.pyfunc: only where a run ends
+
         _deliver_held_metrics(uri, run_id, final, cfg.train.steps)
         with storage.local(encoder_path) as local:
             safe(tracking.log_artifact, uri, run_id, local, "encoder")
+            safe(mlflow_model.log, uri, run_id, local)  # the Models tab, the registry, mlflow.pyfunc.load_model
         _log_plots(uri, run_id, run_dir, {"curves.png": tracking.plot_curves, "spectrum.png": tracking.plot_spectrum})
     scores, made = {}, []
     with tempfile.TemporaryDirectory(prefix="sslscale-pictures-") as pictures:

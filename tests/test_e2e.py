@@ -131,6 +131,18 @@ def test_clip_pretrains_on_pictures_and_captions_and_scores_its_image_tower(debu
     assert datasets == {"training": "pics", "evaluation": "target"}  # the run page's Datasets
     model = load_model(result.encoder_path)
     assert model.text.spec()["kwargs"]["dim"] == 16 and model.logit_scale.item() != 0
+    # the run's logged model (MLflow's Models tab) loads through MLflow's API and gives what embed gives
+    import numpy as np
+    import pandas as pd
+
+    from sslscale.evaluation.embed import Embedder
+
+    [logged] = tracking.logged_models(uri, run_id)
+    loaded = tracking.load_logged_model(uri, f"models:/{logged.model_id}")
+    pictures = sorted(str(p) for p in (tmp_path / "folder").rglob("*.png"))[:5]
+    direct = Embedder(result.encoder_path)
+    np.testing.assert_array_equal(loaded.predict(pd.DataFrame({"path": pictures})),
+                                  direct(np.stack([direct.prepare(p) for p in pictures])))
     # `sslscale evaluate` on the exported file scores zero-shot too (no baselines: the pretrained pair alone)
     from sslscale.cli import main
 

@@ -27,7 +27,8 @@ def test_one_trial_sweep_end_to_end(debug_cfg, ray_local):
     from sslscale import sweep
 
     result = sweep(debug_cfg, ["method.simclr.temperature=choice:0.3"], samples=1, scheduler="fifo", search="optuna",
-                   name="one", recipe="debug", retrain_overrides=["train.steps=6", "data.cpus=1"])
+                   name="one", recipe="debug", retrain_overrides=["train.steps=6", "data.cpus=1"],
+                   register="digits-encoder")
     uri = tracking.resolve_uri("")
     parent, children = _runs(uri, result.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.info.run_name == "sweep one"
@@ -53,6 +54,16 @@ def test_one_trial_sweep_end_to_end(debug_cfg, ray_local):
     assert {"trials.md", "trials.csv", "score_vs_params.png", "parallel_coordinates.png", "health_curves.png",
             "best_embeddings.png"} <= artifacts
     assert os.path.isfile(os.path.join(result.folder, "sweep.json"))
+    # --register: the winner's logged encoder is a registered model; a finished sweep registers again on request
+    registry = tracking.client(uri)
+    [version] = registry.search_model_versions("name = 'digits-encoder'")
+    assert int(version.version) == 1 and version.run_id == child.info.run_id
+    [logged] = tracking.logged_models(uri, child.info.run_id)
+    assert version.source == f"models:/{logged.model_id}"
+    from sslscale.sweeps.tune import resume
+
+    resume("one", register="digits-encoder")
+    assert sorted(int(v.version) for v in registry.search_model_versions("name = 'digits-encoder'")) == [1, 2]
 
 
 @pytest.mark.long
@@ -71,7 +82,8 @@ def test_asha_stops_the_bad_second_trial_and_the_ui_lists_the_sweep(debug_cfg, r
     server.start()
     try:
         cfg = debug_cfg.override([f"tracking.uri={server.uri}"])
-        result = sweep(cfg, ["model.widths=grid:8,16|8,2|16,16"], samples=1, name="asha", grace_period=2)
+        result = sweep(cfg, ["model.widths=grid:8,16|8,2|16,16"], samples=1, name="asha", grace_period=2,
+                       register="asha-winner")
         parent, children = _runs(server.uri, result.parent_run_id)
         assert parent.info.status == "FINISHED" and len(children) == 3
         by_widths = {t["params"]["model.widths"]: t for t in result.trials}
@@ -79,6 +91,7 @@ def test_asha_stops_the_bad_second_trial_and_the_ui_lists_the_sweep(debug_cfg, r
         assert bad["status"] == "stopped" and bad["error"] == "" and bad["last_step"] < cfg.train.steps
         assert result.trials[-1] is bad  # ranked after the finished ones
         child = children[bad["trial_id"]]
+        bad_name = child.info.run_name
         assert child.info.status == "KILLED" and child.data.tags["sslscale.stopped_by"] == "scheduler"
         assert _steps(server.uri, child.info.run_id, "health/rankme")[-1] == bad["last_step"]
         ordered = sorted(children.values(), key=lambda r: r.info.start_time)
@@ -103,5 +116,13 @@ def test_asha_stops_the_bad_second_trial_and_the_ui_lists_the_sweep(debug_cfg, r
         text = browser.open_page(url, ["asha", *names, *ml_workspace], screenshot=str(shot), expand_nested=True)
         assert "Evaluation runs" not in text and "Judges" not in text, "the GenAI workspace opened"
         assert shot.stat().st_size > 10_000
+        # the finished trials' encoders under the experiment's Models, and the winner's page names its registration
+        finished = [children[by_widths[w]["trial_id"]].info.run_name for w in ("8,16", "16,16")]
+        models = tmp_path / "ui-models.png"
+        text = browser.open_page(tracking.ui_url(server.uri, parent.info.experiment_id, models=True),
+                                 ["Model name", "encoder", "Ready", *finished], screenshot=str(models))
+        assert bad_name not in text, "a stopped trial exported no encoder"
+        browser.open_page(tracking.ui_url(server.uri, parent.info.experiment_id, result.best_run_id),
+                          ["Registered models", "asha-winner", "v1"], screenshot=str(tmp_path / "ui-winner.png"))
     finally:
         server.stop()

@@ -47,9 +47,9 @@ class Embedder:
         self.model = load_model(path) if has_method(path) else None
         self.encoder = self.model.encoder if self.model is not None else load_encoder(path)
         self.kind = kind or self.encoder.modality
-        readable = {self.encoder.modality, *(self.model.tower_modules() if self.model is not None else {})}
-        if self.kind not in readable:
-            raise SslscaleError(f"{path} embeds {' and '.join(sorted(readable))}, not {self.kind}: pass inputs "
+        self.readable = {self.encoder.modality, *(self.model.tower_modules() if self.model is not None else {})}
+        if self.kind not in self.readable:
+            raise SslscaleError(f"{path} embeds {' and '.join(sorted(self.readable))}, not {self.kind}: pass inputs "
                                 "of that kind")
         self.tokenizer = corpus_tokenizer(tokenizer) if tokenizer else load_tokenizer(path)
         if self.kind == "text" and self.tokenizer is None:

@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 
 for _key, _value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
                      "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}.items():
@@ -214,6 +215,70 @@ def log_artifact(uri: str, run_id: str, path: str, artifact_path: str | None = N
     client(uri).log_artifact(run_id, path, artifact_path)
 
 
+@contextlib.contextmanager
+def _global_uri(uri: str):
+    """MLflow's model API (logging, registering, loading a models:/ URI) reads the global tracking URI; set it for
+    the block and put back what was there."""
+    import mlflow
+
+    before = mlflow.get_tracking_uri() if mlflow.tracking._tracking_service.utils.is_tracking_uri_set() else None
+    client(uri)  # a new sqlite store is created under its lock, not by the model API
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
+def log_code_model(uri: str, run_id: str, name: str, *, code: str, artifacts: dict, code_paths: list,
+                   requirements: list, signature, metadata: dict) -> str:
+    """A models-from-code pyfunc model (`code`: the file that calls mlflow.models.set_model) logged to run_id, with
+    its artifacts and code paths; returns its URI (models:/<model id>)."""
+    import mlflow.pyfunc
+    from mlflow.models import Model
+
+    c = client(uri)
+    run = c.get_run(run_id)  # the model goes to the run's experiment (Model.log alone picks the active or default)
+    model = c.create_logged_model(run.info.experiment_id, name=name, source_run_id=run_id, params=run.data.params)
+    with _global_uri(uri), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*An input example was not provided")  # it would run the model
+        info = Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id, model_id=model.model_id,
+                         python_model=code, artifacts=artifacts, code_paths=code_paths,
+                         pip_requirements=requirements, signature=signature, metadata=metadata)
+    return info.model_uri
+
+
+def load_logged_model(uri: str, model_uri: str):
+    """mlflow.pyfunc.load_model of a models:/ URI (a model id, or a registered name and version) in store `uri`."""
+    import mlflow.pyfunc
+
+    with _global_uri(uri):
+        return mlflow.pyfunc.load_model(model_uri)
+
+
+def logged_models(uri: str, run_id: str) -> list:
+    """The models logged to run_id (MLflow LoggedModel entities), newest first."""
+    c = client(uri)
+    exp = c.get_run(run_id).info.experiment_id
+    found = c.search_logged_models([exp], filter_string=f"source_run_id = '{run_id}'",
+                                   order_by=[{"field_name": "creation_time", "ascending": False}])
+    return list(found)
+
+
+def register_model(uri: str, run_id: str, name: str) -> tuple[str, int]:
+    """Register run_id's newest logged model under `name` (a new version if the name exists); returns (name,
+    version). One line when the run logged no model."""
+    import mlflow
+
+    models = logged_models(uri, run_id)
+    if not models:
+        raise SslscaleError(f"run {run_id} logged no model to register (runs before sslscale logged models only "
+                            "hold the encoder artifact): retrain it, or register a newer run")
+    with _global_uri(uri):
+        version = mlflow.register_model(f"models:/{models[0].model_id}", name)
+    return version.name, int(version.version)
+
+
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     client(uri).set_terminated(run_id, status)
 
@@ -368,12 +433,14 @@ def plot_spectrum(uri: str, run_id: str, out_png: str) -> str | None:
 UI_KIND_TAG, UI_KIND_ML = "mlflow.experimentKind", "custom_model_development"
 
 
-def ui_url(base: str, experiment_id: str = "", run_id: str = "") -> str:
-    """The MLflow UI page of an experiment (or of one of its runs; no experiment: the home page), opened in the
-    classic ML workspace."""
+def ui_url(base: str, experiment_id: str = "", run_id: str = "", models: bool = False) -> str:
+    """The MLflow UI page of an experiment (or of one of its runs, or its Models tab; no experiment: the home
+    page), opened in the classic ML workspace."""
     page = f"/experiments/{experiment_id}" if experiment_id else "/"
     if experiment_id and run_id:
         page += f"/runs/{run_id}"
+    elif experiment_id and models:
+        page += "/models"
     return f"{base.rstrip('/')}/#{page}?workflowType=machine_learning"
 
 

@@ -278,12 +278,14 @@ def _placed(cfg: Config, max_concurrent: int) -> int:
 def sweep(cfg: Config, space_items: list[str], *, samples: int = 8, scheduler: str = "asha", search: str = "random",
           metric: str = "", mode: str = "max", max_concurrent: int = 0, name: str = "", recipe: str = "",
           retrain_overrides: list[str] = (), grace_period: int = 0, reduction_factor: int = 3,
-          seed: int = 0) -> SweepResult:
+          seed: int = 0, register: str = "") -> SweepResult:
     """Run a Tune sweep of `pretrain` over `space_items` (KEY=DIST strings, see space.py) on top of cfg;
-    `retrain_overrides` are the user's fixed key=value overrides (kept in the command that retrains the winner)."""
+    `retrain_overrides` are the user's fixed key=value overrides (kept in the command that retrains the winner);
+    `register`: a model registry name the best trial's encoder is registered under at the end."""
     space_items = spaces.renamed(space_items, cfg)
     space = spaces.parse(space_items)
     _check_options(cfg, samples, scheduler, search, metric, mode, max_concurrent)
+    _check_register(register)
     spaces.check(space, cfg, search, list(retrain_overrides))
     from sslscale.pretraining import preflight  # here, as in a trial: it imports Ray Train and DeepSpeed
 
@@ -299,7 +301,7 @@ def sweep(cfg: Config, space_items: list[str], *, samples: int = 8, scheduler: s
              "steps": cfg.train.steps, "health_every": cfg.train.health_every,
              "grace_period": grace_period or _grace(cfg, reduction_factor), "reduction_factor": reduction_factor,
              "seed": seed, "recipe": recipe or cfg.recipe, "retrain_overrides": list(retrain_overrides),
-             "driver_resource": cfg.train.driver_resource, "default_point": spaces.default_point(space, cfg),
+             "driver_resource": cfg.train.driver_resource, "register": register, "default_point": spaces.default_point(space, cfg),
              "config": cfg.to_dict()}
     ensure_ray(log_to_driver=False)
     _check_driver_resource(cfg)
@@ -335,18 +337,35 @@ def _folder(root: str, name: str) -> str:
     return storage.join(storage.absolute(root), "sweeps", name)
 
 
-def resume(name: str, root: str | None = None) -> SweepResult:
+def _check_register(register: str) -> None:
+    if register and not re.fullmatch(r"[\w][\w .-]*", register):
+        raise SslscaleError(f"--register {register!r}: name the registered model with letters, digits, spaces, "
+                            "'.', '_' and '-'")
+
+
+def register_best(state: dict, best_run_id: str) -> tuple[str, int]:
+    """The best trial's logged encoder registered under the sweep's `register` name, printed; (name, version)."""
+    name, version = tracking.register_model(state["config"]["tracking"]["uri"], best_run_id, state["register"])
+    print(f"registered the winner's encoder as {name!r} version {version}: models:/{name}/{version}", flush=True)
+    return name, version
+
+
+def resume(name: str, root: str | None = None, register: str = "") -> SweepResult:
     """Continue a sweep whose driver stopped: the same Tune experiment (Tuner.restore) and the same parent run.
     Tune's state is pickled, so it is read only from the sweep's own folder under <root>/sweeps/ (root: default
-    train.storage)."""
+    train.storage). `register` names the registered model for the winner (a finished sweep's too)."""
+    _check_register(register)
     folder = _folder(root or Config().train.storage, name)
     try:
         state = storage.read_json(storage.join(folder, artifacts.STATE))
     except (OSError, ValueError):
         raise SslscaleError(f"no sweep {name!r} in {storage.parent(folder)} (no readable {artifacts.STATE}); "
                             f"check the name and train.storage") from None
+    state["register"] = register or state.get("register", "")
     if state.get("finished"):
         print(f"sweep {name} finished already (parent run {state['parent']}):\n{state['table']}", flush=True)
+        if register and state["best_run_id"]:
+            register_best(state, state["best_run_id"])
         return SweepResult(name, folder, state["parent"], [], None, state["best_run_id"], state["table"],
                            state["command"])
     if not ray.tune.Tuner.can_restore(folder):
@@ -429,5 +448,7 @@ def _finish(state: dict, grid) -> SweepResult:
         raise SslscaleError(f"no trial of sweep {name} finished with a score; see the table above and each trial's "
                             f"error.txt in {state['folder']}")
     print(f"retrain the winner at full length:\n  {command}", flush=True)
+    if state["register"]:
+        register_best(state, best["run_id"])
     return SweepResult(name, state["folder"], state["parent"], ranked,
                        spaces.apply(Config.from_dict(state["config"]), best["params"]), best["run_id"], table, command)
