@@ -6,14 +6,14 @@ to one."""
 from __future__ import annotations
 
 from pipelines import (barlow_fmnist, byol_fmnist, clip_openclipart, debug, debug_sweep, denoising_ae_fmnist,
-                       dino_fmnist, gpt_text, mae_fmnist, mlm_text, moco_fmnist, rotation_fmnist, simclr_fmnist, simclr_fmnist_sweep,
+                       dino_fmnist, gpt_text, mae_fmnist, mlm_openclipart, mlm_text, moco_fmnist, rotation_fmnist, simclr_fmnist, simclr_fmnist_sweep,
                        simcse_text, sop_text, vicreg_fmnist, wav2vec2_speech)
 
 RECIPES = {"simclr_fmnist": simclr_fmnist.config, "barlow_fmnist": barlow_fmnist.config,
            "vicreg_fmnist": vicreg_fmnist.config, "byol_fmnist": byol_fmnist.config,
            "moco_fmnist": moco_fmnist.config, "dino_fmnist": dino_fmnist.config, "mae_fmnist": mae_fmnist.config,
            "rotation_fmnist": rotation_fmnist.config, "denoising_ae_fmnist": denoising_ae_fmnist.config,
-           "mlm_text": mlm_text.config, "gpt_text": gpt_text.config,
+           "mlm_text": mlm_text.config, "mlm_openclipart": mlm_openclipart.config, "gpt_text": gpt_text.config,
            "sop_text": sop_text.config, "simcse_text": simcse_text.config,
            "wav2vec2_speech": wav2vec2_speech.config, "clip_openclipart": clip_openclipart.config,
            "debug": debug.config}

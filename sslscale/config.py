@@ -67,6 +67,8 @@ class ModelConfig:
     vit_depth: int = 12  # vit and text: transformer blocks
     heads: int = 3  # vit and text: attention heads; must divide model.dim
     vit_preset: str = _choice("none", "none", "tiny", "small")  # vit: tiny or small set dim, vit_depth and heads
+    init: str = ""  # an exported encoder (file or run folder) whose weights start the tower of its kind: e.g. a
+    # masked LM's text encoder for CLIP's text tower; the architecture (and a text tower's tokenizer) must match
 
 
 @dataclass(eq=False)

@@ -29,11 +29,11 @@ from sslscale.data import corpus, stream
 from sslscale.data.modalities import KINDS, Modality, data_field, data_fields
 from sslscale.errors import SslscaleError, root_cause
 from sslscale.evaluation import transfer, zeroshot
-from sslscale.methods import kinds_read, view_parts
+from sslscale.methods import build_method, kinds_read, view_parts
 from sslscale.runtime import tracking
 from sslscale.runtime.cluster import ensure_ray, in_job, shutdown
 from sslscale.training import checkpoint, lease, train
-from sslscale.training.export import load_encoder
+from sslscale.training.export import load_encoder, start_from
 from sslscale.training.run_folder import find_run_dir, run_field, write_run_file
 
 SKIPPED = "skipped"  # the stream's records of what data.on_error=skip left out; merged into skipped.json
@@ -316,7 +316,7 @@ def _stopped(signum: int, cfg: Config, run_id: str, uri: str, run_dir: str, held
     return RunStopped(f"stopped by {signal.Signals(signum).name}; {saved}; {killed}go on with: {command}", signum)
 
 
-def preflight(cfg: Config) -> tuple[str, dict]:
+def preflight(cfg: Config, starting: bool = True) -> tuple[str, dict]:
     """(corpus folder, the input spec of each encoder by kind: {kind: spec}, the encoder's first) after what a run checks before it opens anything: the config, the
     corpus and its images against the model, and the transfer target against them (a target that cannot score the
     encoder fails now, not after the last step). A sweep checks its base config the same way."""
@@ -326,7 +326,10 @@ def preflight(cfg: Config) -> tuple[str, dict]:
     if cfg.transfer.enabled:  # the encoder's kind in the target, and a tower's where the target holds it
         for i, read in enumerate(fields.values()):
             transfer.check_target(cfg.transfer, read, corpus_dir, required=i == 0)
-    return corpus_dir, {kind: read.encoder_input() for kind, read in fields.items()}
+    inputs = {kind: read.encoder_input() for kind, read in fields.items()}
+    if cfg.model.init and starting:  # the file, its kind, architecture and tokenizer, before any worker starts
+        start_from(build_method(cfg, inputs), cfg.model.init, corpus.tokenizer_bytes(corpus_dir))
+    return corpus_dir, inputs
 
 
 def pretrain(cfg: Config, *, resume: str | None = None, tags: dict | None = None, callbacks: tuple = (),
@@ -337,7 +340,9 @@ def pretrain(cfg: Config, *, resume: str | None = None, tags: dict | None = None
     SIGINT or SIGTERM (in the main thread) raise RunStopped after ending the run as KILLED."""
     marks = timeline.Marks()
     marks.mark("start")
-    corpus_dir, inputs = preflight(cfg)
+    if cfg.model.init:  # read by workers in Ray's working directory, and by a resume started elsewhere
+        cfg = cfg.override([f"model.init={storage.absolute(cfg.model.init)}"])
+    corpus_dir, inputs = preflight(cfg, starting=not resume)
     uri = tracking.resolve_uri(cfg.tracking.uri)
     run_id, run_dir, held = _open_run(cfg, uri, resume, tags)
     if run_id and not resume:  # what it reads, on MLflow's run page

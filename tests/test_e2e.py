@@ -100,10 +100,21 @@ def test_clip_pretrains_on_pictures_and_captions_and_scores_its_image_tower(debu
     target = tmp_path / "target"
     corpus.prepare("tuxpaint_captions", target, path=str(stamps_subset(tmp_path / "stamps", 8)), tokenizer=str(pics),
                    image_size=16, test_fraction=0.25, progress=False)
+    # model.init: the text tower starts from an exported text encoder of its shape, with the corpus's tokenizer;
+    # named relative to the driver's folder (debug_cfg's tmp_path), which Ray's workers do not share
+    import torch
+    from safetensors.torch import load_file
+
+    from sslscale.encoders.text import TextTransformer
+    from sslscale.training.export import save_encoder
+
+    torch.manual_seed(11)
+    start = save_encoder(TextTransformer(vocab_size=300, max_length=16, dim=16, depth=1, heads=2),
+                         str(tmp_path / "mlm.encoder.safetensors"), tokenizer=(pics / "tokenizer.json").read_bytes())
     result = pretrain(debug_cfg.override([
         "method.name=clip", f"data.corpus={pics}", "data.batch_size=16", "model.widths=8,16",
         "method.clip.text_dim=16", "method.clip.text_depth=1", "method.clip.text_heads=2", "method.clip.embed_dim=16",
-        f"transfer.target={target}", "transfer.protocols=knn,linear"]))
+        f"transfer.target={target}", "transfer.protocols=knn,linear", "model.init=mlm.encoder.safetensors"]))
     uri, run_id = result.tracking_uri, result.run_id
     run = tracking.get_run(uri, run_id)
     assert run.info.status == "FINISHED" and run.data.params["train.workers"] == "2"
@@ -131,6 +142,11 @@ def test_clip_pretrains_on_pictures_and_captions_and_scores_its_image_tower(debu
     assert datasets == {"training": "pics", "evaluation": "target"}  # the run page's Datasets
     model = load_model(result.encoder_path)
     assert model.text.spec()["kwargs"]["dim"] == 16 and model.logit_scale.item() != 0
+    # 6 steps moved the text tower a little from where model.init started it, not to anywhere a seed would
+    started, fresh = load_file(start), TextTransformer(vocab_size=300, max_length=16, dim=16, depth=1, heads=2)
+    moved = [(model.text.state_dict()[k] - v).abs().mean() for k, v in started.items() if v.is_floating_point()]
+    apart = [(fresh.state_dict()[k] - v).abs().mean() for k, v in started.items() if v.is_floating_point()]
+    assert sum(moved) < 0.1 * sum(apart)
     # the run's logged model (MLflow's Models tab) loads through MLflow's API and gives what embed gives
     import numpy as np
     import pandas as pd

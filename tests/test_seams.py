@@ -2,8 +2,9 @@
 import pathlib
 import re
 
-SEAMS = {"ray.data": "stream.py", "ray.train": "train.py", "ray.tune": "tune.py", "deepspeed": "engine.py",
-         "mlflow": "tracking.py"}
+SEAMS = {"ray.data": ("stream.py",), "ray.train": ("train.py",), "ray.tune": ("tune.py",), "deepspeed": ("engine.py",),
+         # MLflow runs its models-from-code file itself to load a logged encoder: that file subclasses its PythonModel
+         "mlflow": ("tracking.py", "mlflow_model.py")}
 PLAIN_RAY = "cluster.py"
 
 
@@ -15,9 +16,9 @@ def test_heavy_imports_stay_in_their_module():
     pkg = pathlib.Path(__file__).parents[1] / "sslscale"
     for path in pkg.rglob("*.py"):
         for mod in _imports(path.read_text()):
-            for seam, owner in SEAMS.items():
+            for seam, owners in SEAMS.items():
                 if mod == seam or mod.startswith(seam + "."):
-                    assert path.name == owner, f"{path.name} imports {mod}; only {owner} may"
+                    assert path.name in owners, f"{path.name} imports {mod}; only {' and '.join(owners)} may"
             if mod == "ray":
                 assert path.name in (PLAIN_RAY,), f"{path.name} imports plain ray; only {PLAIN_RAY} may"
 

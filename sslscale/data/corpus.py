@@ -230,6 +230,13 @@ def load_manifest(corpus_dir) -> dict:
     return manifest
 
 
+def tokenizer_bytes(corpus_dir) -> bytes | None:
+    """The tokenizer.json a prepared corpus's text field names (what its token ids mean), or None: no text field."""
+    manifest = load_manifest(corpus_dir)
+    names = [e["tokenizer"] for e in manifest["fields"].values() if e.get("kind") == "text" and e.get("tokenizer")]
+    return storage.read_bytes(storage.join(str(corpus_dir), names[0])) if names else None
+
+
 def _split_entry(manifest: dict, split: str, where) -> dict:
     if split not in manifest["splits"]:
         raise SslscaleError(f"corpus {where} has no split {split!r} "

@@ -57,6 +57,7 @@ def _absolute(cfg: Config) -> Config:
     cfg.data.corpus = corpus.resolve(cfg.data.corpus)
     cfg.transfer.target = corpus.resolve(cfg.transfer.target)  # a sweep always scores (_check_options)
     cfg.train.storage = storage.absolute(cfg.train.storage)
+    cfg.model.init = storage.absolute(cfg.model.init) if cfg.model.init else ""
     cfg.tracking.uri = tracking.resolve_uri(cfg.tracking.uri)
     return cfg
 

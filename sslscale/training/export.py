@@ -11,6 +11,8 @@ the first has them, so older files load unchanged) it may carry:
 - for a method with towers (CLIP): `sslscale.method`, its name, config section and each tower's spec, and the rest
   of the method's tensors (the towers, the projections, the temperature) as `method.<name>`. `load_model`
   rebuilds the whole method from them (`embed_images`, `embed_texts`); `load_encoder` still reads the encoder alone.
+
+`start_from` (model.init) starts a new run's tower of the file's kind from its encoder's weights.
 """
 from __future__ import annotations
 
@@ -150,3 +152,36 @@ def load_model(path: str) -> torch.nn.Module:
         model.load_state_dict({("encoder." + k if not k.startswith(METHOD_PREFIX) else k[len(METHOD_PREFIX):]): v
                                for k, v in load_file(local).items()})
     return model.eval()
+
+
+def start_from(method: torch.nn.Module, path: str, tokenizer: bytes | None = None) -> str:
+    """Load the exported encoder at `path` into `method`'s tower of the same kind (its encoder, or a further tower:
+    a text encoder starts CLIP's text tower); `tokenizer`: the run corpus's tokenizer.json, which a text encoder's
+    own must equal (the same ids for the same pieces). One line when no tower fits or the architecture differs;
+    returns which tower it started."""
+    spec = read_spec(path)
+    towers = {method.encoder.modality: ("encoder", method.encoder),
+              **{kind: (kind + " tower", t) for kind, t in method.tower_modules().items()}}
+    kind = from_spec(spec).modality
+    if kind not in towers:
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise SslscaleError(f"model.init={path} is {article} {kind} encoder but method {type(method).__name__} has "
+                            f"no {kind} tower: start it from an encoder of {' or '.join(towers)}")
+    name, tower = towers[kind]
+    if json.loads(json.dumps(tower.spec())) != spec:  # as the file stores it (tuples as lists)
+        raise SslscaleError(f"model.init={path} is {_shape(spec)} but the run's {name} is {_shape(tower.spec())}: "
+                            "set the run's model keys (or the method's tower keys) to the file's")
+    if kind == "text":
+        carried = load_tokenizer(path)
+        if tokenizer is None or carried is None or carried.to_str().encode() != tokenizer:
+            raise SslscaleError(f"model.init={path} was trained with another tokenizer than the corpus's (or carries "
+                                "none): prepare the corpus with --tokenizer <the corpus that encoder trained on>")
+    with storage.local(_resolve(path)) as local:
+        tower.load_state_dict({k: v for k, v in load_file(local).items() if not k.startswith(METHOD_PREFIX)})
+    return name
+
+
+def _shape(spec: dict) -> str:
+    """'text (vocab_size=4096, max_length=32, dim=128, ...)': an encoder's family and every argument."""
+    args = {**{k: v for k, v in spec.items() if k not in ("name", "kwargs", "feature_dim")}, **spec.get("kwargs", {})}
+    return f"{spec['name']} ({', '.join(f'{k}={v}' for k, v in args.items())})"

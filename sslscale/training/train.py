@@ -40,6 +40,7 @@ from sslscale.timeline import IMPORTED_AT, Marks
 from sslscale.training import faults, lease
 from sslscale.training.checkpoint import read_positions
 from sslscale.training.engine import Engine
+from sslscale.training.export import start_from
 from sslscale.training.health import HEALTH_KEYS, health_metrics
 from sslscale.training.progress import Progress
 from sslscale.training.spectrum import Spectrum
@@ -181,11 +182,7 @@ def _check_bad_steps(in_row: int, cfg: Config, step: int, last_saved: int) -> No
 
 def _tokenizer(where: dict | None) -> bytes | None:
     """The corpus's tokenizer.json, which a text field names, for the exported encoder; None without one."""
-    if not where:
-        return None
-    manifest = corpus.load_manifest(where["corpus"])
-    names = [e["tokenizer"] for e in manifest["fields"].values() if e.get("kind") == "text" and e.get("tokenizer")]
-    return storage.read_bytes(storage.join(where["corpus"], names[0])) if names else None
+    return corpus.tokenizer_bytes(where["corpus"]) if where else None
 
 
 def train_loop(loop_config: dict) -> None:
@@ -198,7 +195,10 @@ def train_loop(loop_config: dict) -> None:
     groups = _batches(ray.train.get_dataset_shard("train"), cfg, rank)
     first = _Prefetch(groups)  # Ray Data starts and makes views while DeepSpeed initialises
     torch.manual_seed(cfg.data.seed)  # the same initial weights on every worker
-    engine = Engine(build_method(cfg, inputs), cfg)
+    method = build_method(cfg, inputs)
+    if cfg.model.init and not (ray.train.get_checkpoint() or loop_config.get("resume_from")):  # a checkpoint's
+        start_from(method, cfg.model.init, _tokenizer(loop_config.get("probe")))  # weights come in _restore
+    engine = Engine(method, cfg)
     buffer = tracking.MetricBuffer(loop_config["uri"], run_id) if rank == 0 and run_id else None
     step, position, repeated = _restore(engine, loop_config, rank, buffer)
     spectrum_probe = Spectrum(cfg, loop_config.get("probe"), rank, engine.method.encoder.modality)
