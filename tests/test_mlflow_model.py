@@ -3,6 +3,7 @@ safetensors file, registered (a new version each time), and loaded back through 
 `sslscale embed` gives. Against a real sqlite store; the Models tab in headless Chromium is in test_sweep.py (long)."""
 import os
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -43,6 +44,8 @@ def test_a_clip_export_logs_registers_and_loads_back_through_mlflow(tmp_path, mo
     path = _clip_export(tmp_path)
     model_uri = mlflow_model.log(uri, run_id, path)
     assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///elsewhere.db" and not (tmp_path / "elsewhere.db").exists()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert "elsewhere" not in mlflow.get_tracking_uri()  # nothing of it stays behind in mlflow's own setting
     [logged] = tracking.logged_models(uri, run_id)
     assert model_uri == f"models:/{logged.model_id}" and logged.name == "encoder"
     assert logged.experiment_id == tracking.get_run(uri, run_id).info.experiment_id  # the run's, not Default

@@ -218,16 +218,22 @@ def log_artifact(uri: str, run_id: str, path: str, artifact_path: str | None = N
 @contextlib.contextmanager
 def _global_uri(uri: str):
     """MLflow's model API (logging, registering, loading a models:/ URI) reads the global tracking URI; set it for
-    the block and put back what was there."""
+    the block, then put back exactly what was there: mlflow's own setting and $MLFLOW_TRACKING_URI (which
+    set_tracking_uri also writes)."""
     import mlflow
+    from mlflow.tracking._tracking_service import utils
 
-    before = mlflow.get_tracking_uri() if mlflow.tracking._tracking_service.utils.is_tracking_uri_set() else None
+    before, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
     client(uri)  # a new sqlite store is created under its lock, not by the model API
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
         mlflow.set_tracking_uri(before)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 def log_code_model(uri: str, run_id: str, name: str, *, code: str, artifacts: dict, code_paths: list,
