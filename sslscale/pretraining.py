@@ -236,7 +236,8 @@ def _finish(cfg: Config, run_id: str, uri: str, run_dir: str, final: str) -> tup
         _deliver_held_metrics(uri, run_id, final, cfg.train.steps)
         with storage.local(encoder_path) as local:
             safe(tracking.log_artifact, uri, run_id, local, "encoder")
-            safe(mlflow_model.log, uri, run_id, local)  # the Models tab, the registry, mlflow.pyfunc.load_model
+            if not safe(mlflow_model.logged, uri, run_id):  # the Models tab, the registry, mlflow.pyfunc
+                safe(mlflow_model.log, uri, run_id, local)
         _log_plots(uri, run_id, run_dir, {"curves.png": tracking.plot_curves, "spectrum.png": tracking.plot_spectrum})
     scores, made = {}, []
     with tempfile.TemporaryDirectory(prefix="sslscale-pictures-") as pictures:
@@ -317,9 +318,10 @@ def _stopped(signum: int, cfg: Config, run_id: str, uri: str, run_dir: str, held
 
 
 def preflight(cfg: Config, starting: bool = True) -> tuple[str, dict]:
-    """(corpus folder, the input spec of each encoder by kind: {kind: spec}, the encoder's first) after what a run checks before it opens anything: the config, the
-    corpus and its images against the model, and the transfer target against them (a target that cannot score the
-    encoder fails now, not after the last step). A sweep checks its base config the same way."""
+    """(corpus folder, the input spec of each encoder by kind: {kind: spec}, the encoder's first) after what a run
+    checks before it opens anything: the config, the corpus and its images against the model, the transfer target
+    against them (a target that cannot score the encoder fails now, not after the last step) and, for a run
+    `starting` (not resumed), model.init's file against the encoders. A sweep checks its base config the same way."""
     validate(cfg)
     corpus_dir = corpus.resolve(cfg.data.corpus)
     fields = _data_fields(corpus_dir, cfg)
@@ -328,7 +330,8 @@ def preflight(cfg: Config, starting: bool = True) -> tuple[str, dict]:
             transfer.check_target(cfg.transfer, read, corpus_dir, required=i == 0)
     inputs = {kind: read.encoder_input() for kind, read in fields.items()}
     if cfg.model.init and starting:  # the file, its kind, architecture and tokenizer, before any worker starts
-        start_from(build_method(cfg, inputs), cfg.model.init, corpus.tokenizer_bytes(corpus_dir))
+        build_method(cfg, inputs, start=lambda encoders: start_from(encoders, cfg.model.init,
+                                                                    corpus.tokenizer_bytes(corpus_dir)))
     return corpus_dir, inputs
 
 

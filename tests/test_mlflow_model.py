@@ -60,14 +60,29 @@ def test_a_clip_export_logs_registers_and_loads_back_through_mlflow(tmp_path, mo
     with pytest.raises(SslscaleError, match="one column, `path` .* or `text`"):
         loaded.predict(pd.DataFrame({"paths": pictures}))
 
+    stored = logged.artifact_location.removeprefix("file://")  # runs anywhere with its requirements installed
+    assert os.path.isfile(os.path.join(stored, "code", "sslscale", "evaluation", "embed.py"))
+    pins = open(os.path.join(stored, "requirements.txt")).read().split()
+    assert "torch" in " ".join(pins) and not any("+" in p for p in pins)  # no local label (torch's +cpu)
+
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{tmp_path}/other-registry.db")  # the store's own, still
     assert tracking.register_model(uri, run_id, "clip tiny") == ("clip tiny", 1)
     assert tracking.register_model(uri, run_id, "clip tiny") == ("clip tiny", 2)  # a new version, not an error
     again = tracking.load_logged_model(uri, "models:/clip tiny/2")
     np.testing.assert_array_equal(again.predict(pd.DataFrame({"text": LINES[:1]})), _direct(path, "text", LINES[:1]))
 
     bare = tracking.start_run(uri, Config())
-    with pytest.raises(SslscaleError, match=f"run {bare} logged no model to register"):
+    with pytest.raises(SslscaleError, match=f"run {bare} has no logged model to register"):
         tracking.register_model(uri, bare, "clip tiny")
+    # a sweep's --register: one line, after the sweep's results are saved, saying how to retry
+    from sslscale.sweeps.tune import register_best
+
+    state = {"name": "s", "register": "clip tiny", "config": {"tracking": {"uri": uri}}}
+    with pytest.raises(SslscaleError, match="^sweep s has no finished trial with a run to register$"):
+        register_best(state, "")
+    with pytest.raises(SslscaleError, match=r"^sweep s finished, but registering its winner failed \(.*no logged model"
+                                            r".*\): retry with `sslscale sweep --resume s --register 'clip tiny'`$"):
+        register_best(state, bare)
 
 
 def test_a_text_encoder_reads_text_and_an_image_encoder_files(tmp_path):

@@ -15,7 +15,7 @@ log one (`log`).
 from __future__ import annotations
 
 import importlib.metadata
-import os
+from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
@@ -23,6 +23,7 @@ import pandas as pd
 from mlflow.models import set_model
 
 NAME = "encoder"  # the logged model's name in the run
+BATCH = 256  # inputs embedded at once
 COLUMNS = ("path", "text")  # files of the encoder's own kind (pictures, audio); documents
 REQUIREMENTS = ("torch", "safetensors", "tokenizers", "numpy", "pillow", "pyarrow", "pandas", "soundfile", "soxr",
                 "mlflow")
@@ -40,28 +41,35 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         from sslscale.errors import SslscaleError
-        from sslscale.evaluation.embed import Embedder
+        from sslscale.evaluation.embed import Embedder, embed_items
 
         columns = [c for c in COLUMNS if c in getattr(model_input, "columns", ())]
         if len(columns) != 1:
             raise SslscaleError("pass a DataFrame with one column, `path` (files) or `text` (documents)")
-        own = next(iter(self.models))
-        if columns == ["path"] and own == "text":
-            raise SslscaleError("this model embeds text: pass its documents in a `text` column")
-        kind = "text" if columns == ["text"] else own
+        own = next(iter(self.models.values()))
+        kind = "text" if columns == ["text"] else own.kind
+        if kind not in own.readable or (columns == ["path"] and kind == "text"):
+            column, what = ("text", "documents") if own.kind == "text" else ("path", f"{own.kind} files' paths")
+            raise SslscaleError(f"this model embeds {own.kind}: pass its {what} in a `{column}` column")
         if kind not in self.models:
             self.models[kind] = Embedder(self.path, kind)
-        model = self.models[kind]
-        arrays = [model.prepare(str(item)) for item in model_input[columns[0]].tolist()]
-        return model(np.stack(arrays)) if arrays else np.zeros((0, 0), np.float32)
+        items = list(enumerate(str(item) for item in model_input[columns[0]].tolist()))
+        return embed_items(self.models[kind], items, BATCH, "fail")[1]  # batch by batch, a bad file: one line
 
 
 set_model(EncoderModel())
 
 
 def requirements() -> list[str]:
-    """The pinned versions of what loading needs, as installed here."""
-    return [f"{name}=={importlib.metadata.version(name)}" for name in REQUIREMENTS]
+    """The pinned versions of what loading needs, as installed here (without local labels such as torch's +cpu,
+    which no package index serves; a package not installed is left out)."""
+    found = []
+    for name in REQUIREMENTS:
+        try:
+            found.append(f"{name}=={importlib.metadata.version(name).split('+')[0]}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
 
 
 def signature():
@@ -76,13 +84,19 @@ def signature():
 def log(uri: str, run_id: str, encoder_path: str) -> str:
     """Log the local exported file `encoder_path` as run `run_id`'s model; returns the model's URI
     (models:/<model id>)."""
-    import sslscale
-    from sslscale.runtime import tracking
     from sslscale.evaluation.embed import Embedder
+    from sslscale.runtime import tracking
     from sslscale.training.export import read_spec
 
-    return tracking.log_code_model(
-        uri, run_id, NAME, code=os.path.abspath(__file__), artifacts={"encoder": encoder_path},
-        code_paths=[os.path.dirname(os.path.abspath(sslscale.__file__))], requirements=requirements(),
-        signature=signature(), metadata={"sslscale.encoder": read_spec(encoder_path),
-                                                   "sslscale.reads": sorted(Embedder(encoder_path).readable)})
+    here = Path(__file__).resolve()
+    metadata = {"sslscale.encoder": read_spec(encoder_path), "sslscale.reads": sorted(Embedder(encoder_path).readable)}
+    return tracking.log_code_model(uri, run_id, NAME, code=str(here), artifacts={"encoder": encoder_path},
+                                   code_paths=[str(here.parents[1])],  # the sslscale package
+                                   requirements=requirements(), signature=signature(), metadata=metadata)
+
+
+def logged(uri: str, run_id: str) -> bool:
+    """Whether run_id has its encoder model already (a resumed finished run logs it once)."""
+    from sslscale.runtime import tracking
+
+    return bool(tracking.logged_models(uri, run_id, NAME))

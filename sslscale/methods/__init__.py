@@ -30,11 +30,12 @@ def name_of(cls: type) -> str:
                 if where == f"{cls.__module__.rpartition('.')[2]}:{cls.__name__}")
 
 
-def build_method(cfg, inputs: dict | None = None, **input_spec):
+def build_method(cfg, inputs: dict | None = None, start=None, **input_spec):
     """The method named by cfg.method.name, with its section of cfg.method, around the encoder cfg.model describes
     and the method's further towers (Method.towers), each for its kind's input spec in `inputs` ({kind: spec}, as
     pretraining.preflight returns it; images: in_channels and image_size, text: vocab_size and max_length), or
-    for `input_spec` alone (a method of one encoder)."""
+    for `input_spec` alone (a method of one encoder). `start({kind: module}, the encoder's kind first)` may load
+    weights into the encoders before the method is made around them (model.init: an EMA teacher copies them)."""
     from sslscale.encoders import build_encoder, encoder_kwargs
     from sslscale.methods.base import MomentumMethod
 
@@ -43,6 +44,8 @@ def build_method(cfg, inputs: dict | None = None, **input_spec):
     encoder = build_encoder(cfg.model.encoder, **specs[cls.modality], **{**encoder_kwargs(cfg.model), **cls.ENCODER})
     towers = {kind: build_encoder(family, **specs[kind], **kwargs)
               for kind, (family, kwargs) in cls.towers(cfg.method.chosen).items()}
+    if start is not None:
+        start({cls.modality: encoder, **towers})
     extra = {"total_steps": cfg.train.steps} if issubclass(cls, MomentumMethod) else {}
     return cls(encoder, cfg.method.chosen, **extra, **({"towers": towers} if towers else {}))
 

@@ -217,23 +217,28 @@ def log_artifact(uri: str, run_id: str, path: str, artifact_path: str | None = N
 
 @contextlib.contextmanager
 def _global_uri(uri: str):
-    """MLflow's model API (logging, registering, loading a models:/ URI) reads the global tracking URI; set it for
-    the block, then put back exactly what was there: mlflow's own setting and $MLFLOW_TRACKING_URI (which
-    set_tracking_uri also writes)."""
+    """MLflow's model API (logging, registering, loading a models:/ URI) reads the global tracking and registry
+    URIs; set both to the store for the block, then put back exactly what was there: mlflow's own settings and
+    $MLFLOW_TRACKING_URI, $MLFLOW_REGISTRY_URI (which its setters also write)."""
     import mlflow
-    from mlflow.tracking._tracking_service import utils
+    from mlflow.tracking._model_registry import utils as registry
+    from mlflow.tracking._tracking_service import utils as tracking
 
-    before, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    before = {"MLFLOW_TRACKING_URI": (mlflow.set_tracking_uri, tracking._tracking_uri),
+              "MLFLOW_REGISTRY_URI": (mlflow.set_registry_uri, registry._registry_uri)}
+    env = {name: os.environ.get(name) for name in before}
     client(uri)  # a new sqlite store is created under its lock, not by the model API
-    mlflow.set_tracking_uri(uri)
+    for setter, _ in before.values():
+        setter(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(before)
-        if env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = env
+        for name, (setter, value) in before.items():
+            setter(value)
+            if env[name] is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = env[name]
 
 
 def log_code_model(uri: str, run_id: str, name: str, *, code: str, artifacts: dict, code_paths: list,
@@ -246,11 +251,15 @@ def log_code_model(uri: str, run_id: str, name: str, *, code: str, artifacts: di
     c = client(uri)
     run = c.get_run(run_id)  # the model goes to the run's experiment (Model.log alone picks the active or default)
     model = c.create_logged_model(run.info.experiment_id, name=name, source_run_id=run_id, params=run.data.params)
-    with _global_uri(uri), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*An input example was not provided")  # it would run the model
-        info = Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id, model_id=model.model_id,
-                         python_model=code, artifacts=artifacts, code_paths=code_paths,
-                         pip_requirements=requirements, signature=signature, metadata=metadata)
+    try:
+        with _global_uri(uri), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*An input example was not provided")  # it would run it
+            info = Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
+                             model_id=model.model_id, python_model=code, artifacts=artifacts, code_paths=code_paths,
+                             pip_requirements=requirements, signature=signature, metadata=metadata)
+    except BaseException:  # not left PENDING in the Models tab
+        best_effort(c.finalize_logged_model, model.model_id, "FAILED")
+        raise
     return info.model_uri
 
 
@@ -262,26 +271,39 @@ def load_logged_model(uri: str, model_uri: str):
         return mlflow.pyfunc.load_model(model_uri)
 
 
-def logged_models(uri: str, run_id: str) -> list:
-    """The models logged to run_id (MLflow LoggedModel entities), newest first."""
+def logged_models(uri: str, run_id: str, name: str = "") -> list:
+    """The models logged to run_id that are ready to load (MLflow LoggedModel entities; of `name` only if given),
+    newest first."""
+    from mlflow.entities import LoggedModelStatus
+
     c = client(uri)
     exp = c.get_run(run_id).info.experiment_id
-    found = c.search_logged_models([exp], filter_string=f"source_run_id = '{run_id}'",
+    wanted = f"source_run_id = '{run_id}'" + (f" AND name = '{name}'" if name else "")
+    found = c.search_logged_models([exp], filter_string=wanted,  # (a status filter matches nothing in 3.17)
                                    order_by=[{"field_name": "creation_time", "ascending": False}])
-    return list(found)
+    return [m for m in found if m.status == LoggedModelStatus.READY]
 
 
 def register_model(uri: str, run_id: str, name: str) -> tuple[str, int]:
-    """Register run_id's newest logged model under `name` (a new version if the name exists); returns (name,
-    version). One line when the run logged no model."""
-    import mlflow
+    """Register run_id's newest ready logged model under `name` in the store's own registry (a new version if the
+    name exists); returns (name, version). One line when the run has no such model."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+    from mlflow.tracking import MlflowClient
 
     models = logged_models(uri, run_id)
     if not models:
-        raise SslscaleError(f"run {run_id} logged no model to register (runs before sslscale logged models only "
-                            "hold the encoder artifact): retrain it, or register a newer run")
-    with _global_uri(uri):
-        version = mlflow.register_model(f"models:/{models[0].model_id}", name)
+        raise SslscaleError(f"run {run_id} has no logged model to register (it did not finish, or logging it "
+                            "failed, or it ran before sslscale logged models): register a finished run's")
+    registry = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        registry.create_registered_model(name)
+    except MlflowException as e:
+        if e.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+    with _global_uri(uri):  # MLflow resolves the models:/ source through the global store
+        version = registry.create_model_version(name, f"models:/{models[0].model_id}", run_id=run_id,
+                                                model_id=models[0].model_id)
     return version.name, int(version.version)
 
 

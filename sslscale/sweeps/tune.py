@@ -29,7 +29,7 @@ from sslscale import storage
 from sslscale.checks import driver_resource, score_names
 from sslscale.config import Config
 from sslscale.data import corpus
-from sslscale.errors import SslscaleError
+from sslscale.errors import SslscaleError, reason
 from sslscale.runtime import tracking
 from sslscale.runtime.cluster import Need, capacities, cluster_resources, describe, ensure_ray, fits, require
 from sslscale.sweeps import artifacts, report, space as spaces
@@ -345,8 +345,16 @@ def _check_register(register: str) -> None:
 
 
 def register_best(state: dict, best_run_id: str) -> tuple[str, int]:
-    """The best trial's logged encoder registered under the sweep's `register` name, printed; (name, version)."""
-    name, version = tracking.register_model(state["config"]["tracking"]["uri"], best_run_id, state["register"])
+    """The best trial's logged encoder registered under the sweep's `register` name, printed; (name, version).
+    One line when it cannot be (the sweep's results are saved already, and the line says how to retry)."""
+    retry = f"retry with `sslscale sweep --resume {state['name']} --register {state['register']!r}`"
+    if not best_run_id:
+        raise SslscaleError(f"sweep {state['name']} has no finished trial with a run to register")
+    try:
+        name, version = tracking.register_model(state["config"]["tracking"]["uri"], best_run_id, state["register"])
+    except Exception as e:  # noqa: BLE001 - the store away, a model not logged: the sweep itself is done
+        raise SslscaleError(f"sweep {state['name']} finished, but registering its winner failed "
+                            f"({reason(e)[:200]}): {retry}") from None
     print(f"registered the winner's encoder as {name!r} version {version}: models:/{name}/{version}", flush=True)
     return name, version
 
@@ -365,7 +373,7 @@ def resume(name: str, root: str | None = None, register: str = "") -> SweepResul
     state["register"] = register or state.get("register", "")
     if state.get("finished"):
         print(f"sweep {name} finished already (parent run {state['parent']}):\n{state['table']}", flush=True)
-        if register and state["best_run_id"]:
+        if register:
             register_best(state, state["best_run_id"])
         return SweepResult(name, folder, state["parent"], [], None, state["best_run_id"], state["table"],
                            state["command"])

@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from sslscale import storage
-from sslscale.encoders import from_spec
+from sslscale.encoders import encoder_class, from_spec
 from sslscale.errors import SslscaleError
 
 SUFFIX = "encoder.safetensors"
@@ -154,34 +154,48 @@ def load_model(path: str) -> torch.nn.Module:
     return model.eval()
 
 
-def start_from(method: torch.nn.Module, path: str, tokenizer: bytes | None = None) -> str:
-    """Load the exported encoder at `path` into `method`'s tower of the same kind (its encoder, or a further tower:
-    a text encoder starts CLIP's text tower); `tokenizer`: the run corpus's tokenizer.json, which a text encoder's
-    own must equal (the same ids for the same pieces). One line when no tower fits or the architecture differs;
-    returns which tower it started."""
-    spec = read_spec(path)
-    towers = {method.encoder.modality: ("encoder", method.encoder),
-              **{kind: (kind + " tower", t) for kind, t in method.tower_modules().items()}}
-    kind = from_spec(spec).modality
-    if kind not in towers:
+def start_from(encoders: dict, path: str, tokenizer: bytes | None = None) -> str:
+    """Load the exported encoder at `path` (a file or a run folder, local or on storage every node reads, like
+    train.storage) into the encoder of the same kind in `encoders` ({kind: module}, the run's encoder first, then
+    a method's further towers: a text encoder starts CLIP's text tower), before the method is made around them
+    (methods.build_method's `start`). `tokenizer`: the run corpus's tokenizer.json, whose vocabulary a text
+    encoder's own must equal. One line when no encoder fits, the tokenizer differs or a weight's shape does;
+    returns which encoder it started ("encoder", "text tower")."""
+    try:
+        with storage.local(_resolve(path)) as local:
+            meta, tensors = read_metadata(local), load_file(local)
+    except SslscaleError as e:
+        raise SslscaleError(f"model.init: {e}") from None
+    kind = encoder_class(json.loads(meta[META_KEY])["name"]).modality
+    first = next(iter(encoders))
+    if kind not in encoders:
         article = "an" if kind[0] in "aeiou" else "a"
-        raise SslscaleError(f"model.init={path} is {article} {kind} encoder but method {type(method).__name__} has "
-                            f"no {kind} tower: start it from an encoder of {' or '.join(towers)}")
-    name, tower = towers[kind]
-    if json.loads(json.dumps(tower.spec())) != spec:  # as the file stores it (tuples as lists)
-        raise SslscaleError(f"model.init={path} is {_shape(spec)} but the run's {name} is {_shape(tower.spec())}: "
-                            "set the run's model keys (or the method's tower keys) to the file's")
+        raise SslscaleError(f"model.init={path} is {article} {kind} encoder but the run has no {kind} encoder: "
+                            f"start it from an encoder of {' or '.join(encoders)}")
+    name, module = "encoder" if kind == first else f"{kind} tower", encoders[kind]
     if kind == "text":
-        carried = load_tokenizer(path)
-        if tokenizer is None or carried is None or carried.to_str().encode() != tokenizer:
-            raise SslscaleError(f"model.init={path} was trained with another tokenizer than the corpus's (or carries "
-                                "none): prepare the corpus with --tokenizer <the corpus that encoder trained on>")
-    with storage.local(_resolve(path)) as local:
-        tower.load_state_dict({k: v for k, v in load_file(local).items() if not k.startswith(METHOD_PREFIX)})
+        _same_vocabulary(path, meta.get(TOKENIZER_KEY), tokenizer)
+    weights = {k: v for k, v in tensors.items() if not k.startswith(METHOD_PREFIX)}
+    own = module.state_dict()
+    differ = sorted(set(own) ^ set(weights)) or [k for k in own if own[k].shape != weights[k].shape]
+    if differ:
+        k = differ[0]
+        shapes = (f"{tuple(weights[k].shape) if k in weights else 'no'} vs the run's "
+                  f"{tuple(own[k].shape) if k in own else 'none'}")
+        raise SslscaleError(f"model.init={path} does not fit the run's {name}: {len(differ)} weight(s) differ, e.g. "
+                            f"{k} ({shapes}); give the run the file's architecture (model.* keys, a method's "
+                            "tower keys) and input (the corpus's image size or tokenizer)")
+    module.load_state_dict(weights)
     return name
 
 
-def _shape(spec: dict) -> str:
-    """'text (vocab_size=4096, max_length=32, dim=128, ...)': an encoder's family and every argument."""
-    args = {**{k: v for k, v in spec.items() if k not in ("name", "kwargs", "feature_dim")}, **spec.get("kwargs", {})}
-    return f"{spec['name']} ({', '.join(f'{k}={v}' for k, v in args.items())})"
+def _same_vocabulary(path: str, carried: str | None, corpus: bytes | None) -> None:
+    """One line unless the text encoder's tokenizer maps the same pieces to the same ids as the corpus's."""
+    from tokenizers import Tokenizer
+
+    if carried is None:
+        raise SslscaleError(f"model.init={path} carries no tokenizer (exported before files carried one), so its "
+                            "ids cannot be checked against the corpus's: re-export it from its run's checkpoint")
+    if corpus is None or Tokenizer.from_str(carried).get_vocab() != Tokenizer.from_str(corpus.decode()).get_vocab():
+        raise SslscaleError(f"model.init={path} was trained with another tokenizer than the corpus's: prepare the "
+                            "corpus with --tokenizer <the corpus that encoder trained on>")

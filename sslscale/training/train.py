@@ -11,6 +11,7 @@ rank 0 also measures the embedding spectrum of the run's fixed probe set (spectr
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -195,10 +196,10 @@ def train_loop(loop_config: dict) -> None:
     groups = _batches(ray.train.get_dataset_shard("train"), cfg, rank)
     first = _Prefetch(groups)  # Ray Data starts and makes views while DeepSpeed initialises
     torch.manual_seed(cfg.data.seed)  # the same initial weights on every worker
-    method = build_method(cfg, inputs)
-    if cfg.model.init and not (ray.train.get_checkpoint() or loop_config.get("resume_from")):  # a checkpoint's
-        start_from(method, cfg.model.init, _tokenizer(loop_config.get("probe")))  # weights come in _restore
-    engine = Engine(method, cfg)
+    start = None  # model.init: the same start on every worker, unless a checkpoint's weights come in _restore
+    if cfg.model.init and not (ray.train.get_checkpoint() or loop_config.get("resume_from")):
+        start = functools.partial(start_from, path=cfg.model.init, tokenizer=_tokenizer(loop_config.get("probe")))
+    engine = Engine(build_method(cfg, inputs, start=start), cfg)
     buffer = tracking.MetricBuffer(loop_config["uri"], run_id) if rank == 0 and run_id else None
     step, position, repeated = _restore(engine, loop_config, rank, buffer)
     spectrum_probe = Spectrum(cfg, loop_config.get("probe"), rank, engine.method.encoder.modality)
