@@ -74,7 +74,8 @@ def test_a_file_that_does_not_fit_is_refused_in_one_line(tmp_path):
                 "another tokenizer than the corpus's: prepare the corpus with --tokenizer":
                     _text_file(tmp_path, tokenizer=other, name="o"),
                 "carries no tokenizer .* re-export it": _text_file(tmp_path, name="n"),
-                "^model.init: encoder file .* does not exist: export one": str(tmp_path / "nowhere.encoder.safetensors")}
+                "^model.init: encoder file .* does not exist: export one":
+                    str(tmp_path / "nowhere.encoder.safetensors")}
     torch.manual_seed(0)
     refusals["is an audio encoder but the run has no audio encoder: start it from an encoder of image or text"] = \
         save_encoder(Wav2Vec(sample_rate=16000, max_samples=1600, dim=16, depth=1, heads=2),

@@ -302,7 +302,8 @@ def sweep(cfg: Config, space_items: list[str], *, samples: int = 8, scheduler: s
              "steps": cfg.train.steps, "health_every": cfg.train.health_every,
              "grace_period": grace_period or _grace(cfg, reduction_factor), "reduction_factor": reduction_factor,
              "seed": seed, "recipe": recipe or cfg.recipe, "retrain_overrides": list(retrain_overrides),
-             "driver_resource": cfg.train.driver_resource, "register": register, "default_point": spaces.default_point(space, cfg),
+             "driver_resource": cfg.train.driver_resource, "register": register,
+             "default_point": spaces.default_point(space, cfg),
              "config": cfg.to_dict()}
     ensure_ray(log_to_driver=False)
     _check_driver_resource(cfg)
