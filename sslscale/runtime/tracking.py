@@ -287,23 +287,14 @@ def logged_models(uri: str, run_id: str, name: str = "") -> list:
 def register_model(uri: str, run_id: str, name: str) -> tuple[str, int]:
     """Register run_id's newest ready logged model under `name` in the store's own registry (a new version if the
     name exists); returns (name, version). One line when the run has no such model."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
-    from mlflow.tracking import MlflowClient
+    import mlflow
 
     models = logged_models(uri, run_id)
     if not models:
         raise SslscaleError(f"run {run_id} has no logged model to register (it did not finish, or logging it "
                             "failed, or it ran before sslscale logged models): register a finished run's")
-    registry = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    try:
-        registry.create_registered_model(name)
-    except MlflowException as e:
-        if e.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-            raise
-    with _global_uri(uri):  # MLflow resolves the models:/ source through the global store
-        version = registry.create_model_version(name, f"models:/{models[0].model_id}", run_id=run_id,
-                                                model_id=models[0].model_id)
+    with _global_uri(uri):  # the store's registry, and its models:/ source resolved through the store
+        version = mlflow.register_model(f"models:/{models[0].model_id}", name)
     return version.name, int(version.version)
 
 
